@@ -1,0 +1,51 @@
+"""superduper: bring AI models to the databases you already run.
+
+``from superduper import superduper; db = superduper()`` connects to the embedded default. Names are imported
+on first use, so ``import superduper`` loads no database driver, SQLAlchemy, numpy or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = '0.1.0'
+
+_EXPORTS = {
+    'superduper': 'superduper.base.datalayer',
+    'Datalayer': 'superduper.base.datalayer',
+    'Config': 'superduper.base.config',
+    'Document': 'superduper.base.document',
+    'LazyArtifact': 'superduper.base.document',
+    'Query': 'superduper.base.query',
+    'Cursor': 'superduper.base.query',
+    'Component': 'superduper.components.component',
+    'DataType': 'superduper.components.datatype',
+    'Schema': 'superduper.components.schema',
+    'Table': 'superduper.components.table',
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from superduper.base.config import Config
+    from superduper.base.datalayer import Datalayer, superduper
+    from superduper.base.document import Document, LazyArtifact
+    from superduper.base.query import Cursor, Query
+    from superduper.components.component import Component
+    from superduper.components.datatype import DataType
+    from superduper.components.schema import Schema
+    from superduper.components.table import Table
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f'module superduper has no attribute {name!r}')
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

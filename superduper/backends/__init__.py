@@ -1,0 +1,1 @@
+"""Backends, each a small module found through a registry keyed by URI scheme (see ``registry.py``)."""

@@ -1,0 +1,21 @@
+"""The default compute backend: work runs in this process, before ``execute()`` returns."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class LocalComputeBackend:
+    scheme = 'local'
+
+    def __init__(self, uri: str = 'local'):
+        self.uri = uri
+
+    def __repr__(self) -> str:
+        return 'LocalComputeBackend()'
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        pass

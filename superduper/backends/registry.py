@@ -1,0 +1,65 @@
+"""Which module implements each URI scheme, for data, metadata, artifacts and compute.
+
+Nothing here imports a driver: a scheme's module is imported when a URI with that scheme is first used, and
+a missing driver becomes one ``MissingDependency`` error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from superduper.base.exceptions import ConfigError
+from superduper.base.registry import Registry
+
+data_backends = Registry('database')
+data_backends.register('sqlite', 'superduper.backends.sql.sqlite:SQLiteDataBackend')
+for _scheme in ('postgresql', 'postgres'):
+    data_backends.register(_scheme, 'superduper.backends.sql.postgres:PostgresDataBackend', 'postgres', 'psycopg')
+for _scheme in ('mysql', 'mariadb'):
+    data_backends.register(_scheme, 'superduper.backends.sql.mysql:MySQLDataBackend', 'mysql', 'pymysql')
+data_backends.register('duckdb', 'superduper.backends.sql.duckdb:DuckDBDataBackend', 'duckdb', 'duckdb-engine')
+#: any other SQLAlchemy URL (``mssql+pyodbc://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
+data_backends.register('sqlalchemy', 'superduper.backends.sql.base:SQLDataBackend')
+
+compute_backends = Registry('compute')
+compute_backends.register('local', 'superduper.backends.local:LocalComputeBackend')
+
+
+def scheme_of(uri: str) -> str:
+    if not isinstance(uri, str) or '://' not in uri:
+        raise ConfigError(f"malformed URI {uri!r}: expected '<scheme>://...', e.g. 'sqlite://my.db'")
+    return uri.split('://', 1)[0].lower()
+
+
+def _data_scheme(uri: str) -> str:
+    scheme = scheme_of(uri)
+    base, _, driver = scheme.partition('+')
+    if base in data_backends and (not driver or base not in ('sqlite', 'duckdb')):
+        return base
+    return _sqlalchemy_scheme(uri, scheme)
+
+
+def _sqlalchemy_scheme(uri: str, scheme: str) -> str:
+    """Accept any URL SQLAlchemy has a dialect for; otherwise say which schemes exist."""
+    import sqlalchemy as sa
+
+    try:
+        sa.engine.make_url(uri).get_dialect()
+    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError):
+        known = ', '.join(f'{s}://' for s in data_backends.schemes() if s != 'sqlalchemy')
+        raise ConfigError(
+            f"unknown database scheme '{scheme}://' in {uri!r}; known: {known}, or any SQLAlchemy URL "
+            'whose dialect is installed'
+        ) from None
+    except ImportError:
+        pass  # the dialect exists, its driver does not: reported when connecting
+    return 'sqlalchemy'
+
+
+def connect_data_backend(uri: str) -> Any:
+    return data_backends.create(_data_scheme(uri), uri, shown_as=scheme_of(uri))
+
+
+def connect_compute(uri: str) -> Any:
+    scheme = uri.split('://', 1)[0].lower() if '://' in uri else uri
+    return compute_backends.create(scheme, uri)

@@ -1,0 +1,300 @@
+"""The SQL data backend on SQLAlchemy Core, shared by every SQL database.
+
+Statements are built and compiled by SQLAlchemy (quoting, dialect, bound parameters); bulk inserts then go to
+the driver's ``executemany`` with positional tuples, skipping Core's per-row parameter processing, which costs
+more than the database itself on SQLite. Dialect modules (``sqlite``, ``postgres``, ``mysql``, ``duckdb``)
+override URL translation, engine options and column types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError, UnknownTable
+from superduper.base.query import And, Compare, Condition, Not, Or
+from superduper.components.datatype import FieldType
+
+ID_LENGTH = 255
+
+
+class SQLDataBackend:
+    """Any database SQLAlchemy has a dialect for; ``uri`` is a SQLAlchemy URL."""
+
+    scheme: ClassVar[str] = 'sqlalchemy'
+    #: whether results can be streamed through a server-side cursor while other statements run
+    streams_results: ClassVar[bool] = True
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        try:
+            self.engine = sa.create_engine(self.sqlalchemy_url(uri), **self.engine_options())
+        except sa.exc.ArgumentError as e:
+            raise ConfigError(f'cannot use database URI {_redact(uri)!r}: {e}') from e
+        self.dialect = self.engine.dialect
+        self._meta = sa.MetaData()
+        self._tables: dict[str, sa.Table] = {}
+        self._insert_sql: dict[tuple, tuple[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({_redact(self.uri)!r})'
+
+    # ---- hooks for dialect modules -------------------------------------------------------------------------
+    @classmethod
+    def sqlalchemy_url(cls, uri: str) -> str:
+        return uri
+
+    def engine_options(self) -> dict[str, Any]:
+        return {}
+
+    def column_type(self, storage: str) -> Any:
+        return {
+            'str': sa.Text(),
+            'int': sa.BigInteger(),
+            'float': sa.Double(),
+            'bool': sa.Boolean(),
+            'bytes': sa.LargeBinary(),
+            'json': sa.JSON(none_as_null=True),
+            'datetime': sa.DateTime(),
+            'any': sa.Text(),
+        }[storage]
+
+    def id_type(self) -> Any:
+        return sa.String(ID_LENGTH)
+
+    # ---- connections ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: everything done with the connection commits together or not at all."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- tables ---------------------------------------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        return sa.inspect(self.engine).get_table_names()
+
+    def has_table(self, name: str) -> bool:
+        return sa.inspect(self.engine).has_table(name)
+
+    def table(self, name: str) -> sa.Table:
+        table = self._tables.get(name)
+        if table is None:
+            if not self.has_table(name):
+                raise UnknownTable(_unknown_table_message(name, self.table_names(), self.uri))
+            table = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
+            self._tables[name] = table
+        return table
+
+    def forget(self, name: str) -> None:
+        self._tables.pop(name, None)
+        self._insert_sql = {k: v for k, v in self._insert_sql.items() if k[0] != name}
+
+    def describe(self, name: str) -> tuple[dict[str, str], tuple[str, ...]]:
+        """The storage kind of each column and the primary key of an existing table (reflection)."""
+        table = self.table(name)
+        kinds = {c.name: storage_of(c.type) for c in table.columns}
+        return kinds, tuple(c.name for c in table.primary_key.columns)
+
+    def _build(self, name: str, types: dict[str, FieldType], primary_key: str) -> sa.Table:
+        columns = [
+            sa.Column(field, self.id_type() if field == primary_key else self.column_type(ftype.storage),
+                      primary_key=field == primary_key, nullable=field != primary_key)
+            for field, ftype in types.items()
+        ]
+        return sa.Table(name, sa.MetaData(), *columns)
+
+    def bind_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
+        """Use the declared types (not reflection) for a table superduper created."""
+        self.forget(name)
+        self._tables[name] = self._build(name, types, primary_key)
+
+    def create_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
+        """Create the table, or add the declared columns an existing one lacks."""
+        if not self.has_table(name):
+            self._build(name, types, primary_key).create(self.engine)
+        else:
+            existing = {c['name'] for c in sa.inspect(self.engine).get_columns(name)}
+            if primary_key not in existing:
+                raise ComponentError(f'table {name!r} already exists without the primary key column {primary_key!r}')
+            missing = [f for f in types if f not in existing]
+            with self.begin() as conn:
+                for field in missing:
+                    ddl = self.column_type(types[field].storage).compile(dialect=self.dialect)
+                    conn.exec_driver_sql(f'ALTER TABLE {self._quote(name)} ADD COLUMN {self._quote(field)} {ddl}')
+        self.bind_table(name, types, primary_key)
+
+    def drop_table(self, name: str) -> None:
+        with self.begin() as conn:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS {self._quote(name)}')
+        self.forget(name)
+
+    def _quote(self, identifier: str) -> str:
+        return self.dialect.identifier_preparer.quote(identifier)
+
+    # ---- writes ---------------------------------------------------------------------------------------------
+    def insert(self, conn: Connection, name: str, keys: Sequence[str], columns: list[list]) -> None:
+        """Insert rows given column by column (all of equal length) with one ``executemany``."""
+        sql, arrange = self._compiled_insert(name, tuple(keys))
+        params = arrange(columns)
+        with self._errors('insert into', name):
+            conn.exec_driver_sql(sql, params)
+
+    def insert_returning(self, conn: Connection, name: str, rows: list[dict]) -> list[tuple]:
+        """Insert letting the database generate the primary key (tables with autoincrement keys)."""
+        table = self.table(name)
+        stmt = table.insert().returning(*table.primary_key.columns, sort_by_parameter_order=True)
+        with self._errors('insert into', name):
+            return [tuple(r) for r in conn.execute(stmt, rows)]
+
+    def _compiled_insert(self, name: str, keys: tuple[str, ...]) -> tuple[str, Any]:
+        cached = self._insert_sql.get((name, keys))
+        if cached:
+            return cached
+        table = self.table(name)
+        processors = [table.c[k].type._cached_bind_processor(self.dialect) for k in keys]
+        compiled = table.insert().compile(dialect=self.dialect, column_keys=list(keys))
+        if compiled.positional:
+            order = [keys.index(k) for k in compiled.positiontup]
+            names = None
+        else:
+            order = list(range(len(keys)))
+            names = [compiled.escaped_bind_names.get(k, k) for k in keys]
+
+        def arrange(columns: list[list]) -> list:
+            cols = [list(map(p, c)) if p else c for p, c in zip(processors, columns)]
+            cols = [cols[i] for i in order]
+            if names is None:
+                return list(zip(*cols))
+            return [dict(zip(names, row)) for row in zip(*cols)]
+
+        self._insert_sql[(name, keys)] = (str(compiled), arrange)
+        return self._insert_sql[(name, keys)]
+
+    def update(self, conn: Connection, name: str, values: dict[str, Any], where: Condition | None) -> int:
+        table = self.table(name)
+        stmt = table.update().values(**values)
+        if where is not None:
+            stmt = stmt.where(self._where(table, where))
+        with self._errors('update', name):
+            return conn.execute(stmt).rowcount
+
+    def delete(self, conn: Connection, name: str, where: Condition | None) -> int:
+        table = self.table(name)
+        stmt = table.delete()
+        if where is not None:
+            stmt = stmt.where(self._where(table, where))
+        with self._errors('delete from', name):
+            return conn.execute(stmt).rowcount
+
+    # ---- reads ----------------------------------------------------------------------------------------------
+    def select(
+        self,
+        name: str,
+        columns: Sequence[str],
+        where: Condition | None = None,
+        order_by: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        batch_size: int = 2000,
+        conn: Connection | None = None,
+    ) -> Iterator[list]:
+        """Batches of row tuples in ``columns`` order, streamed from the database."""
+        table = self.table(name)
+        stmt = sa.select(*[table.c[c] for c in columns])
+        if where is not None:
+            stmt = stmt.where(self._where(table, where))
+        for column, descending in order_by:
+            stmt = stmt.order_by(table.c[column].desc() if descending else table.c[column])
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        if conn is not None:
+            with self._errors('select from', name):
+                yield from conn.execute(stmt).partitions(batch_size)
+            return
+        with self.engine.connect() as own:
+            options = {'stream_results': True, 'yield_per': batch_size} if self.streams_results else {}
+            with self._errors('select from', name):
+                result = own.execution_options(**options).execute(stmt)
+                if not self.streams_results:
+                    rows = result.all()
+                    result = None
+                    for i in range(0, len(rows), batch_size):
+                        yield rows[i : i + batch_size]
+                    return
+                yield from result.partitions(batch_size)
+
+    def count(self, name: str, where: Condition | None = None) -> int:
+        table = self.table(name)
+        stmt = sa.select(sa.func.count()).select_from(table)
+        if where is not None:
+            stmt = stmt.where(self._where(table, where))
+        with self.engine.connect() as conn, self._errors('count', name):
+            return conn.execute(stmt).scalar_one()
+
+    # ---- filters --------------------------------------------------------------------------------------------
+    def _where(self, table: sa.Table, cond: Condition) -> Any:
+        if isinstance(cond, Compare):
+            col = table.c[cond.field]
+            value = cond.value
+            if cond.op == '==':
+                return col.is_(None) if value is None else col == value
+            if cond.op == '!=':
+                return col.is_not(None) if value is None else col != value
+            if cond.op == 'in':
+                return col.in_(list(value))
+            return {'<': col.__lt__, '<=': col.__le__, '>': col.__gt__, '>=': col.__ge__}[cond.op](value)
+        if isinstance(cond, And):
+            return sa.and_(*[self._where(table, c) for c in cond.parts])
+        if isinstance(cond, Or):
+            return sa.or_(*[self._where(table, c) for c in cond.parts])
+        if isinstance(cond, Not):
+            return sa.not_(self._where(table, cond.part))
+        raise TypeError(f'not a condition: {cond!r}')
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, name: str) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.DBAPIError as e:
+            reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            raise DatabaseError(f'{action} table {name!r} failed: {reason}') from e
+
+
+def storage_of(sa_type: Any) -> str:
+    """The storage kind of a reflected column type; ``'any'`` passes values through unchecked."""
+    if isinstance(sa_type, sa.Boolean):
+        return 'bool'
+    if isinstance(sa_type, sa.Integer):
+        return 'int'
+    if isinstance(sa_type, sa.Float):
+        return 'float'
+    if isinstance(sa_type, sa.JSON):
+        return 'json'
+    if isinstance(sa_type, (sa.String, sa.Enum)):
+        return 'str'
+    if isinstance(sa_type, sa.LargeBinary) or isinstance(sa_type, sa.types._Binary):
+        return 'bytes'
+    if isinstance(sa_type, sa.DateTime):
+        return 'datetime'
+    return 'any'
+
+
+def _unknown_table_message(name: str, existing: list[str], uri: str) -> str:
+    visible = [t for t in existing if not t.startswith('_superduper')]
+    return f'table {name!r} does not exist in {_redact(uri)}; tables: {", ".join(visible) or "(none)"}'
+
+
+def _redact(uri: str) -> str:
+    """The URI without its password."""
+    try:
+        return sa.engine.make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri

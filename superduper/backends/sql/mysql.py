@@ -1,0 +1,34 @@
+"""MySQL and MariaDB through PyMySQL: ``mysql://root@host/db`` or ``mariadb://...``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import mysql
+
+from superduper.backends.sql.base import SQLDataBackend
+
+
+class MySQLDataBackend(SQLDataBackend):
+    scheme = 'mysql'
+
+    @classmethod
+    def sqlalchemy_url(cls, uri: str) -> str:
+        scheme, _, rest = uri.partition('://')
+        url = uri if '+' in scheme else f'mysql+pymysql://{rest}'
+        if 'charset=' not in url:
+            url += ('&' if '?' in url else '?') + 'charset=utf8mb4'
+        return url
+
+    def engine_options(self) -> dict[str, Any]:
+        return {'pool_pre_ping': True, 'pool_recycle': 3600}
+
+    def column_type(self, storage: str) -> Any:
+        # TEXT and BLOB stop at 64 KiB in MySQL; the LONG variants hold what the other databases hold
+        if storage in ('str', 'any'):
+            return mysql.LONGTEXT()
+        if storage == 'bytes':
+            return mysql.LONGBLOB()
+        if storage == 'datetime':
+            return mysql.DATETIME(fsp=6)
+        return super().column_type(storage)

@@ -1,0 +1,28 @@
+"""PostgreSQL through psycopg 3: ``postgresql://user@host/db`` or ``postgres://...``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql
+
+from superduper.backends.sql.base import SQLDataBackend
+
+
+class PostgresDataBackend(SQLDataBackend):
+    scheme = 'postgresql'
+
+    @classmethod
+    def sqlalchemy_url(cls, uri: str) -> str:
+        scheme, _, rest = uri.partition('://')
+        return uri if '+' in scheme else f'postgresql+psycopg://{rest}'
+
+    def engine_options(self) -> dict[str, Any]:
+        return {'pool_pre_ping': True}
+
+    def column_type(self, storage: str) -> Any:
+        if storage == 'json':
+            return postgresql.JSONB(none_as_null=True)
+        if storage == 'bytes':
+            return postgresql.BYTEA()
+        return super().column_type(storage)

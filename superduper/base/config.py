@@ -1,0 +1,55 @@
+"""Configuration: keyword arguments, then ``SUPERDUPER_*`` environment variables, then ``superduper.yaml``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_HOME = '.superduper'
+
+
+def config_file() -> str:
+    return os.environ.get('SUPERDUPER_CONFIG', 'superduper.yaml')
+
+
+class Config(BaseSettings):
+    """Every setting of a ``Datalayer``; ``superduper(uri, **overrides)`` fills it."""
+
+    model_config = SettingsConfigDict(env_prefix='SUPERDUPER_', extra='forbid', validate_assignment=True)
+
+    data_backend: str = Field(
+        default=f'sqlite://{DEFAULT_HOME}/data.db', description='URI of the database holding the data'
+    )
+    artifact_store: str | None = Field(
+        default=None, description='where artifacts go; default: the filesystem under the data home'
+    )
+    metadata_store: str | None = Field(default=None, description='URI of the metadata database; default: the data backend')
+    compute: str = Field(default='local', description="'local' or a Dask address such as 'dask://tcp://host:8786'")
+    home: str = Field(default=DEFAULT_HOME, description='folder for the embedded default and local caches')
+    read_batch_size: int = Field(default=2000, gt=0, description='rows fetched per round trip when reading')
+    insert_batch_size: int = Field(default=10000, gt=0, description='rows sent per statement when inserting')
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_settings = YamlConfigSettingsSource(settings_cls, yaml_file=config_file())
+        return init_settings, env_settings, yaml_settings
+
+
+def load_config(**overrides: Any) -> Config:
+    """Build the configuration; ``None`` values in ``overrides`` mean 'not given'."""
+    return Config(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,339 @@
+"""The ``Datalayer``: one object wiring the data backend, metadata store, artifact store and compute."""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from superduper.base.config import Config, load_config
+from superduper.base.exceptions import ComponentError, NotFound, QueryError
+from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query
+from superduper.components.component import Component, decode_record, encode_component
+from superduper.components.datatype import Scalar
+from superduper.components.schema import Schema
+from superduper.components.table import Table
+
+
+@dataclass
+class TableInfo:
+    """What a query needs to know about a table: its fields' types and its primary key."""
+
+    name: str
+    schema: Schema
+    primary_key: tuple[str, ...]
+    auto_id: bool  # superduper fills a missing string id
+
+
+class Datalayer:
+    def __init__(self, databackend: Any, metadata: Any, artifact_store: Any, compute: Any, cfg: Config):
+        self.databackend = databackend
+        self.metadata = metadata
+        self.artifact_store = artifact_store
+        self.compute = compute
+        self.cfg = cfg
+        self._tables: dict[str, TableInfo] = {}
+        self._loaded: dict[str, Component] = {}
+
+    def __repr__(self) -> str:
+        return f'Datalayer({self.databackend!r})'
+
+    def __getitem__(self, table: str) -> Query:
+        if not isinstance(table, str) or not table:
+            raise QueryError(f'a table name is a non-empty string, got {table!r}')
+        return Query(table, db=self)
+
+    def close(self) -> None:
+        self.compute.close()
+        self.databackend.close()
+        if self.metadata.engine is not getattr(self.databackend, 'engine', None):
+            self.metadata.engine.dispose()
+
+    def __enter__(self) -> 'Datalayer':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- tables -------------------------------------------------------------------------------------------
+    def table_info(self, name: str) -> TableInfo:
+        info = self._tables.get(name)
+        if info is None:
+            info = self._tables[name] = self._describe_table(name)
+        return info
+
+    def _describe_table(self, name: str) -> TableInfo:
+        record = self.metadata.get('Table', name)
+        if record is not None:
+            table: Table = self.load_record(record)
+            schema = table.resolved_schema
+            self.databackend.bind_table(name, schema.types, table.primary_id)
+            return TableInfo(name, schema, (table.primary_id,), auto_id=True)
+        kinds, primary_key = self.databackend.describe(name)
+        return TableInfo(name, Schema(name, fields=kinds), primary_key, auto_id=False)
+
+    def forget_table(self, name: str) -> None:
+        self._tables.pop(name, None)
+        self.databackend.forget(name)
+
+    # ---- queries ------------------------------------------------------------------------------------------
+    def execute(self, query: Query) -> Any:
+        if not isinstance(query, Query):
+            raise QueryError(f'db.execute takes a query such as db["t"].select(), got {type(query).__name__}')
+        info = self.table_info(query.table)
+        info.schema.check_fields(query.table, query.fields_used())
+        where = _encode_condition(query.where, info) if query.where is not None else None
+        if query.action in ('insert', 'insert_one'):
+            ids = self._insert(info, _as_rows(query.documents, query.table))
+            return ids[0] if query.action == 'insert_one' else ids
+        if query.action == 'select':
+            return self._select(info, query, where)
+        if query.action == 'one':
+            return next(iter(self._select(info, query, where, limit=1)), None)
+        if query.action == 'ids':
+            return self._ids(info, query, where)
+        if query.action == 'count':
+            return self.databackend.count(query.table, where)
+        if query.action == 'update':
+            values = self._encode_values(info, query.values)
+            with self.databackend.begin() as conn:
+                return self.databackend.update(conn, query.table, values, where)
+        if query.action == 'delete':
+            with self.databackend.begin() as conn:
+                return self.databackend.delete(conn, query.table, where)
+        raise QueryError(f'unknown query action {query.action!r}')
+
+    def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
+        columns = list(query.columns or info.schema.field_names())
+        decode = info.schema.row_decoder(columns, self.artifact_store)
+        batches = self.databackend.select(
+            info.name, columns, where, query.order, query.limit_ if limit is None else limit, query.offset_,
+            self.cfg.read_batch_size,
+        )
+        return Cursor(decode(batch) for batch in batches)
+
+    def _ids(self, info: TableInfo, query: Query, where: Condition | None) -> list:
+        pk = list(info.primary_key)
+        batches = self.databackend.select(info.name, pk, where, query.order, query.limit_, query.offset_,
+                                          self.cfg.read_batch_size)
+        if len(pk) == 1:
+            return [row[0] for batch in batches for row in batch]
+        return [tuple(row) for batch in batches for row in batch]
+
+    def _encode_values(self, info: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+        keys = list(values)
+        columns = info.schema.encode_columns(info.name, keys, [[values[k]] for k in keys], self.artifact_store)
+        return {k: c[0] for k, c in zip(keys, columns)}
+
+    def _insert(self, info: TableInfo, rows: list[dict]) -> list:
+        if not rows:
+            return []
+        keys = _union_keys(rows)
+        info.schema.check_fields(info.name, keys)
+        if not info.auto_id and not set(info.primary_key) <= set(keys):
+            return self._insert_returning(info, rows)
+        if info.auto_id and info.primary_key[0] not in keys:
+            keys.append(info.primary_key[0])
+        if not info.auto_id and any(len(r) != len(keys) for r in rows):
+            return self._insert_by_key_set(info, rows)
+        columns = [[r.get(k) for r in rows] for k in keys]
+        pk_columns = [keys.index(k) for k in info.primary_key]
+        if info.auto_id:
+            _fill_ids(columns[pk_columns[0]])
+        step = self.cfg.insert_batch_size
+        with self.databackend.begin() as conn:
+            for start in range(0, len(rows), step):
+                chunk = [c[start : start + step] for c in columns]
+                chunk = info.schema.encode_columns(info.name, keys, chunk, self.artifact_store, first_row=start)
+                self.databackend.insert(conn, info.name, keys, chunk)
+        if len(pk_columns) == 1:
+            return columns[pk_columns[0]]
+        return list(zip(*[columns[i] for i in pk_columns]))
+
+    def _insert_by_key_set(self, info: TableInfo, rows: list[dict]) -> list:
+        """Rows naming different columns (a table of someone else's with defaults): insert each group as given."""
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(tuple(sorted(row)), []).append(i)
+        ids: list = [None] * len(rows)
+        with self.databackend.begin() as conn:
+            for keys, positions in groups.items():
+                columns = [[rows[i][k] for i in positions] for k in keys]
+                columns = info.schema.encode_columns(info.name, keys, columns, self.artifact_store)
+                self.databackend.insert(conn, info.name, keys, columns)
+                for i in positions:
+                    ids[i] = _pk_of(rows[i], info.primary_key)
+        return ids
+
+    def _insert_returning(self, info: TableInfo, rows: list[dict]) -> list:
+        """The database generates the primary key (autoincrement): ask it back with RETURNING."""
+        encoded = []
+        for i, row in enumerate(rows):
+            keys = list(row)
+            columns = info.schema.encode_columns(info.name, keys, [[row[k]] for k in keys], self.artifact_store, i)
+            encoded.append({k: c[0] for k, c in zip(keys, columns)})
+        with self.databackend.begin() as conn:
+            returned = self.databackend.insert_returning(conn, info.name, encoded)
+        return [r[0] for r in returned] if len(info.primary_key) == 1 else returned
+
+    # ---- components ---------------------------------------------------------------------------------------
+    def apply(self, component: Component) -> Component:
+        """Store a component: a no-op if unchanged since its latest version, else a new version."""
+        if not isinstance(component, Component):
+            raise ComponentError(f'db.apply takes a Component (Table, Model, Listener, ...), got {type(component).__name__}')
+        for child in component.children():
+            self.apply(child)
+        record, digest = encode_component(component, self.artifact_store)
+        latest = self.metadata.get(component.type_id, component.identifier)
+        if latest is not None and latest['hash'] == digest:
+            component.version, component.uuid = latest['version'], latest['uuid']
+            return component
+        component.version = 0 if latest is None else latest['version'] + 1
+        component.uuid = uuidlib.uuid4().hex
+        component.on_create(self)
+        self.metadata.create(
+            uuid=component.uuid, type_id=component.type_id, identifier=component.identifier,
+            version=component.version, hash=digest, record=record,
+        )
+        self._loaded[component.uuid] = component
+        return component
+
+    add = apply  # the older seed name
+
+    def load(self, type_id: str, identifier: str, version: int | None = None) -> Component:
+        record = self.metadata.get(type_id, identifier, version)
+        if record is None:
+            raise NotFound(_not_found(self, type_id, identifier, version))
+        return self.load_record(record)
+
+    def load_record(self, record: dict) -> Component:
+        cached = self._loaded.get(record['uuid'])
+        if cached is not None:
+            return cached
+        component = decode_record(record['record'], self._load_uuid, self.artifact_store)
+        component.version, component.uuid = record['version'], record['uuid']
+        component.on_load(self)
+        self._loaded[record['uuid']] = component
+        return component
+
+    def _load_uuid(self, uuid: str) -> Component:
+        record = self.metadata.get_by_uuid(uuid)
+        if record is None:
+            raise NotFound(f'no component with uuid {uuid!r}')
+        return self.load_record(record)
+
+    def show(self, type_id: str | None = None, identifier: str | None = None, version: int | None = None) -> Any:
+        """``show()`` types and identifiers, ``show(type)`` identifiers, ``show(type, id)`` versions,
+        ``show(type, id, version)`` the stored metadata."""
+        if type_id is None:
+            return sorted({(r['type_id'], r['identifier']) for r in self.metadata.all()})
+        if identifier is None:
+            return self.metadata.identifiers(type_id)
+        if version is None:
+            return self.metadata.versions(type_id, identifier)
+        record = self.metadata.get(type_id, identifier, version)
+        if record is None:
+            raise NotFound(_not_found(self, type_id, identifier, version))
+        return record
+
+    def remove(self, type_id: str, identifier: str, version: int | None = None) -> None:
+        """Remove one version, or every version, of a component."""
+        versions = [version] if version is not None else self.metadata.versions(type_id, identifier)
+        if not versions or (version is not None and version not in self.metadata.versions(type_id, identifier)):
+            raise NotFound(_not_found(self, type_id, identifier, version))
+        for v in versions:
+            record = self.metadata.get(type_id, identifier, v)
+            component = self.load_record(record)
+            self.metadata.delete(record['uuid'])
+            self._loaded.pop(record['uuid'], None)
+            component.on_remove(self)
+
+
+def _not_found(db: Datalayer, type_id: str, identifier: str, version: int | None) -> str:
+    existing = db.metadata.identifiers(type_id)
+    if identifier in existing and version is not None:
+        return f'{type_id} {identifier!r} has no version {version}; versions: {db.metadata.versions(type_id, identifier)}'
+    return f'no {type_id} named {identifier!r}; existing: {", ".join(existing) or "(none)"}'
+
+
+def _as_rows(documents: Any, table: str) -> list[dict]:
+    if hasattr(documents, 'to_dict') and hasattr(documents, 'columns'):  # a pandas DataFrame
+        frame = documents.astype(object).where(documents.notna(), None)
+        return frame.to_dict('records')
+    if isinstance(documents, Mapping):
+        raise QueryError(f'insert into {table!r} takes a list of rows; use insert_one for a single row')
+    rows = documents if isinstance(documents, list) else list(documents)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise QueryError(f'row {i} of an insert into {table!r} is a {type(row).__name__}, not a dict')
+    return rows
+
+
+def _union_keys(rows: list[dict]) -> list[str]:
+    keys = list(rows[0])
+    n = len(keys)
+    if all(len(r) == n for r in rows) and all(r.keys() == rows[0].keys() for r in rows):
+        return keys
+    seen = set(keys)
+    for r in rows:
+        for k in r:
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+    return keys
+
+
+def _fill_ids(column: list) -> None:
+    missing = [i for i, v in enumerate(column) if v is None]
+    if not missing:
+        return
+    hexes = os.urandom(16 * len(missing)).hex()
+    for n, i in enumerate(missing):
+        column[i] = hexes[32 * n : 32 * n + 32]
+
+
+def _pk_of(row: Mapping[str, Any], primary_key: tuple[str, ...]) -> Any:
+    return row.get(primary_key[0]) if len(primary_key) == 1 else tuple(row.get(k) for k in primary_key)
+
+
+def _encode_condition(cond: Condition, info: TableInfo) -> Condition:
+    """Check and convert filter values against their field's type (a string compared to an int field is an error)."""
+    if isinstance(cond, Compare):
+        ftype = info.schema.types.get(cond.field)
+        if not isinstance(ftype, Scalar) or cond.value is None:
+            return cond
+        values = list(cond.value) if cond.op == 'in' else [cond.value]
+        encoded = info.schema.encode_columns(info.name, [cond.field], [values], None)[0]
+        return Compare(cond.field, cond.op, tuple(encoded) if cond.op == 'in' else encoded[0])
+    if isinstance(cond, (And, Or)):
+        return type(cond)(tuple(_encode_condition(c, info) for c in cond.parts))
+    if isinstance(cond, Not):
+        return Not(_encode_condition(cond.part, info))
+    return cond
+
+
+# ---- the entry point ------------------------------------------------------------------------------------------
+def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
+    """Connect: ``superduper()`` (embedded SQLite under ./.superduper), ``superduper('postgresql://...')``, ...
+
+    Keyword arguments override settings (``artifact_store=``, ``metadata_store=``, ``compute=``, ...); then
+    ``SUPERDUPER_*`` environment variables; then ``superduper.yaml``.
+    """
+    from superduper.backends.artifacts import ArtifactStore
+    from superduper.backends.registry import connect_compute, connect_data_backend
+    from superduper.backends.sql.metadata import SQLMetadataStore
+
+    if uri is not None and not isinstance(uri, str):
+        raise QueryError(f'superduper() takes a database URI string, got {type(uri).__name__}')
+    cfg = load_config(data_backend=uri, **overrides)
+    databackend = connect_data_backend(cfg.data_backend)
+    if cfg.metadata_store in (None, cfg.data_backend):
+        metadata_engine = databackend.engine
+    else:
+        metadata_engine = connect_data_backend(cfg.metadata_store).engine
+    artifact_uri = cfg.artifact_store or f'filesystem://{os.path.join(cfg.home, "artifacts")}'
+    artifact_store = ArtifactStore(artifact_uri, cache_dir=os.path.join(cfg.home, 'cache'))
+    compute = connect_compute(cfg.compute)
+    return Datalayer(databackend, SQLMetadataStore(metadata_engine), artifact_store, compute, cfg)
+

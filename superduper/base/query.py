@@ -1,0 +1,289 @@
+"""The lazy query API: ``db['t'].filter(t['x'] > 1).select('x').limit(10).execute()``.
+
+A ``Query`` is an immutable description; nothing touches the database until ``execute()`` (or
+``db.execute(query)``). Filters are a small tree of conditions that each backend compiles; values are always
+bound parameters, never spliced into SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+from superduper.base.exceptions import QueryError
+
+if TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+    from superduper.base.document import Document
+
+
+# ---- conditions -----------------------------------------------------------------------------------------------
+class Condition:
+    def __and__(self, other: 'Condition') -> 'Condition':
+        return And((self, _condition(other)))
+
+    def __or__(self, other: 'Condition') -> 'Condition':
+        return Or((self, _condition(other)))
+
+    def __invert__(self) -> 'Condition':
+        return Not(self)
+
+    def __bool__(self) -> bool:
+        raise QueryError('combine conditions with & and |, not with `and`/`or`, and compare fields inside filter()')
+
+    def fields(self) -> Iterator[str]:
+        raise NotImplementedError
+
+
+def _condition(value: Any) -> Condition:
+    if not isinstance(value, Condition):
+        raise QueryError(f'expected a condition such as t["x"] == 1, got {value!r}')
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Compare(Condition):
+    field: str
+    op: str  # == != < <= > >= in
+    value: Any
+
+    def fields(self) -> Iterator[str]:
+        yield self.field
+
+
+@dataclass(frozen=True, eq=False)
+class And(Condition):
+    parts: tuple[Condition, ...]
+
+    def fields(self) -> Iterator[str]:
+        for part in self.parts:
+            yield from part.fields()
+
+
+@dataclass(frozen=True, eq=False)
+class Or(Condition):
+    parts: tuple[Condition, ...]
+
+    def fields(self) -> Iterator[str]:
+        for part in self.parts:
+            yield from part.fields()
+
+
+@dataclass(frozen=True, eq=False)
+class Not(Condition):
+    part: Condition
+
+    def fields(self) -> Iterator[str]:
+        yield from self.part.fields()
+
+
+class Field:
+    """A column reference, ``t['x']``: comparisons with it build conditions."""
+
+    __slots__ = ('name',)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f'Field({self.name!r})'
+
+    def __eq__(self, other: Any) -> Condition:  # type: ignore[override]
+        return Compare(self.name, '==', other)
+
+    def __ne__(self, other: Any) -> Condition:  # type: ignore[override]
+        return Compare(self.name, '!=', other)
+
+    def __lt__(self, other: Any) -> Condition:
+        return Compare(self.name, '<', other)
+
+    def __le__(self, other: Any) -> Condition:
+        return Compare(self.name, '<=', other)
+
+    def __gt__(self, other: Any) -> Condition:
+        return Compare(self.name, '>', other)
+
+    def __ge__(self, other: Any) -> Condition:
+        return Compare(self.name, '>=', other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def isin(self, values: Iterable[Any]) -> Condition:
+        if isinstance(values, (str, bytes)):
+            raise QueryError(f'isin() on {self.name!r} takes a collection of values, not a single string')
+        return Compare(self.name, 'in', tuple(values))
+
+
+_MONGO_OPS = {'$eq': '==', '$ne': '!=', '$lt': '<', '$lte': '<=', '$gt': '>', '$gte': '>=', '$in': 'in'}
+
+
+def from_mongo(spec: Mapping[str, Any] | None) -> Condition | None:
+    """``{'a': 1, 'b': {'$gt': 2}, '$or': [...]}`` as a condition (the seed documents' ``find`` filters)."""
+    if not spec:
+        return None
+    parts: list[Condition] = []
+    for key, value in spec.items():
+        if key in ('$and', '$or'):
+            subs = [c for c in (from_mongo(s) for s in value) if c is not None]
+            parts.append((And if key == '$and' else Or)(tuple(subs)))
+        elif key.startswith('$'):
+            raise QueryError(f'unsupported filter operator {key!r}; supported: $and, $or, {", ".join(_MONGO_OPS)}')
+        elif isinstance(value, Mapping) and value and all(k.startswith('$') for k in value):
+            for op, operand in value.items():
+                if op not in _MONGO_OPS:
+                    raise QueryError(f'unsupported operator {op!r} on field {key!r}; supported: {", ".join(_MONGO_OPS)}')
+                parts.append(Compare(key, _MONGO_OPS[op], tuple(operand) if op == '$in' else operand))
+        else:
+            parts.append(Compare(key, '==', value))
+    return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+# ---- queries --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Query:
+    """A query on one table. Builders return new queries; ``execute()`` runs it.
+
+    ``action`` says what ``execute()`` returns: ``select`` a streaming ``Cursor`` of ``Document``s, ``one`` a
+    ``Document`` or ``None``, ``ids`` a list of primary keys, ``count`` an int, ``insert`` the new ids,
+    ``update``/``delete`` the number of rows changed.
+    """
+
+    table: str
+    db: 'Datalayer | None' = field(default=None, repr=False, compare=False)
+    action: str = 'select'
+    columns: tuple[str, ...] | None = None
+    where: Condition | None = None
+    order: tuple[tuple[str, bool], ...] = ()
+    limit_: int | None = None
+    offset_: int = 0
+    documents: Any = field(default=None, repr=False)
+    values: dict[str, Any] | None = None
+
+    def _with(self, **changes: Any) -> 'Query':
+        if self.action not in ('select',) and 'action' not in changes:
+            raise QueryError(f'cannot refine a {self.action!r} query on {self.table!r}; build it from db[{self.table!r}]')
+        return dataclasses.replace(self, **changes)
+
+    def __getitem__(self, name: str) -> Field:
+        return Field(name)
+
+    # -- reads
+    def select(self, *columns: str) -> 'Query':
+        return self._with(columns=tuple(columns) or None)
+
+    def filter(self, *conditions: Condition) -> 'Query':
+        where = self.where
+        for cond in conditions:
+            cond = _condition(cond)
+            where = cond if where is None else And((where, cond))
+        return self._with(where=where)
+
+    def limit(self, n: int, offset: int = 0) -> 'Query':
+        if not isinstance(n, int) or n < 0 or not isinstance(offset, int) or offset < 0:
+            raise QueryError(f'limit needs non-negative integers, got n={n!r}, offset={offset!r}')
+        return self._with(limit_=n, offset_=offset)
+
+    def order_by(self, column: str, descending: bool = False) -> 'Query':
+        return self._with(order=self.order + ((column, descending),))
+
+    def get(self, **equal: Any) -> 'Query':
+        """The one row whose fields equal these values; ``execute()`` gives a ``Document`` or ``None``."""
+        query = self.filter(*[Compare(k, '==', v) for k, v in equal.items()]) if equal else self
+        return query._with(action='one')
+
+    def ids(self) -> 'Query':
+        return self._with(action='ids')
+
+    def count(self) -> 'Query':
+        return self._with(action='count')
+
+    # -- Mongo-style reads from the seed documents
+    def find(self, filter: Mapping[str, Any] | None = None, projection: Mapping[str, Any] | None = None) -> 'Query':
+        query = self.filter(c) if (c := from_mongo(filter)) is not None else self
+        if projection:
+            query = query.select(*[k for k, v in projection.items() if v])
+        return query
+
+    def find_one(self, filter: Mapping[str, Any] | None = None, projection: Mapping[str, Any] | None = None) -> 'Query':
+        return self.find(filter, projection)._with(action='one')
+
+    # -- writes
+    def insert(self, documents: Any) -> 'Query':
+        """Insert dicts, ``Document``s or a pandas DataFrame; ``execute()`` returns the new ids."""
+        return self._with(action='insert', documents=documents)
+
+    def insert_one(self, document: Mapping[str, Any]) -> 'Query':
+        """Insert one row; ``execute()`` returns its id."""
+        return self._with(action='insert_one', documents=[document])
+
+    def insert_many(self, documents: Any) -> 'Query':
+        return self.insert(documents)
+
+    def update(self, values: Mapping[str, Any]) -> 'Query':
+        """Set ``values`` on every row the query's filter matches; ``execute()`` returns how many."""
+        if not isinstance(values, Mapping) or not values:
+            raise QueryError(f'update on {self.table!r} needs a non-empty dict of field values, got {values!r}')
+        return self._with(action='update', values=dict(values))
+
+    def delete(self) -> 'Query':
+        """Delete every row the query's filter matches; ``execute()`` returns how many."""
+        return self._with(action='delete')
+
+    # -- running
+    def execute(self) -> Any:
+        if self.db is None:
+            raise QueryError(f'query on {self.table!r} is not bound to a database; use db.execute(query)')
+        return self.db.execute(self)
+
+    def fields_used(self) -> Iterator[str]:
+        if self.columns:
+            yield from self.columns
+        if self.where is not None:
+            yield from self.where.fields()
+        for column, _ in self.order:
+            yield column
+        if self.values:
+            yield from self.values
+
+
+class Cursor:
+    """Rows of a select, fetched from the database in batches as you iterate."""
+
+    def __init__(self, batches: Iterator[list['Document']]):
+        self._batches = batches
+        self._current: Iterator['Document'] = iter(())
+
+    def __iter__(self) -> 'Cursor':
+        return self
+
+    def __next__(self) -> 'Document':
+        while True:
+            try:
+                return next(self._current)
+            except StopIteration:
+                self._current = iter(next(self._batches))
+
+    def tolist(self) -> list['Document']:
+        out = list(self._current)
+        for batch in self._batches:
+            out.extend(batch)
+        return out
+
+    def batches(self) -> Iterator[list['Document']]:
+        """The remaining rows, a batch at a time."""
+        rest = list(self._current)
+        if rest:
+            yield rest
+        yield from self._batches
+
+    def close(self) -> None:
+        close = getattr(self._batches, 'close', None)
+        if close:
+            close()
+
+    def __enter__(self) -> 'Cursor':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

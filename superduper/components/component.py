@@ -1,0 +1,137 @@
+"""The ``Component`` base: declarative, versioned, serialised as JSON of its arguments plus artifacts.
+
+A component's record is ``{'_path': 'module.Class', <argument>: <encoded value>, ...}`` where an encoded value
+is plain JSON, ``{'_ref': uuid}`` for a child component (stored on its own), ``{'_tuple': [...]}`` for a tuple,
+or ``{'_artifact': key}`` for any other object (cloudpickled, stored content-addressed in the artifact store).
+The hash of the record decides whether ``apply`` is a no-op or makes a new version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+from superduper.base.exceptions import ComponentError
+
+if TYPE_CHECKING:
+    from superduper.backends.artifacts import ArtifactStore
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(eq=False)
+class Component:
+    type_id: ClassVar[str] = 'Component'
+
+    identifier: str
+    version: int | None = field(default=None, kw_only=True, repr=False)
+    uuid: str | None = field(default=None, kw_only=True, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.identifier, str) or not self.identifier:
+            raise ComponentError(f'{type(self).__name__} needs a non-empty string identifier, got {self.identifier!r}')
+
+    # lifecycle hooks, overridden by subclasses
+    def on_create(self, db: Any) -> None:
+        """Set up what the component needs (tables, ...) before its metadata is stored."""
+
+    def on_load(self, db: Any) -> None:
+        """Called after the component is rebuilt from its stored record."""
+
+    def on_remove(self, db: Any) -> None:
+        """Tear down what ``on_create`` set up, after its metadata is gone."""
+
+    def arguments(self) -> Iterator[tuple[str, Any]]:
+        for f in dataclasses.fields(self):
+            if f.name not in ('version', 'uuid') and f.init:
+                yield f.name, getattr(self, f.name)
+
+    def children(self) -> list['Component']:
+        """Components held in this one's arguments, to be applied before it."""
+        found: list[Component] = []
+        for _, value in self.arguments():
+            _collect_components(value, found)
+        return found
+
+    @property
+    def huuid(self) -> str:
+        return f'{self.type_id}:{self.identifier}:{self.version}'
+
+
+def _collect_components(value: Any, found: list[Component]) -> None:
+    if isinstance(value, Component):
+        found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _collect_components(v, found)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect_components(v, found)
+
+
+def class_path(cls: type) -> str:
+    return f'{cls.__module__}:{cls.__qualname__}'
+
+
+def import_class(path: str) -> type:
+    module, _, name = path.partition(':')
+    obj: Any = importlib.import_module(module)
+    for part in name.split('.'):
+        obj = getattr(obj, part)
+    return obj
+
+
+def encode_component(component: Component, artifacts: 'ArtifactStore') -> tuple[dict, str]:
+    """The JSON record of a component (children must already carry a uuid) and its content hash."""
+    record: dict[str, Any] = {'_path': class_path(type(component))}
+    for name, value in component.arguments():
+        record[name] = _encode_value(value, artifacts)
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return record, digest
+
+
+def _encode_value(value: Any, artifacts: 'ArtifactStore') -> Any:
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, Component):
+        if value.uuid is None:
+            raise ComponentError(f'child {value.type_id} {value.identifier!r} must be applied before its parent')
+        return {'_ref': value.uuid}
+    if isinstance(value, list):
+        return [_encode_value(v, artifacts) for v in value]
+    if isinstance(value, tuple):
+        return {'_tuple': [_encode_value(v, artifacts) for v in value]}
+    if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith('_') for k in value):
+        return {k: _encode_value(v, artifacts) for k, v in value.items()}
+    return {'_artifact': artifacts.put_bytes(_pickle().dumps(value))}
+
+
+def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Component:
+    """Rebuild a component from its record; ``load_ref(uuid)`` rebuilds children."""
+    cls = import_class(record['_path'])
+    kwargs = {k: _decode_value(v, load_ref, artifacts) for k, v in record.items() if k != '_path'}
+    return cls(**kwargs)
+
+
+def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore') -> Any:
+    if isinstance(value, list):
+        return [_decode_value(v, load_ref, artifacts) for v in value]
+    if isinstance(value, dict):
+        if '_ref' in value:
+            return load_ref(value['_ref'])
+        if '_tuple' in value:
+            return tuple(_decode_value(v, load_ref, artifacts) for v in value['_tuple'])
+        if '_artifact' in value:
+            return _pickle().loads(artifacts.get_bytes(value['_artifact']))
+        return {k: _decode_value(v, load_ref, artifacts) for k, v in value.items()}
+    return value
+
+
+def _pickle() -> Any:
+    import cloudpickle
+
+    return cloudpickle

@@ -1,0 +1,344 @@
+"""Field types: how a column's values are checked, stored and read back.
+
+Built-in names: ``str int float bool bytes json datetime``, ``vector[float32:N]`` (also ``vector[N]``),
+``pickle`` and ``image``. A ``DataType`` component adds user encoders in one of the seed-003 modes:
+``'encodable'`` (bytes in the row), ``'artifact'`` (bytes in the artifact store, a reference in the row),
+``'lazy_artifact'`` (as ``'artifact'``, loaded on ``unpack()``) and ``'file'`` (a file or directory copied to
+the artifact store; reading gives a local path).
+
+Checking is column-wise: ``set(map(type, column))`` finds the few Python types present, so a clean column
+costs one pass in C; only a column with unusual types is walked value by value.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from superduper.base.document import LazyArtifact
+from superduper.base.exceptions import ConfigError
+from superduper.components.component import Component
+
+if TYPE_CHECKING:
+    from superduper.backends.artifacts import ArtifactStore
+
+BLOB_PREFIX = '&:blob:'
+FILE_PREFIX = '&:file:'
+ENCODABLE_MODES = ('encodable', 'artifact', 'lazy_artifact', 'file')
+
+
+class BadValue(Exception):
+    """Raised by ``FieldType.encode`` with the position of the first value that does not fit."""
+
+    def __init__(self, index: int, value: Any, reason: str = ''):
+        super().__init__(index, value, reason)
+        self.index, self.value, self.reason = index, value, reason
+
+
+class FieldType:
+    """One column's type. ``storage`` is the kind of database column that holds its encoded values."""
+
+    name: str = 'any'
+    storage: str = 'any'
+    expected: str = 'any value'
+    decodes: bool = False
+
+    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        return values
+
+    def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        return values
+
+    def __repr__(self) -> str:
+        return f'<field type {self.name}>'
+
+
+class Scalar(FieldType):
+    """A type the database stores natively; values of other accepted types are converted."""
+
+    def __init__(self, name: str, native: tuple[type, ...], accepts: Callable[[Any], bool], convert: Callable, expected: str):
+        self.name = self.storage = name
+        self.native = frozenset(native) | {type(None)}
+        self.accepts, self.convert, self.expected = accepts, convert, expected
+
+    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        if set(map(type, values)) <= self.native:
+            return values
+        out = []
+        for i, v in enumerate(values):
+            if type(v) in self.native:
+                out.append(v)
+            elif self.accepts(v):
+                out.append(self.convert(v))
+            else:
+                raise BadValue(i, v)
+        return out
+
+
+class Json(FieldType):
+    name = storage = 'json'
+    expected = 'a JSON-serialisable value'
+
+    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        for i, v in enumerate(values):
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                try:
+                    json.dumps(v)
+                except (TypeError, ValueError) as e:
+                    raise BadValue(i, v, str(e)) from None
+        return values
+
+
+class Vector(FieldType):
+    """A fixed-length numeric vector, stored as its raw bytes (4 bytes a value for float32)."""
+
+    storage = 'bytes'
+    decodes = True
+
+    def __init__(self, dtype: str, dim: int):
+        import numpy
+
+        self.np_dtype = numpy.dtype(dtype)
+        self.dtype, self.dim = dtype, dim
+        self.name = f'vector[{dtype}:{dim}]'
+        self.expected = f'a vector of {dim} {dtype} values'
+
+    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        import numpy
+
+        present = [v for v in values if v is not None]
+        try:
+            matrix = numpy.asarray(present, dtype=self.np_dtype)
+        except (ValueError, TypeError):
+            matrix = None
+        if matrix is None or matrix.shape != (len(present), self.dim):
+            self._find_bad(values)
+        rows = iter(matrix)
+        return [None if v is None else next(rows).tobytes() for v in values]
+
+    def _find_bad(self, values: list) -> None:
+        import numpy
+
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            try:
+                shape = numpy.asarray(v, dtype=self.np_dtype).shape
+            except (ValueError, TypeError) as e:
+                raise BadValue(i, v, str(e)) from None
+            if shape != (self.dim,):
+                raise BadValue(i, v, f'got shape {shape}')
+        raise AssertionError('unreachable: a ragged column always has a bad row')
+
+    def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        import numpy
+
+        dtype = self.np_dtype
+        return [None if v is None else numpy.frombuffer(v, dtype=dtype) for v in values]
+
+
+def _call(fn: Callable, takes_info: bool, x: Any, info: Any) -> Any:
+    return fn(x, info) if takes_info else fn(x)
+
+
+def _takes_info(fn: Callable | None) -> bool:
+    """Seed encoders are ``lambda x, info: ...``; plain one-argument callables work too."""
+    if fn is None:
+        return False
+    try:
+        params = [
+            p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2
+
+
+@dataclass(eq=False)
+class DataType(Component, FieldType):
+    """A user type: ``encoder(x, info) -> bytes`` and ``decoder(bytes, info) -> x`` in one of four modes."""
+
+    type_id: ClassVar[str] = 'DataType'
+
+    encoder: Callable | None = None
+    decoder: Callable | None = None
+    encodable: str = 'encodable'
+    info: dict | None = None
+    _encoder_takes_info: bool = field(init=False, repr=False, default=False)
+    _decoder_takes_info: bool = field(init=False, repr=False, default=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encodable not in ENCODABLE_MODES:
+            raise ConfigError(
+                f'DataType {self.identifier!r}: encodable={self.encodable!r}; expected one of {", ".join(ENCODABLE_MODES)}'
+            )
+        for role in ('encoder', 'decoder'):
+            fn = getattr(self, role)
+            if fn is not None and not callable(fn):
+                raise ConfigError(f'DataType {self.identifier!r}: {role} must be callable, got {type(fn).__name__}')
+        self._encoder_takes_info = _takes_info(self.encoder)
+        self._decoder_takes_info = _takes_info(self.decoder)
+
+    # FieldType interface
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.identifier
+
+    @property
+    def storage(self) -> str:  # type: ignore[override]
+        return 'bytes' if self.encodable == 'encodable' else 'str'
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        if self.encodable == 'file':
+            return 'the path of an existing file or directory'
+        return f'a value that the encoder of DataType {self.identifier!r} turns into bytes'
+
+    decodes: ClassVar[bool] = True
+
+    def encode_one(self, x: Any) -> bytes:
+        data = x if self.encoder is None else _call(self.encoder, self._encoder_takes_info, x, self.info)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'the encoder returned {type(data).__name__}, not bytes')
+        return bytes(data)
+
+    def decode_one(self, data: bytes) -> Any:
+        return data if self.decoder is None else _call(self.decoder, self._decoder_takes_info, data, self.info)
+
+    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        out = []
+        for i, v in enumerate(values):
+            if v is None:
+                out.append(None)
+                continue
+            try:
+                if self.encodable == 'file':
+                    out.append(FILE_PREFIX + artifacts.put_file(v))
+                    continue
+                data = self.encode_one(v)
+            except (TypeError, ValueError, OSError) as e:
+                raise BadValue(i, v, str(e)) from None
+            out.append(data if self.encodable == 'encodable' else BLOB_PREFIX + artifacts.put_bytes(data))
+        return out
+
+    def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
+        mode = self.encodable
+        if mode == 'encodable':
+            return [None if v is None else self.decode_one(v) for v in values]
+        if mode == 'file':
+            return [None if v is None else artifacts.get_file(v[len(FILE_PREFIX) :]) for v in values]
+        keys = [None if v is None else v[len(BLOB_PREFIX) :] for v in values]
+        if mode == 'artifact':
+            return [None if k is None else self.decode_one(artifacts.get_bytes(k)) for k in keys]
+
+        def load(key: str) -> Any:
+            return self.decode_one(artifacts.get_bytes(key))
+
+        return [None if k is None else LazyArtifact(k, self.identifier, load) for k in keys]
+
+
+# ---- built-in types -------------------------------------------------------------------------------------
+
+
+def _is_integral(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _to_datetime(v: Any) -> datetime.datetime:
+    return v.to_pydatetime() if hasattr(v, 'to_pydatetime') else v
+
+
+def _is_bool(v: Any) -> bool:
+    return type(v).__name__ == 'bool_' or isinstance(v, bool)
+
+
+SCALARS: dict[str, FieldType] = {
+    'str': Scalar('str', (str,), lambda v: isinstance(v, str), str, 'a string'),
+    'int': Scalar('int', (int,), _is_integral, int, 'an integer'),
+    'float': Scalar('float', (float, int), _is_real, float, 'a number'),
+    'bool': Scalar('bool', (bool,), _is_bool, bool, 'a boolean'),
+    'bytes': Scalar(
+        'bytes', (bytes,), lambda v: isinstance(v, (bytearray, memoryview)), bytes, 'bytes'
+    ),
+    'datetime': Scalar(
+        'datetime', (datetime.datetime,), lambda v: isinstance(v, datetime.datetime), _to_datetime, 'a datetime'
+    ),
+    'json': Json(),
+    'any': FieldType(),
+}
+ALIASES = {'string': 'str', 'text': 'str', 'integer': 'int', 'double': 'float', 'boolean': 'bool', 'blob': 'bytes'}
+_VECTOR = re.compile(r'vector\[(?:(float16|float32|float64|int8|int16|int32|int64|uint8):)?(\d+)\]')
+
+
+def _cloudpickle_dumps(x: Any) -> bytes:
+    import cloudpickle
+
+    return cloudpickle.dumps(x)
+
+
+def _cloudpickle_loads(data: bytes) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(data)
+
+
+def _image_encode(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=image.format or 'PNG')
+    return buffer.getvalue()
+
+
+def _image_decode(data: bytes) -> Any:
+    import io
+
+    from superduper.base.registry import Implementation, missing_dependency
+
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise missing_dependency('image', Implementation('', extra='image', driver='Pillow'), e) from e
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+BUILTIN_DATATYPES: dict[str, Callable[[], DataType]] = {
+    'pickle': lambda: DataType(
+        'pickle', encoder=_cloudpickle_dumps, decoder=_cloudpickle_loads, encodable='lazy_artifact'
+    ),
+    'image': lambda: DataType('image', encoder=_image_encode, decoder=_image_decode),
+}
+_builtin_cache: dict[str, DataType] = {}
+
+
+def resolve_type(spec: str | FieldType) -> FieldType:
+    """The ``FieldType`` for a field declaration such as ``'str'``, ``'vector[float32:384]'`` or a DataType."""
+    if isinstance(spec, FieldType):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f'a field type is a string or a DataType, got {spec!r}')
+    name = ALIASES.get(spec, spec)
+    if name in SCALARS:
+        return SCALARS[name]
+    if m := _VECTOR.fullmatch(name):
+        return Vector(m.group(1) or 'float32', int(m.group(2)))
+    if name in BUILTIN_DATATYPES:
+        if name not in _builtin_cache:
+            _builtin_cache[name] = BUILTIN_DATATYPES[name]()
+        return _builtin_cache[name]
+    raise ConfigError(
+        f'unknown field type {spec!r}; expected one of {", ".join(SCALARS)}, vector[float32:N], '
+        f'{", ".join(BUILTIN_DATATYPES)} or a DataType'
+    )

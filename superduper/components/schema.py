@@ -1,0 +1,75 @@
+"""``Schema``: field names to types, with the column-wise encoding of rows for writes and decoding for reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+
+from superduper.base.document import Document
+from superduper.base.exceptions import InvalidValue, UnknownField
+from superduper.components.component import Component
+from superduper.components.datatype import BadValue, FieldType, resolve_type
+
+if TYPE_CHECKING:
+    from superduper.backends.artifacts import ArtifactStore
+
+
+@dataclass(eq=False)
+class Schema(Component):
+    type_id: ClassVar[str] = 'Schema'
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, FieldType] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.types = {name: resolve_type(spec) for name, spec in self.fields.items()}
+
+    def field_names(self) -> list[str]:
+        return list(self.types)
+
+    def check_fields(self, table: str, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self.types:
+                raise UnknownField(f'table {table!r} has no field {name!r}; fields: {", ".join(self.types)}')
+
+    def encode_columns(
+        self, table: str, keys: Sequence[str], columns: list[list], artifacts: 'ArtifactStore', first_row: int = 0
+    ) -> list[list]:
+        """Check and convert each column; the first bad value raises ``InvalidValue`` naming table, field and row."""
+        out = []
+        for key, values in zip(keys, columns):
+            ftype = self.types[key]
+            try:
+                out.append(ftype.encode(values, artifacts))
+            except BadValue as e:
+                reason = f' ({e.reason})' if e.reason else ''
+                raise InvalidValue(
+                    f'table {table!r}, field {key!r}, row {first_row + e.index}: expected {ftype.expected}, '
+                    f'got {_short(e.value)}{reason}'
+                ) from None
+        return out
+
+    def row_decoder(self, keys: Sequence[str], artifacts: 'ArtifactStore'):
+        """A function turning a batch of result tuples (in ``keys`` order) into ``Document``s."""
+        keys = tuple(keys)
+        decoders = [
+            (i, self.types[k]) for i, k in enumerate(keys) if k in self.types and self.types[k].decodes
+        ]
+        if not decoders:
+            return lambda batch: [Document(zip(keys, row)) for row in batch]
+
+        def decode(batch: list) -> list[Document]:
+            if not batch:
+                return []
+            columns = list(zip(*batch))
+            for i, ftype in decoders:
+                columns[i] = ftype.decode(columns[i], artifacts)
+            return [Document(zip(keys, row)) for row in zip(*columns)]
+
+        return decode
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + '...'
