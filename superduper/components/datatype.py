@@ -222,8 +222,8 @@ class DataType(Component, FieldType):
                     out.append(FILE_PREFIX + artifacts.put_file(v))
                     continue
                 data = self.encode_one(v)
-            except (TypeError, ValueError, OSError) as e:
-                raise BadValue(i, v, str(e)) from None
+            except Exception as e:  # the user's encoder may raise anything
+                raise BadValue(i, v, f'{type(e).__name__}: {e}') from None
             out.append(data if self.encodable == 'encodable' else BLOB_PREFIX + artifacts.put_bytes(data))
         return out
 
@@ -259,7 +259,7 @@ def _to_datetime(v: Any) -> datetime.datetime:
 
 
 def _is_bool(v: Any) -> bool:
-    return type(v).__name__ == 'bool_' or isinstance(v, bool)
+    return isinstance(v, bool) or (type(v).__module__ == 'numpy' and type(v).__name__ in ('bool', 'bool_'))
 
 
 SCALARS: dict[str, FieldType] = {

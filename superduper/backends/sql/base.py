@@ -87,9 +87,11 @@ class SQLDataBackend:
         if table is None:
             if not self.has_table(name):
                 raise UnknownTable(_unknown_table_message(name, self.table_names(), self.uri))
-            table = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
-            self._tables[name] = table
+            table = self._tables[name] = self._reflect(name)
         return table
+
+    def _reflect(self, name: str) -> sa.Table:
+        return sa.Table(name, sa.MetaData(), autoload_with=self.engine)
 
     def forget(self, name: str) -> None:
         self._tables.pop(name, None)
@@ -117,9 +119,10 @@ class SQLDataBackend:
     def create_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
         """Create the table, or add the declared columns an existing one lacks."""
         if not self.has_table(name):
-            self._build(name, types, primary_key).create(self.engine)
+            with self._errors('create', name):
+                self._build(name, types, primary_key).create(self.engine)
         else:
-            existing = {c['name'] for c in sa.inspect(self.engine).get_columns(name)}
+            existing = {c.name for c in self._reflect(name).columns}
             if primary_key not in existing:
                 raise ComponentError(f'table {name!r} already exists without the primary key column {primary_key!r}')
             missing = [f for f in types if f not in existing]

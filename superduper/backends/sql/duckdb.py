@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
 from superduper.backends.sql.base import SQLDataBackend
@@ -21,6 +22,12 @@ class DuckDBDataBackend(SQLDataBackend):
         if path is not None and os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         super().__init__(uri)
+        # duckdb-engine quotes by PostgreSQL's keyword list; DuckDB reserves more words (``by``, ...)
+        with self.engine.connect() as conn:
+            keywords = conn.exec_driver_sql(
+                "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'"
+            ).scalars()
+            self.dialect.identifier_preparer.reserved_words |= set(keywords)
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:
@@ -30,3 +37,40 @@ class DuckDBDataBackend(SQLDataBackend):
     def engine_options(self) -> dict[str, Any]:
         # one process-wide connection: DuckDB allows a single writer, and ':memory:' is per connection
         return {'poolclass': StaticPool}
+
+    def _reflect(self, name: str) -> sa.Table:
+        # SQLAlchemy's PostgreSQL reflection, which duckdb-engine reuses, queries catalogs DuckDB lacks
+        with self.engine.connect() as conn:
+            columns = conn.exec_driver_sql(
+                'SELECT column_name, data_type FROM information_schema.columns '
+                'WHERE table_name = ? AND table_schema = current_schema() ORDER BY ordinal_position',
+                (name,),
+            ).all()
+            keys = conn.exec_driver_sql(
+                "SELECT constraint_column_names FROM duckdb_constraints() "
+                "WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'",
+                (name,),
+            ).scalars().all()
+        primary = set(keys[0]) if keys else set()
+        return sa.Table(
+            name,
+            sa.MetaData(),
+            *[sa.Column(c, _duckdb_type(t), primary_key=c in primary) for c, t in columns],
+        )
+
+
+_DUCKDB_TYPES = {
+    'VARCHAR': sa.String, 'TEXT': sa.String, 'BIGINT': sa.BigInteger, 'INTEGER': sa.Integer,
+    'SMALLINT': sa.SmallInteger, 'TINYINT': sa.SmallInteger, 'HUGEINT': sa.BigInteger, 'UBIGINT': sa.BigInteger,
+    'UINTEGER': sa.BigInteger, 'DOUBLE': sa.Double, 'FLOAT': sa.Float, 'REAL': sa.Float, 'BOOLEAN': sa.Boolean,
+    'BLOB': sa.LargeBinary, 'JSON': lambda: sa.JSON(none_as_null=True), 'TIMESTAMP': sa.DateTime,
+    'DATE': sa.Date, 'TIME': sa.Time,
+}
+
+
+def _duckdb_type(name: str) -> Any:
+    base = name.split('(', 1)[0].strip().upper()
+    if base == 'DECIMAL':
+        return sa.Numeric()
+    factory = _DUCKDB_TYPES.get(base)
+    return factory() if factory else sa.types.NullType()

@@ -1,0 +1,116 @@
+"""Bad input: one clear error naming the thing, and nothing already stored is lost or half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from superduper import DataType, Table
+from superduper.base.exceptions import (
+    ConfigError,
+    DatabaseError,
+    InvalidValue,
+    QueryError,
+    UnknownField,
+    UnknownTable,
+)
+
+
+@pytest.fixture
+def items(db):
+    db.apply(Table('items', fields={'name': 'str', 'qty': 'int', 'v': 'vector[float32:3]'}))
+    db['items'].insert([{'id': 'keep', 'name': 'kept', 'qty': 1, 'v': [1, 2, 3]}]).execute()
+    return db['items']
+
+
+def test_unknown_table_lists_existing(db, items):
+    with pytest.raises(UnknownTable, match=r"table 'nope' does not exist.*tables: items"):
+        db['nope'].select().execute()
+    with pytest.raises(UnknownTable, match="'nope'"):
+        db['nope'].insert([{'a': 1}]).execute()
+
+
+def test_unknown_column_everywhere(items):
+    t = items
+    for query in [
+        t.select('name', 'colour'),
+        t.filter(t['colour'] == 'red'),
+        t.order_by('colour'),
+        t.filter(t['qty'] > 0).update({'colour': 'red'}),
+        t.insert([{'name': 'x', 'colour': 'red'}]),
+    ]:
+        with pytest.raises(UnknownField, match=r"table 'items' has no field 'colour'; fields: id, name, qty, v"):
+            query.execute()
+
+
+def test_wrong_type_names_table_field_and_row(items):
+    rows = [{'name': 'a', 'qty': 1}, {'name': 'b', 'qty': 2}, {'name': 'c', 'qty': 'three'}]
+    with pytest.raises(InvalidValue, match=r"table 'items', field 'qty', row 2: expected an integer, got 'three'"):
+        items.insert(rows).execute()
+    with pytest.raises(InvalidValue, match=r"field 'name', row 0: expected a string, got 5"):
+        items.insert([{'name': 5}]).execute()
+    with pytest.raises(InvalidValue, match=r"field 'qty', row 0: expected an integer, got True"):
+        items.insert([{'qty': True}]).execute()
+    with pytest.raises(InvalidValue, match=r"field 'qty'"):
+        items.filter(items['qty'] == 'many').execute()
+    with pytest.raises(InvalidValue, match=r"field 'qty'"):
+        items.update({'qty': 'many'}).execute()
+    assert [r['id'] for r in items.select().execute()] == ['keep']
+
+
+def test_wrong_vector_length(items):
+    with pytest.raises(InvalidValue, match=r"table 'items', field 'v', row 1: expected a vector of 3 float32 values.*shape \(4,\)"):
+        items.insert([{'v': [1, 2, 3]}, {'v': np.ones(4)}]).execute()
+    with pytest.raises(InvalidValue, match=r"field 'v', row 0"):
+        items.insert([{'v': ['a', 'b', 'c']}]).execute()
+    assert items.count().execute() == 1
+
+
+def test_failed_batch_writes_nothing(db, items):
+    # the bad row is past the first chunk: earlier chunks were already sent, and must be rolled back
+    db.cfg.insert_batch_size = 10
+    rows = [{'name': f'n{i}', 'qty': i} for i in range(25)] + [{'name': 'bad', 'qty': 'x'}]
+    with pytest.raises(InvalidValue, match='row 25'):
+        items.insert(rows).execute()
+    assert items.count().execute() == 1
+    # a row the database itself refuses (duplicate key) also rolls back the whole batch
+    with pytest.raises(DatabaseError, match="insert into table 'items' failed"):
+        items.insert([{'id': 'new-1', 'name': 'x'}, {'id': 'keep', 'name': 'dup'}]).execute()
+    assert items.count().execute() == 1
+    assert items.get(id='keep').execute()['name'] == 'kept'
+
+
+def test_bad_rows_and_query_arguments(items):
+    with pytest.raises(QueryError, match='row 1 of an insert into .items. is a str'):
+        items.insert([{'name': 'a'}, 'oops']).execute()
+    with pytest.raises(QueryError, match='insert_one'):
+        items.insert({'name': 'a'}).execute()
+    with pytest.raises(QueryError, match='limit'):
+        items.limit(-1)
+    with pytest.raises(QueryError, match='non-empty dict'):
+        items.update({})
+    with pytest.raises(QueryError, match='isin'):
+        items['name'].isin('abc')
+
+
+def test_bad_datatype_and_field_declarations(db):
+    with pytest.raises(ConfigError, match="unknown field type 'strng'"):
+        Table('t', fields={'a': 'strng'})
+    with pytest.raises(ConfigError, match=r"encodable='blob'; expected one of encodable, artifact, lazy_artifact, file"):
+        DataType('d', encodable='blob')
+    with pytest.raises(ConfigError, match='encoder must be callable'):
+        DataType('d', encoder='pickle')
+
+
+def test_encoder_failure_names_the_row(db):
+    dt = DataType('strict', encoder=lambda x: x.encode(), decoder=lambda b: b.decode(), encodable='artifact')
+    db.apply(Table('enc', fields={'s': dt}))
+    with pytest.raises(InvalidValue, match=r"table 'enc', field 's', row 1"):
+        db['enc'].insert([{'s': 'fine'}, {'s': 42}]).execute()
+    assert db['enc'].count().execute() == 0
+
+
+def test_missing_file_for_file_type(db, tmp_path):
+    db.apply(Table('fs', fields={'f': DataType('file', encodable='file')}))
+    with pytest.raises(InvalidValue, match=r"field 'f', row 0: expected the path of an existing file or directory"):
+        db['fs'].insert([{'f': str(tmp_path / 'missing.bin')}]).execute()
