@@ -135,7 +135,7 @@ class Datalayer:
             return self._insert_returning(info, rows)
         if info.auto_id and info.primary_key[0] not in keys:
             keys.append(info.primary_key[0])
-        if not info.auto_id and any(len(r) != len(keys) for r in rows):
+        if not info.auto_id and set(map(len, rows)) != {len(keys)}:
             return self._insert_by_key_set(info, rows)
         columns = [[r.get(k) for r in rows] for k in keys]
         pk_columns = [keys.index(k) for k in info.primary_key]
@@ -264,24 +264,19 @@ def _as_rows(documents: Any, table: str) -> list[dict]:
     if isinstance(documents, Mapping):
         raise QueryError(f'insert into {table!r} takes a list of rows; use insert_one for a single row')
     rows = documents if isinstance(documents, list) else list(documents)
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise QueryError(f'row {i} of an insert into {table!r} is a {type(row).__name__}, not a dict')
+    if not all(isinstance(row, dict) for row in rows):  # fast check first; Mapping's isinstance is slow
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise QueryError(f'row {i} of an insert into {table!r} is a {type(row).__name__}, not a dict')
+        rows = [dict(row) for row in rows]
     return rows
 
 
 def _union_keys(rows: list[dict]) -> list[str]:
+    """Every key any row has: the first row's in order, then the others sorted."""
     keys = list(rows[0])
-    n = len(keys)
-    if all(len(r) == n for r in rows) and all(r.keys() == rows[0].keys() for r in rows):
-        return keys
-    seen = set(keys)
-    for r in rows:
-        for k in r:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
-    return keys
+    extra = set().union(*rows).difference(keys)
+    return keys + sorted(extra) if extra else keys
 
 
 def _fill_ids(column: list) -> None:

@@ -219,20 +219,44 @@ class SQLDataBackend:
         if offset:
             stmt = stmt.offset(offset)
         if conn is not None:
-            with self._errors('select from', name):
-                yield from conn.execute(stmt).partitions(batch_size)
+            yield from self._fetch(conn, stmt, name, batch_size)
             return
         with self.engine.connect() as own:
-            options = {'stream_results': True, 'yield_per': batch_size} if self.streams_results else {}
-            with self._errors('select from', name):
-                result = own.execution_options(**options).execute(stmt)
-                if not self.streams_results:
-                    rows = result.all()
-                    result = None
-                    for i in range(0, len(rows), batch_size):
-                        yield rows[i : i + batch_size]
-                    return
-                yield from result.partitions(batch_size)
+            server_side = self.streams_results and self.dialect.supports_server_side_cursors
+            if server_side:
+                own = own.execution_options(stream_results=True, yield_per=batch_size)
+            yield from self._fetch(own, stmt, name, batch_size, server_side)
+
+    def _fetch(
+        self, conn: Connection, stmt: Any, name: str, batch_size: int, server_side: bool = False
+    ) -> Iterator[list]:
+        with self._errors('select from', name):
+            result = conn.execute(stmt)
+            try:
+                if server_side:  # SQLAlchemy buffers a server-side cursor: read through it
+                    yield from result.partitions(batch_size)
+                else:
+                    yield from self._fetch_raw(result, stmt, batch_size)
+            finally:
+                result.close()
+
+    def _fetch_raw(self, result: Any, stmt: Any, batch_size: int) -> Iterator[list]:
+        """Read the driver's cursor directly, converting only the columns whose type needs it: SQLAlchemy's
+        per-row ``Row`` objects would cost more than the database (SQLite, DuckDB)."""
+        cursor = result.cursor
+        convert = [
+            (i, proc)
+            for i, (col, desc) in enumerate(zip(stmt.selected_columns, cursor.description))
+            if (proc := col.type.dialect_impl(self.dialect).result_processor(self.dialect, desc[1]))
+        ]
+        if self.streams_results:
+            batches = iter(lambda: cursor.fetchmany(batch_size), [])
+        else:  # the connection is shared: read everything before anyone else uses it
+            rows = cursor.fetchall()
+            batches = (rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
+        for batch in batches:
+            yield _convert(batch, convert) if convert else batch
+
 
     def count(self, name: str, where: Condition | None = None) -> int:
         table = self.table(name)
@@ -269,6 +293,13 @@ class SQLDataBackend:
         except sa.exc.DBAPIError as e:
             reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
             raise DatabaseError(f'{action} table {name!r} failed: {reason}') from e
+
+
+def _convert(batch: list, convert: list) -> list:
+    columns = list(zip(*batch))
+    for i, proc in convert:
+        columns[i] = list(map(proc, columns[i]))
+    return list(zip(*columns))
 
 
 def storage_of(sa_type: Any) -> str:
