@@ -49,6 +49,7 @@ EXISTS = {
     'mysql': 'SELECT 1 FROM information_schema.schemata WHERE schema_name = :name',
 }
 SD, CORE = 'bench_sd', 'bench_core'
+FIELDS = {'txt': 'str', 'n': 'int', 'f': 'float'}
 INSERT_TARGET, READ_TARGET, IMPORT_TARGET = 1.3, 1.5, 0.3
 
 
@@ -99,9 +100,11 @@ def bench_backend(backend: str, uri: str, n: int, repeats: int, tmp: str) -> lis
     core = None
     try:
         db.databackend.drop_table(SD)  # leftovers of an interrupted run
-        db.apply(Table(SD, fields={'txt': 'str', 'n': 'int', 'f': 'float'}))
-        # the Core table: the same columns and types superduper created, under another name
-        core = db.databackend.table(SD).to_metadata(sa.MetaData(), name=CORE)
+        db.apply(Table(SD, fields=FIELDS))
+        # the Core table: the columns and types superduper creates (per dialect), under another name
+        backend_types = db.databackend
+        core = sa.Table(CORE, sa.MetaData(), sa.Column('id', backend_types.id_type(), primary_key=True),
+                        *[sa.Column(k, backend_types.column_type(storage)) for k, storage in FIELDS.items()])
         core.drop(engine, checkfirst=True)
         core.create(engine)
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import io
 import os
 import pickle
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
 from superduper import DataType, LazyArtifact, Schema, Table

@@ -257,7 +257,6 @@ class SQLDataBackend:
         for batch in batches:
             yield _convert(batch, convert) if convert else batch
 
-
     def count(self, name: str, where: Condition | None = None) -> int:
         table = self.table(name)
         stmt = sa.select(sa.func.count()).select_from(table)
