@@ -35,6 +35,7 @@ import uuid
 import sqlalchemy as sa
 
 from superduper import Table, superduper
+from superduper.base.exceptions import SuperduperError
 
 URIS = {
     'sqlite': 'sqlite:///{tmp}/bench.db',
@@ -43,7 +44,7 @@ URIS = {
     'duckdb': 'duckdb:///{tmp}/bench.duckdb',
 }
 # how to reach a server without the benchmark database, to create it when missing: (driver, database)
-ADMIN = {'postgresql': ('postgresql+psycopg', 'postgres'), 'mysql': ('mysql+pymysql', None)}
+ADMIN = {'postgresql': ('postgresql+psycopg', 'postgres'), 'mysql': ('mysql+pymysql', 'information_schema')}
 EXISTS = {
     'postgresql': 'SELECT 1 FROM pg_database WHERE datname = :name',
     'mysql': 'SELECT 1 FROM information_schema.schemata WHERE schema_name = :name',
@@ -58,6 +59,10 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def nothing() -> None:
+    pass
 
 
 def medians(cases: dict, repeats: int) -> dict[str, float]:
@@ -147,7 +152,6 @@ def bench_backend(backend: str, uri: str, n: int, repeats: int, tmp: str) -> lis
         counts = {len(db[SD].select().execute().tolist()), len(core_read(False))}
         if counts != {n}:
             print(f'warning: {backend}: expected {n} rows in each table, read {sorted(counts)}', file=sys.stderr)
-        nothing = lambda: None  # noqa: E731
         read = medians({
             'sd': (nothing, lambda: db[SD].select().execute().tolist()),
             'core': (nothing, lambda: core_read(False)),
@@ -221,7 +225,7 @@ def main() -> None:
         for backend in backends:
             try:
                 results += bench_backend(backend, URIS[backend].format(tmp=tmp), args.rows, args.repeats, tmp)
-            except Exception as e:  # a server that is down should not hide the other figures
+            except (sa.exc.SQLAlchemyError, SuperduperError, OSError) as e:  # e.g. a server that is down
                 print(f'{backend}: skipped, {type(e).__name__}: {e}'.splitlines()[0], file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
 from superduper.base.document import Document
 from superduper.base.exceptions import InvalidValue, UnknownField
@@ -50,14 +50,12 @@ class Schema(Component):
                 ) from None
         return out
 
-    def row_decoder(self, keys: Sequence[str], artifacts: 'ArtifactStore'):
+    def row_decoder(self, keys: Sequence[str], artifacts: 'ArtifactStore') -> Callable[[list], list[Document]]:
         """A function turning a batch of result tuples (in ``keys`` order) into ``Document``s."""
-        keys = tuple(keys)
-        decoders = [
-            (i, self.types[k]) for i, k in enumerate(keys) if k in self.types and self.types[k].decodes
-        ]
+        build = documents_builder(tuple(keys))
+        decoders = [(i, self.types[k]) for i, k in enumerate(keys) if k in self.types and self.types[k].decodes]
         if not decoders:
-            return lambda batch: [Document(zip(keys, row)) for row in batch]
+            return build
 
         def decode(batch: list) -> list[Document]:
             if not batch:
@@ -65,9 +63,21 @@ class Schema(Component):
             columns = list(zip(*batch))
             for i, ftype in decoders:
                 columns[i] = ftype.decode(columns[i], artifacts)
-            return [Document(zip(keys, row)) for row in zip(*columns)]
+            return build(zip(*columns))
 
         return decode
+
+
+def documents_builder(keys: tuple[str, ...]) -> Callable[[Iterable[tuple]], list[Document]]:
+    """``rows -> [Document]`` for rows of these keys, compiled to a dict display: about twice as fast as
+    ``Document(zip(keys, row))``, which is most of the cost of reading a table. Keys enter only as ``repr``
+    literals."""
+    if not keys:
+        return lambda rows: [Document() for _ in rows]
+    names = ', '.join(f'v{i}' for i in range(len(keys)))
+    items = ', '.join(f'{key!r}: v{i}' for i, key in enumerate(keys))
+    source = f'lambda rows: [Document({{{items}}}) for ({names},) in rows]'
+    return eval(source, {'Document': Document})  # noqa: S307
 
 
 def _short(value: Any) -> str:

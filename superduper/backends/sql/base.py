@@ -222,10 +222,34 @@ class SQLDataBackend:
             yield from self._fetch(conn, stmt, name, batch_size)
             return
         with self.engine.connect() as own:
-            server_side = self.streams_results and self.dialect.supports_server_side_cursors
-            if server_side:
-                own = own.execution_options(stream_results=True, yield_per=batch_size)
-            yield from self._fetch(own, stmt, name, batch_size, server_side)
+            driver_query = self._driver_query(stmt) if self.streams_results else None
+            cursor = driver_query and self.server_side_cursor(own.connection.dbapi_connection)
+            if cursor is not None:
+                with self._errors('select from', name):
+                    try:
+                        cursor.execute(*driver_query)
+                        yield from self._read_cursor(cursor, stmt, batch_size)
+                    finally:
+                        cursor.close()
+            else:
+                server_side = self.streams_results and self.dialect.supports_server_side_cursors
+                if server_side:
+                    own = own.execution_options(stream_results=True, yield_per=batch_size)
+                yield from self._fetch(own, stmt, name, batch_size, server_side)
+
+    def server_side_cursor(self, dbapi_connection: Any) -> Any | None:
+        """A driver cursor that streams rows from the server, for dialects that know how to make one."""
+        return None
+
+    def _driver_query(self, stmt: Any) -> tuple[str, Any] | None:
+        """The statement as SQL and parameters for the driver, unless a parameter needs SQLAlchemy's conversion."""
+        compiled = stmt.compile(dialect=self.dialect, compile_kwargs={'render_postcompile': True})
+        if any(b.type._cached_bind_processor(self.dialect) for b in compiled.binds.values()):
+            return None
+        params = compiled.construct_params()
+        if compiled.positional:
+            return str(compiled), tuple(params[k] for k in compiled.positiontup)
+        return str(compiled), {compiled.escaped_bind_names.get(k, k): v for k, v in params.items()}
 
     def _fetch(
         self, conn: Connection, stmt: Any, name: str, batch_size: int, server_side: bool = False
@@ -236,21 +260,20 @@ class SQLDataBackend:
                 if server_side:  # SQLAlchemy buffers a server-side cursor: read through it
                     yield from result.partitions(batch_size)
                 else:
-                    yield from self._fetch_raw(result, stmt, batch_size)
+                    yield from self._read_cursor(result.cursor, stmt, batch_size)
             finally:
                 result.close()
 
-    def _fetch_raw(self, result: Any, stmt: Any, batch_size: int) -> Iterator[list]:
+    def _read_cursor(self, cursor: Any, stmt: Any, batch_size: int) -> Iterator[list]:
         """Read the driver's cursor directly, converting only the columns whose type needs it: SQLAlchemy's
-        per-row ``Row`` objects would cost more than the database (SQLite, DuckDB)."""
-        cursor = result.cursor
+        per-row ``Row`` objects would cost more than the database itself."""
         convert = [
             (i, proc)
             for i, (col, desc) in enumerate(zip(stmt.selected_columns, cursor.description))
             if (proc := col.type.dialect_impl(self.dialect).result_processor(self.dialect, desc[1]))
         ]
         if self.streams_results:
-            batches = iter(lambda: cursor.fetchmany(batch_size), [])
+            batches = iter(lambda: list(cursor.fetchmany(batch_size)), [])
         else:  # the connection is shared: read everything before anyone else uses it
             rows = cursor.fetchall()
             batches = (rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
@@ -291,6 +314,9 @@ class SQLDataBackend:
             yield
         except sa.exc.DBAPIError as e:
             reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            raise DatabaseError(f'{action} table {name!r} failed: {reason}') from e
+        except self.dialect.loaded_dbapi.Error as e:  # from a driver cursor used directly
+            reason = str(e).strip().splitlines()[0]
             raise DatabaseError(f'{action} table {name!r} failed: {reason}') from e
 
 

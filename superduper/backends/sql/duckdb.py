@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
@@ -37,6 +37,12 @@ class DuckDBDataBackend(SQLDataBackend):
     def engine_options(self) -> dict[str, Any]:
         # one process-wide connection: DuckDB allows a single writer, and ':memory:' is per connection
         return {'poolclass': StaticPool}
+
+    def insert(self, conn: Any, name: str, keys: Sequence[str], columns: list[list]) -> None:
+        # the driver's executemany runs one statement a row on DuckDB; SQLAlchemy batches rows into VALUES lists
+        rows = [dict(zip(keys, values)) for values in zip(*columns)]
+        with self._errors('insert into', name):
+            conn.execute(self.table(name).insert(), rows)
 
     def _reflect(self, name: str) -> sa.Table:
         # SQLAlchemy's PostgreSQL reflection, which duckdb-engine reuses, queries catalogs DuckDB lacks

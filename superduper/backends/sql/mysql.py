@@ -23,6 +23,11 @@ class MySQLDataBackend(SQLDataBackend):
     def engine_options(self) -> dict[str, Any]:
         return {'pool_pre_ping': True, 'pool_recycle': 3600}
 
+    def server_side_cursor(self, dbapi_connection: Any) -> Any:
+        import pymysql.cursors
+
+        return dbapi_connection.cursor(pymysql.cursors.SSCursor)
+
     def column_type(self, storage: str) -> Any:
         # TEXT and BLOB stop at 64 KiB in MySQL; the LONG variants hold what the other databases hold
         if storage in ('str', 'any'):

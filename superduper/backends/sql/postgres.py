@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy.dialects import postgresql
@@ -19,6 +20,9 @@ class PostgresDataBackend(SQLDataBackend):
 
     def engine_options(self) -> dict[str, Any]:
         return {'pool_pre_ping': True}
+
+    def server_side_cursor(self, dbapi_connection: Any) -> Any:
+        return dbapi_connection.cursor(name=f'superduper_{uuid.uuid4().hex[:16]}')
 
     def column_type(self, storage: str) -> Any:
         if storage == 'json':
