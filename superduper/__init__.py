@@ -23,6 +23,10 @@ _EXPORTS = {
     'DataType': 'superduper.components.datatype',
     'Schema': 'superduper.components.schema',
     'Table': 'superduper.components.table',
+    'Model': 'superduper.components.model',
+    'ObjectModel': 'superduper.components.model',
+    'Metric': 'superduper.components.model',
+    'Listener': 'superduper.components.listener',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
     from superduper.components.component import Component
     from superduper.components.datatype import DataType
     from superduper.components.schema import Schema
+    from superduper.components.listener import Listener
+    from superduper.components.model import Metric, Model, ObjectModel
     from superduper.components.table import Table
 
 

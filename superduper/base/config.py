@@ -36,6 +36,8 @@ class Config(BaseSettings):
     home: str = Field(default=DEFAULT_HOME, description='folder for the embedded default and local caches')
     read_batch_size: int = Field(default=2000, gt=0, description='rows fetched per round trip when reading')
     insert_batch_size: int = Field(default=10000, gt=0, description='rows sent per statement when inserting')
+    valid_fraction: float = Field(default=0.05, ge=0, le=1, description="share of new rows given _fold='valid'")
+    progress: bool = Field(default=True, description='show progress bars for backfills')
 
     @classmethod
     def settings_customise_sources(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import zlib
 import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from superduper.base.config import Config, load_config
-from superduper.base.exceptions import ComponentError, NotFound, QueryError
+from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
 from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query
-from superduper.components.component import Component, decode_record, encode_component
+from superduper.components.component import Component, artifact_keys, decode_record, encode_component, references
 from superduper.components.datatype import Scalar
 from superduper.components.schema import Schema
 from superduper.components.table import Table
@@ -35,6 +36,16 @@ class Datalayer:
         self.cfg = cfg
         self._tables: dict[str, TableInfo] = {}
         self._loaded: dict[str, Component] = {}
+        self._listening: Any = None
+
+    @property
+    def listening(self) -> Any:
+        """The machinery keeping listeners' outputs current (see ``superduper.base.listening``)."""
+        if self._listening is None:
+            from superduper.base.listening import Listening
+
+            self._listening = Listening(self)
+        return self._listening
 
     def __repr__(self) -> str:
         return f'Datalayer({self.databackend!r})'
@@ -86,6 +97,7 @@ class Datalayer:
         where = _encode_condition(query.where, info) if query.where is not None else None
         if query.action in ('insert', 'insert_one'):
             ids = self._insert(info, _as_rows(query.documents, query.table))
+            self.listening.after_write(query.table, ids)
             return ids[0] if query.action == 'insert_one' else ids
         if query.action == 'select':
             return self._select(info, query, where)
@@ -95,21 +107,39 @@ class Datalayer:
             return self._ids(info, query, where)
         if query.action == 'count':
             return self.databackend.count(query.table, where)
-        if query.action == 'update':
-            values = self._encode_values(info, query.values)
-            with self.databackend.begin() as conn:
-                return self.databackend.update(conn, query.table, values, where)
-        if query.action == 'delete':
-            with self.databackend.begin() as conn:
-                return self.databackend.delete(conn, query.table, where)
+        if query.action in ('update', 'delete'):
+            return self._change(info, query, where)
         raise QueryError(f'unknown query action {query.action!r}')
+
+    def _change(self, info: TableInfo, query: Query, where: Condition | None) -> int:
+        """Update or delete, then bring the listeners on the table up to date with the rows it touched."""
+        touched = self._ids(info, query, where) if self.listening.followers(info.name) else []
+        with self.databackend.begin() as conn:
+            if query.action == 'update':
+                count = self.databackend.update(conn, query.table, self._encode_values(info, query.values), where)
+            else:
+                count = self.databackend.delete(conn, query.table, where)
+        if touched:
+            self.listening.after_write(info.name, touched, deleted=query.action == 'delete')
+        return count
 
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
         columns = list(query.columns or info.schema.field_names())
-        decode = info.schema.row_decoder(columns, self.artifact_store)
+        schema, joins = info.schema, []
+        if query.joined:
+            fields = dict(info.schema.types)
+            for predict_id in query.joined:
+                outputs = f'_outputs__{predict_id}'
+                try:
+                    fields[outputs] = self.table_info(outputs).schema.types[outputs]
+                except (UnknownTable, KeyError):
+                    raise QueryError(f'no listener outputs {predict_id!r}: table {outputs!r} does not exist') from None
+                joins.append((outputs, outputs, info.primary_key[0], '_source'))
+            schema = Schema(info.name, fields=fields)
+        decode = schema.row_decoder(columns + [j[1] for j in joins], self.artifact_store)
         batches = self.databackend.select(
             info.name, columns, where, query.order, query.limit_ if limit is None else limit, query.offset_,
-            self.cfg.read_batch_size,
+            self.cfg.read_batch_size, joins=joins,
         )
         return Cursor(decode(batch) for batch in batches)
 
@@ -141,6 +171,11 @@ class Datalayer:
         pk_columns = [keys.index(k) for k in info.primary_key]
         if info.auto_id:
             _fill_ids(columns[pk_columns[0]])
+            if '_fold' in info.schema.types:
+                if '_fold' not in keys:
+                    keys.append('_fold')
+                    columns.append([None] * len(rows))
+                _fill_folds(columns[keys.index('_fold')], columns[pk_columns[0]], self.cfg.valid_fraction)
         step = self.cfg.insert_batch_size
         with self.databackend.begin() as conn:
             for start in range(0, len(rows), step):
@@ -184,19 +219,21 @@ class Datalayer:
             raise ComponentError(f'db.apply takes a Component (Table, Model, Listener, ...), got {type(component).__name__}')
         for child in component.children():
             self.apply(child)
-        record, digest = encode_component(component, self.artifact_store)
-        latest = self.metadata.get(component.type_id, component.identifier)
-        if latest is not None and latest['hash'] == digest:
-            component.version, component.uuid = latest['version'], latest['uuid']
+        record, uuid = encode_component(component, self.artifact_store)
+        stored = self.metadata.get_by_uuid(uuid)
+        if stored is not None:  # this exact declaration is already applied
+            component.version, component.uuid = stored['version'], uuid
             return component
-        component.version = 0 if latest is None else latest['version'] + 1
-        component.uuid = uuidlib.uuid4().hex
+        versions = self.metadata.versions(component.type_id, component.identifier)
+        component.version = versions[-1] + 1 if versions else 0
+        component.uuid = uuid
         component.on_create(self)
         self.metadata.create(
-            uuid=component.uuid, type_id=component.type_id, identifier=component.identifier,
-            version=component.version, hash=digest, record=record,
+            uuid=uuid, type_id=component.type_id, identifier=component.identifier,
+            version=component.version, hash=uuid, record=record,
         )
-        self._loaded[component.uuid] = component
+        self._loaded[uuid] = component
+        component.on_applied(self)
         return component
 
     add = apply  # the older seed name
@@ -225,7 +262,9 @@ class Datalayer:
 
     def show(self, type_id: str | None = None, identifier: str | None = None, version: int | None = None) -> Any:
         """``show()`` types and identifiers, ``show(type)`` identifiers, ``show(type, id)`` versions,
-        ``show(type, id, version)`` the stored metadata."""
+        ``show(type, id, version)`` the stored metadata; ``show('Job')`` the jobs."""
+        if type_id == 'Job':
+            return self.jobs()
         if type_id is None:
             return sorted({(r['type_id'], r['identifier']) for r in self.metadata.all()})
         if identifier is None:
@@ -235,20 +274,129 @@ class Datalayer:
         record = self.metadata.get(type_id, identifier, version)
         if record is None:
             raise NotFound(_not_found(self, type_id, identifier, version))
+        if type_id == 'Model':
+            record['metrics'] = self.metadata.metric_values(record['uuid'])
         return record
 
-    def remove(self, type_id: str, identifier: str, version: int | None = None) -> None:
-        """Remove one version, or every version, of a component."""
-        versions = [version] if version is not None else self.metadata.versions(type_id, identifier)
-        if not versions or (version is not None and version not in self.metadata.versions(type_id, identifier)):
+    def remove(
+        self, type_id: str, identifier: str, version: int | None = None, recursive: bool = False, force: bool = False
+    ) -> None:
+        """Remove one version, or every version, of a component, with what it set up (a listener's output table,
+        failures and jobs) and the artifacts nothing else refers to. Refuses while other components use it,
+        unless ``force``; ``recursive`` also removes the components it uses that nothing else uses."""
+        versions = self.metadata.versions(type_id, identifier)
+        if not versions or (version is not None and version not in versions):
             raise NotFound(_not_found(self, type_id, identifier, version))
-        for v in versions:
-            record = self.metadata.get(type_id, identifier, v)
-            component = self.load_record(record)
-            self.metadata.delete(record['uuid'])
-            self._loaded.pop(record['uuid'], None)
-            component.on_remove(self)
+        records = [self.metadata.get(type_id, identifier, v) for v in ([version] if version is not None else versions)]
+        going = {r['uuid'] for r in records}
+        users = [r for r in self.metadata.all() if r['uuid'] not in going and references(r['record']) & going]
+        users += self._listeners_reading(type_id, identifier, going)
+        if users and not force:
+            names = ', '.join(f"{u['type_id']} {u['identifier']!r} (v{u['version']})" for u in users)
+            raise ComponentError(f'{type_id} {identifier!r} is used by {names}; remove those first or pass force=True')
+        for record in records:
+            self._remove_record(record)
+        if recursive:
+            for child in set().union(*[references(r['record']) for r in records]):
+                child_record = self.metadata.get_by_uuid(child)
+                if child_record is not None and not self._used_by_others(child):
+                    self.remove(child_record['type_id'], child_record['identifier'], child_record['version'],
+                                recursive=True)
+        self._collect_artifacts(records)
 
+    def _listeners_reading(self, type_id: str, identifier: str, going: set[str]) -> list[dict]:
+        if type_id != 'Table':
+            return []
+        return [
+            r for r in self.metadata.all()
+            if r['type_id'] == 'Listener' and r['uuid'] not in going and r['record']['select']['_query']['table'] == identifier
+        ]
+
+    def _used_by_others(self, uuid: str) -> bool:
+        return any(uuid in references(r['record']) for r in self.metadata.all())
+
+    def _remove_record(self, record: dict) -> None:
+        component = self.load_record(record)
+        self.metadata.delete(record['uuid'])
+        self._loaded.pop(record['uuid'], None)
+        component.on_remove(self)
+
+    def _collect_artifacts(self, removed: list[dict]) -> None:
+        """Delete the removed records' artifacts that no remaining record refers to."""
+        candidates = set().union(*[artifact_keys(r['record']) for r in removed])
+        if candidates:
+            still_used = set().union(*[artifact_keys(r['record']) for r in self.metadata.all()])
+            for key in candidates - still_used:
+                self.artifact_store.delete(key)
+
+    # ---- models and listeners ------------------------------------------------------------------------------
+    def predict(self, identifier: str, *args: Any, **kwargs: Any) -> Any:
+        """The output of the latest version of model ``identifier`` for one input."""
+        return self.load('Model', identifier).predict(*args, **kwargs)
+
+    def fit(self, model: Any, X: Any, y: str | None = None, select: Query | None = None) -> Any:
+        """Train ``model`` on the rows ``select`` picks (its ``_fold == 'train'`` rows where the table has folds)
+        and apply the fitted model as a new version; recorded as a job."""
+        from superduper.components.model import input_maker
+
+        rows = self._fold_rows(select, 'train')
+        calls = [input_maker(X)(row.unpack()) for row in rows]
+        inputs = [args[0] if len(args) == 1 and not kwargs else args for args, kwargs in calls]
+        targets = [row[y] for row in rows] if y is not None else None
+        job = self.listening.jobs.start('fit', model, len(rows))
+        try:
+            model._fit(inputs, targets)
+            model.fit_keys = [X, y]
+            self.apply(model)
+        except Exception as e:
+            self.listening.jobs.finish(job, error=f'{type(e).__name__}: {e}')
+            raise
+        self.listening.jobs.progress(job, len(rows), 0)
+        self.listening.jobs.finish(job)
+        return model
+
+    def validate(self, model: Any, select: Query, metrics: Any, X: Any = None, y: str | None = None) -> dict:
+        """Score ``model`` on the ``_fold == 'valid'`` rows of ``select`` (all of them if the table has no folds);
+        the values are stored with the model version (``db.show('Model', id, version)['metrics']``)."""
+        from superduper.components.model import Metric, input_maker
+
+        if X is None or y is None:
+            if not model.fit_keys:
+                raise ComponentError(f'validate {model.identifier!r}: pass X= and y= (the model was not fitted here)')
+            X, y = X or model.fit_keys[0], y or model.fit_keys[1]
+        named = metrics.items() if isinstance(metrics, dict) else [
+            (m.identifier if isinstance(m, Metric) else getattr(m, '__name__', str(m)), m) for m in metrics
+        ]
+        rows = self._fold_rows(select, 'valid')
+        if not rows:
+            raise ComponentError(f'validate {model.identifier!r}: the select matches no validation rows')
+        predictions = model.predict_inputs([input_maker(X)(row.unpack()) for row in rows])
+        targets = [row[y] for row in rows]
+        values = {name: float(metric(targets, predictions)) for name, metric in named}
+        if model.uuid is None or self.metadata.get_by_uuid(model.uuid) is None:
+            self.apply(model)
+        self.metadata.record_metrics(model.uuid, values, len(rows))
+        return values
+
+    def _fold_rows(self, select: Query | None, fold: str) -> list:
+        if not isinstance(select, Query):
+            raise QueryError(f'select= must be a query picking rows, got {type(select).__name__}')
+        if '_fold' in self.table_info(select.table).schema.types:
+            select = select.filter(Compare('_fold', '==', fold))
+        return self.execute(select).tolist()
+
+    def jobs(self, identifier: str | None = None) -> list[dict]:
+        """Backfills and training runs: kind, component, status, progress, error and timings."""
+        jobs = self.listening.jobs.list()
+        return [j for j in jobs if identifier is None or j['identifier'] == identifier]
+
+    def failures(self, listener: str) -> list[dict]:
+        """The rows listener ``listener`` failed on, with the error and the number of attempts."""
+        return self.listening.failures.list(self.listening.active(listener).uuid)
+
+    def retry(self, listener: str) -> int:
+        """Recompute the rows a listener failed on (after fixing the model, say); returns how many still fail."""
+        return self.listening.retry(listener)
 
 def _not_found(db: Datalayer, type_id: str, identifier: str, version: int | None) -> str:
     existing = db.metadata.identifiers(type_id)
@@ -286,6 +434,14 @@ def _fill_ids(column: list) -> None:
     hexes = os.urandom(16 * len(missing)).hex()
     for n, i in enumerate(missing):
         column[i] = hexes[32 * n : 32 * n + 32]
+
+
+def _fill_folds(folds: list, ids: list, valid_fraction: float) -> None:
+    """'valid' for a stable ``valid_fraction`` of ids (by hash, so a re-inserted row keeps its fold)."""
+    threshold = int(valid_fraction * 2**32)
+    for i, fold in enumerate(folds):
+        if fold is None:
+            folds[i] = 'valid' if zlib.crc32(str(ids[i]).encode()) < threshold else 'train'
 
 
 def _pk_of(row: Mapping[str, Any], primary_key: tuple[str, ...]) -> Any:

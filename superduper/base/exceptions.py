@@ -41,3 +41,7 @@ class NotFound(SuperduperError, LookupError):
 
 class DatabaseError(SuperduperError):
     """The database refused a statement; the message names the table and the database's reason."""
+
+
+class ModelError(SuperduperError):
+    """A model failed or returned outputs of the wrong number, type or shape."""

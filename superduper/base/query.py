@@ -159,6 +159,7 @@ class Query:
     offset_: int = 0
     documents: Any = field(default=None, repr=False)
     values: dict[str, Any] | None = None
+    joined: tuple[str, ...] = ()  # predict ids whose outputs are joined to each row
 
     def _with(self, **changes: Any) -> 'Query':
         if self.action not in ('select',) and 'action' not in changes:
@@ -186,6 +187,11 @@ class Query:
 
     def order_by(self, column: str, descending: bool = False) -> 'Query':
         return self._with(order=self.order + ((column, descending),))
+
+    def outputs(self, *predict_ids: str) -> 'Query':
+        """Add each listener's output to the rows (``None`` where it has none): the column is named
+        ``_outputs__<predict_id>``, the same as the listener's output table."""
+        return self._with(joined=self.joined + tuple(predict_ids))
 
     def get(self, **equal: Any) -> 'Query':
         """The one row whose fields equal these values; ``execute()`` gives a ``Document`` or ``None``."""
@@ -236,6 +242,27 @@ class Query:
             raise QueryError(f'query on {self.table!r} is not bound to a database; use db.execute(query)')
         return self.db.execute(self)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The query as plain data (for storing inside components); writes are not stored."""
+        if self.action not in ('select', 'one', 'ids', 'count'):
+            raise QueryError(f'a {self.action!r} query cannot be stored in a component')
+        return {
+            'table': self.table, 'action': self.action, 'columns': list(self.columns) if self.columns else None,
+            'where': _condition_to_dict(self.where), 'order': [list(o) for o in self.order],
+            'limit': self.limit_, 'offset': self.offset_, 'joined': list(self.joined),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], db: 'Datalayer | None' = None) -> 'Query':
+        return cls(
+            data['table'], db=db, action=data['action'], columns=tuple(data['columns']) if data['columns'] else None,
+            where=_condition_from_dict(data['where']), order=tuple((c, d) for c, d in data['order']),
+            limit_=data['limit'], offset_=data['offset'], joined=tuple(data.get('joined', ())),
+        )
+
+    def bind(self, db: 'Datalayer') -> 'Query':
+        return dataclasses.replace(self, db=db)
+
     def fields_used(self) -> Iterator[str]:
         if self.columns:
             yield from self.columns
@@ -245,6 +272,28 @@ class Query:
             yield column
         if self.values:
             yield from self.values
+
+
+def _condition_to_dict(cond: Condition | None) -> Any:
+    if cond is None:
+        return None
+    if isinstance(cond, Compare):
+        return {'field': cond.field, 'op': cond.op, 'value': list(cond.value) if cond.op == 'in' else cond.value}
+    if isinstance(cond, Not):
+        return {'not': _condition_to_dict(cond.part)}
+    return {'and' if isinstance(cond, And) else 'or': [_condition_to_dict(c) for c in cond.parts]}
+
+
+def _condition_from_dict(data: Any) -> Condition | None:
+    if data is None:
+        return None
+    if 'field' in data:
+        value = tuple(data['value']) if data['op'] == 'in' else data['value']
+        return Compare(data['field'], data['op'], value)
+    if 'not' in data:
+        return Not(_condition_from_dict(data['not']))
+    kind = 'and' if 'and' in data else 'or'
+    return (And if kind == 'and' else Or)(tuple(_condition_from_dict(c) for c in data[kind]))
 
 
 class Cursor:

@@ -3,7 +3,8 @@
 A component's record is ``{'_path': 'module.Class', <argument>: <encoded value>, ...}`` where an encoded value
 is plain JSON, ``{'_ref': uuid}`` for a child component (stored on its own), ``{'_tuple': [...]}`` for a tuple,
 or ``{'_artifact': key}`` for any other object (cloudpickled, stored content-addressed in the artifact store).
-The hash of the record decides whether ``apply`` is a no-op or makes a new version.
+The hash of the record is the component's uuid: the same declaration always has the same uuid (so a listener's
+output table name is known before it is applied), and applying a record that is already stored is a no-op.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Component:
     def on_create(self, db: Any) -> None:
         """Set up what the component needs (tables, ...) before its metadata is stored."""
 
+    def on_applied(self, db: Any) -> None:
+        """Work that follows storing the metadata (a listener's backfill)."""
+
     def on_load(self, db: Any) -> None:
         """Called after the component is rebuilt from its stored record."""
 
@@ -57,9 +61,37 @@ class Component:
             _collect_components(value, found)
         return found
 
+    def ensure_uuid(self) -> str:
+        """The uuid: the hash of the component's record (computed without storing anything)."""
+        if self.uuid is None:
+            self.uuid = encode_component(self, None)[1]
+        return self.uuid
+
     @property
     def huuid(self) -> str:
         return f'{self.type_id}:{self.identifier}:{self.version}'
+
+
+def artifact_keys(record: Any) -> set[str]:
+    """The artifact keys a stored record refers to."""
+    if isinstance(record, dict):
+        if '_artifact' in record:
+            return {record['_artifact']}
+        return set().union(*[artifact_keys(v) for v in record.values()]) if record else set()
+    if isinstance(record, list):
+        return set().union(*[artifact_keys(v) for v in record]) if record else set()
+    return set()
+
+
+def references(record: Any) -> set[str]:
+    """The uuids of the components a stored record refers to."""
+    if isinstance(record, dict):
+        if '_ref' in record:
+            return {record['_ref']}
+        return set().union(*[references(v) for v in record.values()]) if record else set()
+    if isinstance(record, list):
+        return set().union(*[references(v) for v in record]) if record else set()
+    return set()
 
 
 def _collect_components(value: Any, found: list[Component]) -> None:
@@ -85,29 +117,34 @@ def import_class(path: str) -> type:
     return obj
 
 
-def encode_component(component: Component, artifacts: 'ArtifactStore') -> tuple[dict, str]:
-    """The JSON record of a component (children must already carry a uuid) and its content hash."""
+def encode_component(component: Component, artifacts: 'ArtifactStore | None') -> tuple[dict, str]:
+    """The JSON record of a component and its uuid (the record's hash). With ``artifacts=None`` nothing is stored:
+    artifact keys are still the hashes of their bytes."""
     record: dict[str, Any] = {'_path': class_path(type(component))}
     for name, value in component.arguments():
         record[name] = _encode_value(value, artifacts)
-    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-    return record, digest
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+    return record, digest[:32]
 
 
-def _encode_value(value: Any, artifacts: 'ArtifactStore') -> Any:
+def _encode_value(value: Any, artifacts: 'ArtifactStore | None') -> Any:
+    from superduper.base.query import Query
+
     if isinstance(value, _JSON_SCALARS):
         return value
     if isinstance(value, Component):
-        if value.uuid is None:
-            raise ComponentError(f'child {value.type_id} {value.identifier!r} must be applied before its parent')
-        return {'_ref': value.uuid}
+        return {'_ref': value.ensure_uuid()}
+    if isinstance(value, Query):
+        return {'_query': _encode_value(value.to_dict(), artifacts)}
     if isinstance(value, list):
         return [_encode_value(v, artifacts) for v in value]
     if isinstance(value, tuple):
         return {'_tuple': [_encode_value(v, artifacts) for v in value]}
     if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith('_') for k in value):
         return {k: _encode_value(v, artifacts) for k, v in value.items()}
-    return {'_artifact': artifacts.put_bytes(_pickle().dumps(value))}
+    data = _pickle().dumps(value)
+    key = hashlib.sha256(data).hexdigest() if artifacts is None else artifacts.put_bytes(data)
+    return {'_artifact': key}
 
 
 def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Component:
@@ -127,6 +164,10 @@ def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore') -> Any:
             return tuple(_decode_value(v, load_ref, artifacts) for v in value['_tuple'])
         if '_artifact' in value:
             return _pickle().loads(artifacts.get_bytes(value['_artifact']))
+        if '_query' in value:
+            from superduper.base.query import Query
+
+            return Query.from_dict(_decode_value(value['_query'], load_ref, artifacts))
         return {k: _decode_value(v, load_ref, artifacts) for k, v in value.items()}
     return value
 

@@ -319,6 +319,8 @@ BUILTIN_DATATYPES: dict[str, Callable[[], DataType]] = {
         'pickle', encoder=_cloudpickle_dumps, decoder=_cloudpickle_loads, encodable='lazy_artifact'
     ),
     'image': lambda: DataType('image', encoder=_image_encode, decoder=_image_decode),
+    # any Python object, pickled into the row: the fallback type of model outputs
+    'object': lambda: DataType('object', encoder=_cloudpickle_dumps, decoder=_cloudpickle_loads),
 }
 _builtin_cache: dict[str, DataType] = {}
 
@@ -342,3 +344,30 @@ def resolve_type(spec: str | FieldType) -> FieldType:
         f'unknown field type {spec!r}; expected one of {", ".join(SCALARS)}, vector[float32:N], '
         f'{", ".join(BUILTIN_DATATYPES)} or a DataType'
     )
+
+
+def infer_type(value: Any) -> str:
+    """A field type for a model output, from one example value."""
+    if isinstance(value, bool):
+        return 'bool'
+    if isinstance(value, str):
+        return 'str'
+    if isinstance(value, numbers.Integral):
+        return 'int'
+    if isinstance(value, numbers.Real):
+        return 'float'
+    if isinstance(value, (bytes, bytearray)):
+        return 'bytes'
+    shape = getattr(value, 'shape', None)
+    if shape is not None and len(shape) == 1 and getattr(value, 'dtype', None) is not None:
+        dtype = str(value.dtype)
+        return f'vector[{dtype if _VECTOR.fullmatch(f"vector[{dtype}:1]") else "float32"}:{shape[0]}]'
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return f'vector[float32:{len(value)}]'
+    if isinstance(value, (dict, list)):
+        try:
+            json.dumps(value)
+            return 'json'
+        except (TypeError, ValueError):
+            pass
+    return 'object'

@@ -19,6 +19,7 @@ class Table(Component):
     fields: dict[str, Any] | None = None
     schema: Schema | None = None
     primary_id: str = 'id'
+    folds: bool = True  # a '_fold' column ('train' or 'valid') assigned on insert, for training and validation
     resolved_schema: Schema = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -27,8 +28,15 @@ class Table(Component):
             raise ComponentError(f'Table {self.identifier!r}: give exactly one of fields= or schema=')
         declared = dict(self.fields if self.fields is not None else self.schema.fields)
         declared = {self.primary_id: declared.pop(self.primary_id, 'str'), **declared}
+        if self.folds:
+            declared.setdefault('_fold', 'str')
         self.resolved_schema = Schema(self.identifier, fields=declared)
 
     def on_create(self, db: Any) -> None:
         db.databackend.create_table(self.identifier, self.resolved_schema.types, self.primary_id)
+        db.forget_table(self.identifier)
+
+    def on_remove(self, db: Any) -> None:
+        if not db.metadata.versions(self.type_id, self.identifier):  # the last version: the data goes too
+            db.databackend.drop_table(self.identifier)
         db.forget_table(self.identifier)

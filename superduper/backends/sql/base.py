@@ -141,11 +141,20 @@ class SQLDataBackend:
         return self.dialect.identifier_preparer.quote(identifier)
 
     # ---- writes ---------------------------------------------------------------------------------------------
-    def insert(self, conn: Connection, name: str, keys: Sequence[str], columns: list[list]) -> None:
-        """Insert rows given column by column (all of equal length) with one ``executemany``."""
-        sql, arrange = self._compiled_insert(name, tuple(keys))
+    def insert(
+        self, conn: Connection, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
+    ) -> None:
+        """Insert rows given column by column (all of equal length) with one ``executemany``; with ``upsert_key``,
+        a row whose key exists already replaces the stored one."""
+        sql, arrange = self._compiled_insert(name, tuple(keys), upsert_key)
         params = arrange(columns)
         with self._errors('insert into', name):
+            if sql is None:  # a dialect with no upsert: delete, then insert, in the caller's transaction
+                table = self.table(name)
+                key_values = columns[list(keys).index(upsert_key)]
+                for i in range(0, len(key_values), 1000):
+                    conn.execute(table.delete().where(table.c[upsert_key].in_(key_values[i : i + 1000])))
+                sql, arrange = self._compiled_insert(name, tuple(keys), None)
             conn.exec_driver_sql(sql, params)
 
     def insert_returning(self, conn: Connection, name: str, rows: list[dict]) -> list[tuple]:
@@ -155,13 +164,34 @@ class SQLDataBackend:
         with self._errors('insert into', name):
             return [tuple(r) for r in conn.execute(stmt, rows)]
 
-    def _compiled_insert(self, name: str, keys: tuple[str, ...]) -> tuple[str, Any]:
-        cached = self._insert_sql.get((name, keys))
+    def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any | None:
+        """``INSERT ... ON CONFLICT`` for this dialect, or ``None`` where there is none."""
+        dialect = self.dialect.name
+        if dialect == 'sqlite':
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect in ('postgresql', 'duckdb'):
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect in ('mysql', 'mariadb'):
+            from sqlalchemy.dialects.mysql import insert
+
+            stmt = insert(table)
+            return stmt.on_duplicate_key_update({k: stmt.inserted[k] for k in keys if k != key} or {key: stmt.inserted[key]})
+        else:
+            return None
+        stmt = insert(table)
+        updates = {k: stmt.excluded[k] for k in keys if k != key}
+        if not updates:
+            return stmt.on_conflict_do_nothing(index_elements=[key])
+        return stmt.on_conflict_do_update(index_elements=[key], set_=updates)
+
+    def _compiled_insert(self, name: str, keys: tuple[str, ...], upsert_key: str | None) -> tuple[str | None, Any]:
+        cached = self._insert_sql.get((name, keys, upsert_key))
         if cached:
             return cached
         table = self.table(name)
+        stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
         processors = [table.c[k].type._cached_bind_processor(self.dialect) for k in keys]
-        compiled = table.insert().compile(dialect=self.dialect, column_keys=list(keys))
+        compiled = (stmt if stmt is not None else table.insert()).compile(dialect=self.dialect, column_keys=list(keys))
         if compiled.positional:
             order = [keys.index(k) for k in compiled.positiontup]
             names = None
@@ -176,8 +206,9 @@ class SQLDataBackend:
                 return list(zip(*cols))
             return [dict(zip(names, row)) for row in zip(*cols)]
 
-        self._insert_sql[(name, keys)] = (str(compiled), arrange)
-        return self._insert_sql[(name, keys)]
+        entry = (str(compiled) if stmt is not None else None, arrange)
+        self._insert_sql[(name, keys, upsert_key)] = entry
+        return entry
 
     def update(self, conn: Connection, name: str, values: dict[str, Any], where: Condition | None) -> int:
         table = self.table(name)
@@ -206,10 +237,20 @@ class SQLDataBackend:
         offset: int = 0,
         batch_size: int = 2000,
         conn: Connection | None = None,
+        joins: Sequence[tuple[str, str, str, str]] = (),
     ) -> Iterator[list]:
-        """Batches of row tuples in ``columns`` order, streamed from the database."""
+        """Batches of row tuples in ``columns`` order (then one column per join), streamed from the database.
+
+        ``joins`` are ``(table, column, on, key)``: a left join adding ``table.column`` where ``name.on ==
+        table.key`` (a listener's outputs next to their source rows)."""
         table = self.table(name)
-        stmt = sa.select(*[table.c[c] for c in columns])
+        selected = [table.c[c] for c in columns]
+        source: Any = table
+        for other_name, column, on, key in joins:
+            other = self.table(other_name)
+            selected.append(other.c[column])
+            source = source.outerjoin(other, table.c[on] == other.c[key])
+        stmt = sa.select(*selected).select_from(source)
         if where is not None:
             stmt = stmt.where(self._where(table, where))
         for column, descending in order_by:

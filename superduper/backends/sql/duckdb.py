@@ -38,11 +38,15 @@ class DuckDBDataBackend(SQLDataBackend):
         # one process-wide connection: DuckDB allows a single writer, and ':memory:' is per connection
         return {'poolclass': StaticPool}
 
-    def insert(self, conn: Any, name: str, keys: Sequence[str], columns: list[list]) -> None:
+    def insert(
+        self, conn: Any, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
+    ) -> None:
         # the driver's executemany runs one statement a row on DuckDB; SQLAlchemy batches rows into VALUES lists
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
+        table = self.table(name)
+        stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
         with self._errors('insert into', name):
-            conn.execute(self.table(name).insert(), rows)
+            conn.execute(stmt, rows)
 
     def _reflect(self, name: str) -> sa.Table:
         # SQLAlchemy's PostgreSQL reflection, which duckdb-engine reuses, queries catalogs DuckDB lacks

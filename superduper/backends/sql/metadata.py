@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
 
 COMPONENTS = '_superduper_components'
+JOBS = '_superduper_jobs'
+FAILURES = '_superduper_failures'
+METRICS = '_superduper_metrics'
 
 
 class SQLMetadataStore:
@@ -26,6 +30,40 @@ class SQLMetadataStore:
             sa.Column('record', sa.Text, nullable=False),
             sa.Column('created_at', sa.DateTime, nullable=False),
             sa.UniqueConstraint('type_id', 'identifier', 'version', name='uq_superduper_component_version'),
+        )
+        self.jobs = sa.Table(
+            JOBS,
+            self._meta,
+            sa.Column('id', sa.String(64), primary_key=True),
+            sa.Column('kind', sa.String(32), nullable=False),
+            sa.Column('type_id', sa.String(64), nullable=False),
+            sa.Column('identifier', sa.String(255), nullable=False),
+            sa.Column('component_uuid', sa.String(64), nullable=False),
+            sa.Column('status', sa.String(16), nullable=False),
+            sa.Column('done', sa.BigInteger, nullable=False, default=0),
+            sa.Column('total', sa.BigInteger),
+            sa.Column('failed', sa.BigInteger, nullable=False, default=0),
+            sa.Column('error', sa.Text),
+            sa.Column('started_at', sa.DateTime, nullable=False),
+            sa.Column('finished_at', sa.DateTime),
+        )
+        self.failures = sa.Table(
+            FAILURES,
+            self._meta,
+            sa.Column('listener_uuid', sa.String(64), primary_key=True),
+            sa.Column('source', sa.String(255), primary_key=True),  # JSON of the source row's key
+            sa.Column('error', sa.Text, nullable=False),
+            sa.Column('attempts', sa.Integer, nullable=False),
+            sa.Column('failed_at', sa.DateTime, nullable=False),
+        )
+        self.metrics = sa.Table(
+            METRICS,
+            self._meta,
+            sa.Column('model_uuid', sa.String(64), primary_key=True),
+            sa.Column('metric', sa.String(255), primary_key=True),
+            sa.Column('value', sa.Double, nullable=False),
+            sa.Column('rows', sa.BigInteger, nullable=False),
+            sa.Column('measured_at', sa.DateTime, nullable=False),
         )
         self._meta.create_all(engine, checkfirst=True)
 
@@ -78,6 +116,21 @@ class SQLMetadataStore:
         with self.engine.begin() as conn:
             conn.execute(self.components.delete().where(self.components.c.uuid == uuid))
 
+    def record_metrics(self, model_uuid: str, values: dict[str, float], rows: int) -> None:
+        c = self.metrics.c
+        with self.engine.begin() as conn:
+            conn.execute(self.metrics.delete().where(c.model_uuid == model_uuid, c.metric.in_(list(values))))
+            now = datetime.datetime.now()
+            conn.execute(self.metrics.insert(), [
+                {'model_uuid': model_uuid, 'metric': k, 'value': v, 'rows': rows, 'measured_at': now}
+                for k, v in values.items()
+            ])
+
+    def metric_values(self, model_uuid: str) -> dict[str, float]:
+        c = self.metrics.c
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(c.metric, c.value).where(c.model_uuid == model_uuid)).all())
+
     def drop(self) -> None:
         self._meta.drop_all(self.engine)
 
@@ -85,3 +138,97 @@ class SQLMetadataStore:
 def _decode(row: dict) -> dict:
     row['record'] = json.loads(row['record'])
     return row
+
+
+class JobLog:
+    """Jobs (backfills, training) and their progress, in ``_superduper_jobs``."""
+
+    def __init__(self, store: SQLMetadataStore):
+        self.store = store
+        self.table = store.jobs
+
+    def start(self, kind: str, component: Any, total: int | None) -> str:
+        job_id = uuid.uuid4().hex
+        with self.store.engine.begin() as conn:
+            conn.execute(self.table.insert(), {
+                'id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
+                'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total, 'failed': 0,
+                'started_at': datetime.datetime.now(),
+            })
+        return job_id
+
+    def progress(self, job_id: str, done: int, failed: int) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(self.table.update().where(self.table.c.id == job_id).values(done=done, failed=failed))
+
+    def finish(self, job_id: str, error: str | None = None) -> None:
+        values = {'status': 'failed' if error else 'success', 'error': error, 'finished_at': datetime.datetime.now()}
+        with self.store.engine.begin() as conn:
+            conn.execute(self.table.update().where(self.table.c.id == job_id).values(**values))
+
+    def list(self, component_uuid: str | None = None) -> list[dict]:
+        stmt = sa.select(self.table).order_by(self.table.c.started_at)
+        if component_uuid is not None:
+            stmt = stmt.where(self.table.c.component_uuid == component_uuid)
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def delete(self, component_uuid: str) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(self.table.delete().where(self.table.c.component_uuid == component_uuid))
+
+
+class FailureLog:
+    """Rows a listener's model failed on, with the error, in ``_superduper_failures``."""
+
+    def __init__(self, store: SQLMetadataStore):
+        self.store = store
+        self.table = store.failures
+        self._counts: dict[str, int] = {}
+
+    def count(self, listener_uuid: str) -> int:
+        if listener_uuid not in self._counts:
+            stmt = sa.select(sa.func.count()).where(self.table.c.listener_uuid == listener_uuid)
+            with self.store.engine.connect() as conn:
+                self._counts[listener_uuid] = conn.execute(stmt).scalar_one()
+        return self._counts[listener_uuid]
+
+    def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
+        if not failures:
+            return
+        keys = [json.dumps(source) for source, _ in failures]
+        c = self.table.c
+        with self.store.engine.begin() as conn:
+            attempts = dict(conn.execute(
+                sa.select(c.source, c.attempts).where(c.listener_uuid == listener_uuid, c.source.in_(keys))
+            ).all())
+            conn.execute(self.table.delete().where(c.listener_uuid == listener_uuid, c.source.in_(keys)))
+            now = datetime.datetime.now()
+            conn.execute(self.table.insert(), [
+                {'listener_uuid': listener_uuid, 'source': key, 'error': error[:10000],
+                 'attempts': attempts.get(key, 0) + 1, 'failed_at': now}
+                for key, (_, error) in zip(keys, failures)
+            ])
+        self._counts.pop(listener_uuid, None)
+
+    def clear(self, listener_uuid: str, sources: list[Any] | None = None) -> None:
+        if sources is not None and (not sources or not self.count(listener_uuid)):
+            return
+        c = self.table.c
+        stmt = self.table.delete().where(c.listener_uuid == listener_uuid)
+        with self.store.engine.begin() as conn:
+            if sources is None:
+                conn.execute(stmt)
+            else:
+                keys = [json.dumps(s) for s in sources]
+                for i in range(0, len(keys), 1000):
+                    conn.execute(stmt.where(c.source.in_(keys[i : i + 1000])))
+        self._counts.pop(listener_uuid, None)
+
+    def list(self, listener_uuid: str) -> list[dict]:
+        stmt = sa.select(self.table).where(self.table.c.listener_uuid == listener_uuid).order_by(self.table.c.source)
+        with self.store.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        for row in rows:
+            row['source'] = json.loads(row['source'])
+        return rows

@@ -1,0 +1,64 @@
+"""``Listener``: keeps a model's outputs on the rows a query selects, in a table of their own.
+
+Outputs go to ``_outputs__<identifier>__<uuid8>`` (one table per listener version), keyed by the source row's
+primary key in ``_source``, with the output in a column of the same name as the table, so that a downstream
+listener can take ``key=upstream.outputs`` on ``db[upstream.outputs].select()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from superduper.base.exceptions import ComponentError
+from superduper.base.query import Query
+from superduper.components.component import Component
+from superduper.components.model import Model, input_maker
+
+
+@dataclass(eq=False)
+class Listener(Component):
+    type_id: ClassVar[str] = 'Listener'
+
+    identifier: str = ''
+    model: Any = None
+    key: Any = None
+    select: Any = None  # a query, or just a table name
+    upstream: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, Model):
+            hint = ' (wrap a function as ObjectModel(identifier, object=fn))' if callable(self.model) else ''
+            raise ComponentError(f'Listener {self.identifier!r}: model must be a Model, got {type(self.model).__name__}{hint}')
+        if self.key is None:
+            raise ComponentError(f'Listener {self.identifier or self.model.identifier!r}: key= names the input field(s)')
+        input_maker(self.key)  # a malformed key fails here, before any work
+        if isinstance(self.select, str):
+            self.select = Query(self.select)
+        if not isinstance(self.select, Query) or self.select.action != 'select':
+            raise ComponentError(f'Listener {self.identifier!r}: select must be a select query or a table name')
+        self.select = self.select.bind(None)  # stored declaratively; run against whichever db applies it
+        self.identifier = self.identifier or self.model.identifier
+        super().__post_init__()
+
+    @property
+    def predict_id(self) -> str:
+        return f'{self.identifier}__{self.ensure_uuid()[:8]}'
+
+    @property
+    def outputs(self) -> str:
+        """The name of the output table, and of its output column."""
+        return f'_outputs__{self.predict_id}'
+
+    @property
+    def source(self) -> str:
+        return self.select.table
+
+    def on_create(self, db: Any) -> None:
+        db.listening.prepare(self)
+
+    def on_applied(self, db: Any) -> None:
+        db.listening.start(self)
+
+    def on_remove(self, db: Any) -> None:
+        db.listening.stop(self)
