@@ -217,6 +217,7 @@ class Datalayer:
         """Store a component: a no-op if unchanged since its latest version, else a new version."""
         if not isinstance(component, Component):
             raise ComponentError(f'db.apply takes a Component (Table, Model, Listener, ...), got {type(component).__name__}')
+        component.check(self)
         for child in component.children():
             self.apply(child)
         record, uuid = encode_component(component, self.artifact_store)

@@ -64,8 +64,11 @@ class Listening:
         return self.db.load('Listener', identifier)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
-    def prepare(self, listener: 'Listener') -> None:
-        """Check the listener against its table and create its output table, before anything is stored."""
+    def check(self, listener: 'Listener') -> None:
+        """Refuse a listener whose table, key or filter do not fit, before anything is stored."""
+        upstream_outputs = {up.outputs for up in listener.upstream if hasattr(up, 'outputs')}
+        if listener.source in upstream_outputs and not self.db.databackend.has_table(listener.source):
+            return  # made when the upstream is applied, which comes first; checked again then
         info = self.db.table_info(listener.source)
         if len(info.primary_key) != 1:
             raise ComponentError(
@@ -81,6 +84,11 @@ class Listening:
                 )
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
+
+    def prepare(self, listener: 'Listener') -> None:
+        """Check the listener and create its output table, before its metadata is stored."""
+        self.check(listener)
+        info = self.db.table_info(listener.source)
         datatype = listener.model.datatype or self._infer_datatype(listener)
         pk_type = info.schema.types[info.primary_key[0]]
         source_type = pk_type.name if pk_type.name in SCALARS else 'str'

@@ -37,6 +37,9 @@ class Component:
             raise ComponentError(f'{type(self).__name__} needs a non-empty string identifier, got {self.identifier!r}')
 
     # lifecycle hooks, overridden by subclasses
+    def check(self, db: Any) -> None:
+        """Refuse a component that cannot work with this database, before anything (children too) is stored."""
+
     def on_create(self, db: Any) -> None:
         """Set up what the component needs (tables, ...) before its metadata is stored."""
 

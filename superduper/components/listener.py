@@ -54,6 +54,9 @@ class Listener(Component):
     def source(self) -> str:
         return self.select.table
 
+    def check(self, db: Any) -> None:
+        db.listening.check(self)
+
     def on_create(self, db: Any) -> None:
         db.listening.prepare(self)
 

@@ -262,8 +262,13 @@ class SQLDataBackend:
         if conn is not None:
             yield from self._fetch(conn, stmt, name, batch_size)
             return
+        if not self.streams_results:  # read everything and let the connection go before the caller writes
+            with self.engine.connect() as own:
+                batches = list(self._fetch(own, stmt, name, batch_size))
+            yield from batches
+            return
         with self.engine.connect() as own:
-            driver_query = self._driver_query(stmt) if self.streams_results else None
+            driver_query = self._driver_query(stmt)
             cursor = driver_query and self.server_side_cursor(own.connection.dbapi_connection)
             if cursor is not None:
                 with self._errors('select from', name):
@@ -273,7 +278,7 @@ class SQLDataBackend:
                     finally:
                         cursor.close()
             else:
-                server_side = self.streams_results and self.dialect.supports_server_side_cursors
+                server_side = self.dialect.supports_server_side_cursors
                 if server_side:
                     own = own.execution_options(stream_results=True, yield_per=batch_size)
                 yield from self._fetch(own, stmt, name, batch_size, server_side)
