@@ -477,7 +477,11 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     from superduper.backends.sql.metadata import SQLMetadataStore
 
     if uri is not None and not isinstance(uri, str):
-        raise QueryError(f'superduper() takes a database URI string, got {type(uri).__name__}')
+        if hasattr(uri, 'fit') and hasattr(uri, 'predict'):  # seed 002: superduper(SVC()) wraps an estimator
+            from superduper.ext.sklearn import SklearnModel
+
+            return SklearnModel(type(uri).__name__.lower(), object=uri)  # type: ignore[return-value]
+        raise QueryError(f'superduper() takes a database URI string or a scikit-learn estimator, got {type(uri).__name__}')
     cfg = load_config(data_backend=uri, **overrides)
     databackend = connect_data_backend(cfg.data_backend)
     if cfg.metadata_store in (None, cfg.data_backend):
