@@ -268,8 +268,11 @@ class SQLDataBackend:
             yield from batches
             return
         with self.engine.connect() as own:
-            driver_query = self._driver_query(stmt)
-            cursor = driver_query and self.server_side_cursor(own.connection.dbapi_connection)
+            cursor = self.server_side_cursor(own.connection.dbapi_connection)
+            driver_query = self._driver_query(stmt) if cursor is not None else None
+            if cursor is not None and driver_query is None:
+                cursor.close()
+                cursor = None
             if cursor is not None:
                 with self._errors('select from', name):
                     try:
