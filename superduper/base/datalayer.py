@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import zlib
-import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
