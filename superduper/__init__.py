@@ -27,6 +27,7 @@ _EXPORTS = {
     'ObjectModel': 'superduper.components.model',
     'Metric': 'superduper.components.model',
     'Listener': 'superduper.components.listener',
+    'VectorIndex': 'superduper.components.vector_index',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from superduper.components.listener import Listener
     from superduper.components.model import Metric, Model, ObjectModel
     from superduper.components.table import Table
+    from superduper.components.vector_index import VectorIndex
 
 
 def __getattr__(name: str) -> Any:

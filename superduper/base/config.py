@@ -37,6 +37,9 @@ class Config(BaseSettings):
     read_batch_size: int = Field(default=2000, gt=0, description='rows fetched per round trip when reading')
     insert_batch_size: int = Field(default=10000, gt=0, description='rows sent per statement when inserting')
     valid_fraction: float = Field(default=0.05, ge=0, le=1, description="share of new rows given _fold='valid'")
+    exact_filter_limit: int = Field(
+        default=20000, gt=0, description='filtered vector searches matching at most this many rows are answered exactly'
+    )
     progress: bool = Field(default=True, description='show progress bars for backfills')
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Datalayer:
         self._tables: dict[str, TableInfo] = {}
         self._loaded: dict[str, Component] = {}
         self._listening: Any = None
+        self._vector_indexes: Any = None
 
     @property
     def listening(self) -> Any:
@@ -49,12 +51,23 @@ class Datalayer:
     def __repr__(self) -> str:
         return f'Datalayer({self.databackend!r})'
 
+    @property
+    def vector_indexes(self) -> Any:
+        """Loaded vector indexes (see ``superduper.base.vector_indexes``)."""
+        if self._vector_indexes is None:
+            from superduper.base.vector_indexes import VectorIndexes
+
+            self._vector_indexes = VectorIndexes(self)
+        return self._vector_indexes
+
     def __getitem__(self, table: str) -> Query:
         if not isinstance(table, str) or not table:
             raise QueryError(f'a table name is a non-empty string, got {table!r}')
         return Query(table, db=self)
 
     def close(self) -> None:
+        if self._vector_indexes is not None:
+            self._vector_indexes.close()
         self.compute.close()
         self.databackend.close()
         if self.metadata.engine is not getattr(self.databackend, 'engine', None):
@@ -98,6 +111,8 @@ class Datalayer:
             ids = self._insert(info, _as_rows(query.documents, query.table))
             self.listening.after_write(query.table, ids)
             return ids[0] if query.action == 'insert_one' else ids
+        if query.like_ is not None:
+            return self._like(info, query, where)
         if query.action == 'select':
             return self._select(info, query, where)
         if query.action == 'one':
@@ -121,6 +136,33 @@ class Datalayer:
         if touched:
             self.listening.after_write(info.name, touched, deleted=query.action == 'delete')
         return count
+
+    def _like(self, info: TableInfo, query: Query, where: Condition | None) -> Any:
+        """Vector search, then the matching rows fetched by primary key, nearest first with ``_score``."""
+        spec, name, n = query.like_
+        loaded = self.vector_indexes.get(name)
+        if loaded.component.source != info.name:
+            raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
+        pk = info.primary_key[0]
+
+        def matching_ids(among: list | None, limit: int | None) -> list:
+            cond = where if among is None else And((where, Compare(pk, 'in', tuple(among))))
+            return [r[0] for b in self.databackend.select(info.name, [pk], cond, limit=limit) for r in b]
+
+        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, matching_ids)
+        scores = dict(hits)
+        columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)
+        fetch = dataclasses.replace(query, like_=None, action='select', columns=columns, limit_=None, offset_=0)
+        cond = Compare(pk, 'in', tuple(scores)) if where is None else And((where, Compare(pk, 'in', tuple(scores))))
+        rows = self._select(info, fetch, cond).tolist() if scores else []
+        for row in rows:
+            row['_score'] = scores[row[pk]]
+        rows.sort(key=lambda r: -r['_score'])
+        if query.columns and pk not in query.columns:
+            for row in rows:
+                del row[pk]
+        rows = rows[query.offset_ :][: query.limit_] if query.limit_ is not None else rows[query.offset_ :]
+        return next(iter(rows), None) if query.action == 'one' else Cursor(iter([rows]))
 
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
         columns = list(query.columns or info.schema.field_names())

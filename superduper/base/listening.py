@@ -42,6 +42,7 @@ class Listening:
         self.jobs = JobLog(db.metadata)
         self.failures = FailureLog(db.metadata)
         self._by_source: dict[str, list[Listener]] | None = None
+        self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
 
     # ---- which listeners follow which table ----------------------------------------------------------------
     def followers(self, table: str) -> list['Listener']:
@@ -198,7 +199,12 @@ class Listening:
         return bad
 
     def after_write(self, table: str, ids: list, deleted: bool = False) -> None:
-        """Bring every listener on ``table`` up to date with these rows."""
+        """Bring every listener (and vector index) on ``table`` up to date with these rows."""
+        for hook in self.hooks.get(table, []):
+            try:
+                hook(ids, deleted)
+            except Exception:
+                log.exception('a hook on %r failed to follow a write', table)
         for listener in self.followers(table):
             try:
                 if deleted:

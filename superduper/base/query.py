@@ -160,6 +160,7 @@ class Query:
     documents: Any = field(default=None, repr=False)
     values: dict[str, Any] | None = None
     joined: tuple[str, ...] = ()  # predict ids whose outputs are joined to each row
+    like_: tuple | None = field(default=None, compare=False)  # (spec, vector index, n)
 
     def _with(self, **changes: Any) -> 'Query':
         if self.action not in ('select',) and 'action' not in changes:
@@ -192,6 +193,15 @@ class Query:
         """Add each listener's output to the rows (``None`` where it has none): the column is named
         ``_outputs__<predict_id>``, the same as the listener's output table."""
         return self._with(joined=self.joined + tuple(predict_ids))
+
+    def like(self, spec: Any, vector_index: str, n: int = 10) -> 'Query':
+        """The ``n`` rows nearest to ``spec`` (``{key: value}`` encoded by the index's model, or a vector), among
+        the rows the query's filters match, nearest first, each with its similarity in ``_score``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise QueryError(f'like() needs n >= 1, got {n!r}')
+        if not isinstance(vector_index, str):
+            raise QueryError(f'vector_index= names a vector index, got {vector_index!r}')
+        return self._with(like_=(spec, vector_index, n))
 
     def get(self, **equal: Any) -> 'Query':
         """The one row whose fields equal these values; ``execute()`` gives a ``Document`` or ``None``."""

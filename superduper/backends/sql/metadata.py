@@ -13,6 +13,7 @@ COMPONENTS = '_superduper_components'
 JOBS = '_superduper_jobs'
 FAILURES = '_superduper_failures'
 METRICS = '_superduper_metrics'
+INDEX_STATES = '_superduper_index_states'
 
 
 class SQLMetadataStore:
@@ -64,6 +65,13 @@ class SQLMetadataStore:
             sa.Column('value', sa.Double, nullable=False),
             sa.Column('rows', sa.BigInteger, nullable=False),
             sa.Column('measured_at', sa.DateTime, nullable=False),
+        )
+        self.index_states = sa.Table(
+            INDEX_STATES,
+            self._meta,
+            sa.Column('index_uuid', sa.String(64), primary_key=True),
+            sa.Column('artifact', sa.String(64), nullable=False),
+            sa.Column('saved_at', sa.DateTime, nullable=False),
         )
         self._meta.create_all(engine, checkfirst=True)
 
@@ -130,6 +138,20 @@ class SQLMetadataStore:
         c = self.metrics.c
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(c.metric, c.value).where(c.model_uuid == model_uuid)).all())
+
+    def index_state(self, index_uuid: str) -> str | None:
+        """The artifact key of a vector index's saved state."""
+        c = self.index_states.c
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(c.artifact).where(c.index_uuid == index_uuid)).scalar_one_or_none()
+
+    def set_index_state(self, index_uuid: str, artifact: str | None) -> None:
+        c = self.index_states.c
+        with self.engine.begin() as conn:
+            conn.execute(self.index_states.delete().where(c.index_uuid == index_uuid))
+            if artifact is not None:
+                conn.execute(self.index_states.insert(),
+                             {'index_uuid': index_uuid, 'artifact': artifact, 'saved_at': datetime.datetime.now()})
 
     def drop(self) -> None:
         self._meta.drop_all(self.engine)

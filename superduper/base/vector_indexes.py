@@ -1,0 +1,232 @@
+"""Loaded vector indexes: built from a listener's outputs, kept current, saved and reloaded, and searched.
+
+Once an index is loaded a search touches no metadata: the component, its models and its searcher live here. A
+saved index (its vectors and HNSW graph, in the artifact store) is reloaded at startup and compared with the
+outputs table, so rows that changed while it was not running are caught up without recomputing embeddings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from superduper.base.exceptions import InvalidValue, NotFound, QueryError
+from superduper.base.query import Compare, Condition
+
+if TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+    from superduper.components.vector_index import VectorIndex
+
+log = logging.getLogger('superduper')
+AUTO_HNSW_FROM = 10_000
+SOURCE = '_source'
+
+
+class LoadedIndex:
+    def __init__(self, component: 'VectorIndex', searcher: Any):
+        self.component = component
+        self.searcher = searcher
+        self.dirty = False
+
+
+class VectorIndexes:
+    def __init__(self, db: 'Datalayer'):
+        self.db = db
+        self._loaded: dict[str, LoadedIndex] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+    def build(self, index: 'VectorIndex') -> None:
+        """A new searcher over every vector in the index's outputs table, saved to the artifact store."""
+        outputs = index.indexing_listener.outputs
+        count = self.db.execute(self.db[outputs].count())
+        loaded = LoadedIndex(index, self._new_searcher(index, count))
+        for ids, vectors in self._vectors(outputs):
+            loaded.searcher.upsert(ids, vectors)
+        self._attach(loaded)
+        self.save(loaded)
+
+    def _new_searcher(self, index: 'VectorIndex', count: int) -> Any:
+        from superduper.vector_search.exact import ExactSearcher
+
+        kind = index.searcher
+        if kind == 'auto':
+            kind = 'hnsw' if count >= AUTO_HNSW_FROM and _has_hnswlib() else 'exact'
+        if kind == 'hnsw':
+            from superduper.vector_search.hnsw import HnswSearcher
+
+            return HnswSearcher(index.dimension(self.db), index.measure)
+        return ExactSearcher(index.dimension(self.db), index.measure)
+
+    def _attach(self, loaded: LoadedIndex) -> None:
+        index = loaded.component
+        previous = self._loaded.get(index.identifier)
+        if previous is not None:
+            self._detach(previous)
+        self._loaded[index.identifier] = loaded
+        outputs = index.indexing_listener.outputs
+
+        def follow(ids: list, deleted: bool) -> None:
+            if deleted:
+                loaded.searcher.remove(ids)
+            else:
+                for found, vectors in self._vectors(outputs, ids):
+                    loaded.searcher.upsert(found, vectors)
+            loaded.dirty = True
+
+        follow.index_uuid = index.uuid  # type: ignore[attr-defined]
+        self.db.listening.hooks.setdefault(outputs, []).append(follow)
+
+    def _detach(self, loaded: LoadedIndex) -> None:
+        outputs = loaded.component.indexing_listener.outputs
+        hooks = self.db.listening.hooks.get(outputs, [])
+        self.db.listening.hooks[outputs] = [h for h in hooks if getattr(h, 'index_uuid', None) != loaded.component.uuid]
+
+    def drop(self, index: 'VectorIndex') -> None:
+        loaded = self._loaded.pop(index.identifier, None)
+        if loaded is not None and loaded.component.uuid == index.uuid:
+            self._detach(loaded)
+        key = self.db.metadata.index_state(index.uuid)
+        self.db.metadata.set_index_state(index.uuid, None)
+        if key:
+            self.db.artifact_store.delete(key)
+
+    def save(self, loaded: LoadedIndex) -> None:
+        state = loaded.searcher.state()
+        buffer = io.BytesIO()
+        ids = json.dumps(state.pop('ids'))
+        np.savez(buffer, ids=np.array(ids), kind=np.array(loaded.searcher.kind), **state)
+        key = self.db.artifact_store.put_bytes(buffer.getvalue())
+        previous = self.db.metadata.index_state(loaded.component.uuid)
+        self.db.metadata.set_index_state(loaded.component.uuid, key)
+        if previous and previous != key:
+            self.db.artifact_store.delete(previous)
+        loaded.dirty = False
+
+    def close(self) -> None:
+        for loaded in self._loaded.values():
+            if loaded.dirty:
+                self.save(loaded)
+
+    def get(self, identifier: str) -> LoadedIndex:
+        loaded = self._loaded.get(identifier)
+        if loaded is None:
+            if identifier not in self.db.metadata.identifiers('VectorIndex'):
+                existing = ', '.join(self.db.metadata.identifiers('VectorIndex')) or '(none)'
+                raise NotFound(f'no vector index named {identifier!r}; existing: {existing}')
+            loaded = self._open(self.db.load('VectorIndex', identifier))
+        return loaded
+
+    def _open(self, index: 'VectorIndex') -> LoadedIndex:
+        """Reload a saved index and catch up with the outputs table; build it again if nothing was saved."""
+        key = self.db.metadata.index_state(index.uuid)
+        if key is None:
+            self.build(index)
+            return self._loaded[index.identifier]
+        with np.load(io.BytesIO(self.db.artifact_store.get_bytes(key))) as saved:
+            state = {name: saved[name] for name in saved.files}
+        state['ids'] = json.loads(str(state['ids']))
+        searcher = self._new_searcher(index, 0) if str(state.pop('kind')) == 'exact' else self._hnsw(index)
+        searcher.restore(state)
+        loaded = LoadedIndex(index, searcher)
+        self._catch_up(loaded)
+        self._attach(loaded)
+        return loaded
+
+    def _hnsw(self, index: 'VectorIndex') -> Any:
+        from superduper.vector_search.hnsw import HnswSearcher
+
+        return HnswSearcher(index.dimension(self.db), index.measure)
+
+    def _catch_up(self, loaded: LoadedIndex) -> None:
+        searcher = loaded.searcher
+        seen = set()
+        changed = 0
+        for ids, vectors in self._vectors(loaded.component.indexing_listener.outputs):
+            seen.update(ids)
+            prepared = searcher.prepare(vectors)
+            positions = [searcher.positions.get(i) for i in ids]
+            stale = [
+                k for k, p in enumerate(positions)
+                if p is None or not searcher.alive[p] or not np.array_equal(searcher.matrix[p], prepared[k])
+            ]
+            if stale:
+                searcher.upsert([ids[k] for k in stale], vectors[stale])
+                changed += len(stale)
+        gone = [i for i, p in searcher.positions.items() if searcher.alive[p] and i not in seen]
+        searcher.remove(gone)
+        if changed or gone:
+            log.info('vector index %r: caught up with %d changed and %d deleted rows',
+                     loaded.component.identifier, changed, len(gone))
+            loaded.dirty = True
+
+    def _vectors(self, outputs: str, ids: Sequence[Any] | None = None):
+        """Batches of (ids, vector matrix) from an outputs table (only ``ids`` if given), skipping empty outputs."""
+        query = self.db[outputs].select(SOURCE, outputs)
+        chunks = [None] if ids is None else [list(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
+        for chunk in chunks:
+            q = query if chunk is None else query.filter(Compare(SOURCE, 'in', tuple(chunk)))
+            for batch in self.db.execute(q).batches():
+                rows = [r for r in batch if r[outputs] is not None]
+                if rows:
+                    yield [r[SOURCE] for r in rows], np.stack([r[outputs] for r in rows])
+
+    # ---- search -------------------------------------------------------------------------------------------------
+    def encode(self, loaded: LoadedIndex, spec: Any) -> np.ndarray:
+        index = loaded.component
+        if isinstance(spec, dict):
+            if len(spec) != 1:
+                raise QueryError(f'like() takes one {{key: value}} to encode, got keys {list(spec)}')
+            key, value = next(iter(spec.items()))
+            listeners = [x for x in (index.indexing_listener, index.compatible_listener) if x is not None]
+            for listener in listeners:
+                if listener.key == key:
+                    vector = listener.model.predict(value)
+                    break
+            else:
+                keys = ', '.join(repr(x.key) for x in listeners)
+                raise QueryError(f'vector index {index.identifier!r} cannot encode key {key!r}; it encodes {keys}')
+        else:
+            vector = spec
+        try:
+            vector = np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidValue(f'like() needs a vector or {{key: value}}, got {type(spec).__name__}') from None
+        if vector.shape != (loaded.searcher.dim,):
+            raise InvalidValue(
+                f'vector index {index.identifier!r} holds vectors of {loaded.searcher.dim} values; '
+                f'the query vector has shape {vector.shape}'
+            )
+        return vector
+
+    def search(self, loaded: LoadedIndex, vector: np.ndarray, n: int, where: Condition | None,
+               matching_ids: Any) -> list[tuple[Any, float]]:
+        """The ``n`` nearest rows, among those matching ``where`` if given: exact over the matching rows when they
+        are few, else ANN candidates checked against the filter, widening until ``n`` match."""
+        searcher = loaded.searcher
+        if where is None:
+            return searcher.search(vector, n)
+        limit = self.db.cfg.exact_filter_limit
+        matching = matching_ids(None, limit + 1)
+        if len(matching) <= limit:
+            return searcher.search(vector, n, candidates=matching)
+        k = 4 * n
+        while True:
+            candidates = searcher.search(vector, k)
+            allowed = set(matching_ids([c for c, _ in candidates], None))
+            hits = [c for c in candidates if c[0] in allowed]
+            if len(hits) >= n or k >= len(searcher):
+                return hits[:n]
+            k *= 4
+
+
+def _has_hnswlib() -> bool:
+    try:
+        import hnswlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+

@@ -1,0 +1,64 @@
+"""``VectorIndex``: search a listener's vector outputs, combined with the rest of the query API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from superduper.base.exceptions import ComponentError
+from superduper.components.component import Component
+from superduper.components.datatype import Vector
+from superduper.components.listener import Listener
+from superduper.vector_search.exact import MEASURES
+
+SEARCHERS = ('auto', 'exact', 'hnsw')
+
+
+@dataclass(eq=False)
+class VectorIndex(Component):
+    """``VectorIndex('my-index', indexing_listener=model.to_listener(select=t.select(), key='txt'))``.
+
+    ``compatible_listener`` encodes queries on another key into the same space (text-to-image search);
+    ``searcher`` is ``'exact'``, ``'hnsw'`` or ``'auto'`` (HNSW from 10,000 vectors when hnswlib is installed).
+    """
+
+    type_id: ClassVar[str] = 'VectorIndex'
+
+    indexing_listener: Any = None
+    compatible_listener: Any = None
+    measure: str = 'cosine'
+    searcher: str = 'auto'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for role in ('indexing_listener', 'compatible_listener'):
+            value = getattr(self, role)
+            if value is not None and not isinstance(value, Listener) or (role == 'indexing_listener' and value is None):
+                raise ComponentError(f'VectorIndex {self.identifier!r}: {role} must be a Listener, got {type(value).__name__}')
+        if self.measure not in MEASURES:
+            raise ComponentError(f'VectorIndex {self.identifier!r}: measure={self.measure!r}; expected one of {", ".join(MEASURES)}')
+        if self.searcher not in SEARCHERS:
+            raise ComponentError(f'VectorIndex {self.identifier!r}: searcher={self.searcher!r}; expected one of {", ".join(SEARCHERS)}')
+
+    @property
+    def source(self) -> str:
+        return self.indexing_listener.source
+
+    def dimension(self, db: Any) -> int:
+        outputs = self.indexing_listener.outputs
+        ftype = db.table_info(outputs).schema.types[outputs]
+        if not isinstance(ftype, Vector):
+            raise ComponentError(
+                f'VectorIndex {self.identifier!r}: listener {self.indexing_listener.identifier!r} outputs '
+                f'{ftype.name}, not vectors; give its model datatype="vector[float32:N]" or return 1-d arrays'
+            )
+        return ftype.dim
+
+    def on_create(self, db: Any) -> None:
+        self.dimension(db)
+
+    def on_applied(self, db: Any) -> None:
+        db.vector_indexes.build(self)
+
+    def on_remove(self, db: Any) -> None:
+        db.vector_indexes.drop(self)

@@ -1,0 +1,1 @@
+"""Vector searchers behind one interface: exact (numpy) and HNSW (hnswlib), chosen by name or automatically."""

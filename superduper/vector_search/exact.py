@@ -1,0 +1,114 @@
+"""Exact search over an in-memory matrix: the store every searcher keeps, and the answer for small or filtered sets.
+
+Rows live at fixed positions (an id keeps its position through updates and deletes), so an ANN index can use the
+positions as its labels. For ``cosine`` the rows are stored normalised and scores are cosine similarities; for
+``dot`` scores are inner products; for ``l2`` they are negated squared distances (higher is nearer, always).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from superduper.base.exceptions import InvalidValue
+
+MEASURES = ('cosine', 'dot', 'l2')
+
+
+class ExactSearcher:
+    kind = 'exact'
+
+    def __init__(self, dim: int, measure: str = 'cosine'):
+        if measure not in MEASURES:
+            raise InvalidValue(f'measure {measure!r}; expected one of {", ".join(MEASURES)}')
+        self.dim, self.measure = dim, measure
+        self.ids: list = []
+        self.positions: dict[Any, int] = {}
+        self.matrix = np.zeros((0, dim), dtype=np.float32)
+        self.alive = np.zeros(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self.alive[: len(self.ids)].sum())
+
+    # ---- writes -----------------------------------------------------------------------------------------------
+    def prepare(self, vectors: Any) -> np.ndarray:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim == 1:
+            matrix = matrix[None, :]
+        if matrix.ndim != 2 or matrix.shape[1] != self.dim:
+            raise InvalidValue(f'expected vectors of {self.dim} values, got shape {matrix.shape}')
+        if self.measure == 'cosine':
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            matrix = matrix / np.where(norms == 0, 1, norms)
+        return matrix
+
+    def upsert(self, ids: Sequence[Any], vectors: Any) -> np.ndarray:
+        """Add or replace vectors; returns their positions."""
+        matrix = self.prepare(vectors)
+        positions = np.empty(len(ids), dtype=np.int64)
+        new = []
+        for i, id_ in enumerate(ids):
+            pos = self.positions.get(id_)
+            if pos is None:
+                pos = len(self.ids)
+                self.positions[id_] = pos
+                self.ids.append(id_)
+                new.append(pos)
+            positions[i] = pos
+        self._reserve(len(self.ids))
+        self.matrix[positions] = matrix
+        self.alive[positions] = True
+        return positions
+
+    def _reserve(self, size: int) -> None:
+        if size > len(self.matrix):
+            capacity = max(size, int(len(self.matrix) * 1.5) + 1024)
+            grown = np.zeros((capacity, self.dim), dtype=np.float32)
+            grown[: len(self.matrix)] = self.matrix
+            alive = np.zeros(capacity, dtype=bool)
+            alive[: len(self.alive)] = self.alive
+            self.matrix, self.alive = grown, alive
+
+    def remove(self, ids: Iterable[Any]) -> np.ndarray:
+        positions = np.array([self.positions[i] for i in ids if i in self.positions], dtype=np.int64)
+        self.alive[positions] = False
+        return positions
+
+    # ---- reads ------------------------------------------------------------------------------------------------
+    def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        rows = self.matrix[: len(self.ids)] if positions is None else self.matrix[positions]
+        if self.measure == 'l2':
+            diff = rows - query
+            return -np.einsum('ij,ij->i', diff, diff)
+        return rows @ query
+
+    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
+        """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first."""
+        q = self.prepare(query)[0]
+        if candidates is None:
+            positions = None
+            scores = self.scores(q)
+            scores[~self.alive[: len(self.ids)]] = -np.inf
+        else:
+            positions = np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
+                                 dtype=np.int64)
+            scores = self.scores(q, positions)
+        n = min(n, int(np.isfinite(scores).sum()))
+        if n <= 0:
+            return []
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind='stable')]
+        chosen = top if positions is None else positions[top]
+        return [(self.ids[p], float(s)) for p, s in zip(chosen, scores[top])]
+
+    # ---- persistence ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        size = len(self.ids)
+        return {'ids': list(self.ids), 'matrix': self.matrix[:size].copy(), 'alive': self.alive[:size].copy()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.ids = list(state['ids'])
+        self.positions = {id_: i for i, id_ in enumerate(self.ids)}
+        self.matrix = np.array(state['matrix'], dtype=np.float32).reshape(-1, self.dim)
+        self.alive = np.array(state['alive'], dtype=bool)
