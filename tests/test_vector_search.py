@@ -1,0 +1,185 @@
+"""Vector search on the user's own database: like() with filters, follow-up, reload, compatible listeners."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from superduper import ObjectModel, Table, VectorIndex, superduper
+from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
+
+DIM = 16
+
+
+def embed(text: str) -> np.ndarray:
+    """A deterministic pseudo-embedding: the same text always gives the same vector."""
+    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    return np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+
+
+def counted_embed(text: str) -> np.ndarray:
+    with open(os.environ['EMBED_CALLS'], 'a') as f:
+        f.write('.')
+    return embed(text)
+
+
+def brute_force(texts: dict, query: np.ndarray, n: int, allowed=None) -> list:
+    q = query / np.linalg.norm(query)
+    scored = []
+    for id_, text in texts.items():
+        if allowed is not None and id_ not in allowed:
+            continue
+        v = embed(text)
+        scored.append((float(v @ q / np.linalg.norm(v)), id_))
+    return [id_ for _, id_ in sorted(scored, reverse=True)[:n]]
+
+
+@pytest.fixture
+def items(db):
+    db.apply(Table('items', fields={'txt': 'str', 'brand': 'str', 'price': 'int'}))
+    rows = [{'txt': f'item {i}', 'brand': ['nike', 'puma', 'adidas', 'asics'][i % 4], 'price': i} for i in range(400)]
+    ids = db['items'].insert(rows).execute()
+    index = VectorIndex('idx', indexing_listener=ObjectModel('emb', object=embed).to_listener('items', key='txt'))
+    db.apply(index)
+    return db['items'], dict(zip(ids, [r['txt'] for r in rows])), index
+
+
+def test_self_search_and_scores(items):
+    t, texts, _ = items
+    for id_, text in list(texts.items())[:5]:
+        (best,) = t.like({'txt': text}, vector_index='idx', n=1).execute().tolist()
+        assert best['id'] == id_ and best['_score'] == pytest.approx(1.0, abs=1e-5)
+    rows = t.like({'txt': 'item 7'}, vector_index='idx', n=10).select('txt').execute().tolist()
+    assert [r['_score'] for r in rows] == sorted((r['_score'] for r in rows), reverse=True)
+    assert set(rows[0]) == {'txt', '_score'}
+
+
+@pytest.mark.parametrize('brands', [['nike'], ['nike', 'puma', 'adidas', 'asics'], []])
+def test_filtered_search_matches_brute_force(items, brands):
+    t, texts, _ = items
+    query = embed('a query')
+    allowed = {i for i, txt in texts.items() if ['nike', 'puma', 'adidas', 'asics'][int(txt.split()[1]) % 4] in brands}
+    for built in (t.like(query, vector_index='idx', n=10).filter(t['brand'].isin(brands)),
+                  t.filter(t['brand'].isin(brands)).like(query, vector_index='idx', n=10)):
+        got = [r['id'] for r in built.execute()]
+        assert got == brute_force(texts, query, 10, allowed)
+
+
+def test_exact_count_for_selective_filters(db, items):
+    t, texts, _ = items
+    db.cfg.exact_filter_limit = 50  # force the ANN-then-check path for filters matching more rows
+    query = embed('another query')
+    for cond, allowed in [
+        (t['price'] < 3, {i for i, x in texts.items() if int(x.split()[1]) < 3}),
+        (t['price'] >= 100, {i for i, x in texts.items() if int(x.split()[1]) >= 100}),
+    ]:
+        got = [r['id'] for r in t.like(query, vector_index='idx', n=10).filter(cond).execute()]
+        expected = brute_force(texts, query, 10, allowed)
+        assert len(got) == min(10, len(allowed)) and got == expected
+
+
+def test_follows_inserts_updates_deletes(items):
+    t, texts, _ = items
+    (new_id,) = t.insert([{'txt': 'brand new', 'brand': 'nike', 'price': 1}]).execute()
+    assert t.like({'txt': 'brand new'}, vector_index='idx', n=1).execute().tolist()[0]['id'] == new_id
+    victim = next(iter(texts))
+    t.filter(t['id'] == victim).update({'txt': 'renamed thing'}).execute()
+    assert t.like({'txt': 'renamed thing'}, vector_index='idx', n=1).execute().tolist()[0]['id'] == victim
+    assert t.like({'txt': texts[victim]}, vector_index='idx', n=1).execute().tolist()[0]['id'] != victim
+    t.filter(t['id'] == new_id).delete().execute()
+    assert new_id not in [r['id'] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
+
+
+def test_limit_select_outputs_and_get(items):
+    t, _, index = items
+    listener = index.indexing_listener
+    rows = t.like({'txt': 'item 3'}, vector_index='idx', n=10).select('txt').outputs(listener.predict_id).limit(3).execute().tolist()
+    assert len(rows) == 3 and rows[0]['txt'] == 'item 3'
+    assert rows[0][listener.outputs].shape == (DIM,)
+    assert t.like({'txt': 'item 3'}, vector_index='idx', n=5).get().execute()['txt'] == 'item 3'
+
+
+def test_reload_catches_up_without_recomputing(db, db_uri, tmp_path, backend, monkeypatch):
+    calls = tmp_path / 'calls.txt'
+    monkeypatch.setenv('EMBED_CALLS', str(calls))
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    ids = db['docs'].insert([{'txt': f'doc {i}'} for i in range(50)]).execute()
+    index = VectorIndex('docs-idx', indexing_listener=ObjectModel('cemb', object=counted_embed).to_listener('docs', key='txt'),
+                        searcher='hnsw')
+    db.apply(index)
+    outputs = index.indexing_listener.outputs
+    db.close()
+    calls_before = calls.read_text()
+    # while nothing runs, another program changes one output and deletes another
+    engine = sa.create_engine(db.databackend.engine.url)
+    table = sa.Table(outputs, sa.MetaData(), sa.Column('_source', sa.String), sa.Column(outputs, sa.LargeBinary))
+    with engine.begin() as conn:
+        conn.execute(table.update().where(table.c._source == ids[0]).values({outputs: embed('moved').tobytes()}))
+        conn.execute(table.delete().where(table.c._source == ids[1]))
+    engine.dispose()
+
+    again = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
+    try:
+        docs = again['docs']
+        assert docs.like(embed('moved'), vector_index='docs-idx', n=1).execute().tolist()[0]['id'] == ids[0]
+        assert ids[1] not in [r['id'] for r in docs.like(embed('doc 1'), vector_index='docs-idx', n=50).execute()]
+        assert docs.like(embed('doc 7'), vector_index='docs-idx', n=1).execute().tolist()[0]['id'] == ids[7]
+        assert calls.read_text() == calls_before  # no embedding was recomputed
+        assert type(again.vector_indexes.get('docs-idx').searcher).__name__ == 'HnswSearcher'
+    finally:
+        again.close()
+
+
+def test_compatible_listener_encodes_the_other_key(db):
+    db.apply(Table('pics', fields={'caption': 'str', 'code': 'int'}))
+    db['pics'].insert([{'caption': f'picture {i}', 'code': i} for i in range(30)]).execute()
+    text_model = ObjectModel('text', object=embed)
+    code_model = ObjectModel('code', object=lambda c: embed(f'picture {c}'))
+    index = VectorIndex(
+        'pics-idx',
+        indexing_listener=text_model.to_listener('pics', key='caption'),
+        compatible_listener=code_model.to_listener('pics', key='code'),
+    )
+    db.apply(index)
+    (best,) = db['pics'].like({'code': 12}, vector_index='pics-idx', n=1).execute().tolist()
+    assert best['caption'] == 'picture 12'
+
+
+def test_hnsw_recall_against_exact(db):
+    db.apply(Table('many', fields={'txt': 'str'}))
+    db['many'].insert([{'txt': f'vector {i}'} for i in range(2000)]).execute()
+    listener = ObjectModel('emb', object=embed).to_listener('many', key='txt')
+    db.apply(VectorIndex('hnsw-idx', indexing_listener=listener, searcher='hnsw'))
+    db.apply(VectorIndex('exact-idx', indexing_listener=listener, searcher='exact'))
+    hits = 0
+    for i in range(20):
+        query = embed(f'query {i}')
+        ann = {r['id'] for r in db['many'].like(query, vector_index='hnsw-idx', n=10).execute()}
+        exact = {r['id'] for r in db['many'].like(query, vector_index='exact-idx', n=10).execute()}
+        hits += len(ann & exact)
+    assert hits / 200 >= 0.95
+
+
+def test_bad_input(db, items):
+    t, _, _ = items
+    with pytest.raises(InvalidValue, match=r"vector index 'idx' holds vectors of 16 values; the query vector has shape \(3,\)"):
+        t.like([1.0, 2.0, 3.0], vector_index='idx').execute()
+    with pytest.raises(NotFound, match=r"no vector index named 'nope'; existing: idx"):
+        t.like({'txt': 'x'}, vector_index='nope').execute()
+    with pytest.raises(QueryError, match=r"vector index 'idx' cannot encode key 'brand'; it encodes 'txt'"):
+        t.like({'brand': 'x'}, vector_index='idx').execute()
+    with pytest.raises(QueryError, match='n >= 1'):
+        t.like({'txt': 'x'}, vector_index='idx', n=0)
+    db.apply(Table('other', fields={'txt': 'str'}))
+    with pytest.raises(QueryError, match="indexes table 'items', not 'other'"):
+        db['other'].like({'txt': 'x'}, vector_index='idx').execute()
+    with pytest.raises(ComponentError, match='outputs str, not vectors'):
+        db.apply(VectorIndex('bad', indexing_listener=ObjectModel('up', object=str.upper).to_listener('items', key='txt')))
+    with pytest.raises(ComponentError, match='measure='):
+        VectorIndex('bad', indexing_listener=t and ObjectModel('e', object=embed).to_listener('items', key='txt'), measure='hamming')
+    assert db.show('VectorIndex') == ['idx']
+    assert t.count().execute() == 400
