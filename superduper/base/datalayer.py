@@ -151,10 +151,16 @@ class Datalayer:
 
         hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, matching_ids)
         scores = dict(hits)
-        columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)
-        fetch = dataclasses.replace(query, like_=None, action='select', columns=columns, limit_=None, offset_=0)
-        cond = Compare(pk, 'in', tuple(scores)) if where is None else And((where, Compare(pk, 'in', tuple(scores))))
-        rows = self._select(info, fetch, cond).tolist() if scores else []
+        if query.joined:
+            columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)
+            fetch = dataclasses.replace(query, like_=None, action='select', columns=columns, limit_=None, offset_=0)
+            rows = self._select(info, fetch, Compare(pk, 'in', tuple(scores))).tolist() if scores else []
+        else:
+            columns = list(query.columns or info.schema.field_names())
+            if pk not in columns:
+                columns = [pk] + columns
+            found = self.databackend.rows_by_key(info.name, columns, pk, list(scores))
+            rows = info.schema.row_decoder(columns, self.artifact_store)(found)
         for row in rows:
             row['_score'] = scores[row[pk]]
         rows.sort(key=lambda r: -r['_score'])

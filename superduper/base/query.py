@@ -165,7 +165,13 @@ class Query:
     def _with(self, **changes: Any) -> 'Query':
         if self.action not in ('select',) and 'action' not in changes:
             raise QueryError(f'cannot refine a {self.action!r} query on {self.table!r}; build it from db[{self.table!r}]')
-        return dataclasses.replace(self, **changes)
+        for name in changes:
+            if name not in _QUERY_FIELDS:
+                raise TypeError(f'Query has no field {name!r}')
+        query = object.__new__(Query)  # dataclasses.replace re-runs __init__: too slow for a hot path
+        query.__dict__.update(self.__dict__)
+        query.__dict__.update(changes)
+        return query
 
     def __getitem__(self, name: str) -> Field:
         return Field(name)
@@ -282,6 +288,9 @@ class Query:
             yield column
         if self.values:
             yield from self.values
+
+
+_QUERY_FIELDS = frozenset(f.name for f in dataclasses.fields(Query))
 
 
 def _condition_to_dict(cond: Condition | None) -> Any:

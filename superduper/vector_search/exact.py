@@ -27,9 +27,10 @@ class ExactSearcher:
         self.positions: dict[Any, int] = {}
         self.matrix = np.zeros((0, dim), dtype=np.float32)
         self.alive = np.zeros(0, dtype=bool)
+        self._count = 0
 
     def __len__(self) -> int:
-        return int(self.alive[: len(self.ids)].sum())
+        return self._count
 
     # ---- writes -----------------------------------------------------------------------------------------------
     def prepare(self, vectors: Any) -> np.ndarray:
@@ -59,6 +60,7 @@ class ExactSearcher:
         self._reserve(len(self.ids))
         self.matrix[positions] = matrix
         self.alive[positions] = True
+        self._count = int(self.alive.sum())
         return positions
 
     def _reserve(self, size: int) -> None:
@@ -73,6 +75,7 @@ class ExactSearcher:
     def remove(self, ids: Iterable[Any]) -> np.ndarray:
         positions = np.array([self.positions[i] for i in ids if i in self.positions], dtype=np.int64)
         self.alive[positions] = False
+        self._count = int(self.alive.sum())
         return positions
 
     # ---- reads ------------------------------------------------------------------------------------------------
@@ -112,3 +115,4 @@ class ExactSearcher:
         self.positions = {id_: i for i, id_ in enumerate(self.ids)}
         self.matrix = np.array(state['matrix'], dtype=np.float32).reshape(-1, self.dim)
         self.alive = np.array(state['alive'], dtype=bool)
+        self._count = int(self.alive.sum())

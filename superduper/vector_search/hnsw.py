@@ -39,6 +39,7 @@ class HnswSearcher(ExactSearcher):
         index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
         index.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=self.M)
         index.set_ef(self.ef)
+        self._current_ef = self.ef
         return index
 
     def upsert(self, ids: Sequence[Any], vectors: Any) -> np.ndarray:
@@ -67,17 +68,24 @@ class HnswSearcher(ExactSearcher):
         alive = len(self)
         if candidates is not None or n >= alive or alive < 1000:
             return super().search(query, n, candidates)
-        q = self.prepare(query)
-        self.index.set_ef(max(self.ef, n))
+        q = np.asarray(query, dtype=np.float32)
+        if q.shape != (self.dim,):
+            q = self.prepare(q)[0]  # raises for a wrong shape
+        elif self.measure == 'cosine':
+            norm = float(np.sqrt(q @ q))
+            q = q / norm if norm else q
+        ef = max(self.ef, n)
+        if ef != self._current_ef:
+            self.index.set_ef(ef)
+            self._current_ef = ef
         try:
             labels, distances = self.index.knn_query(q, k=n)
         except RuntimeError:  # too few reachable elements (many deleted): answer exactly
             return super().search(query, n)
+        ids = self.ids
         if self.measure == 'l2':
-            scores = -distances[0]
-        else:
-            scores = 1.0 - distances[0]
-        return [(self.ids[int(p)], float(s)) for p, s in zip(labels[0], scores)]
+            return [(ids[p], -d) for p, d in zip(labels[0].tolist(), distances[0].tolist())]
+        return [(ids[p], 1.0 - d) for p, d in zip(labels[0].tolist(), distances[0].tolist())]
 
     def state(self) -> dict[str, Any]:
         state = super().state()
@@ -97,6 +105,7 @@ class HnswSearcher(ExactSearcher):
             self.index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
             self.index.load_index(path, max_elements=max(len(self.ids), 1024), allow_replace_deleted=False)
         self.index.set_ef(self.ef)
+        self._current_ef = self.ef
 
 
 SEARCHERS = {'exact': ExactSearcher, 'hnsw': HnswSearcher}

@@ -9,6 +9,9 @@ override URL translation, engine options and column types.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import threading
 from typing import Any, ClassVar, Iterator, Sequence
 
 import sqlalchemy as sa
@@ -38,6 +41,7 @@ class SQLDataBackend:
         self._meta = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
         self._insert_sql: dict[tuple, tuple[str, Any]] = {}
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({_redact(self.uri)!r})'
@@ -73,6 +77,9 @@ class SQLDataBackend:
             yield conn
 
     def close(self) -> None:
+        connection = self._local.__dict__.pop('connection', None)
+        if connection is not None:
+            connection.close()
         self.engine.dispose()
 
     # ---- tables ---------------------------------------------------------------------------------------------
@@ -95,6 +102,7 @@ class SQLDataBackend:
 
     def forget(self, name: str) -> None:
         self._tables.pop(name, None)
+        self._by_key_sql.cache_clear()
         self._insert_sql = {k: v for k, v in self._insert_sql.items() if k[0] != name}
 
     def describe(self, name: str) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -328,6 +336,61 @@ class SQLDataBackend:
             batches = (rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
         for batch in batches:
             yield _convert(batch, convert) if convert else batch
+
+    def rows_by_key(self, name: str, columns: Sequence[str], key: str, values: Sequence[Any]) -> list:
+        """The rows whose ``key`` is one of ``values`` (a few, such as vector search hits), through SQL compiled once
+        per shape and run on the driver's cursor: the hot path of a vector search."""
+        if not values:
+            return []
+        sql, names, convert = self._by_key_sql(name, tuple(columns), key, len(values))
+        params: Any = tuple(values) if names is None else dict(zip(names, values))
+        with self._read_connection() as dbapi_connection, self._errors('select from', name):
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        return _convert(rows, convert) if convert and rows else rows
+
+    @contextlib.contextmanager
+    def _read_connection(self) -> Iterator[Any]:
+        """A driver connection kept per thread for short reads (pool checkout costs as much as the read); a
+        shared single connection (DuckDB, in-memory SQLite) goes through the pool instead."""
+        if isinstance(self.engine.pool, sa.pool.StaticPool):
+            with self.engine.connect() as conn:
+                yield conn.connection.dbapi_connection
+            return
+        local = self._local.__dict__
+        if local.get('pid') != os.getpid():  # a forked child must not share its parent's socket
+            local.clear()
+        connection = local.get('connection')
+        if connection is None:
+            connection = local['connection'] = self.engine.raw_connection()
+            local['pid'] = os.getpid()
+        try:
+            yield connection.dbapi_connection
+            connection.dbapi_connection.rollback()  # hold no snapshot or lock between reads
+        except Exception:
+            local.pop('connection', None)
+            connection.invalidate()
+            raise
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (one backend per database; entries are small)
+    def _by_key_sql(self, name: str, columns: tuple[str, ...], key: str, count: int) -> tuple[str, Any, list]:
+        table = self.table(name)
+        selected = [table.c[c] for c in columns]
+        stmt = sa.select(*selected).where(
+            table.c[key].in_(sa.bindparam('keys', value=[None] * count, expanding=True))
+        )
+        compiled = stmt.compile(dialect=self.dialect, compile_kwargs={'render_postcompile': True})
+        names = None if compiled.positional else [compiled.escaped_bind_names.get(f'keys_{i + 1}', f'keys_{i + 1}')
+                                                 for i in range(count)]
+        convert = [
+            (i, proc) for i, col in enumerate(selected)
+            if (proc := col.type.dialect_impl(self.dialect).result_processor(self.dialect, None))
+        ]
+        return str(compiled), names, convert
 
     def count(self, name: str, where: Condition | None = None) -> int:
         table = self.table(name)
