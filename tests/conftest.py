@@ -30,9 +30,9 @@ class Server:
 
     def __init__(self, name: str):
         self.name = name
-        admin_url, admin_db, self.uri_template = SERVERS[name]
+        admin_url, admin_db, uri_template = SERVERS[name] if name in SERVERS else _start_pgserver()
         self.admin = sa.create_engine(admin_url.format(db=admin_db), isolation_level='AUTOCOMMIT', poolclass=sa.pool.NullPool)
-        self.uri = self.uri_template.format(db=SCRATCH)
+        self.uri = uri_template.format(db=SCRATCH)
         self.reset()
 
     def _quoted(self) -> str:
@@ -40,7 +40,7 @@ class Server:
 
     def reset(self) -> None:
         with self.admin.connect() as conn:
-            if self.name == 'postgresql':
+            if self.name in ('postgresql', 'pgvector'):
                 conn.exec_driver_sql(
                     f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{SCRATCH}' AND pid <> pg_backend_pid()"
                 )
@@ -49,12 +49,26 @@ class Server:
 
     def drop(self) -> None:
         with self.admin.connect() as conn:
-            if self.name == 'postgresql':
+            if self.name in ('postgresql', 'pgvector'):
                 conn.exec_driver_sql(
                     f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{SCRATCH}' AND pid <> pg_backend_pid()"
                 )
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS {self._quoted()}')
         self.admin.dispose()
+
+
+def _start_pgserver() -> tuple[str, str, str]:
+    """PostgreSQL 16 with pgvector from the ``pgserver`` wheel, on a Unix socket in a temporary folder (the
+    machines' Debian PostgreSQL has no pgvector)."""
+    import tempfile
+
+    import pgserver
+
+    folder = tempfile.mkdtemp(prefix='sd-pgvector-')
+    uri = pgserver.get_server(folder, cleanup_mode='delete').get_uri()  # postgresql://postgres:@/postgres?host=...
+    base, _, query = uri.partition('?')
+    base = base.rsplit('/', 1)[0]
+    return f'postgresql+psycopg://{base.split("://", 1)[1]}/{{db}}?{query}', 'postgres', f'{base}/{{db}}?{query}'
 
 
 _servers: dict[str, Server | Exception] = {}
@@ -64,7 +78,7 @@ def server(name: str) -> Server:
     if name not in _servers:
         try:
             _servers[name] = Server(name)
-        except sa.exc.OperationalError as e:
+        except (sa.exc.OperationalError, ImportError, OSError, RuntimeError) as e:
             _servers[name] = e
     found = _servers[name]
     if isinstance(found, Exception):
@@ -113,7 +127,7 @@ def db(backend, db_uri, tmp_path):
     datalayer = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'))
     yield datalayer
     datalayer.close()
-    if backend in SERVERS:
+    if backend in SERVERS or backend == 'pgvector':
         server(backend).reset()
 
 

@@ -15,6 +15,12 @@ from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, Q
 DIM = 16
 
 
+@pytest.fixture(params=['sqlite', 'postgresql', 'pgvector', 'mariadb', 'duckdb'])
+def backend(request) -> str:
+    """Every backend, plus PostgreSQL with pgvector (search pushed down to the database)."""
+    return request.param
+
+
 def embed(text: str) -> np.ndarray:
     """A deterministic pseudo-embedding: the same text always gives the same vector."""
     seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
@@ -109,14 +115,15 @@ def test_reload_catches_up_without_recomputing(db, db_uri, tmp_path, backend, mo
     db.apply(Table('docs', fields={'txt': 'str'}))
     ids = db['docs'].insert([{'txt': f'doc {i}'} for i in range(50)]).execute()
     index = VectorIndex('docs-idx', indexing_listener=ObjectModel('cemb', object=counted_embed).to_listener('docs', key='txt'),
-                        searcher='hnsw')
+                        searcher='pgvector' if backend == 'pgvector' else 'hnsw')
     db.apply(index)
     outputs = index.indexing_listener.outputs
+    column_type = db.databackend.table(outputs).c[outputs].type  # bytea, or pgvector's VECTOR
     db.close()
     calls_before = calls.read_text()
     # while nothing runs, another program changes one output and deletes another
     engine = sa.create_engine(db.databackend.engine.url)
-    table = sa.Table(outputs, sa.MetaData(), sa.Column('_source', sa.String), sa.Column(outputs, sa.LargeBinary))
+    table = sa.Table(outputs, sa.MetaData(), sa.Column('_source', sa.String), sa.Column(outputs, column_type))
     with engine.begin() as conn:
         conn.execute(table.update().where(table.c._source == ids[0]).values({outputs: embed('moved').tobytes()}))
         conn.execute(table.delete().where(table.c._source == ids[1]))
@@ -129,7 +136,8 @@ def test_reload_catches_up_without_recomputing(db, db_uri, tmp_path, backend, mo
         assert ids[1] not in [r['id'] for r in docs.like(embed('doc 1'), vector_index='docs-idx', n=50).execute()]
         assert docs.like(embed('doc 7'), vector_index='docs-idx', n=1).execute().tolist()[0]['id'] == ids[7]
         assert calls.read_text() == calls_before  # no embedding was recomputed
-        assert type(again.vector_indexes.get('docs-idx').searcher).__name__ == 'HnswSearcher'
+        expected = 'pgvector' if backend == 'pgvector' else 'hnsw'
+        assert again.vector_indexes.get('docs-idx').searcher.kind == expected
     finally:
         again.close()
 
@@ -147,6 +155,20 @@ def test_compatible_listener_encodes_the_other_key(db):
     db.apply(index)
     (best,) = db['pics'].like({'code': 12}, vector_index='pics-idx', n=1).execute().tolist()
     assert best['caption'] == 'picture 12'
+
+
+@pytest.mark.parametrize('backend', ['pgvector'])
+def test_pgvector_stores_and_searches_natively(db, backend):
+    db.apply(Table('nat', fields={'txt': 'str', 'v': f'vector[float32:{DIM}]'}))
+    db['nat'].insert([{'txt': 'a', 'v': embed('a')}]).execute()
+    with db.databackend.engine.connect() as conn:
+        kind = conn.exec_driver_sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                    "WHERE attrelid = 'nat'::regclass AND attname = 'v'").scalar()
+    assert kind == f'vector({DIM})'
+    assert np.array_equal(db['nat'].get(txt='a').execute()['v'], embed('a'))
+    listener = ObjectModel('emb', object=embed).to_listener('nat', key='txt')
+    db.apply(VectorIndex('nat-idx', indexing_listener=listener))
+    assert db.vector_indexes.get('nat-idx').searcher.kind == 'pgvector'
 
 
 def test_hnsw_recall_against_exact(db):

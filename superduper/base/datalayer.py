@@ -149,7 +149,7 @@ class Datalayer:
             cond = where if among is None else And((where, Compare(pk, 'in', tuple(among))))
             return [r[0] for b in self.databackend.select(info.name, [pk], cond, limit=limit) for r in b]
 
-        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, matching_ids)
+        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, matching_ids, pk)
         scores = dict(hits)
         if query.joined:
             columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from superduper.base.exceptions import InvalidValue, NotFound, QueryError
+from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
 from superduper.base.query import Compare, Condition
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ class VectorIndexes:
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def build(self, index: 'VectorIndex') -> None:
         """A new searcher over every vector in the index's outputs table, saved to the artifact store."""
+        if self._pushdown(index):
+            return
         outputs = index.indexing_listener.outputs
         count = self.db.execute(self.db[outputs].count())
         loaded = LoadedIndex(index, self._new_searcher(index, count))
@@ -48,6 +50,27 @@ class VectorIndexes:
             loaded.searcher.upsert(ids, vectors)
         self._attach(loaded)
         self.save(loaded)
+
+    def _pushdown(self, index: 'VectorIndex') -> bool:
+        """Use pgvector where the vectors are stored natively in PostgreSQL (nothing to load, save or follow)."""
+        from superduper.backends.sql.postgres import PgVector
+
+        outputs = index.indexing_listener.outputs
+        self.db.table_info(outputs)  # binds the declared column types
+        column = self.db.databackend.table(outputs).c[outputs]
+        native = isinstance(column.type, PgVector)
+        if index.searcher == 'pgvector' and not native:
+            raise ComponentError(
+                f'VectorIndex {index.identifier!r}: searcher="pgvector" needs PostgreSQL with the vector extension'
+            )
+        if not native or index.searcher not in ('auto', 'pgvector'):
+            return False
+        from superduper.vector_search.pgvector import PgVectorSearcher
+
+        searcher = PgVectorSearcher(self.db, index)
+        searcher.build()
+        self._loaded[index.identifier] = LoadedIndex(index, searcher)
+        return True
 
     def _new_searcher(self, index: 'VectorIndex', count: int) -> Any:
         from superduper.vector_search.exact import ExactSearcher
@@ -95,6 +118,8 @@ class VectorIndexes:
             self.db.artifact_store.delete(key)
 
     def save(self, loaded: LoadedIndex) -> None:
+        if loaded.searcher.kind == 'pgvector':
+            return
         state = loaded.searcher.state()
         buffer = io.BytesIO()
         ids = json.dumps(state.pop('ids'))
@@ -122,6 +147,8 @@ class VectorIndexes:
 
     def _open(self, index: 'VectorIndex') -> LoadedIndex:
         """Reload a saved index and catch up with the outputs table; build it again if nothing was saved."""
+        if self._pushdown(index):
+            return self._loaded[index.identifier]
         key = self.db.metadata.index_state(index.uuid)
         if key is None:
             self.build(index)
@@ -203,10 +230,12 @@ class VectorIndexes:
         return vector
 
     def search(self, loaded: LoadedIndex, vector: np.ndarray, n: int, where: Condition | None,
-               matching_ids: Any) -> list[tuple[Any, float]]:
+               matching_ids: Any, primary_key: str) -> list[tuple[Any, float]]:
         """The ``n`` nearest rows, among those matching ``where`` if given: exact over the matching rows when they
         are few, else ANN candidates checked against the filter, widening until ``n`` match."""
         searcher = loaded.searcher
+        if searcher.kind == 'pgvector':
+            return searcher.search(vector, n, where, primary_key)
         if where is None:
             return searcher.search(vector, n)
         limit = self.db.cfg.exact_filter_limit

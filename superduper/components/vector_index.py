@@ -11,7 +11,7 @@ from superduper.components.datatype import Vector
 from superduper.components.listener import Listener
 from superduper.vector_search.exact import MEASURES
 
-SEARCHERS = ('auto', 'exact', 'hnsw')
+SEARCHERS = ('auto', 'exact', 'hnsw', 'pgvector')
 
 
 @dataclass(eq=False)
@@ -19,7 +19,8 @@ class VectorIndex(Component):
     """``VectorIndex('my-index', indexing_listener=model.to_listener(select=t.select(), key='txt'))``.
 
     ``compatible_listener`` encodes queries on another key into the same space (text-to-image search);
-    ``searcher`` is ``'exact'``, ``'hnsw'`` or ``'auto'`` (HNSW from 10,000 vectors when hnswlib is installed).
+    ``searcher`` is ``'exact'``, ``'hnsw'``, ``'pgvector'`` (search inside PostgreSQL) or ``'auto'``: pgvector where
+    the vectors are stored natively, else HNSW from 10,000 vectors when hnswlib is installed, else exact.
     """
 
     type_id: ClassVar[str] = 'VectorIndex'

@@ -66,6 +66,10 @@ class SQLDataBackend:
             'any': sa.Text(),
         }[storage]
 
+    def field_type(self, ftype: FieldType) -> Any:
+        """The column type for a field; a dialect may store some types natively (pgvector)."""
+        return self.column_type(ftype.storage)
+
     def id_type(self) -> Any:
         return sa.String(ID_LENGTH)
 
@@ -113,7 +117,7 @@ class SQLDataBackend:
 
     def _build(self, name: str, types: dict[str, FieldType], primary_key: str) -> sa.Table:
         columns = [
-            sa.Column(field, self.id_type() if field == primary_key else self.column_type(ftype.storage),
+            sa.Column(field, self.id_type() if field == primary_key else self.field_type(ftype),
                       primary_key=field == primary_key, nullable=field != primary_key)
             for field, ftype in types.items()
         ]
@@ -136,7 +140,7 @@ class SQLDataBackend:
             missing = [f for f in types if f not in existing]
             with self.begin() as conn:
                 for field in missing:
-                    ddl = self.column_type(types[field].storage).compile(dialect=self.dialect)
+                    ddl = self.field_type(types[field]).compile(dialect=self.dialect)
                     conn.exec_driver_sql(f'ALTER TABLE {self._quote(name)} ADD COLUMN {self._quote(field)} {ddl}')
         self.bind_table(name, types, primary_key)
 

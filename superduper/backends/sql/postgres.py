@@ -5,9 +5,42 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import functools
+
+import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from superduper.backends.sql.base import SQLDataBackend
+from superduper.components.datatype import FieldType, Vector
+
+
+class PgVector(sa.types.UserDefinedType):
+    """pgvector's ``VECTOR(n)``: values travel as the float32 bytes every backend uses, in pgvector's text form."""
+
+    cache_ok = True
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return f'VECTOR({self.dim})'
+
+    def bind_processor(self, dialect: Any) -> Any:
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            return '[' + ','.join(map(str, np.frombuffer(value, dtype=np.float32).tolist())) + ']'
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            return np.array(value[1:-1].split(','), dtype=np.float32).tobytes()
+
+        return process
 
 
 class PostgresDataBackend(SQLDataBackend):
@@ -20,6 +53,26 @@ class PostgresDataBackend(SQLDataBackend):
 
     def engine_options(self) -> dict[str, Any]:
         return {'pool_pre_ping': True}
+
+    @functools.cached_property
+    def has_pgvector(self) -> bool:
+        """Whether the database has the ``vector`` extension (created here when it is available but not yet on)."""
+        with self.engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'vector'").first():
+                return True
+            if not conn.exec_driver_sql("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").first():
+                return False
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql('CREATE EXTENSION IF NOT EXISTS vector')
+        except sa.exc.DBAPIError:
+            return False
+        return True
+
+    def field_type(self, ftype: FieldType) -> Any:
+        if isinstance(ftype, Vector) and ftype.dtype == 'float32' and self.has_pgvector:
+            return PgVector(ftype.dim)
+        return super().field_type(ftype)
 
     def server_side_cursor(self, dbapi_connection: Any) -> Any:
         return dbapi_connection.cursor(name=f'superduper_{uuid.uuid4().hex[:16]}')
