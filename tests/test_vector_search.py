@@ -205,3 +205,20 @@ def test_bad_input(db, items):
         VectorIndex('bad', indexing_listener=t and ObjectModel('e', object=embed).to_listener('items', key='txt'), measure='hamming')
     assert db.show('VectorIndex') == ['idx']
     assert t.count().execute() == 400
+
+
+def test_search_makes_no_metadata_query_once_loaded(db_uri, tmp_path):
+    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', metadata_store=f'sqlite://{tmp_path}/meta.db')
+    try:
+        db.apply(Table('docs', fields={'txt': 'str', 'brand': 'str'}))
+        db['docs'].insert([{'txt': f'doc {i}', 'brand': 'ab'[i % 2]} for i in range(30)]).execute()
+        db.apply(VectorIndex('idx', indexing_listener=ObjectModel('emb', object=embed).to_listener('docs', key='txt')))
+        t = db['docs']
+        t.like({'txt': 'doc 1'}, vector_index='idx', n=3).execute().tolist()  # loads what it needs
+        statements = []
+        sa.event.listen(db.metadata.engine, 'before_cursor_execute', lambda *args: statements.append(args[2]))
+        for i in range(5):
+            t.like({'txt': f'doc {i}'}, vector_index='idx', n=3).filter(t['brand'] == 'a').select('txt').execute().tolist()
+        assert statements == []
+    finally:
+        db.close()
