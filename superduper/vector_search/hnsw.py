@@ -74,7 +74,7 @@ class HnswSearcher(ExactSearcher):
         elif self.measure == 'cosine':
             norm = float(np.sqrt(q @ q))
             q = q / norm if norm else q
-        ef = max(self.ef, n)
+        ef = max(self.ef, 2 * n)  # a wider beam for the candidate lists of filtered searches
         if ef != self._current_ef:
             self.index.set_ef(ef)
             self._current_ef = ef
