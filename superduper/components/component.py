@@ -77,24 +77,24 @@ class Component:
 
 def artifact_keys(record: Any) -> set[str]:
     """The artifact keys a stored record refers to."""
-    if isinstance(record, dict):
-        if '_artifact' in record:
-            return {record['_artifact']}
-        return set().union(*[artifact_keys(v) for v in record.values()]) if record else set()
-    if isinstance(record, list):
-        return set().union(*[artifact_keys(v) for v in record]) if record else set()
-    return set()
+    return _marked(record, '_artifact')
 
 
 def references(record: Any) -> set[str]:
     """The uuids of the components a stored record refers to."""
+    return _marked(record, '_ref')
+
+
+def _marked(record: Any, marker: str) -> set[str]:
     if isinstance(record, dict):
-        if '_ref' in record:
-            return {record['_ref']}
-        return set().union(*[references(v) for v in record.values()]) if record else set()
-    if isinstance(record, list):
-        return set().union(*[references(v) for v in record]) if record else set()
-    return set()
+        if marker in record:
+            return {record[marker]}
+        values: Any = record.values()
+    elif isinstance(record, list):
+        values = record
+    else:
+        return set()
+    return set().union(*[_marked(v, marker) for v in values])
 
 
 def _collect_components(value: Any, found: list[Component]) -> None:
