@@ -118,8 +118,11 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def db_uri(backend, tmp_path) -> str:
-    return backend_uri(backend, tmp_path)
+def db_uri(backend, tmp_path):
+    """The database of the test; a server's scratch database is emptied after it."""
+    yield backend_uri(backend, tmp_path)
+    if backend in SERVERS or backend == 'pgvector':
+        server(backend).reset()
 
 
 @pytest.fixture
@@ -127,8 +130,6 @@ def db(backend, db_uri, tmp_path):
     datalayer = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'))
     yield datalayer
     datalayer.close()
-    if backend in SERVERS or backend == 'pgvector':
-        server(backend).reset()
 
 
 @pytest.fixture

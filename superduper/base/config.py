@@ -40,6 +40,10 @@ class Config(BaseSettings):
     exact_filter_limit: int = Field(
         default=20000, gt=0, description='filtered vector searches matching at most this many rows are answered exactly'
     )
+    follow_changes: bool = Field(
+        default=True, description='follow writes by other clients in a background thread (embedded/local mode)'
+    )
+    poll_interval: float = Field(default=0.5, gt=0, description='seconds between looks for new changes when idle')
     progress: bool = Field(default=True, description='show progress bars for backfills')
 
     @classmethod

@@ -38,6 +38,16 @@ class Datalayer:
         self._loaded: dict[str, Component] = {}
         self._listening: Any = None
         self._vector_indexes: Any = None
+        self._changes: Any = None
+
+    @property
+    def changes(self) -> Any:
+        """Durable change capture (see ``superduper.base.changes``)."""
+        if self._changes is None:
+            from superduper.base.changes import ChangeFeed
+
+            self._changes = ChangeFeed(self)
+        return self._changes
 
     @property
     def listening(self) -> Any:
@@ -66,6 +76,8 @@ class Datalayer:
         return Query(table, db=self)
 
     def close(self) -> None:
+        if self._changes is not None:
+            self._changes.stop()
         if self._vector_indexes is not None:
             self._vector_indexes.close()
         self.compute.close()
@@ -108,8 +120,11 @@ class Datalayer:
         info.schema.check_fields(query.table, query.fields_used())
         where = _encode_condition(query.where, info) if query.where is not None else None
         if query.action in ('insert', 'insert_one'):
-            ids = self._insert(info, _as_rows(query.documents, query.table))
+            rows = _as_rows(query.documents, query.table)
+            with self.databackend.begin() as conn, self.changes.own_writes(conn, query.table) as own:
+                ids = self._insert(conn, info, rows)
             self.listening.after_write(query.table, ids)
+            self.changes.acknowledge(own)
             return ids[0] if query.action == 'insert_one' else ids
         if query.like_ is not None:
             return self._like(info, query, where)
@@ -128,13 +143,14 @@ class Datalayer:
     def _change(self, info: TableInfo, query: Query, where: Condition | None) -> int:
         """Update or delete, then bring the listeners on the table up to date with the rows it touched."""
         touched = self._ids(info, query, where) if self.listening.followers(info.name) else []
-        with self.databackend.begin() as conn:
+        with self.databackend.begin() as conn, self.changes.own_writes(conn, query.table) as own:
             if query.action == 'update':
                 count = self.databackend.update(conn, query.table, self._encode_values(info, query.values), where)
             else:
                 count = self.databackend.delete(conn, query.table, where)
         if touched:
             self.listening.after_write(info.name, touched, deleted=query.action == 'delete')
+        self.changes.acknowledge(own)
         return count
 
     def _like(self, info: TableInfo, query: Query, where: Condition | None) -> Any:
@@ -203,17 +219,17 @@ class Datalayer:
         columns = info.schema.encode_columns(info.name, keys, [[values[k]] for k in keys], self.artifact_store)
         return {k: c[0] for k, c in zip(keys, columns)}
 
-    def _insert(self, info: TableInfo, rows: list[dict]) -> list:
+    def _insert(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
         if not rows:
             return []
         keys = _union_keys(rows)
         info.schema.check_fields(info.name, keys)
         if not info.auto_id and not set(info.primary_key) <= set(keys):
-            return self._insert_returning(info, rows)
+            return self._insert_returning(conn, info, rows)
         if info.auto_id and info.primary_key[0] not in keys:
             keys.append(info.primary_key[0])
         if not info.auto_id and set(map(len, rows)) != {len(keys)}:
-            return self._insert_by_key_set(info, rows)
+            return self._insert_by_key_set(conn, info, rows)
         columns = [[r.get(k) for r in rows] for k in keys]
         pk_columns = [keys.index(k) for k in info.primary_key]
         if info.auto_id:
@@ -224,39 +240,36 @@ class Datalayer:
                     columns.append([None] * len(rows))
                 _fill_folds(columns[keys.index('_fold')], columns[pk_columns[0]], self.cfg.valid_fraction)
         step = self.cfg.insert_batch_size
-        with self.databackend.begin() as conn:
-            for start in range(0, len(rows), step):
-                chunk = [c[start : start + step] for c in columns]
-                chunk = info.schema.encode_columns(info.name, keys, chunk, self.artifact_store, first_row=start)
-                self.databackend.insert(conn, info.name, keys, chunk)
+        for start in range(0, len(rows), step):
+            chunk = [c[start : start + step] for c in columns]
+            chunk = info.schema.encode_columns(info.name, keys, chunk, self.artifact_store, first_row=start)
+            self.databackend.insert(conn, info.name, keys, chunk)
         if len(pk_columns) == 1:
             return columns[pk_columns[0]]
         return list(zip(*[columns[i] for i in pk_columns]))
 
-    def _insert_by_key_set(self, info: TableInfo, rows: list[dict]) -> list:
+    def _insert_by_key_set(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
         """Rows naming different columns (a table of someone else's with defaults): insert each group as given."""
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(tuple(sorted(row)), []).append(i)
         ids: list = [None] * len(rows)
-        with self.databackend.begin() as conn:
-            for keys, positions in groups.items():
-                columns = [[rows[i][k] for i in positions] for k in keys]
-                columns = info.schema.encode_columns(info.name, keys, columns, self.artifact_store)
-                self.databackend.insert(conn, info.name, keys, columns)
-                for i in positions:
-                    ids[i] = _pk_of(rows[i], info.primary_key)
+        for keys, positions in groups.items():
+            columns = [[rows[i][k] for i in positions] for k in keys]
+            columns = info.schema.encode_columns(info.name, keys, columns, self.artifact_store)
+            self.databackend.insert(conn, info.name, keys, columns)
+            for i in positions:
+                ids[i] = _pk_of(rows[i], info.primary_key)
         return ids
 
-    def _insert_returning(self, info: TableInfo, rows: list[dict]) -> list:
+    def _insert_returning(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
         """The database generates the primary key (autoincrement): ask it back with RETURNING."""
         encoded = []
         for i, row in enumerate(rows):
             keys = list(row)
             columns = info.schema.encode_columns(info.name, keys, [[row[k]] for k in keys], self.artifact_store, i)
             encoded.append({k: c[0] for k, c in zip(keys, columns)})
-        with self.databackend.begin() as conn:
-            returned = self.databackend.insert_returning(conn, info.name, encoded)
+        returned = self.databackend.insert_returning(conn, info.name, encoded)
         return [r[0] for r in returned] if len(info.primary_key) == 1 else returned
 
     # ---- components ---------------------------------------------------------------------------------------
@@ -441,6 +454,19 @@ class Datalayer:
     def failures(self, listener: str) -> list[dict]:
         """The rows listener ``listener`` failed on, with the error and the number of attempts."""
         return self.listening.failures.list(self.listening.active(listener).uuid)
+
+    def status(self) -> list[dict]:
+        """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change."""
+        report = []
+        for identifier in self.metadata.identifiers('Listener'):
+            listener = self.listening.active(identifier)
+            pending, lag = self.changes.pending(listener.source)
+            report.append({
+                'listener': identifier, 'table': listener.source, 'outputs': listener.outputs,
+                'done': self.databackend.count(listener.outputs) if listener.outputs in self.databackend.table_names() else 0,
+                'pending': pending, 'failed': self.listening.failures.count(listener.uuid), 'lag_seconds': lag,
+            })
+        return report
 
     def retry(self, listener: str) -> int:
         """Recompute the rows a listener failed on (after fixing the model, say); returns how many still fail."""

@@ -8,6 +8,7 @@ every other output; one broken listener never stops the others, nor the write th
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField
@@ -42,6 +43,7 @@ class Listening:
         self.jobs = JobLog(db.metadata)
         self.failures = FailureLog(db.metadata)
         self._by_source: dict[str, list[Listener]] | None = None
+        self.lock = threading.RLock()  # the change-following thread and the writing thread share models
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
 
     # ---- which listeners follow which table ----------------------------------------------------------------
@@ -50,7 +52,13 @@ class Listening:
             self._by_source = {}
             for identifier in self.db.metadata.identifiers('Listener'):
                 self._add(self.db.load('Listener', identifier))
+            if self._by_source:
+                self._follow_other_clients()
         return self._by_source.get(table, [])
+
+    def _follow_other_clients(self) -> None:
+        if self.db.cfg.follow_changes and self.db.cfg.compute == 'local':
+            self.db.changes.start(self.db.cfg.poll_interval)
 
     def _add(self, listener: 'Listener') -> None:
         assert self._by_source is not None
@@ -110,6 +118,8 @@ class Listening:
         """Follow the listener's table from now on, and compute outputs for the rows already there."""
         self.followers(listener.source)  # load the others first
         self._add(listener)
+        self.db.changes.follow(listener.source)  # from here on, writes by any client are recorded
+        self._follow_other_clients()
         self.backfill(listener)
 
     def stop(self, listener: 'Listener') -> None:
@@ -118,12 +128,17 @@ class Listening:
             self._by_source[listener.source] = [x for x in listeners if x.uuid != listener.uuid]
         self.failures.clear(listener.uuid)
         self.jobs.delete(listener.uuid)
+        self.db.changes.unfollow(listener.source)
         if listener.outputs in self.db.show('Table'):
             self.db.remove('Table', listener.outputs, force=True)
 
     # ---- computing outputs -------------------------------------------------------------------------------------
     def backfill(self, listener: 'Listener') -> dict:
         """Outputs for every row the listener's select matches, in bounded batches, recorded as a job."""
+        with self.lock:
+            return self._backfill(listener)
+
+    def _backfill(self, listener: 'Listener') -> dict:
         from tqdm.auto import tqdm
 
         total = self.db.execute(listener.select.count())
@@ -193,13 +208,20 @@ class Listening:
             ids = good_ids
             columns = schema.encode_columns(table, keys, [good_ids, good_outputs], self.db.artifact_store)
         if ids:
-            with self.db.databackend.begin() as conn:
+            with self.db.databackend.begin() as conn, self.db.changes.own_writes(conn, table) as own:
                 self.db.databackend.insert(conn, table, keys, columns, upsert_key=SOURCE)
             self.after_write(table, ids)
+            self.db.changes.acknowledge(own)
         return bad
 
     def after_write(self, table: str, ids: list, deleted: bool = False) -> None:
         """Bring every listener (and vector index) on ``table`` up to date with these rows."""
+        if not self.hooks.get(table) and not self.followers(table):
+            return
+        with self.lock:
+            self._after_write(table, ids, deleted)
+
+    def _after_write(self, table: str, ids: list, deleted: bool) -> None:
         for hook in self.hooks.get(table, []):
             try:
                 hook(ids, deleted)
@@ -229,11 +251,12 @@ class Listening:
 
     def _delete_outputs(self, listener: 'Listener', ids: list) -> None:
         table = listener.outputs
-        with self.db.databackend.begin() as conn:
+        with self.db.databackend.begin() as conn, self.db.changes.own_writes(conn, table) as own:
             for chunk in _chunks(list(ids), ID_CHUNK):
                 self.db.databackend.delete(conn, table, Compare(SOURCE, 'in', tuple(chunk)))
         self.failures.clear(listener.uuid, list(ids))
         self.after_write(table, ids, deleted=True)
+        self.db.changes.acknowledge(own)
 
     def retry(self, identifier: str) -> int:
         """Recompute the rows a listener failed on; returns how many still fail."""

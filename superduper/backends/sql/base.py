@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import threading
+import zlib
 from typing import Any, ClassVar, Iterator, Sequence
 
 import sqlalchemy as sa
@@ -22,12 +23,17 @@ from superduper.base.query import And, Compare, Condition, Not, Or
 from superduper.components.datatype import FieldType
 
 ID_LENGTH = 255
+CHANGES = '_superduper_changes'
 
 
 class SQLDataBackend:
     """Any database SQLAlchemy has a dialect for; ``uri`` is a SQLAlchemy URL."""
 
     scheme: ClassVar[str] = 'sqlalchemy'
+    #: whether database triggers record changes made by any client (see ``install_capture``)
+    captures_changes: ClassVar[bool] = False
+    #: whether workers can claim changes with ``FOR UPDATE SKIP LOCKED``
+    skip_locked: ClassVar[bool] = False
     #: whether results can be streamed through a server-side cursor while other statements run
     streams_results: ClassVar[bool] = True
 
@@ -72,6 +78,36 @@ class SQLDataBackend:
 
     def id_type(self) -> Any:
         return sa.String(ID_LENGTH)
+
+    # ---- change capture -------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def changes(self) -> sa.Table:
+        """``_superduper_changes``: one row per inserted, updated or deleted row of a followed table."""
+        table = sa.Table(
+            CHANGES,
+            sa.MetaData(),
+            sa.Column('id', sa.BigInteger().with_variant(sa.Integer, 'sqlite'), primary_key=True, autoincrement=True),
+            sa.Column('tbl', sa.String(255), nullable=False),
+            sa.Column('source', sa.String(255), nullable=False),
+            sa.Column('op', sa.String(8), nullable=False),
+            sa.Column('created_at', sa.DateTime, nullable=False),
+        )
+        table.create(self.engine, checkfirst=True)
+        return table
+
+    def install_capture(self, table: str, primary_key: str) -> None:
+        """Triggers recording every write to ``table`` in ``_superduper_changes``, whoever makes it."""
+        raise NotImplementedError
+
+    def remove_capture(self, table: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def trigger_name(table: str, event: str) -> str:
+        return f'_sdc_{zlib.crc32(table.encode()):08x}_{event}'
+
+    def _literal(self, value: str) -> str:
+        return "'" + value.replace("'", "''") + "'"
 
     # ---- connections ----------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -45,6 +45,41 @@ class PgVector(sa.types.UserDefinedType):
 
 class PostgresDataBackend(SQLDataBackend):
     scheme = 'postgresql'
+    captures_changes = True
+    skip_locked = True
+
+    def install_capture(self, table: str, primary_key: str) -> None:
+        # statement-level triggers with transition tables: a bulk insert costs one INSERT ... SELECT, not one a row
+        self.changes  # noqa: B018 (created on first use)
+        function = self._quote(self.trigger_name(table, 'fn'))
+        name, key, literal = self._quote(table), self._quote(primary_key), self._literal(table)
+        now = "(now() AT TIME ZONE 'utc')"
+        body = (
+            f"BEGIN IF TG_OP = 'DELETE' THEN "
+            f"INSERT INTO _superduper_changes (tbl, source, op, created_at) "
+            f"SELECT {literal}, o.{key}::text, 'delete', {now} FROM old_rows o; "
+            f"ELSE INSERT INTO _superduper_changes (tbl, source, op, created_at) "
+            f"SELECT {literal}, n.{key}::text, 'upsert', {now} FROM new_rows n; END IF; RETURN NULL; END"
+        )
+        with self.begin() as conn:
+            conn.exec_driver_sql(
+                f'CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $sd$ {body} $sd$'
+            )
+            for event, when, ref in (('ins', 'INSERT', 'NEW TABLE AS new_rows'), ('upd', 'UPDATE', 'NEW TABLE AS new_rows'),
+                                     ('del', 'DELETE', 'OLD TABLE AS old_rows')):
+                trigger = self._quote(self.trigger_name(table, event))
+                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {trigger} ON {name}')
+                conn.exec_driver_sql(
+                    f'CREATE TRIGGER {trigger} AFTER {when} ON {name} REFERENCING {ref} '
+                    f'FOR EACH STATEMENT EXECUTE FUNCTION {function}()'
+                )
+
+    def remove_capture(self, table: str) -> None:
+        with self.begin() as conn:
+            for event in ('ins', 'upd', 'del'):
+                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {self._quote(self.trigger_name(table, event))} '
+                                     f'ON {self._quote(table)}')
+            conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS {self._quote(self.trigger_name(table, "fn"))}()')
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:

@@ -1,0 +1,153 @@
+"""Durable change capture: every write to a followed table leaves a row in ``_superduper_changes``.
+
+Database triggers (SQLite, PostgreSQL, MariaDB/MySQL) write the change rows in the same transaction as the write,
+whoever makes it. Consumers (a background thread in the embedded default, ``superduper start`` workers in a
+deployment) claim change rows in id order — with ``FOR UPDATE SKIP LOCKED`` where the database has it, so workers
+share the work without taking the same rows — bring the listeners up to date, and delete the rows in the same
+transaction. A consumer that dies leaves its rows to the next one: at-least-once delivery, and since outputs are
+upserts keyed by the source row, an exactly-once effect.
+
+Writes made through the query API are followed at once in the writing process (outputs exist when ``execute()``
+returns); the change rows they produced are then acknowledged, so nobody computes them twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Iterator
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from superduper.base.datalayer import Datalayer
+
+log = logging.getLogger('superduper')
+
+
+class ChangeFeed:
+    def __init__(self, db: 'Datalayer'):
+        self.db = db
+        self.backend = db.databackend
+        self.enabled = bool(getattr(self.backend, 'captures_changes', False))
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- which tables are followed ----------------------------------------------------------------------------
+    def follow(self, table: str) -> None:
+        if self.enabled:
+            self.backend.install_capture(table, self.db.table_info(table).primary_key[0])
+
+    def unfollow(self, table: str) -> None:
+        if self.enabled and not self.db.listening.followers(table) and table in self.backend.table_names():
+            self.backend.remove_capture(table)
+
+    # ---- writes made here -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def own_writes(self, conn: Any, table: str) -> Iterator[list]:
+        """Inside a write's transaction: collects the ids of the change rows the write made, to acknowledge once this
+        process has followed it."""
+        own: list = []
+        if not self.enabled or not self.db.listening.followers(table):
+            yield own
+            return
+        changes = self.backend.changes
+        before = conn.execute(sa.select(sa.func.max(changes.c.id))).scalar() or 0
+        yield own
+        own.extend(conn.execute(
+            sa.select(changes.c.id).where(changes.c.tbl == table, changes.c.id > before)
+        ).scalars())
+
+    def acknowledge(self, ids: list) -> None:
+        if not ids:
+            return
+        changes = self.backend.changes
+        with self.backend.begin() as conn:
+            for i in range(0, len(ids), 1000):
+                conn.execute(changes.delete().where(changes.c.id.in_(ids[i : i + 1000])))
+
+    # ---- consuming ----------------------------------------------------------------------------------------------
+    def consume(self, limit: int = 1000) -> int:
+        """Follow up to ``limit`` recorded changes; returns how many were taken."""
+        if not self.enabled:
+            return 0
+        changes = self.backend.changes
+        stmt = sa.select(changes.c.id, changes.c.tbl, changes.c.source, changes.c.op).order_by(changes.c.id).limit(limit)
+        if self.backend.skip_locked:
+            with self.backend.begin() as conn:  # the claimed rows stay locked until they are processed and deleted
+                rows = conn.execute(stmt.with_for_update(skip_locked=True)).all()
+                if rows:
+                    self._apply(rows)
+                    conn.execute(changes.delete().where(changes.c.id.in_([r.id for r in rows])))
+            return len(rows)
+        with self.backend.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        if rows:
+            self._apply(rows)
+            self.acknowledge([r.id for r in rows])
+        return len(rows)
+
+    def _apply(self, rows: list) -> None:
+        latest: dict[str, dict[str, str]] = {}
+        for row in rows:  # in id order: the last change of a row decides
+            latest.setdefault(row.tbl, {})[row.source] = row.op
+        for table, ops in latest.items():
+            if not self.db.listening.followers(table):
+                continue
+            convert = self._key_type(table)
+            upserts = [convert(s) for s, op in ops.items() if op == 'upsert']
+            deletes = [convert(s) for s, op in ops.items() if op == 'delete']
+            if upserts:
+                self.db.listening.after_write(table, upserts)
+            if deletes:
+                self.db.listening.after_write(table, deletes, deleted=True)
+
+    def _key_type(self, table: str) -> Any:
+        info = self.db.table_info(table)
+        return int if info.schema.types[info.primary_key[0]].name == 'int' else str
+
+    # ---- status ------------------------------------------------------------------------------------------------
+    def pending(self, table: str) -> tuple[int, float | None]:
+        """How many changes of ``table`` wait, and the age in seconds of the oldest."""
+        if not self.enabled:
+            return 0, None
+        changes = self.backend.changes
+        stmt = sa.select(sa.func.count(), sa.func.min(changes.c.created_at)).where(changes.c.tbl == table)
+        with self.backend.engine.connect() as conn:
+            count, oldest = conn.execute(stmt).one()
+        if oldest is None:
+            return count, None
+        if isinstance(oldest, str):  # SQLite keeps the trigger's text timestamp
+            oldest = datetime.datetime.fromisoformat(oldest)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        return count, max(0.0, (now - oldest).total_seconds())
+
+    # ---- the background consumer --------------------------------------------------------------------------------
+    def start(self, interval: float) -> None:
+        """Follow changes from other clients in a daemon thread, every ``interval`` seconds when idle."""
+        if not self.enabled or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(interval,), name='superduper-changes', daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                taken = self.consume()
+                failures = 0
+            except Exception:  # a lost connection, a restarting server: back off and go on
+                failures += 1
+                log.exception('following changes failed; retrying')
+                taken = 0
+            if not taken:
+                self._stop.wait(min(interval * 2**failures, 30.0))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None

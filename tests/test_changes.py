@@ -1,0 +1,108 @@
+"""Durable change capture: writes by any client, in plain SQL, reach the outputs.
+
+DuckDB has no triggers, so it is not in this module: there, outputs follow writes made through superduper only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from superduper import ObjectModel, Listener, Table, superduper
+
+
+@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
+def backend(request) -> str:
+    return request.param
+
+
+def wait_for(condition, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError('condition not met in time')
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def followed(db):
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    db['docs'].insert([{'id': 'a', 'txt': 'first'}]).execute()
+    listener = db.apply(ObjectModel('upper', object=str.upper).to_listener('docs', key='txt', identifier='upper'))
+    return listener
+
+
+def plain_sql(db, *statements: tuple[str, dict]) -> None:
+    """Another client: its own engine, plain SQL, no superduper."""
+    engine = sa.create_engine(db.databackend.engine.url)
+    try:
+        with engine.begin() as conn:
+            for sql, params in statements:
+                conn.execute(sa.text(sql), params)
+    finally:
+        engine.dispose()
+
+
+def outputs(db, listener) -> dict:
+    return {r['_source']: r[listener.outputs] for r in db[listener.outputs].select().execute()}
+
+
+def test_plain_sql_writes_are_followed_in_the_background(db, followed):
+    plain_sql(db, ("INSERT INTO docs (id, txt, _fold) VALUES ('b', 'second', 'train')", {}))
+    wait_for(lambda: outputs(db, followed).get('b') == 'SECOND')
+    plain_sql(db, ("UPDATE docs SET txt = 'changed' WHERE id = 'a'", {}), ("DELETE FROM docs WHERE id = 'b'", {}))
+    wait_for(lambda: outputs(db, followed) == {'a': 'CHANGED'})
+    wait_for(lambda: db.status()[0]['pending'] == 0)
+
+
+def test_api_writes_leave_nothing_pending(db, followed):
+    db['docs'].insert([{'txt': f't{i}'} for i in range(20)]).execute()
+    db['docs'].filter(db['docs']['txt'] == 't1').update({'txt': 'x'}).execute()
+    db['docs'].filter(db['docs']['txt'] == 't2').delete().execute()
+    (status,) = db.status()
+    assert status['pending'] == 0 and status['done'] == 20 and status['failed'] == 0
+    assert status['listener'] == 'upper' and status['table'] == 'docs'
+
+
+def test_explicit_consumer_and_chains(db_uri, tmp_path):
+    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', follow_changes=False, progress=False)
+    try:
+        db.apply(Table('docs', fields={'txt': 'str'}, folds=False))
+        first = db.apply(ObjectModel('upper', object=str.upper).to_listener('docs', key='txt', identifier='upper'))
+        second = db.apply(Listener(model=ObjectModel('len', object=len), select=db[first.outputs].select(),
+                                   key=first.outputs, upstream=[first], identifier='len'))
+        plain_sql(db, *[("INSERT INTO docs (id, txt) VALUES (:i, :t)", {'i': f'r{i}', 't': 'x' * i}) for i in range(1, 6)])
+        status = {s['listener']: s for s in db.status()}
+        assert status['upper']['pending'] == 5 and status['upper']['lag_seconds'] >= 0
+        while db.changes.consume(limit=2):
+            pass
+        assert outputs(db, first) == {f'r{i}': 'X' * i for i in range(1, 6)}
+        assert outputs(db, second) == {f'r{i}': i for i in range(1, 6)}
+        assert all(s['pending'] == 0 for s in db.status())
+    finally:
+        db.close()
+
+
+def test_another_process_insert_gets_outputs(db, followed, backend):
+    url = db.databackend.engine.url.render_as_string(hide_password=False)
+    script = textwrap.dedent(f"""
+        import sqlalchemy as sa
+        engine = sa.create_engine({url!r})
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO docs (id, txt, _fold) VALUES ('p', 'from elsewhere', 'train')"))
+    """)
+    subprocess.run([sys.executable, '-c', script], check=True, timeout=60)
+    wait_for(lambda: outputs(db, followed).get('p') == 'FROM ELSEWHERE')
+
+
+def test_removing_the_last_listener_removes_the_triggers(db, followed):
+    db.remove('Listener', 'upper')
+    plain_sql(db, ("INSERT INTO docs (id, txt, _fold) VALUES ('z', 'zz', 'train')", {}))
+    changes = db.databackend.changes
+    with db.databackend.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(changes)).scalar() == 0
