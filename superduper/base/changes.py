@@ -68,13 +68,37 @@ class ChangeFeed:
             for i in range(0, len(ids), 1000):
                 conn.execute(changes.delete().where(changes.c.id.in_(ids[i : i + 1000])))
 
+    def enqueue_backfill(self, listener: Any) -> int:
+        """One change row per row the listener selects, for that listener only: the backfill survives the process
+        that applied the listener, and workers share it. Returns how many rows."""
+        backend, changes = self.backend, self.backend.changes
+        source = backend.table(listener.source)
+        key = source.c[self.db.table_info(listener.source).primary_key[0]]
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        rows = sa.select(
+            sa.literal(listener.source, sa.String(255)), sa.cast(key, sa.String(255)), sa.literal('upsert', sa.String(8)),
+            sa.literal(listener.uuid, sa.String(64)), sa.literal(now, sa.DateTime),
+        )
+        if listener.select.where is not None:
+            rows = rows.where(backend._where(source, listener.select.where))
+        with backend.begin() as conn:
+            conn.execute(changes.insert().from_select(['tbl', 'source', 'op', 'listener', 'created_at'], rows))
+            return conn.execute(sa.select(sa.func.count()).where(changes.c.listener == listener.uuid)).scalar_one()
+
+    def pending_for(self, listener_uuid: str) -> int:
+        changes = self.backend.changes
+        stmt = sa.select(sa.func.count()).where(changes.c.listener == listener_uuid)
+        with self.backend.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
     # ---- consuming ----------------------------------------------------------------------------------------------
     def consume(self, limit: int = 1000) -> int:
         """Follow up to ``limit`` recorded changes; returns how many were taken."""
         if not self.enabled:
             return 0
         changes = self.backend.changes
-        stmt = sa.select(changes.c.id, changes.c.tbl, changes.c.source, changes.c.op).order_by(changes.c.id).limit(limit)
+        stmt = sa.select(changes.c.id, changes.c.tbl, changes.c.source, changes.c.op, changes.c.listener)
+        stmt = stmt.order_by(changes.c.id).limit(limit)
         if self.backend.skip_locked:
             with self.backend.begin() as conn:  # the claimed rows stay locked until they are processed and deleted
                 rows = conn.execute(stmt.with_for_update(skip_locked=True)).all()
@@ -90,19 +114,19 @@ class ChangeFeed:
         return len(rows)
 
     def _apply(self, rows: list) -> None:
-        latest: dict[str, dict[str, str]] = {}
+        latest: dict[tuple[str, str | None], dict[str, str]] = {}
         for row in rows:  # in id order: the last change of a row decides
-            latest.setdefault(row.tbl, {})[row.source] = row.op
-        for table, ops in latest.items():
+            latest.setdefault((row.tbl, row.listener), {})[row.source] = row.op
+        for (table, only), ops in latest.items():
             if not self.db.listening.followers(table):
                 continue
             convert = self._key_type(table)
             upserts = [convert(s) for s, op in ops.items() if op == 'upsert']
             deletes = [convert(s) for s, op in ops.items() if op == 'delete']
             if upserts:
-                self.db.listening.after_write(table, upserts)
+                self.db.listening.after_write(table, upserts, only=only)
             if deletes:
-                self.db.listening.after_write(table, deletes, deleted=True)
+                self.db.listening.after_write(table, deletes, deleted=True, only=only)
 
     def _key_type(self, table: str) -> Any:
         info = self.db.table_info(table)

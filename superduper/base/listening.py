@@ -134,9 +134,35 @@ class Listening:
 
     # ---- computing outputs -------------------------------------------------------------------------------------
     def backfill(self, listener: 'Listener') -> dict:
-        """Outputs for every row the listener's select matches, in bounded batches, recorded as a job."""
-        with self.lock:
-            return self._backfill(listener)
+        """Outputs for every row the listener's select matches, in bounded batches, recorded as a job.
+
+        Where the database records changes, the backfill is queued there first (one change row per selected row)
+        and then consumed: if this process dies, any worker finishes it."""
+        if not self.db.changes.enabled:
+            with self.lock:
+                return self._backfill(listener)
+        import time
+
+        from tqdm.auto import tqdm
+
+        total = self.db.changes.enqueue_backfill(listener)
+        job = self.jobs.start('backfill', listener, total)
+        try:
+            with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
+                      unit='rows', leave=False) as bar:
+                while left := self.db.changes.pending_for(listener.uuid):
+                    bar.update(total - left - bar.n)
+                    self.jobs.progress(job, total - left, self.failures.count(listener.uuid))
+                    if not self.db.changes.consume():
+                        time.sleep(0.05)  # another consumer holds the rest
+                bar.update(total - bar.n)
+        except Exception as e:
+            self.jobs.finish(job, error=_error_text(e))
+            raise
+        failed = self.failures.count(listener.uuid)
+        self.jobs.progress(job, total, failed)
+        self.jobs.finish(job)
+        return {'done': total, 'failed': failed}
 
     def _backfill(self, listener: 'Listener') -> dict:
         from tqdm.auto import tqdm
@@ -214,20 +240,23 @@ class Listening:
             self.db.changes.acknowledge(own)
         return bad
 
-    def after_write(self, table: str, ids: list, deleted: bool = False) -> None:
-        """Bring every listener (and vector index) on ``table`` up to date with these rows."""
+    def after_write(self, table: str, ids: list, deleted: bool = False, only: str | None = None) -> None:
+        """Bring every listener (and vector index) on ``table`` up to date with these rows (only the listener with
+        uuid ``only`` if given)."""
         if not self.hooks.get(table) and not self.followers(table):
             return
         with self.lock:
-            self._after_write(table, ids, deleted)
+            self._after_write(table, ids, deleted, only)
 
-    def _after_write(self, table: str, ids: list, deleted: bool) -> None:
-        for hook in self.hooks.get(table, []):
+    def _after_write(self, table: str, ids: list, deleted: bool, only: str | None) -> None:
+        for hook in [] if only else self.hooks.get(table, []):
             try:
                 hook(ids, deleted)
             except Exception:
                 log.exception('a hook on %r failed to follow a write', table)
         for listener in self.followers(table):
+            if only is not None and listener.uuid != only:
+                continue
             try:
                 if deleted:
                     self._delete_outputs(listener, ids)

@@ -90,6 +90,7 @@ class SQLDataBackend:
             sa.Column('tbl', sa.String(255), nullable=False),
             sa.Column('source', sa.String(255), nullable=False),
             sa.Column('op', sa.String(8), nullable=False),
+            sa.Column('listener', sa.String(64)),  # for one listener only (a backfill); NULL: every follower
             sa.Column('created_at', sa.DateTime, nullable=False),
         )
         table.create(self.engine, checkfirst=True)
