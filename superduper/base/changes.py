@@ -34,6 +34,7 @@ class ChangeFeed:
         self.enabled = bool(getattr(self.backend, 'captures_changes', False))
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.lock = threading.Lock()  # one consumer at a time in this process
 
     # ---- which tables are followed ----------------------------------------------------------------------------
     def follow(self, table: str) -> None:
@@ -85,6 +86,14 @@ class ChangeFeed:
             conn.execute(changes.insert().from_select(['tbl', 'source', 'op', 'listener', 'created_at'], rows))
             return conn.execute(sa.select(sa.func.count()).where(changes.c.listener == listener.uuid)).scalar_one()
 
+    def acknowledge_backfill(self, listener_uuid: str, sources: list) -> None:
+        changes = self.backend.changes
+        keys = [str(s) for s in sources]
+        with self.backend.begin() as conn:
+            for i in range(0, len(keys), 1000):
+                conn.execute(changes.delete().where(changes.c.listener == listener_uuid,
+                                                    changes.c.source.in_(keys[i : i + 1000])))
+
     def pending_for(self, listener_uuid: str) -> int:
         changes = self.backend.changes
         stmt = sa.select(sa.func.count()).where(changes.c.listener == listener_uuid)
@@ -96,6 +105,10 @@ class ChangeFeed:
         """Follow up to ``limit`` recorded changes; returns how many were taken."""
         if not self.enabled:
             return 0
+        with self.lock:
+            return self._consume(limit)
+
+    def _consume(self, limit: int) -> int:
         changes = self.backend.changes
         stmt = sa.select(changes.c.id, changes.c.tbl, changes.c.source, changes.c.op, changes.c.listener)
         stmt = stmt.order_by(changes.c.id).limit(limit)

@@ -136,35 +136,17 @@ class Listening:
     def backfill(self, listener: 'Listener') -> dict:
         """Outputs for every row the listener's select matches, in bounded batches, recorded as a job.
 
-        Where the database records changes, the backfill is queued there first (one change row per selected row)
-        and then consumed: if this process dies, any worker finishes it."""
+        Where the database records changes, the backfill is queued there first (one change row per selected row),
+        then streamed here, acknowledging each batch: if this process dies, any consumer finishes the rest."""
         if not self.db.changes.enabled:
-            with self.lock:
-                return self._backfill(listener)
-        import time
+            return self._backfill(listener)
+        feed = self.db.changes
+        feed.enqueue_backfill(listener)
+        with feed.lock:  # this process's consumer thread waits: the rows are streamed here, faster
+            return self._backfill(listener, acknowledge=lambda rows: feed.acknowledge_backfill(
+                listener.uuid, [r[self.db.table_info(listener.source).primary_key[0]] for r in rows]))
 
-        from tqdm.auto import tqdm
-
-        total = self.db.changes.enqueue_backfill(listener)
-        job = self.jobs.start('backfill', listener, total)
-        try:
-            with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
-                      unit='rows', leave=False) as bar:
-                while left := self.db.changes.pending_for(listener.uuid):
-                    bar.update(total - left - bar.n)
-                    self.jobs.progress(job, total - left, self.failures.count(listener.uuid))
-                    if not self.db.changes.consume():
-                        time.sleep(0.05)  # another consumer holds the rest
-                bar.update(total - bar.n)
-        except Exception as e:
-            self.jobs.finish(job, error=_error_text(e))
-            raise
-        failed = self.failures.count(listener.uuid)
-        self.jobs.progress(job, total, failed)
-        self.jobs.finish(job)
-        return {'done': total, 'failed': failed}
-
-    def _backfill(self, listener: 'Listener') -> dict:
+    def _backfill(self, listener: 'Listener', acknowledge: Any = None) -> dict:
         from tqdm.auto import tqdm
 
         total = self.db.execute(listener.select.count())
@@ -174,7 +156,10 @@ class Listening:
             with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
                       unit='rows', leave=False) as bar:
                 for batch in self.db.execute(listener.select).batches():
-                    failed += self.process(listener, batch)
+                    with self.lock:
+                        failed += self.process(listener, batch)
+                    if acknowledge is not None:
+                        acknowledge(batch)
                     done += len(batch)
                     bar.update(len(batch))
                     self.jobs.progress(job, done, failed)

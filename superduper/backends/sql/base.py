@@ -92,6 +92,7 @@ class SQLDataBackend:
             sa.Column('op', sa.String(8), nullable=False),
             sa.Column('listener', sa.String(64)),  # for one listener only (a backfill); NULL: every follower
             sa.Column('created_at', sa.DateTime, nullable=False),
+            sa.Index('ix_superduper_changes_listener', 'listener', 'source'),
         )
         table.create(self.engine, checkfirst=True)
         return table
