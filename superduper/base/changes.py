@@ -174,7 +174,7 @@ class ChangeFeed:
         failures = 0
         while not self._stop.is_set():
             try:
-                taken = self.consume()
+                taken = self.consume() or self.db.listening.retry_due()
                 failures = 0
             except Exception:  # a lost connection, a restarting server: back off and go on
                 failures += 1

@@ -56,6 +56,11 @@ class Listening:
                 self._follow_other_clients()
         return self._by_source.get(table, [])
 
+    def load(self) -> list['Listener']:
+        """Every active listener (loaded from the metadata on first use)."""
+        self.followers('')
+        return [x for listeners in (self._by_source or {}).values() for x in listeners]
+
     def _follow_other_clients(self) -> None:
         if self.db.cfg.follow_changes and self.db.cfg.compute == 'local':
             self.db.changes.start(self.db.cfg.poll_interval)
@@ -271,6 +276,18 @@ class Listening:
         self.failures.clear(listener.uuid, list(ids))
         self.after_write(table, ids, deleted=True)
         self.db.changes.acknowledge(own)
+
+    def retry_due(self) -> int:
+        """Try again the failed rows whose backoff has passed; returns how many were tried."""
+        tried = 0
+        cfg = self.db.cfg
+        for listener in self.load():
+            due = self.failures.due(listener.uuid, cfg.max_attempts, cfg.retry_delay)
+            if due:
+                with self.lock:
+                    self.refresh(listener, due)
+                tried += len(due)
+        return tried
 
     def retry(self, identifier: str) -> int:
         """Recompute the rows a listener failed on; returns how many still fail."""

@@ -247,6 +247,20 @@ class FailureLog:
                     conn.execute(stmt.where(c.source.in_(keys[i : i + 1000])))
         self._counts.pop(listener_uuid, None)
 
+    def due(self, listener_uuid: str, max_attempts: int, delay: float) -> list[Any]:
+        """Failed rows whose next try is due: fewer than ``max_attempts`` tries, ``delay * 2**(tries - 1)`` seconds
+        after the last."""
+        if not self.count(listener_uuid):
+            return []
+        c = self.table.c
+        stmt = sa.select(c.source, c.attempts, c.failed_at).where(c.listener_uuid == listener_uuid,
+                                                                 c.attempts < max_attempts)
+        now = datetime.datetime.now()
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [json.loads(source) for source, attempts, failed_at in rows
+                if (now - failed_at).total_seconds() >= delay * 2 ** (attempts - 1)]
+
     def list(self, listener_uuid: str) -> list[dict]:
         stmt = sa.select(self.table).where(self.table.c.listener_uuid == listener_uuid).order_by(self.table.c.source)
         with self.store.engine.connect() as conn:

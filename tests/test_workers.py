@@ -1,0 +1,130 @@
+"""Workers under faults (real processes, real servers): killed mid-backfill, sharing concurrent writes, retrying."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from superduper import ObjectModel, Table, superduper
+
+CLI = [sys.executable, '-m', 'superduper.cli']
+
+
+@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def env(tmp_path) -> dict:
+    return {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts', 'SUPERDUPER_PROGRESS': 'false'}
+
+
+def connect(uri: str, tmp_path, **overrides):
+    return superduper(uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, **overrides)
+
+
+def count(db, table: str) -> int:
+    return db.databackend.count(table)
+
+
+def wait_for(condition, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, 'timed out'
+        time.sleep(0.2)
+
+
+def pending_changes(db) -> int:
+    with db.databackend.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(db.databackend.changes)).scalar()
+
+
+def test_worker_killed_mid_backfill_is_finished_by_another(db_uri, tmp_path, env):
+    db = connect(db_uri, tmp_path, follow_changes=False)
+    db.apply(Table('docs', fields={'n': 'int'}, folds=False))
+    db['docs'].insert([{'id': f'r{i}', 'n': i} for i in range(10_000)]).execute()
+    applier = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f"""
+        import time
+        from superduper import superduper, ObjectModel
+        db = superduper({db_uri!r}, follow_changes=False)
+        slow = ObjectModel('slow', object=lambda n: (time.sleep(0.0004), n * 2)[1])
+        db.apply(slow.to_listener('docs', key='n', identifier='slow'))
+    """)], env=env)
+    try:
+        wait_for(lambda: 'slow' in db.show('Listener') and count(db, db.load('Listener', 'slow').outputs) > 1000, 60)
+    finally:
+        applier.send_signal(signal.SIGKILL)
+        applier.wait()
+    outputs = db.load('Listener', 'slow').outputs
+    assert count(db, outputs) < 10_000  # killed half way
+    subprocess.run(CLI + ['start', db_uri, '--once'], env=env, check=True, timeout=300)
+    rows = db[outputs].select().execute().tolist()
+    assert len(rows) == 10_000 and {r['_source'] for r in rows} == {f'r{i}' for i in range(10_000)}
+    assert all(r[outputs] == 2 * int(r['_source'][1:]) for r in rows)
+    assert pending_changes(db) == 0
+    db.close()
+
+
+@pytest.mark.parametrize('backend', ['postgresql', 'mariadb'])
+def test_concurrent_writers_and_two_workers(db_uri, tmp_path, env, backend):
+    db = connect(db_uri, tmp_path, follow_changes=False)
+    db.apply(Table('events', fields={'n': 'int'}, folds=False))
+    listener = db.apply(ObjectModel('double', object=lambda n: 2 * n).to_listener('events', key='n', identifier='double'))
+    url = db.databackend.engine.url.render_as_string(hide_password=False)
+    workers = [subprocess.Popen(CLI + ['start', db_uri, '--interval', '0.1'], env=env) for _ in range(2)]
+    writer = textwrap.dedent("""
+        import sys, sqlalchemy as sa
+        engine = sa.create_engine(sys.argv[1])
+        offset = int(sys.argv[2]) * 5000
+        for start in range(0, 5000, 250):
+            with engine.begin() as conn:
+                conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'),
+                             [{'id': f'e{offset + i}', 'n': offset + i} for i in range(start, start + 250)])
+    """)
+    try:
+        writers = [subprocess.Popen([sys.executable, '-c', writer, url, str(k)], env=env) for k in range(4)]
+        assert [w.wait(timeout=300) for w in writers] == [0, 0, 0, 0]
+        wait_for(lambda: count(db, listener.outputs) == 20_000 and pending_changes(db) == 0, 300)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=60)
+    rows = db[listener.outputs].select().execute().tolist()
+    assert len(rows) == 20_000 == len({r['_source'] for r in rows})
+    assert all(r[listener.outputs] == 2 * int(r['_source'][1:]) for r in rows)
+    db.close()
+
+
+def test_failing_rows_are_retried_with_backoff_then_kept_failed(db_uri, tmp_path):
+    db = connect(db_uri, tmp_path, follow_changes=False, retry_delay=0.0, max_attempts=3)
+    try:
+        db.apply(Table('nums', fields={'n': 'int'}, folds=False))
+        db['nums'].insert([{'id': f'n{i}', 'n': i} for i in range(200)]).execute()
+        state = {'broken': True}
+
+        def fragile(n):
+            if state['broken'] and n % 100 == 7:
+                raise ValueError(f'bad {n}')
+            return n
+
+        listener = db.apply(ObjectModel('fragile', object=fragile).to_listener('nums', key='n', identifier='fragile'))
+        assert count(db, listener.outputs) == 198
+        assert [f['attempts'] for f in db.failures('fragile')] == [1, 1]
+        while db.listening.retry_due():
+            pass
+        assert [f['attempts'] for f in db.failures('fragile')] == [3, 3]  # then they stay failed, visible
+        assert db.status()[0]['failed'] == 2
+        state['broken'] = False
+        assert db.retry('fragile') == 0
+        assert count(db, listener.outputs) == 200
+    finally:
+        db.close()
