@@ -128,3 +128,69 @@ def test_failing_rows_are_retried_with_backoff_then_kept_failed(db_uri, tmp_path
         assert count(db, listener.outputs) == 200
     finally:
         db.close()
+
+
+def restart_postgresql() -> None:
+    version = sorted(os.listdir('/etc/postgresql'))[-1]
+    subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', version, 'main', 'restart'], check=True, timeout=120)
+    for _ in range(60):
+        if subprocess.run(['pg_isready', '-q', '-h', '127.0.0.1'], check=False).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError('PostgreSQL did not come back')
+
+
+@pytest.mark.parametrize('backend', ['postgresql'])
+def test_worker_survives_a_database_restart(db_uri, tmp_path, env, backend):
+    if not os.path.isdir('/etc/postgresql') or os.geteuid() != 0:
+        if os.environ.get('CI'):
+            pytest.fail('restarting PostgreSQL needs root and pg_ctlcluster')
+        pytest.skip('restarting PostgreSQL needs root and pg_ctlcluster')
+    db = connect(db_uri, tmp_path, follow_changes=False)
+    db.apply(Table('ticks', fields={'n': 'int'}, folds=False))
+    listener = db.apply(ObjectModel('plus', object=lambda n: n + 1).to_listener('ticks', key='n', identifier='plus'))
+    worker = subprocess.Popen(CLI + ['start', db_uri, '--interval', '0.1'], env=env, stderr=subprocess.PIPE, text=True)
+    url = db.databackend.engine.url
+
+    def insert(rows):
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text('INSERT INTO ticks (id, n) VALUES (:id, :n)'), rows)
+        engine.dispose()
+
+    try:
+        insert([{'id': 'before', 'n': 1}])
+        wait_for(lambda: count(db, listener.outputs) == 1, 60)
+        restart_postgresql()
+        insert([{'id': 'after', 'n': 2}])
+        wait_for(lambda: count(db, listener.outputs) == 2, 120)
+        assert worker.poll() is None  # still running
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert {r['_source']: r[listener.outputs] for r in db[listener.outputs].select().execute()} == {'before': 2, 'after': 3}
+    db.close()
+
+
+@pytest.mark.parametrize('backend', ['sqlite'])
+def test_cli_status_show_retry_and_errors(db_uri, tmp_path, env, backend):
+    db = connect(db_uri, tmp_path, follow_changes=False)
+    db.apply(Table('docs', fields={'n': 'int'}, folds=False))
+    db['docs'].insert([{'id': 'a', 'n': 1}, {'id': 'b', 'n': 0}]).execute()
+    db.apply(ObjectModel('inv', object=lambda n: 1 / n).to_listener('docs', key='n', identifier='inv'))
+    db.close()
+
+    def cli(*args):
+        return subprocess.run(CLI + list(args), env=env, capture_output=True, text=True, timeout=120)
+
+    status = cli('status', db_uri)
+    assert status.returncode == 0
+    line = [x for x in status.stdout.splitlines() if x.startswith('inv')][0].split()
+    assert line[:5] == ['inv', 'docs', '1', '0', '1']  # done, pending, failed
+    assert cli('show', db_uri, 'Listener').stdout.split() == ['inv']
+    retried = cli('retry', db_uri, 'inv')
+    assert retried.returncode == 1 and '1 rows still fail' in retried.stdout
+    missing = cli('retry', db_uri, 'nope')
+    assert missing.returncode == 1 and "no Listener named 'nope'" in missing.stderr
+    assert cli('status', 'foo://x').returncode == 1
+    assert cli('frobnicate').returncode == 2
