@@ -194,3 +194,25 @@ def test_cli_status_show_retry_and_errors(db_uri, tmp_path, env, backend):
     assert missing.returncode == 1 and "no Listener named 'nope'" in missing.stderr
     assert cli('status', 'foo://x').returncode == 1
     assert cli('frobnicate').returncode == 2
+
+
+@pytest.mark.parametrize('backend', ['sqlite', 'postgresql'])
+def test_worker_learns_listeners_applied_after_it_started(db_uri, tmp_path, env, backend):
+    db = connect(db_uri, tmp_path, follow_changes=False)
+    db.apply(Table('early', fields={'n': 'int'}, folds=False))
+    db.apply(ObjectModel('one', object=lambda n: n).to_listener('early', key='n', identifier='one'))
+    worker = subprocess.Popen(CLI + ['start', db_uri, '--interval', '0.1'], env=env)
+    try:
+        time.sleep(3)  # the worker has loaded its listeners
+        db.apply(Table('late', fields={'n': 'int'}, folds=False))
+        late = db.apply(ObjectModel('two', object=lambda n: n * 10).to_listener('late', key='n', identifier='two'))
+        engine = sa.create_engine(db.databackend.engine.url)
+        with engine.begin() as conn:
+            conn.execute(sa.text('INSERT INTO late (id, n) VALUES (:id, :n)'), [{'id': 'x', 'n': 4}])
+        engine.dispose()
+        wait_for(lambda: count(db, late.outputs) == 1, 60)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert db[late.outputs].get(_source='x').execute()[late.outputs] == 40
+    db.close()

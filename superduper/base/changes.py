@@ -130,6 +130,9 @@ class ChangeFeed:
         latest: dict[tuple[str, str | None], dict[str, str]] = {}
         for row in rows:  # in id order: the last change of a row decides
             latest.setdefault((row.tbl, row.listener), {})[row.source] = row.op
+        listening = self.db.listening
+        if not all(listening.knows(table, only) for table, only in latest):
+            listening.reload()  # applied by another process since we looked: never drop its changes
         for (table, only), ops in latest.items():
             if not self.db.listening.followers(table):
                 continue

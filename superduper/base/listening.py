@@ -56,6 +56,15 @@ class Listening:
                 self._follow_other_clients()
         return self._by_source.get(table, [])
 
+    def reload(self) -> None:
+        """Read the listeners from the metadata again (another process may have applied or removed some)."""
+        self._by_source = None
+        self.followers('')
+
+    def knows(self, table: str, listener_uuid: str | None) -> bool:
+        listeners = self.followers(table)
+        return bool(listeners) and (listener_uuid is None or any(x.uuid == listener_uuid for x in listeners))
+
     def load(self) -> list['Listener']:
         """Every active listener (loaded from the metadata on first use)."""
         self.followers('')
