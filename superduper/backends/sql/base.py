@@ -24,6 +24,8 @@ from superduper.components.datatype import FieldType
 
 ID_LENGTH = 255
 CHANGES = '_superduper_changes'
+# trigger name suffix, event, the row it sees, and the change it records
+ROW_EVENTS = (('ins', 'INSERT', 'NEW', 'upsert'), ('upd', 'UPDATE', 'NEW', 'upsert'), ('del', 'DELETE', 'OLD', 'delete'))
 
 
 class SQLDataBackend:
@@ -98,11 +100,27 @@ class SQLDataBackend:
         return table
 
     def install_capture(self, table: str, primary_key: str) -> None:
-        """Triggers recording every write to ``table`` in ``_superduper_changes``, whoever makes it."""
-        raise NotImplementedError
+        """Triggers recording every write to ``table`` in ``_superduper_changes``, whoever makes it (row triggers;
+        a dialect gives their SQL through ``row_trigger_sql``)."""
+        self.changes  # noqa: B018 (created on first use)
+        with self.begin() as conn:
+            for event, when, row, op in ROW_EVENTS:
+                trigger = self._quote(self.trigger_name(table, event))
+                record = (f'INSERT INTO {CHANGES} (tbl, source, op, created_at) VALUES ({self._literal(table)}, '
+                          f"{row}.{self._quote(primary_key)}, '{op}', {self.utc_now_sql})")
+                for sql in self.row_trigger_sql(trigger, when, self._quote(table), record):
+                    conn.exec_driver_sql(sql)
+
+    #: the SQL of the current UTC time, for change rows written by triggers
+    utc_now_sql: ClassVar[str] = 'CURRENT_TIMESTAMP'
+
+    def row_trigger_sql(self, trigger: str, when: str, table: str, record: str) -> list[str]:
+        raise NotImplementedError(f'{type(self).__name__} cannot record changes with triggers')
 
     def remove_capture(self, table: str) -> None:
-        raise NotImplementedError
+        with self.begin() as conn:
+            for event, *_ in ROW_EVENTS:
+                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {self._quote(self.trigger_name(table, event))}')
 
     @staticmethod
     def trigger_name(table: str, event: str) -> str:

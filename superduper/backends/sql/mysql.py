@@ -14,24 +14,10 @@ class MySQLDataBackend(SQLDataBackend):
     captures_changes = True
     skip_locked = True  # MariaDB 10.6+, MySQL 8+
 
-    def install_capture(self, table: str, primary_key: str) -> None:
-        self.changes  # noqa: B018 (created on first use)
-        name, key, literal = self._quote(table), self._quote(primary_key), self._literal(table)
-        with self.begin() as conn:
-            for event, when, row, op in (('ins', 'INSERT', 'NEW', 'upsert'), ('upd', 'UPDATE', 'NEW', 'upsert'),
-                                         ('del', 'DELETE', 'OLD', 'delete')):
-                trigger = self._quote(self.trigger_name(table, event))
-                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {trigger}')
-                conn.exec_driver_sql(
-                    f'CREATE TRIGGER {trigger} AFTER {when} ON {name} FOR EACH ROW '
-                    f'INSERT INTO _superduper_changes (tbl, source, op, created_at) '
-                    f"VALUES ({literal}, {row}.{key}, '{op}', UTC_TIMESTAMP(6))"
-                )
+    utc_now_sql = 'UTC_TIMESTAMP(6)'
 
-    def remove_capture(self, table: str) -> None:
-        with self.begin() as conn:
-            for event in ('ins', 'upd', 'del'):
-                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {self._quote(self.trigger_name(table, event))}')
+    def row_trigger_sql(self, trigger: str, when: str, table: str, record: str) -> list[str]:
+        return [f'DROP TRIGGER IF EXISTS {trigger}', f'CREATE TRIGGER {trigger} AFTER {when} ON {table} FOR EACH ROW {record}']
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:

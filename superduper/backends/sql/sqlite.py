@@ -30,23 +30,10 @@ class SQLiteDataBackend(SQLDataBackend):
         super().__init__(uri)
         sa.event.listen(self.engine, 'connect', _configure_connection)
 
-    def install_capture(self, table: str, primary_key: str) -> None:
-        self.changes  # noqa: B018 (created on first use)
-        now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
-        name, key = self._quote(table), self._quote(primary_key)
-        with self.begin() as conn:
-            for event, when, row, op in (('ins', 'INSERT', 'NEW', 'upsert'), ('upd', 'UPDATE', 'NEW', 'upsert'),
-                                         ('del', 'DELETE', 'OLD', 'delete')):
-                conn.exec_driver_sql(
-                    f'CREATE TRIGGER IF NOT EXISTS {self._quote(self.trigger_name(table, event))} AFTER {when} ON {name} '
-                    f'BEGIN INSERT INTO _superduper_changes (tbl, source, op, created_at) '
-                    f"VALUES ({self._literal(table)}, {row}.{key}, '{op}', {now}); END"
-                )
+    utc_now_sql = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
-    def remove_capture(self, table: str) -> None:
-        with self.begin() as conn:
-            for event in ('ins', 'upd', 'del'):
-                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {self._quote(self.trigger_name(table, event))}')
+    def row_trigger_sql(self, trigger: str, when: str, table: str, record: str) -> list[str]:
+        return [f'CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {when} ON {table} BEGIN {record}; END']
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:
