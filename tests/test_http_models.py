@@ -1,0 +1,140 @@
+"""HTTP API models against a real local server on 127.0.0.1 that speaks the OpenAI and Anthropic APIs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from superduper import Table, VectorIndex
+from superduper.base.exceptions import ModelError
+from superduper.ext.http_api import AnthropicChat, OpenAIChat, OpenAIEmbedding
+
+KEY = 'sk-test-secret-123'
+
+
+def vector(text: str) -> list[float]:
+    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    return np.random.default_rng(seed).normal(size=8).round(6).tolist()
+
+
+class Handler(BaseHTTPRequestHandler):
+    failures_left = 0  # answer 429 this many times first
+    requests: list = []
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def _reply(self, status: int, body: object, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        Handler.requests.append((self.path, dict(self.headers), body))
+        if self.path.startswith('/broken'):
+            return self._reply(500, {'error': 'down'})
+        if self.path.startswith('/garbage'):
+            return self._reply(200, None, raw=b'<html>not json')
+        if Handler.failures_left > 0:
+            Handler.failures_left -= 1
+            return self._reply(429, {'error': 'slow down'})
+        if self.path == '/v1/embeddings':
+            if self.headers.get('Authorization') != f'Bearer {KEY}':
+                return self._reply(401, {'error': 'bad key'})
+            data = [{'index': i, 'embedding': vector(t)} for i, t in enumerate(body['input'])]
+            return self._reply(200, {'data': list(reversed(data))})  # order by index, not position
+        if self.path == '/v1/chat/completions':
+            text = body['messages'][-1]['content']
+            return self._reply(200, {'choices': [{'message': {'role': 'assistant', 'content': f'echo: {text}'}}]})
+        if self.path == '/v1/messages':
+            if self.headers.get('x-api-key') != KEY or not self.headers.get('anthropic-version'):
+                return self._reply(401, {'error': 'bad key'})
+            text = body['messages'][-1]['content']
+            return self._reply(200, {'content': [{'type': 'text', 'text': f'claude: {text}'}]})
+        self._reply(404, {'error': 'no route'})
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv('TEST_API_KEY', KEY)
+    Handler.failures_left = 0
+    Handler.requests = []
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def embedder(base: str, **kwargs) -> OpenAIEmbedding:
+    return OpenAIEmbedding('emb', model='test-embed', base_url=f'{base}/v1', api_key_env='TEST_API_KEY',
+                           retry_delay=0.01, **kwargs)
+
+
+def test_embeddings_as_a_vector_index(sqlite_db, server):
+    db = sqlite_db
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    texts = [f'text {i}' for i in range(25)]
+    db['docs'].insert([{'txt': t} for t in texts]).execute()
+    model = embedder(server, batch_size=10)
+    db.apply(VectorIndex('idx', indexing_listener=model.to_listener('docs', key='txt')))
+    (best,) = db['docs'].like({'txt': 'text 7'}, vector_index='idx', n=1).execute().tolist()
+    assert best['txt'] == 'text 7'
+    sizes = [len(b['input']) for p, _, b in Handler.requests if p == '/v1/embeddings']
+    assert max(sizes) == 10  # batched requests
+    stored = json.dumps(db.show('Model', 'emb', 0)['record'])
+    assert KEY not in stored and 'TEST_API_KEY' in stored  # the key is never stored, only where to find it
+
+
+def test_retries_on_429_then_succeeds(server):
+    Handler.failures_left = 2
+    assert embedder(server).predict('x').tolist() == pytest.approx(vector('x'), abs=1e-6)
+
+
+def test_clear_errors(server, monkeypatch):
+    with pytest.raises(ModelError, match=r"model 'emb': http://127.0.0.1:\d+/broken/embeddings answered 500: .*down"):
+        OpenAIEmbedding('emb', base_url=f'{server}/broken', api_key_env='TEST_API_KEY', max_retries=1,
+                        retry_delay=0.01).predict('x')
+    with pytest.raises(ModelError, match="malformed response|not JSON"):
+        OpenAIEmbedding('emb', base_url=f'{server}/garbage', api_key_env='TEST_API_KEY').predict('x')
+    with pytest.raises(ModelError, match=r"model 'emb': cannot reach http://127.0.0.1:9/"):
+        OpenAIEmbedding('emb', base_url='http://127.0.0.1:9', api_key_env='TEST_API_KEY', max_retries=1,
+                        retry_delay=0.01, timeout=2).predict('x')
+    monkeypatch.delenv('TEST_API_KEY')
+    with pytest.raises(ModelError, match="model 'emb': set the API key in the environment variable TEST_API_KEY"):
+        embedder(server).predict('x')
+
+
+def test_failing_endpoint_records_row_failures(sqlite_db, server):
+    db = sqlite_db
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    db['docs'].insert([{'txt': 'a'}, {'txt': 'b'}]).execute()
+    broken = OpenAIEmbedding('down', base_url=f'{server}/broken', api_key_env='TEST_API_KEY', max_retries=0,
+                             datatype='vector[float32:8]')
+    listener = db.apply(broken.to_listener('docs', key='txt'))
+    assert db[listener.outputs].count().execute() == 0
+    assert [('answered 500' in f['error']) for f in db.failures('down')] == [True, True]
+    assert db['docs'].count().execute() == 2
+
+
+def test_chat_models(sqlite_db, server):
+    chat = OpenAIChat('chat', model='local-llm', base_url=f'{server}/v1', api_key_env=None, system='Be brief.')
+    assert chat.predict('hi') == 'echo: hi'
+    assert Handler.requests[-1][2]['messages'][0] == {'role': 'system', 'content': 'Be brief.'}
+    claude = AnthropicChat('claude', base_url=f'{server}/v1', api_key_env='TEST_API_KEY')
+    assert claude.predict('hello') == 'claude: hello'
+    db = sqlite_db
+    db.apply(Table('questions', fields={'q': 'str'}))
+    db['questions'].insert([{'q': 'why?'}]).execute()
+    listener = db.apply(chat.to_listener('questions', key='q'))
+    assert [r[listener.outputs] for r in db[listener.outputs].select().execute()] == ['echo: why?']
