@@ -28,6 +28,8 @@ _EXPORTS = {
     'Metric': 'superduper.components.model',
     'Listener': 'superduper.components.listener',
     'VectorIndex': 'superduper.components.vector_index',
+    'LLM': 'superduper.components.llm',
+    'RAG': 'superduper.components.llm',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from superduper.components.datatype import DataType
     from superduper.components.schema import Schema
     from superduper.components.listener import Listener
+    from superduper.components.llm import LLM, RAG
     from superduper.components.model import Metric, Model, ObjectModel
     from superduper.components.table import Table
     from superduper.components.vector_index import VectorIndex

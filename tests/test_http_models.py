@@ -138,3 +138,35 @@ def test_chat_models(sqlite_db, server):
     db['questions'].insert([{'q': 'why?'}]).execute()
     listener = db.apply(chat.to_listener('questions', key='q'))
     assert [r[listener.outputs] for r in db[listener.outputs].select().execute()] == ['echo: why?']
+
+
+def test_llm_prompt_templates_and_rag(sqlite_db, server):
+    from superduper import LLM, RAG
+    from superduper.base.exceptions import ComponentError
+
+    db = sqlite_db
+    chat = OpenAIChat('chat', model='local-llm', base_url=f'{server}/v1', api_key_env=None)
+    summarise = db.apply(LLM('summarise', llm=chat, prompt='Summarise: {x}'))
+    assert db.predict('summarise', 'a long text') == 'echo: Summarise: a long text'
+    assert LLM('two', llm=chat, prompt='{a} and {b}').predict(a='x', b='y') == 'echo: x and y'
+    with pytest.raises(ComponentError, match="the prompt needs 'b'"):
+        LLM('two', llm=chat, prompt='{a} and {b}').predict(a='x')
+
+    db.apply(Table('facts', fields={'txt': 'str'}))
+    db['facts'].insert([{'txt': f'fact number {i}'} for i in range(10)]).execute()
+    db.apply(VectorIndex('facts-idx', indexing_listener=embedder(server).to_listener('facts', key='txt')))
+    rag = db.apply(RAG('ask', llm=chat, vector_index='facts-idx', key='txt', n=2))
+    answer = db.predict('ask', 'fact number 3')
+    assert answer.startswith('echo: Answer the question') and '- fact number 3' in answer
+    assert answer.endswith('Question: fact number 3\nAnswer:')
+    assert answer.count('- fact number') == 2
+
+    # as a listener: every new question gets an answer stored next to it
+    db.apply(Table('questions', fields={'q': 'str'}))
+    listener = db.apply(rag.to_listener('questions', key='q'))
+    db['questions'].insert([{'q': 'fact number 5'}]).execute()
+    (row,) = db[listener.outputs].select().execute().tolist()
+    assert '- fact number 5' in row[listener.outputs]
+    with pytest.raises(Exception, match="no vector index named 'nope'"):
+        db.apply(RAG('bad', llm=chat, vector_index='nope', key='txt'))
+    assert summarise.version == 0
