@@ -145,9 +145,10 @@ def _encode_value(value: Any, artifacts: 'ArtifactStore | None') -> Any:
         return {'_tuple': [_encode_value(v, artifacts) for v in value]}
     if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith('_') for k in value):
         return {k: _encode_value(v, artifacts) for k, v in value.items()}
-    data = _pickle().dumps(value)
+    serializer = serializer_for(value)
+    data = SERIALIZERS[serializer][1](value)
     key = hashlib.sha256(data).hexdigest() if artifacts is None else artifacts.put_bytes(data)
-    return {'_artifact': key}
+    return {'_artifact': key} if serializer == 'cloudpickle' else {'_artifact': key, 'serializer': serializer}
 
 
 def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Component:
@@ -166,13 +167,47 @@ def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore') -> Any:
         if '_tuple' in value:
             return tuple(_decode_value(v, load_ref, artifacts) for v in value['_tuple'])
         if '_artifact' in value:
-            return _pickle().loads(artifacts.get_bytes(value['_artifact']))
+            loads = SERIALIZERS[value.get('serializer', 'cloudpickle')][2]
+            return loads(artifacts.get_bytes(value['_artifact']))
         if '_query' in value:
             from superduper.base.query import Query
 
             return Query.from_dict(_decode_value(value['_query'], load_ref, artifacts))
         return {k: _decode_value(v, load_ref, artifacts) for k, v in value.items()}
     return value
+
+
+def _torch_dumps(module: Any) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(module, buffer)  # PyTorch's own format: the module and its weights
+    return buffer.getvalue()
+
+
+def _torch_loads(data: bytes) -> Any:
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+def _is_torch_module(value: Any) -> bool:
+    return any(c.__module__.startswith('torch.nn') and c.__name__ == 'Module' for c in type(value).__mro__)
+
+
+#: name -> (is this value mine, dumps, loads); checked in order, cloudpickle takes the rest
+SERIALIZERS: dict[str, tuple[Any, Any, Any]] = {
+    'torch': (_is_torch_module, _torch_dumps, _torch_loads),
+    'cloudpickle': (lambda value: True, lambda value: _pickle().dumps(value), lambda data: _pickle().loads(data)),
+}
+
+
+def serializer_for(value: Any) -> str:
+    return next(name for name, (mine, _, _) in SERIALIZERS.items() if mine(value))
 
 
 def _pickle() -> Any:
