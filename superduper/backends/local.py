@@ -7,8 +7,10 @@ from typing import Any, Callable
 
 class LocalComputeBackend:
     scheme = 'local'
+    #: whether listeners' work and training are sent elsewhere (see ``superduper.backends.dask``)
+    distributed = False
 
-    def __init__(self, uri: str = 'local'):
+    def __init__(self, uri: str = 'local', cfg: Any = None):
         self.uri = uri
 
     def __repr__(self) -> str:

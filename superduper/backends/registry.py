@@ -23,6 +23,7 @@ data_backends.register('sqlalchemy', 'superduper.backends.sql.base:SQLDataBacken
 
 compute_backends = Registry('compute')
 compute_backends.register('local', 'superduper.backends.local:LocalComputeBackend')
+compute_backends.register('dask', 'superduper.backends.dask:DaskComputeBackend', 'dask', 'dask[distributed]')
 
 
 def scheme_of(uri: str) -> str:
@@ -60,6 +61,7 @@ def connect_data_backend(uri: str) -> Any:
     return data_backends.create(_data_scheme(uri), uri, shown_as=scheme_of(uri))
 
 
-def connect_compute(uri: str) -> Any:
+def connect_compute(uri: str, cfg: Any = None) -> Any:
+    """The compute backend for ``uri`` ('local', 'dask://...'); ``cfg`` tells remote workers how to connect."""
     scheme = uri.split('://', 1)[0].lower() if '://' in uri else uri
-    return compute_backends.create(scheme, uri)
+    return compute_backends.create(scheme, uri, cfg)

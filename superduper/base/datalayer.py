@@ -397,24 +397,41 @@ class Datalayer:
 
     def fit(self, model: Any, X: Any, y: str | None = None, select: Query | None = None) -> Any:
         """Train ``model`` on the rows ``select`` picks (its ``_fold == 'train'`` rows where the table has folds)
-        and apply the fitted model as a new version; recorded as a job."""
-        from superduper.components.model import input_maker
-
-        rows = self._fold_rows(select, 'train')
-        calls = [input_maker(X)(row.unpack()) for row in rows]
-        inputs = [args[0] if len(args) == 1 and not kwargs else args for args, kwargs in calls]
-        targets = [row[y] for row in rows] if y is not None else None
-        job = self.listening.jobs.start('fit', model, len(rows))
+        and apply the fitted model as a new version; recorded as a job. With Dask compute a worker trains it."""
+        train = self._fold_query(select, 'train')
+        job = self.listening.jobs.start('fit', model, self.execute(train.count()))
         try:
-            model._fit(inputs, targets)
-            model.fit_keys = [X, y]
-            self.apply(model)
+            if self.compute.distributed:
+                uuid, rows = self.compute.fit(self, model, X, y, train)
+                self._adopt(model, uuid)
+            else:
+                rows = self._fit_and_apply(model, X, y, train)
         except Exception as e:
             self.listening.jobs.finish(job, error=f'{type(e).__name__}: {e}')
             raise
-        self.listening.jobs.progress(job, len(rows), 0)
+        self.listening.jobs.progress(job, rows, 0)
         self.listening.jobs.finish(job)
         return model
+
+    def _fit_and_apply(self, model: Any, X: Any, y: str | None, train: Query) -> int:
+        """Fit in this process on the rows ``train`` selects and apply the result; returns how many rows."""
+        from superduper.components.model import input_maker
+
+        rows = self.execute(train).tolist()
+        calls = [input_maker(X)(row.unpack()) for row in rows]
+        inputs = [args[0] if len(args) == 1 and not kwargs else args for args, kwargs in calls]
+        targets = [row[y] for row in rows] if y is not None else None
+        model._fit(inputs, targets)
+        model.fit_keys = [X, y]
+        self.apply(model)
+        return len(rows)
+
+    def _adopt(self, model: Any, uuid: str) -> None:
+        """Make the caller's ``model`` the version fitted and applied elsewhere, as if it had been fitted here."""
+        fitted = self.load_record(self.metadata.get_by_uuid(uuid))
+        for f in dataclasses.fields(model):
+            setattr(model, f.name, getattr(fitted, f.name))
+        self._loaded[uuid] = model
 
     def validate(self, model: Any, select: Query, metrics: Any, X: Any = None, y: str | None = None) -> dict:
         """Score ``model`` on the ``_fold == 'valid'`` rows of ``select`` (all of them if the table has no folds);
@@ -440,11 +457,14 @@ class Datalayer:
         return values
 
     def _fold_rows(self, select: Query | None, fold: str) -> list:
+        return self.execute(self._fold_query(select, fold)).tolist()
+
+    def _fold_query(self, select: Query | None, fold: str) -> Query:
         if not isinstance(select, Query):
             raise QueryError(f'select= must be a query picking rows, got {type(select).__name__}')
         if '_fold' in self.table_info(select.table).schema.types:
             select = select.filter(Compare('_fold', '==', fold))
-        return self.execute(select).tolist()
+        return select
 
     def jobs(self, identifier: str | None = None) -> list[dict]:
         """Backfills and training runs: kind, component, status, progress, error and timings."""
@@ -563,6 +583,6 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
         metadata_engine = connect_data_backend(cfg.metadata_store).engine
     artifact_uri = cfg.artifact_store or f'filesystem://{os.path.join(cfg.home, "artifacts")}'
     artifact_store = ArtifactStore(artifact_uri, cache_dir=os.path.join(cfg.home, 'cache'))
-    compute = connect_compute(cfg.compute)
+    compute = connect_compute(cfg.compute, cfg)
     return Datalayer(databackend, SQLMetadataStore(metadata_engine), artifact_store, compute, cfg)
 

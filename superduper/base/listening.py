@@ -1,8 +1,10 @@
 """Keeping listeners' outputs current: backfill on apply, then follow inserts, updates and deletes.
 
-In the default local mode the follow-up runs in the writing process before ``execute()`` returns. Each
-listener's work is isolated: a model that fails on some rows records those rows (with the error) and stores
-every other output; one broken listener never stops the others, nor the write that triggered it.
+In the default local mode the follow-up runs in the writing process before ``execute()`` returns; with Dask
+compute (``superduper.backends.dask``) backfills and recomputations run as tasks on the cluster, and the writing
+process waits for them. Each listener's work is isolated: a model that fails on some rows records those rows (with
+the error) and stores every other output; one broken listener never stops the others, nor the write that triggered
+it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Listening:
         self._by_source: dict[str, list[Listener]] | None = None
         self.lock = threading.RLock()  # the change-following thread and the writing thread share models
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
+        self.observers: list = []  # [fn(table, ids, deleted)] told of every write followed here (Dask workers)
 
     # ---- which listeners follow which table ----------------------------------------------------------------
     def followers(self, table: str) -> list['Listener']:
@@ -71,7 +74,7 @@ class Listening:
         return [x for listeners in (self._by_source or {}).values() for x in listeners]
 
     def _follow_other_clients(self) -> None:
-        if self.db.cfg.follow_changes and self.db.cfg.compute == 'local':
+        if self.db.cfg.follow_changes:  # with Dask compute the changes are read here and computed on the cluster
             self.db.changes.start(self.db.cfg.poll_interval)
 
     def _add(self, listener: 'Listener') -> None:
@@ -169,19 +172,29 @@ class Listening:
         try:
             with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
                       unit='rows', leave=False) as bar:
-                for batch in self.db.execute(listener.select).batches():
-                    with self.lock:
-                        failed += self.process(listener, batch)
-                    if acknowledge is not None:
-                        acknowledge(batch)
-                    done += len(batch)
-                    bar.update(len(batch))
+                for rows, failures in self._backfill_parts(listener, total, acknowledge):
+                    done += rows
+                    failed += failures
+                    bar.update(rows)
                     self.jobs.progress(job, done, failed)
         except Exception as e:
             self.jobs.finish(job, error=_error_text(e))
             raise
         self.jobs.finish(job)
         return {'done': done, 'failed': failed}
+
+    def _backfill_parts(self, listener: 'Listener', total: int, acknowledge: Any) -> Iterable[tuple[int, int]]:
+        """(rows, failed) for each part of the backfill as it is done: batches here, or tasks on a cluster (whose
+        workers acknowledge their queued change rows themselves)."""
+        if self.db.compute.distributed:
+            yield from self.db.compute.backfill(self.db, listener, total)
+            return
+        for batch in self.db.execute(listener.select).batches():
+            with self.lock:
+                failed = self.process(listener, batch)
+            if acknowledge is not None:
+                acknowledge(batch)
+            yield len(batch), failed
 
     def process(self, listener: 'Listener', rows: list[dict]) -> int:
         """Predict and store outputs for these source rows; returns how many failed."""
@@ -242,17 +255,16 @@ class Listening:
     def after_write(self, table: str, ids: list, deleted: bool = False, only: str | None = None) -> None:
         """Bring every listener (and vector index) on ``table`` up to date with these rows (only the listener with
         uuid ``only`` if given)."""
+        for observe in self.observers:
+            observe(table, ids, deleted)
         if not self.hooks.get(table) and not self.followers(table):
             return
         with self.lock:
             self._after_write(table, ids, deleted, only)
 
     def _after_write(self, table: str, ids: list, deleted: bool, only: str | None) -> None:
-        for hook in [] if only else self.hooks.get(table, []):
-            try:
-                hook(ids, deleted)
-            except Exception:
-                log.exception('a hook on %r failed to follow a write', table)
+        if only is None:
+            self.run_hooks(table, ids, deleted)
         for listener in self.followers(table):
             if only is not None and listener.uuid != only:
                 continue
@@ -265,8 +277,18 @@ class Listening:
                 log.exception('listener %r failed to follow a write to %r', listener.identifier, table)
                 self.failures.record(listener.uuid, [(i, _error_text(e)) for i in ids])
 
+    def run_hooks(self, table: str, ids: list, deleted: bool) -> None:
+        for hook in self.hooks.get(table, []):
+            try:
+                hook(ids, deleted)
+            except Exception:
+                log.exception('a hook on %r failed to follow a write', table)
+
     def refresh(self, listener: 'Listener', ids: list) -> int:
-        """Recompute outputs for these source rows; rows gone or no longer selected lose their outputs."""
+        """Recompute outputs for these source rows; rows gone or no longer selected lose their outputs. Returns how
+        many rows failed."""
+        if self.db.compute.distributed:
+            return self.db.compute.refresh(self.db, listener, ids)
         pk = self.db.table_info(listener.source).primary_key[0]
         found: list[dict] = []
         for chunk in _chunks(list(ids), ID_CHUNK):

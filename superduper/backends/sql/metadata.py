@@ -208,6 +208,10 @@ class FailureLog:
         self.table = store.failures
         self._counts: dict[str, int] = {}
 
+    def invalidate(self) -> None:
+        """Forget the cached counts: other processes (Dask workers) recorded or cleared failures."""
+        self._counts.clear()
+
     def count(self, listener_uuid: str) -> int:
         if listener_uuid not in self._counts:
             stmt = sa.select(sa.func.count()).where(self.table.c.listener_uuid == listener_uuid)

@@ -1,0 +1,379 @@
+"""The Dask compute backend: listeners' backfills and recomputations, and training, run as tasks on a Dask cluster.
+
+``compute='dask://tcp://host:8786'`` uses a running scheduler; ``compute='dask://local'`` starts a ``LocalCluster``
+(``dask://local?n_workers=2&threads_per_worker=1`` passes it arguments; ``?timeout=5`` bounds the connection).
+
+A task carries the settings the workers connect with, a listener's uuid and a range of primary keys (a backfill) or a
+list of them (rows written), never rows and never a pickled datalayer. Each worker process connects once per client
+session and keeps that datalayer, with every component it loads (the model), for the session's later tasks; it reads
+its rows, predicts, upserts the outputs and records the rows the model failed on itself, exactly as in local mode. A
+task on a worker that dies runs again elsewhere (Dask reschedules it); outputs are upserts keyed by the source row, so
+a task run twice stores each output once.
+
+The client waits for its tasks, so ``execute()`` and ``apply()`` return once outputs exist, as in local mode; it
+shows progress as tasks finish, keeps the job's record current (``db.jobs()``, ``superduper status``), and replays the
+output writes it follows in memory (vector indexes) from what the workers report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from urllib.parse import parse_qsl
+
+from superduper.base.exceptions import ConfigError, NotFound
+from superduper.base.query import Compare
+
+if TYPE_CHECKING:
+    from superduper.base.config import Config
+    from superduper.base.datalayer import Datalayer
+    from superduper.components.listener import Listener
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler before giving up
+LOCAL_CLUSTER_DEFAULTS: dict[str, Any] = {'threads_per_worker': 1, 'processes': True, 'dashboard_address': None}
+TASK_RETRIES = 2  # a task that raises (a lost database connection, say) is tried again; dead workers are Dask's
+PARTS_PER_WORKER = 4  # backfill tasks per worker, so that a slow part does not leave the others idle
+MAX_SESSIONS = 4  # client sessions whose datalayer a worker keeps
+
+
+# ---- the client side ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Session:
+    """What a task needs to find, or make, its worker's datalayer: the client session and its settings (JSON)."""
+
+    id: str
+    settings: str
+
+
+@dataclass
+class Done:
+    """What a task reports: rows done, rows failed, and the writes to tables the client follows in memory."""
+
+    rows: int
+    failed: int
+    written: list = field(default_factory=list)  # [(table, ids, deleted)]
+
+
+class DaskComputeBackend:
+    scheme = 'dask'
+    distributed = True
+
+    def __init__(self, uri: str, cfg: 'Config | None' = None):
+        self.uri = uri
+        self.address, options = parse_address(uri)
+        self.timeout = float(options.pop('timeout', CONNECT_TIMEOUT))
+        if cfg is not None:
+            worker_settings(cfg)  # refuse a database the workers cannot share before starting anything
+        self.session_id = uuid.uuid4().hex
+        self.cluster: Any = None
+        self.client: Any = self._connect(options)
+
+    def _connect(self, options: dict[str, Any]) -> Any:
+        from distributed import Client, LocalCluster  # ImportError: the registry names the extra to install
+
+        if self.address == 'local':
+            try:
+                self.cluster = LocalCluster(**{**LOCAL_CLUSTER_DEFAULTS, **options})
+            except TypeError as e:
+                raise ConfigError(f'compute={self.uri!r}: {e}') from None
+            return Client(self.cluster, set_as_default=False, timeout=self.timeout)
+        if options:
+            raise ConfigError(f'compute={self.uri!r}: a scheduler address takes only ?timeout=, got {", ".join(options)}')
+        try:
+            return Client(self.address, set_as_default=False, timeout=self.timeout)
+        except (OSError, ValueError, TypeError) as e:
+            raise ConfigError(
+                f'cannot reach the Dask scheduler at {self.address!r} (compute={self.uri!r}): {e}'
+            ) from None
+
+    def __repr__(self) -> str:
+        if self.client is None:
+            return f'DaskComputeBackend({self.uri!r}, closed)'
+        started = 'LocalCluster' if self.cluster is not None else 'scheduler'
+        return f'DaskComputeBackend({self.uri!r}, {started} at {self.client.scheduler.address}, {self.workers()} workers)'
+
+    def workers(self) -> int:
+        return len(self.client.nthreads())
+
+    def submit(self, fn: Any, *args: Any, name: str = 'task') -> Any:
+        """Run ``fn(*args)`` on the cluster; a ``distributed.Future``."""
+        key = f'superduper-{name}-{uuid.uuid4().hex[:12]}'
+        return self.client.submit(fn, *args, key=key, pure=False, retries=TASK_RETRIES)
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        with contextlib.suppress(Exception):  # workers that are gone have nothing to drop
+            self.client.run(end_session, self.session_id)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
+
+    # ---- the work the listeners and training send here ------------------------------------------------------------
+    def refresh(self, db: 'Datalayer', listener: 'Listener', ids: Sequence[Any]) -> int:
+        """Recompute ``listener``'s outputs for these source rows on the workers; returns how many rows failed."""
+        ids = list(ids)
+        size = part_size(len(ids), self.workers(), db.cfg.read_batch_size, per_worker=1)
+        session, observed = self.session(db), observed_tables(db)
+        futures = [
+            self.submit(refresh_rows, session, listener.uuid, ids[i : i + size], observed, name=f'refresh-{listener.identifier}')
+            for i in range(0, len(ids), size)
+        ]
+        return sum(self._absorb(db, done).failed for done in self._finished(futures))
+
+    def backfill(self, db: 'Datalayer', listener: 'Listener', total: int) -> Iterator[tuple[int, int]]:
+        """Outputs for every row the listener selects, one task per range of primary keys; yields ``(rows, failed)``
+        as each task finishes."""
+        size = part_size(total, self.workers(), db.cfg.read_batch_size, per_worker=PARTS_PER_WORKER)
+        session, observed = self.session(db), observed_tables(db)
+        futures = [
+            self.submit(backfill_range, session, listener.uuid, after, upto, observed, name=f'backfill-{listener.identifier}')
+            for after, upto in key_ranges(db, listener, size)
+        ]
+        for done in self._finished(futures):
+            self._absorb(db, done)
+            yield done.rows, done.failed
+
+    def fit(self, db: 'Datalayer', model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:
+        """Fit ``model`` on a worker on the rows ``train`` selects and apply it there; ``(uuid, rows)``."""
+        future = self.submit(fit_model, self.session(db), model, X, y, train.bind(None), name=f'fit-{model.identifier}')
+        (result,) = self._finished([future])
+        return result
+
+    def session(self, db: 'Datalayer') -> Session:
+        return Session(self.session_id, json.dumps(worker_settings(db.cfg), sort_keys=True))
+
+    def _finished(self, futures: list) -> Iterator[Any]:
+        """Results as tasks finish; the first task that fails for good raises, and the rest are cancelled."""
+        from distributed import as_completed
+
+        try:
+            for future in as_completed(futures, loop=self.client.loop):
+                yield future.result()
+        finally:
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                self.client.cancel(pending)
+
+    @staticmethod
+    def _absorb(db: 'Datalayer', done: Done) -> Done:
+        db.listening.failures.invalidate()  # the workers recorded and cleared failures
+        if done.written:
+            with db.listening.lock:
+                for table, ids, deleted in done.written:
+                    db.listening.run_hooks(table, ids, deleted)
+        return done
+
+
+def parse_address(uri: str) -> tuple[str, dict[str, Any]]:
+    """``'dask://local?n_workers=2'`` -> ``('local', {'n_workers': 2})``; ``'dask://tcp://h:8786'`` -> the address."""
+    rest = uri.split('://', 1)[1] if '://' in uri else ''
+    address, _, query = rest.partition('?')
+    if not address:
+        raise ConfigError(f"compute={uri!r} names no Dask scheduler: use 'dask://local' or 'dask://tcp://host:8786'")
+    return address, {k: _option(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+
+
+def _option(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ('true', 'false'):
+        return lowered == 'true'
+    if lowered in ('none', ''):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def worker_settings(cfg: 'Config') -> dict[str, Any]:
+    """The settings workers connect with: the client's, with local paths made absolute, computing in the worker, with
+    no background thread or progress bar. Refuses databases that other processes cannot open."""
+    from superduper.backends.sql.sqlite import file_path
+
+    settings = {**cfg.model_dump(), 'compute': 'local', 'follow_changes': False, 'progress': False}
+    for key in ('data_backend', 'metadata_store'):
+        uri = settings[key]
+        scheme = uri.split('://', 1)[0].lower() if uri and '://' in uri else ''
+        if scheme == 'duckdb':
+            raise ConfigError(f'compute={cfg.compute!r}: DuckDB opens {uri!r} in one process at a time, so Dask '
+                              'workers cannot share it; use SQLite, PostgreSQL, MySQL/MariaDB, ...')
+        if scheme == 'sqlite':
+            path = file_path(uri)
+            if path is None:
+                raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-memory database {uri!r}')
+            query = uri.partition('?')[2]
+            settings[key] = f'sqlite://{os.path.abspath(path)}' + (f'?{query}' if query else '')
+    store = settings['artifact_store']
+    if store and store.startswith('filesystem://'):
+        settings['artifact_store'] = 'filesystem://' + os.path.abspath(store[len('filesystem://') :])
+    settings['home'] = os.path.abspath(settings['home'])
+    return settings
+
+
+def part_size(rows: int, workers: int, largest: int, per_worker: int) -> int:
+    """Rows per task: enough tasks to give every worker ``per_worker`` of them, none larger than ``largest``."""
+    return max(1, min(largest, math.ceil(rows / max(1, workers * per_worker))))
+
+
+def observed_tables(db: 'Datalayer') -> list[str]:
+    """The tables this client follows in memory (vector indexes on output tables): workers report writes to them."""
+    return sorted(table for table, hooks in db.listening.hooks.items() if hooks)
+
+
+def key_ranges(db: 'Datalayer', listener: 'Listener', size: int) -> list[tuple[Any, Any]]:
+    """``(after, upto]`` ranges of the source's primary key holding about ``size`` selected rows each (``None``: no
+    bound). The cuts are every ``size``-th key of the select; the client reads those, not the rows."""
+    select = listener.select
+    if select.limit_ is not None or select.offset_:
+        return [(None, None)]  # a limited select is taken whole, by one task
+    cuts = _cuts_in_database(db, listener, size) if hasattr(db.databackend, 'engine') else _cuts_streamed(db, listener, size)
+    edges = [None, *cuts, None]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _cuts_in_database(db: 'Datalayer', listener: 'Listener', size: int) -> list:
+    """Every ``size``-th key, numbered by the database (``row_number()``), so only the cuts leave it."""
+    import sqlalchemy as sa
+
+    from superduper.base.datalayer import _encode_condition
+
+    backend = db.databackend
+    info = db.table_info(listener.source)
+    table = backend.table(listener.source)
+    key = table.c[info.primary_key[0]]
+    numbered = sa.select(key.label('key'), sa.func.row_number().over(order_by=key).label('n'))
+    if listener.select.where is not None:
+        numbered = numbered.where(backend._where(table, _encode_condition(listener.select.where, info)))
+    numbered = numbered.subquery()
+    stmt = sa.select(numbered.c.key).where(numbered.c.n % size == 0).order_by(numbered.c.key)
+    with backend.engine.connect() as conn:
+        return list(conn.execute(stmt).scalars())
+
+
+def _cuts_streamed(db: 'Datalayer', listener: 'Listener', size: int) -> list:
+    """Every ``size``-th key through the query API, for data backends without SQL: the keys, never the rows."""
+    pk = db.table_info(listener.source).primary_key[0]
+    keys = db.execute(listener.select.select(pk).order_by(pk))
+    return [row[pk] for i, row in enumerate(keys, 1) if i % size == 0]
+
+
+# ---- the worker side: these run in the worker processes -----------------------------------------------------------
+_datalayers: 'OrderedDict[Session, Datalayer]' = OrderedDict()
+_datalayers_lock = threading.Lock()
+_task = threading.local()  # the writes the running task reports back
+
+
+def worker_datalayer(session: Session) -> 'Datalayer':
+    """This worker's datalayer for the session, made on its first task and kept (with the models it loads)."""
+    from superduper.base.datalayer import superduper
+
+    with _datalayers_lock:
+        db = _datalayers.get(session)
+        if db is not None:
+            _datalayers.move_to_end(session)
+            return db
+        settings = json.loads(session.settings)
+        db = superduper(settings.pop('data_backend'), **settings)
+        db.listening.observers.append(_record_write)
+        _datalayers[session] = db
+        while len(_datalayers) > MAX_SESSIONS:
+            _close_quietly(_datalayers.popitem(last=False)[1])
+        return db
+
+
+def end_session(session_id: str) -> None:
+    """The client closed: drop its datalayers (run on every worker by ``client.run``)."""
+    with _datalayers_lock:
+        ending = [s for s in _datalayers if s.id == session_id]
+        closing = [_datalayers.pop(s) for s in ending]
+    for db in closing:
+        _close_quietly(db)
+
+
+def _close_quietly(db: 'Datalayer') -> None:
+    with contextlib.suppress(Exception):
+        db.close()
+
+
+def _record_write(table: str, ids: list, deleted: bool) -> None:
+    written = getattr(_task, 'written', None)
+    if written is not None and table in _task.observed:
+        written.append((table, list(ids), deleted))
+
+
+@contextlib.contextmanager
+def _working(session: Session, observed: Sequence[str]) -> Iterator['Datalayer']:
+    """The session's datalayer, current with the stored listeners, one task at a time per worker process; the writes
+    to ``observed`` tables are collected in ``_task.written``."""
+    db = worker_datalayer(session)
+    _task.written, _task.observed = [], frozenset(observed)
+    try:
+        with db.listening.lock:
+            db.listening.failures.invalidate()  # other workers recorded and cleared failures since
+            _sync_listeners(db)
+            yield db
+    finally:
+        _task.written = None
+
+
+def _sync_listeners(db: 'Datalayer') -> None:
+    """Reload the listeners if some were applied or removed since this worker looked (downstream listeners are
+    computed here, after the outputs they read)."""
+    latest: dict[str, tuple[int, str]] = {}
+    for record in db.metadata.all():
+        if record['type_id'] == 'Listener' and record['version'] >= latest.get(record['identifier'], (-1, ''))[0]:
+            latest[record['identifier']] = (record['version'], record['uuid'])
+    if {u for _, u in latest.values()} != {x.uuid for x in db.listening.load()}:
+        db.listening.reload()
+
+
+def _listener(db: 'Datalayer', listener_uuid: str) -> 'Listener':
+    record = db.metadata.get_by_uuid(listener_uuid)
+    if record is None:
+        raise NotFound(f'listener {listener_uuid} was removed before its task ran')
+    return db.load_record(record)
+
+
+def refresh_rows(session: Session, listener_uuid: str, ids: list, observed: Sequence[str]) -> Done:
+    """Task: recompute one listener's outputs for these source rows."""
+    with _working(session, observed) as db:
+        failed = db.listening.refresh(_listener(db, listener_uuid), ids)
+        return Done(len(ids), failed, _task.written)
+
+
+def backfill_range(session: Session, listener_uuid: str, after: Any, upto: Any, observed: Sequence[str]) -> Done:
+    """Task: outputs for the rows the listener selects with ``after < primary key <= upto``, read here in batches;
+    each batch's queued backfill change rows are acknowledged once its outputs are stored."""
+    with _working(session, observed) as db:
+        listener = _listener(db, listener_uuid)
+        pk = db.table_info(listener.source).primary_key[0]
+        query = listener.select
+        if after is not None:
+            query = query.filter(Compare(pk, '>', after))
+        if upto is not None:
+            query = query.filter(Compare(pk, '<=', upto))
+        done = failed = 0
+        for batch in db.execute(query).batches():
+            failed += db.listening.process(listener, batch)
+            if db.changes.enabled:
+                db.changes.acknowledge_backfill(listener.uuid, [row[pk] for row in batch])
+            done += len(batch)
+        return Done(done, failed, _task.written)
+
+
+def fit_model(session: Session, model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:
+    """Task: fit ``model`` on the rows ``train`` selects and apply it; ``(uuid of the fitted version, rows)``."""
+    with _working(session, ()) as db:
+        rows = db._fit_and_apply(model, X, y, train)
+        return model.uuid, rows
