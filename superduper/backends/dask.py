@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from superduper.components.listener import Listener
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler before giving up
-LOCAL_CLUSTER_DEFAULTS: dict[str, Any] = {'threads_per_worker': 1, 'processes': True, 'dashboard_address': None}
+LOCAL_CLUSTER_DEFAULTS: dict[str, Any] = {'threads_per_worker': 1, 'processes': True, 'dashboard_address': ':0'}
 TASK_RETRIES = 2  # a task that raises (a lost database connection, say) is tried again; dead workers are Dask's
 PARTS_PER_WORKER = 4  # backfill tasks per worker, so that a slow part does not leave the others idle
 MAX_SESSIONS = 4  # client sessions whose datalayer a worker keeps
@@ -81,8 +81,8 @@ class DaskComputeBackend:
         if self.address == 'local':
             try:
                 self.cluster = LocalCluster(**{**LOCAL_CLUSTER_DEFAULTS, **options})
-            except TypeError as e:
-                raise ConfigError(f'compute={self.uri!r}: {e}') from None
+            except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a worker refused an option
+                raise ConfigError(f'compute={self.uri!r}: cannot start a LocalCluster with {options}: {e}') from None
             return Client(self.cluster, set_as_default=False, timeout=self.timeout)
         if options:
             raise ConfigError(f'compute={self.uri!r}: a scheduler address takes only ?timeout=, got {", ".join(options)}')
