@@ -33,18 +33,21 @@ def start(
     batch: int = typer.Option(1000, help='changes taken per round'),
     interval: float = typer.Option(0.5, help='seconds between looks for changes when idle'),
     once: bool = typer.Option(False, help='follow what is pending, then exit'),
+    compute: Optional[str] = typer.Option(None, help="where outputs are computed: 'local' (here) or a Dask "
+                                          'scheduler, e.g. dask://tcp://host:8786'),
 ) -> None:
     """Run a worker: follow every recorded change (writes from any client, queued backfills) and retry failures.
-    Several workers share the work (FOR UPDATE SKIP LOCKED on PostgreSQL and MariaDB)."""
+    Several workers share the work (FOR UPDATE SKIP LOCKED on PostgreSQL and MariaDB). With --compute dask://...
+    the worker reads the changes and the Dask cluster computes them."""
     from superduper.base.exceptions import SuperduperError
 
     try:
-        db = _connect(uri, follow_changes=False)
+        db = _connect(uri, follow_changes=False, compute=compute)
     except SuperduperError as e:
         _fail(e)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    typer.echo(f'worker following {db.databackend}', err=True)
+    typer.echo(f'worker following {db.databackend}, computing with {db.compute}', err=True)
     failures = 0
     try:
         while not stopping:

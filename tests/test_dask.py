@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,7 +19,8 @@ import sqlalchemy as sa
 
 import superduper.base.datalayer as datalayer_module
 from superduper import ObjectModel, Table, VectorIndex, superduper
-from superduper.backends.dask import _cuts_in_database, _cuts_streamed, key_ranges
+from superduper.backends.dask import _cuts_in_database, _cuts_streamed, key_ranges, worker_settings
+from superduper.base.config import load_config
 from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.ext.sklearn import SklearnModel
 
@@ -27,6 +29,7 @@ pytest.importorskip('distributed')
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROWS = 400
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(datalayer_module.__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +38,7 @@ def cluster():
     from distributed import Client, LocalCluster
 
     here = os.getcwd()
-    os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(datalayer_module.__file__))))
+    os.chdir(CHECKOUT)
     try:
         local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=':0')
     finally:
@@ -221,6 +224,24 @@ def test_writes_by_other_clients_are_computed_on_the_cluster(db_uri, tmp_path, c
         db.close()
 
 
+def test_cli_worker_sends_change_batches_to_the_cluster(db_uri, tmp_path, cluster):
+    db = connect(db_uri, tmp_path, cluster, follow_changes=False)
+    db.apply(Table('events', fields={'n': 'int'}, folds=False))
+    listener = db.apply(ObjectModel('tag', object=Tagger(str(tmp_path / 'loads'))).to_listener('events', key='n'))
+    with db.databackend.engine.begin() as conn:
+        conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'), [{'id': f'e{i}', 'n': i} for i in range(30)])
+    env = {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts', 'PYTHONPATH': CHECKOUT}
+    worker = subprocess.run(
+        [sys.executable, '-m', 'superduper.cli', 'start', db_uri, '--once', '--compute', f'dask://{cluster.scheduler.address}'],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert 'computing with DaskComputeBackend' in worker.stderr
+    found = outputs(db, listener)
+    assert len(found) == 30 and {int(v.split('@')[1]) for v in found.values()} <= worker_pids(cluster)
+    db.close()
+
+
 class MeanClassifier:
     """A tiny estimator that remembers which process fitted it."""
 
@@ -280,6 +301,15 @@ def test_key_ranges_cover_every_selected_row_once(sqlite_db):
         part = part.filter(nums['id'] <= upto) if upto is not None else part
         covered += [r['id'] for r in part.execute()]
     assert covered == [f'r{i:04d}' for i in range(10, 103)]
+
+
+def test_workers_get_the_clients_settings_with_absolute_paths():
+    cfg = load_config(data_backend='sqlite://data/my.db', artifact_store='filesystem://art', compute='dask://local',
+                      read_batch_size=7)
+    settings = worker_settings(cfg, '/srv/app')
+    assert (settings['data_backend'], settings['artifact_store'], settings['home']) == (
+        'sqlite:///srv/app/data/my.db', 'filesystem:///srv/app/art', '/srv/app/.superduper')
+    assert (settings['compute'], settings['follow_changes'], settings['read_batch_size']) == ('local', False, 7)
 
 
 def free_port() -> int:

@@ -69,8 +69,9 @@ class DaskComputeBackend:
         self.uri = uri
         self.address, options = parse_address(uri)
         self.timeout = float(options.pop('timeout', CONNECT_TIMEOUT))
+        self.base_dir = os.getcwd()  # where the client's relative paths start, whatever the cwd later
         if cfg is not None:
-            worker_settings(cfg)  # refuse a database the workers cannot share before starting anything
+            worker_settings(cfg, self.base_dir)  # refuse a database the workers cannot share before starting anything
         self.session_id = uuid.uuid4().hex
         self.cluster: Any = None
         self.client: Any = self._connect(options)
@@ -149,7 +150,7 @@ class DaskComputeBackend:
         return result
 
     def session(self, db: 'Datalayer') -> Session:
-        return Session(self.session_id, json.dumps(worker_settings(db.cfg), sort_keys=True))
+        return Session(self.session_id, json.dumps(worker_settings(db.cfg, self.base_dir), sort_keys=True))
 
     def _finished(self, futures: list) -> Iterator[Any]:
         """Results as tasks finish; the first task that fails for good raises, and the rest are cancelled."""
@@ -196,10 +197,13 @@ def _option(text: str) -> Any:
     return text
 
 
-def worker_settings(cfg: 'Config') -> dict[str, Any]:
-    """The settings workers connect with: the client's, with local paths made absolute, computing in the worker, with
-    no background thread or progress bar. Refuses databases that other processes cannot open."""
+def worker_settings(cfg: 'Config', base_dir: str) -> dict[str, Any]:
+    """The settings workers connect with: the client's, with local paths made absolute (from ``base_dir``), computing
+    in the worker, with no background thread or progress bar. Refuses databases that other processes cannot open."""
     from superduper.backends.sql.sqlite import file_path
+
+    def absolute(path: str) -> str:
+        return os.path.normpath(os.path.join(base_dir, path))
 
     settings = {**cfg.model_dump(), 'compute': 'local', 'follow_changes': False, 'progress': False}
     for key in ('data_backend', 'metadata_store'):
@@ -213,11 +217,11 @@ def worker_settings(cfg: 'Config') -> dict[str, Any]:
             if path is None:
                 raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-memory database {uri!r}')
             query = uri.partition('?')[2]
-            settings[key] = f'sqlite://{os.path.abspath(path)}' + (f'?{query}' if query else '')
+            settings[key] = f'sqlite://{absolute(path)}' + (f'?{query}' if query else '')
     store = settings['artifact_store']
     if store and store.startswith('filesystem://'):
-        settings['artifact_store'] = 'filesystem://' + os.path.abspath(store[len('filesystem://') :])
-    settings['home'] = os.path.abspath(settings['home'])
+        settings['artifact_store'] = 'filesystem://' + absolute(store[len('filesystem://') :])
+    settings['home'] = absolute(settings['home'])
     return settings
 
 
