@@ -38,8 +38,11 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler before giving up
 LOCAL_CLUSTER_DEFAULTS: dict[str, Any] = {'threads_per_worker': 1, 'processes': True, 'dashboard_address': ':0'}
+#: Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (give freed memory back at once); model inference frees and
+#: allocates large buffers on every call, and that setting doubles its system time: local workers keep glibc's default
+LOCAL_WORKER_ENVIRONMENT = {'distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_': None}
 TASK_RETRIES = 2  # a task that raises (a lost database connection, say) is tried again; dead workers are Dask's
-PARTS_PER_WORKER = 4  # backfill tasks per worker, so that a slow part does not leave the others idle
+PARTS_PER_WORKER = 8  # backfill tasks per worker: the last task to finish leaves the others idle for less
 MAX_SESSIONS = 4  # client sessions whose datalayer a worker keeps
 
 
@@ -77,11 +80,13 @@ class DaskComputeBackend:
         self.client: Any = self._connect(options)
 
     def _connect(self, options: dict[str, Any]) -> Any:
+        import dask
         from distributed import Client, LocalCluster  # ImportError: the registry names the extra to install
 
         if self.address == 'local':
             try:
-                self.cluster = LocalCluster(**{**LOCAL_CLUSTER_DEFAULTS, **options})
+                with dask.config.set(LOCAL_WORKER_ENVIRONMENT):
+                    self.cluster = LocalCluster(**{**LOCAL_CLUSTER_DEFAULTS, **options})
             except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a worker refused an option
                 raise ConfigError(f'compute={self.uri!r}: cannot start a LocalCluster with {options}: {e}') from None
             return Client(self.cluster, set_as_default=False, timeout=self.timeout)
