@@ -138,8 +138,12 @@ class Vector(FieldType):
     def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
         import numpy
 
-        dtype = self.np_dtype
-        return [None if v is None else numpy.frombuffer(v, dtype=dtype) for v in values]
+        present = [v for v in values if v is not None]
+        if not present:
+            return list(values)
+        # one writable buffer for the batch: each row is a view into it, nothing is copied twice
+        rows = iter(numpy.frombuffer(bytearray(b''.join(present)), dtype=self.np_dtype).reshape(len(present), -1))
+        return [None if v is None else next(rows) for v in values]
 
 
 def _call(fn: Callable, takes_info: bool, x: Any, info: Any) -> Any:

@@ -1,0 +1,40 @@
+"""Hugging Face Transformers pipelines: ``TransformersPipeline('sentiment', task='text-classification', model=path)``.
+
+The component stores the task, the model's name or local path and the pipeline's keyword arguments; the pipeline is
+built on first use. Batches of ``batch_size`` inputs go to the pipeline at once. Nothing is downloaded for a local path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from superduper.base.registry import Implementation, missing_dependency
+from superduper.components.model import Model
+
+
+@dataclass(eq=False)
+class TransformersPipeline(Model):
+    task: str = ''
+    model: str = ''
+    device: str = 'cpu'
+    pipeline_kwargs: dict = field(default_factory=dict)
+    batch_size: int = 32
+    _pipeline: Any = field(default=None, init=False, repr=False)
+
+    def loaded(self) -> Any:
+        if self._pipeline is None:
+            try:
+                from transformers import pipeline
+            except ImportError as e:
+                raise missing_dependency(
+                    'transformers', Implementation('', extra='transformers', driver='transformers'), e
+                ) from e
+            self._pipeline = pipeline(self.task, model=self.model, device=self.device, **self.pipeline_kwargs)
+        return self._pipeline
+
+    def predict(self, x: Any) -> Any:
+        return self.predict_batches([x])[0]
+
+    def predict_batches(self, inputs: Sequence[Any]) -> list:
+        return list(self.loaded()(list(inputs), batch_size=self.batch_size))
