@@ -34,3 +34,20 @@ def test_pipeline_listener(db, tiny_classifier, monkeypatch):
         output = row[listener.outputs]
         assert output['label'] in ('NEG', 'POS') and 0 <= output['score'] <= 1
     assert db.load('Table', listener.outputs).fields[listener.outputs] == 'json'
+
+
+def test_feature_extraction_postprocessed_into_searchable_vectors(db, tiny_classifier, monkeypatch):
+    import numpy as np
+
+    from superduper import VectorIndex
+
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    db.apply(Table('phrases', fields={'txt': 'str'}))
+    db['phrases'].insert([{'txt': 'red apple'}, {'txt': 'blue sky'}, {'txt': 'green tree'}]).execute()
+    model = TransformersPipeline('features', task='feature-extraction', model=tiny_classifier,
+                                 postprocess=lambda features: np.asarray(features[0], dtype=np.float32).mean(axis=0))
+    listener = model.to_listener('phrases', key='txt')
+    db.apply(VectorIndex('phrase-index', indexing_listener=listener))
+    assert db.load('Table', listener.outputs).fields[listener.outputs] == 'vector[float32:16]'
+    hits = db['phrases'].like({'txt': 'blue sky'}, vector_index='phrase-index', n=1).select('txt').execute().tolist()
+    assert hits[0]['txt'] == 'blue sky'  # the same text gives the same vector: nearest to itself

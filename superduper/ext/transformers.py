@@ -1,7 +1,7 @@
 """Hugging Face Transformers pipelines: ``TransformersPipeline('sentiment', task='text-classification', model=path)``.
 
 The component stores the task, the model's name or local path and the pipeline's keyword arguments; the pipeline is
-built on first use. Batches of ``batch_size`` inputs go to the pipeline at once. Nothing is downloaded for a local path.
+built on first use; ``postprocess`` turns each pipeline output into the value stored. Batches of ``batch_size`` inputs go to the pipeline at once. Nothing is downloaded for a local path.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class TransformersPipeline(Model):
     device: str = 'cpu'
     pipeline_kwargs: dict = field(default_factory=dict)
     batch_size: int = 32
+    postprocess: Any = None  # applied to each pipeline output, e.g. pooling token features into one vector
     _pipeline: Any = field(default=None, init=False, repr=False)
 
     def loaded(self) -> Any:
@@ -37,4 +38,5 @@ class TransformersPipeline(Model):
         return self.predict_batches([x])[0]
 
     def predict_batches(self, inputs: Sequence[Any]) -> list:
-        return list(self.loaded()(list(inputs), batch_size=self.batch_size))
+        outputs = list(self.loaded()(list(inputs), batch_size=self.batch_size))
+        return [self.postprocess(o) for o in outputs] if self.postprocess else outputs
