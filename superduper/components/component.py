@@ -27,6 +27,8 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 @dataclass(eq=False)
 class Component:
     type_id: ClassVar[str] = 'Component'
+    extra: ClassVar[str | None] = None  # the superduper extra a package using this class needs installed
+    owns_children: ClassVar[bool] = False  # removing it removes its children (an Application)
 
     identifier: str
     version: int | None = field(default=None, kw_only=True, repr=False)
@@ -83,6 +85,15 @@ def artifact_keys(record: Any) -> set[str]:
 def references(record: Any) -> set[str]:
     """The uuids of the components a stored record refers to."""
     return _marked(record, '_ref')
+
+
+def ordered_references(record: Any) -> list[str]:
+    """The uuids a stored record refers to, in the order they appear (the order they are applied in)."""
+    if isinstance(record, dict):
+        return [record['_ref']] if '_ref' in record else [u for v in record.values() for u in ordered_references(v)]
+    if isinstance(record, list):
+        return [u for v in record for u in ordered_references(v)]
+    return []
 
 
 def _marked(record: Any, marker: str) -> set[str]:

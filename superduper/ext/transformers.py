@@ -7,7 +7,7 @@ built on first use; ``postprocess`` turns each pipeline output into the value st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from superduper.base.registry import Implementation, missing_dependency
 from superduper.components.model import Model
@@ -15,6 +15,7 @@ from superduper.components.model import Model
 
 @dataclass(eq=False)
 class TransformersPipeline(Model):
+    extra: ClassVar[str | None] = 'transformers'
     task: str = ''
     model: str = ''
     device: str = 'cpu'
