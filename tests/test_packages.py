@@ -294,3 +294,17 @@ def test_an_application_that_fails_leaves_nothing_behind(db):
     assert db.show() == [('Table', 'kept')]
     assert 'fresh' not in db.databackend.table_names()
     assert db['kept'].count().execute() == 1 and not [t for t in db.databackend.table_names() if 'outputs' in t]
+
+
+def test_field_names_and_query_structure_under_substitution(source, tmp_path):
+    template = Template('search', component=source.load('Application', 'search'),
+                        substitutions={'documents': 'table', 'txt': 'field', 'select': 'oops'})
+    template.export(tmp_path / 'pkg')
+    target = superduper(f'sqlite://{tmp_path}/t.db', artifact_store=f'filesystem://{tmp_path}/t-artifacts')
+    target.apply(Template.read(tmp_path / 'pkg', trust=True), table='posts', field='body', oops='select')
+    assert target.load('Table', 'posts').fields == {'body': 'str'}
+    assert target.load('Listener', 'posts-letters').key == 'body'
+    target['posts'].insert([{'body': w} for w in WORDS]).execute()
+    hits = target['posts'].like({'body': 'fig roll'}, vector_index='posts-index', n=1).select('body').execute()
+    assert [r['body'] for r in hits] == ['fig roll']
+    target.close()

@@ -24,8 +24,9 @@ from superduper.base import package
 from superduper.base.exceptions import ComponentError
 from superduper.components.component import Component, decode_record, encode_component, import_class
 
-#: record keys whose values are machine-made and never substituted
-_MARKERS = frozenset({'_path', '_artifact', '_ref', 'serializer'})
+#: record keys whose values are machine-made and never substituted, and the keys of the encoding
+_OPAQUE = frozenset({'_path', '_artifact', '_ref', 'serializer'})
+_MARKERS = _OPAQUE | {'_dict', '_tuple', '_query'}
 _VARIABLE = re.compile(r'<var:([A-Za-z_][A-Za-z0-9_]*)>')
 
 
@@ -84,7 +85,7 @@ class Template:
 
         visit(self.component)
         replace = _replacer({value: f'<var:{name}>' for value, name in self.substitutions.items()})
-        entries = [{**e, 'record': _map_strings(e['record'], replace)} for e in entries]
+        entries = [{**e, 'record': _map_record(e['record'], replace)} for e in entries]
         content = {'identifier': self.identifier, 'root': entries[-1]['uuid'], 'components': entries,
                    'variables': sorted(set(self.substitutions.values())),
                    'substitutions': dict(self.substitutions)}
@@ -135,9 +136,9 @@ class Template:
         renamed: dict[str, str] = {}  # an upstream listener's old predict_id -> its new one, for downstream records
         built: dict[str, Component] = {}
         for entry in entries:
-            record = _map_strings(entry['record'], fill)
+            record = _map_record(entry['record'], fill)
             if renamed:
-                record = _map_strings(record, _replacer(renamed))
+                record = _map_record(record, _replacer(renamed))
             _check_class(record.get('_path'), self.identifier)
             component = decode_record(record, built.__getitem__, artifacts)
             built[entry['uuid']] = component
@@ -209,14 +210,23 @@ def _replacer(mapping: dict[str, str]) -> Callable[[str], str]:
     return lambda text: pattern.sub(lambda m: mapping[m.group(0)], text)
 
 
-def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
-    """``value`` with ``fn`` applied to every string in it (dict keys too), leaving machine-made markers alone."""
+def _map_record(record: dict, fn: Callable[[str], str]) -> dict:
+    """The record with ``fn`` applied to its strings: values everywhere, and the keys of the dicts users give
+    (such as a table's fields); never argument names, query structure or machine-made markers."""
+    return {k: v if k in _OPAQUE else _map_strings(v, fn) for k, v in record.items()}
+
+
+def _map_strings(value: Any, fn: Callable[[str], str], keys: bool = True) -> Any:
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, list):
-        return [_map_strings(v, fn) for v in value]
+        return [_map_strings(v, fn, keys) for v in value]
     if isinstance(value, dict):
-        return {(k if k in _MARKERS else fn(k)): (v if k in _MARKERS else _map_strings(v, fn)) for k, v in value.items()}
+        if _OPAQUE & value.keys():
+            return value
+        if '_query' in value:
+            return {'_query': _map_strings(value['_query'], fn, keys=False)}
+        return {(fn(k) if keys and k not in _MARKERS else k): _map_strings(v, fn, keys) for k, v in value.items()}
     return value
 
 
