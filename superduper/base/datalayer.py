@@ -167,11 +167,8 @@ class Datalayer:
             raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
         pk = info.primary_key[0]
 
-        def matching_ids(among: list | None, limit: int | None) -> list:
-            cond = where if among is None else And((where, Compare(pk, 'in', tuple(among))))
-            return [r[0] for b in self.databackend.select(info.name, [pk], cond, limit=limit) for r in b]
-
-        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, matching_ids, pk)
+        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where,
+                                          _FilteredRows(self.databackend, info.name, pk, where), pk)
         scores = dict(hits)
         if query.joined:
             columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)
@@ -515,6 +512,23 @@ class Datalayer:
     def retry(self, listener: str) -> int:
         """Recompute the rows a listener failed on (after fixing the model, say); returns how many still fail."""
         return self.listening.retry(listener)
+
+@dataclass
+class _FilteredRows:
+    """The rows of ``table`` matching ``where``, for a filtered vector search."""
+
+    databackend: Any
+    table: str
+    primary_key: str
+    where: Condition | None
+
+    def count(self) -> int:
+        return self.databackend.count(self.table, self.where)
+
+    def ids(self, among: list | None) -> list:
+        cond = self.where if among is None else And((self.where, Compare(self.primary_key, 'in', tuple(among))))
+        return [r[0] for batch in self.databackend.select(self.table, [self.primary_key], cond) for r in batch]
+
 
 def _not_found(db: Datalayer, type_id: str, identifier: str, version: int | None) -> str:
     existing = db.metadata.identifiers(type_id)

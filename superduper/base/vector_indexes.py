@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+import math
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from superduper.base.query import Compare, Condition
 if TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
     from superduper.components.vector_index import VectorIndex
+
+#: ANN candidates taken per expected match: the n nearest matches lie deeper than n / share, by chance
+OVERSAMPLE = 6
 
 log = logging.getLogger('superduper')
 AUTO_HNSW_FROM = 10_000
@@ -230,26 +234,39 @@ class VectorIndexes:
         return vector
 
     def search(self, loaded: LoadedIndex, vector: np.ndarray, n: int, where: Condition | None,
-               matching_ids: Any, primary_key: str) -> list[tuple[Any, float]]:
-        """The ``n`` nearest rows, among those matching ``where`` if given: exact over the matching rows when they
-        are few, else ANN candidates checked against the filter, widening until ``n`` match."""
+               rows: 'FilteredRows', primary_key: str) -> list[tuple[Any, float]]:
+        """The ``n`` nearest rows, among those matching ``where`` if given.
+
+        Few matching rows: exact search over exactly those. Many: ANN candidates checked against the filter, as many
+        as the share of matching rows says are needed for ``n`` to pass, widening until they do. The crossover is
+        where reading the matching ids costs about as much as searching for the extra candidates."""
         searcher = loaded.searcher
         if searcher.kind == 'pgvector':
             return searcher.search(vector, n, where, primary_key)
         if where is None:
             return searcher.search(vector, n)
-        limit = self.db.cfg.exact_filter_limit
-        matching = matching_ids(None, limit + 1)
-        if len(matching) <= limit:
-            return searcher.search(vector, n, candidates=matching)
-        k = 4 * n
+        total = len(searcher)
+        matching = rows.count()
+        if matching == 0 or total == 0:
+            return []
+        if matching <= min(self.db.cfg.exact_filter_limit, math.sqrt(8 * n * total)):
+            return searcher.search(vector, n, candidates=rows.ids(None))
+        k = min(total, max(4 * n, math.ceil(OVERSAMPLE * n * total / matching)))
         while True:
             candidates = searcher.search(vector, k)
-            allowed = set(matching_ids([c for c, _ in candidates], None))
+            allowed = set(rows.ids([c for c, _ in candidates]))
             hits = [c for c in candidates if c[0] in allowed]
-            if len(hits) >= n or k >= len(searcher):
+            if len(hits) >= n or k >= total:
                 return hits[:n]
-            k *= 4
+            k = min(total, k * 4)
+
+
+class FilteredRows(Protocol):
+    """The rows a filtered vector search may return, as the database sees them."""
+
+    def count(self) -> int: ...
+
+    def ids(self, among: list | None) -> list: ...
 
 
 def _has_hnswlib() -> bool:
