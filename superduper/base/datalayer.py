@@ -102,8 +102,9 @@ class Datalayer:
             table: Table = self.load_record(record)
             key = self.databackend.primary_key_of(table)
             schema = table.resolved_schema
-            if schemaless:  # every document has an _id, declared or not
-                schema = OpenSchema(name, fields={'_id': 'any', **schema.types})
+            if schemaless:  # every document has an _id; an undeclared default key field is not the key here
+                types = {k: t for k, t in schema.types.items() if k == key or k != table.primary_id}
+                schema = OpenSchema(name, fields={'_id': 'any', **types})
             self.databackend.bind_table(name, schema.types, key)
             return TableInfo(name, schema, (key,), auto_id=True)
         kinds, primary_key = self.databackend.describe(name)

@@ -104,13 +104,24 @@ class Listening:
             )
         available = listener.select.columns or list(info.schema.types)
         for name in key_fields(listener.key):
-            if name not in available and not (info.schema.open and not listener.select.columns):
+            if name not in available and not (info.schema.open and not listener.select.columns
+                                              and self._in_some_row(listener.source, name, available)):
                 raise UnknownField(
                     f'Listener {listener.identifier!r}: key {name!r} is not a field of the select on '
                     f'{listener.source!r}; fields: {", ".join(available)}'
                 )
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
+
+    def _in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
+        """On a schemaless table: whether some row has the field, or no row yet (then it may come). Adds the fields
+        of a row to ``fields`` for the error message."""
+        first = self.db.execute(self.db[table].limit(1))
+        sample = next(iter(first), None)
+        if sample is None:
+            return True
+        fields.extend(k for k in sample if k not in fields)
+        return self.db.execute(self.db[table].filter(Compare(name, '!=', None)).limit(1).ids()) != []
 
     def prepare(self, listener: 'Listener') -> None:
         """Check the listener and create its output table, before its metadata is stored."""

@@ -7,7 +7,9 @@ theirs by ``_source``) keeps that field and also stores its value as ``_id``, so
 MongoDB's own index.
 
 MongoDB has no multi-document transactions on a standalone server, so ``begin()`` yields a ``Writes`` handle,
-not a transaction: each statement is atomic per document, as a MongoDB user expects.
+not a transaction: each statement is atomic per document. Inserts are all or nothing all the same: if anything in
+the ``begin()`` block fails (a value that does not fit, a duplicate key), the documents it inserted are deleted
+again before the error is raised. Updates and deletes are not undone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Writes:
         self.backend = backend
         self.track = False
         self.written: dict[str, list] = {}
+        self.inserted: dict[str, list] = {}  # undone if the block fails
         self._session: Any = None
 
     @property
@@ -51,6 +54,12 @@ class Writes:
     def wrote(self, name: str, ids: list) -> None:
         if self.track:
             self.written.setdefault(name, []).extend(ids)
+
+    def rollback(self) -> None:
+        for name, ids in self.inserted.items():
+            for i in range(0, len(ids), 1000):
+                self.backend.database[name].delete_many({ID: {'$in': ids[i : i + 1000]}})
+        self.inserted = {}
 
     def end(self) -> None:
         if self._session is not None:
@@ -109,6 +118,9 @@ class MongoDataBackend:
         writes = Writes(self)
         try:
             yield writes
+        except BaseException:
+            writes.rollback()
+            raise
         finally:
             writes.end()
 
@@ -177,15 +189,22 @@ class MongoDataBackend:
 
     def insert(self, conn: Writes, name: str, keys: Sequence[str], columns: list[list],
                upsert_key: str | None = None) -> None:
+        import pymongo.errors
+
         docs = self._documents(name, keys, columns)
         if not docs:
             return
         collection = self.database[name]
         with self._errors('insert into', name):
-            if upsert_key is None:
-                collection.insert_many(docs, ordered=True, session=conn.session)
-            else:
+            if upsert_key is not None:
                 self._replace(collection, docs, conn)
+            else:
+                try:
+                    collection.insert_many(docs, ordered=True, session=conn.session)
+                except pymongo.errors.BulkWriteError as e:  # ordered: the documents before the failing one went in
+                    conn.inserted.setdefault(name, []).extend(d[ID] for d in docs[: e.details.get('nInserted', 0)])
+                    raise
+                conn.inserted.setdefault(name, []).extend(d[ID] for d in docs)
         conn.wrote(name, [d[ID] for d in docs])
 
     def _replace(self, collection: Any, docs: list[dict], conn: Writes) -> None:
