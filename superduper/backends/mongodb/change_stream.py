@@ -68,7 +68,7 @@ class ChangeStreamFeed:
     def follow(self, table: str) -> None:
         """Mark where following starts (before the backfill), unless a consumer already keeps a position."""
         if self.supported and self._load_token() is None:
-            with self.backend.database.watch([{'$match': {'operationType': 'invalidate'}}]) as stream:
+            with self._watch([{'$match': {'operationType': 'invalidate'}}]) as stream:
                 self._save_token(stream.resume_token)
 
     def unfollow(self, table: str) -> None:
@@ -202,9 +202,13 @@ class ChangeStreamFeed:
         token = self._load_token()
         pipeline = [{'$match': {'ns.coll': {'$in': [*followed, COMPONENTS]}, 'operationType': {'$in': OPERATIONS}}}]
         options = {'start_after': token} if token is not None else {}
-        self._stream = self.backend.database.watch(pipeline, max_await_time_ms=AWAIT_MS, **options)
+        self._stream = self._watch(pipeline, max_await_time_ms=AWAIT_MS, **options)
         self._watching = followed
         return self._stream
+
+    def _watch(self, pipeline: list[dict], **options: Any) -> Any:
+        """A change stream on the database (the one call that needs a server: tests stand in for it)."""
+        return self.backend.database.watch(pipeline, **options)
 
     def _close(self) -> None:
         if self._stream is not None:
