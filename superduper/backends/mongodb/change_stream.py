@@ -55,6 +55,8 @@ class ChangeStreamFeed:
         self._watching: tuple[str, ...] = ()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._saved: Any = None  # the token last saved by this process
+        self._acks_ready = False
 
     @functools.cached_property
     def supported(self) -> bool:
@@ -96,7 +98,9 @@ class ChangeStreamFeed:
         from pymongo import UpdateOne
 
         acks = self.backend.database[ACKS]
-        acks.create_index('at', expireAfterSeconds=ACK_SECONDS)
+        if not self._acks_ready:
+            acks.create_index('at', expireAfterSeconds=ACK_SECONDS)
+            self._acks_ready = True
         now = datetime.datetime.now(datetime.timezone.utc)
         updates = [
             UpdateOne({'_id': {'c': name, 'k': key}}, {'$max': {'t': time}, '$set': {'at': now}}, upsert=True)
@@ -124,11 +128,11 @@ class ChangeStreamFeed:
     def _consume(self, limit: int) -> int:
         import pymongo.errors
 
-        stream = self._open()
-        if stream is None:
-            return 0
         events: list[dict] = []
         try:
+            stream = self._open()  # a token gone from the oplog fails here or on the first read
+            if stream is None:
+                return 0
             while len(events) < limit:
                 event = stream.try_next()
                 if event is None:
@@ -148,7 +152,8 @@ class ChangeStreamFeed:
             raise
         if events:
             self.apply(events)
-        self._save_token(stream.resume_token)
+        if stream.resume_token != self._saved:  # idle rounds write nothing
+            self._save_token(stream.resume_token)
         return len(events)
 
     def apply(self, events: list[dict]) -> None:
@@ -233,6 +238,7 @@ class ChangeStreamFeed:
         return None if found is None else found['token']
 
     def _save_token(self, token: Any) -> None:
+        self._saved = token
         state = self.backend.database[STATE]
         if token is None:
             state.delete_one({'_id': 'resume'})
