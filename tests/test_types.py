@@ -6,11 +6,14 @@ import datetime
 import os
 import pickle
 
+import re
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from superduper import DataType, LazyArtifact, Schema, Table
+from superduper import DataType, LazyArtifact, ObjectModel, Schema, Table
+from superduper.base.exceptions import ConfigError, InvalidValue
 from superduper.components.datatype import BLOB_PREFIX, FILE_PREFIX
 
 
@@ -54,6 +57,86 @@ def test_vectors_are_numpy_and_stored_compactly(db, pk):
     assert first['w'].dtype == np.float64 and first['w'].tolist() == [0.1, 0.2]
     assert db['vecs'].get(**{pk: ids[1]}).execute().get('w') is None
     assert len(raw_value(db, 'vecs', 'v', ids[0])) == 16  # 4 float32, nothing else
+
+
+def test_arrays_keep_their_shape(db):
+    db.apply(Table('arrays', fields={'a': 'array[float32:2x3]', 'm': 'array[int16:2x2x2]'}))
+    ids = db['arrays'].insert([
+        {'a': np.arange(6).reshape(2, 3), 'm': np.full((2, 2, 2), -7)},
+        {'a': [[0.5, 1, 2], [3, 4, 5]]},
+    ]).execute()
+    rows = db['arrays'].select().execute().tolist()
+    by_id = {r['id']: r for r in rows}
+    assert by_id[ids[0]]['a'].shape == (2, 3) and by_id[ids[0]]['a'].dtype == np.float32
+    assert by_id[ids[0]]['a'].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert by_id[ids[0]]['m'].dtype == np.int16 and (by_id[ids[0]]['m'] == -7).all()
+    assert by_id[ids[1]]['a'][0, 0] == 0.5 and by_id[ids[1]]['m'] is None
+    by_id[ids[0]]['a'][0, 0] = 9  # read-back arrays are writable
+    assert len(raw_value(db, 'arrays', 'a', ids[0])) == 24
+
+
+def test_tensors_come_back_as_torch(db):
+    torch = pytest.importorskip('torch', reason='tensor fields need the torch extra')
+    db.apply(Table('tensors', fields={'t': 'tensor[float32:2x2]'}))
+    weights = torch.eye(2, requires_grad=True) * 3  # a tensor with a graph is detached on the way in
+    (row_id,) = db['tensors'].insert([{'t': weights}]).execute()
+    got = db['tensors'].get(id=row_id).execute()['t']
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    assert torch.equal(got, torch.eye(2) * 3)
+
+
+def test_audio_round_trips_as_wav(db):
+    import io
+    import wave
+
+    db.apply(Table('clips', fields={'clip': 'audio'}))
+    t = np.linspace(0, 1, 8000, dtype=np.float32)
+    tone = (0.8 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    stereo = np.stack([np.arange(-500, 500, dtype=np.int16), np.arange(500, -500, -1, dtype=np.int16)], axis=1)
+    buffer = io.BytesIO()
+    with wave.open(buffer, 'wb') as wav:
+        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(22050)
+        wav.writeframes(np.zeros(100, dtype='<i2').tobytes())
+    ids = db['clips'].insert([
+        {'clip': {'array': tone, 'sampling_rate': 8000}},
+        {'clip': (stereo, 44100)},
+        {'clip': buffer.getvalue()},
+    ]).execute()
+    got = {r['id']: r['clip'] for r in db['clips'].select().execute().tolist()}
+    assert got[ids[0]]['sampling_rate'] == 8000 and got[ids[0]]['array'].dtype == np.float32
+    assert np.abs(got[ids[0]]['array'] - tone).max() < 1e-9
+    assert got[ids[1]]['sampling_rate'] == 44100 and got[ids[1]]['array'].shape == (1000, 2)
+    assert (np.round(got[ids[1]]['array'] * 32767).astype(np.int16) == stereo).all()  # int16 kept exactly
+    assert got[ids[2]]['sampling_rate'] == 22050 and got[ids[2]]['array'].shape == (100,)
+
+
+def test_bad_arrays_and_audio_name_the_row(db):
+    db.apply(Table('shaped', fields={'a': 'array[float32:2x3]', 'clip': 'audio'}))
+    db['shaped'].insert([{'a': np.zeros((2, 3))}]).execute()
+    with pytest.raises(InvalidValue, match=r"table 'shaped', field 'a', row 1: expected an array of shape \(2, 3\).*got shape \(3, 2\)"):
+        db['shaped'].insert([{'a': np.zeros((2, 3))}, {'a': np.zeros((3, 2))}]).execute()
+    with pytest.raises(InvalidValue, match=r"table 'shaped', field 'clip', row 0: .*\[-1, 1\]"):
+        db['shaped'].insert([{'clip': (np.array([0.5, 2.0]), 16000)}]).execute()
+    with pytest.raises(InvalidValue, match=r"field 'clip', row 0: .*Error"):
+        db['shaped'].insert([{'clip': b'not a wav file'}]).execute()
+    assert db['shaped'].count().execute() == 1
+
+
+@pytest.mark.parametrize('spec', ['vector[2x3]', 'array[float32:0x3]', 'array[complex64:2]', 'tensor[]'])
+def test_malformed_array_types_are_refused(sqlite_db, spec):
+    with pytest.raises(ConfigError, match=re.escape(repr(spec))):
+        sqlite_db.apply(Table('bad', fields={'a': spec}))
+    assert 'bad' not in sqlite_db.show('Table')
+
+
+def test_model_outputs_of_any_shape_get_a_type(db):
+    db.apply(Table('inputs', fields={'x': 'float'}))
+    db['inputs'].insert([{'x': 1.0}, {'x': 2.0}]).execute()
+    model = ObjectModel('outer', object=lambda x: np.full((2, 2), x, dtype=np.float32))
+    listener = db.apply(model.to_listener('inputs', key='x'))
+    assert db.load('Table', listener.outputs).fields[listener.outputs] == 'array[float32:2x2]'
+    outputs = [r[listener.outputs] for r in db['inputs'].select().outputs(listener.predict_id).execute().tolist()]
+    assert sorted(float(o[1, 1]) for o in outputs) == [1.0, 2.0]
 
 
 def pickle_type(encodable: str) -> DataType:

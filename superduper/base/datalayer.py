@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -11,10 +12,15 @@ from typing import Any, Mapping
 from superduper.base.config import Config, load_config
 from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
 from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query
-from superduper.components.component import Component, artifact_keys, decode_record, encode_component, references
+from superduper.components.component import (
+    Component, artifact_keys, decode_record, encode_component, import_class, ordered_references,
+    references,
+)
 from superduper.components.datatype import Scalar
 from superduper.components.schema import OpenSchema, Schema
 from superduper.components.table import Table
+
+log = logging.getLogger('superduper')
 
 
 @dataclass
@@ -312,13 +318,34 @@ class Datalayer:
         return [r[0] for r in returned] if len(info.primary_key) == 1 else returned
 
     # ---- components ---------------------------------------------------------------------------------------
-    def apply(self, component: Component) -> Component:
-        """Store a component: a no-op if unchanged since its latest version, else a new version."""
+    def apply(self, component: Component | Any, **variables: str) -> Component:
+        """Store a component: a no-op if unchanged since its latest version, else a new version. A ``Template`` is
+        built with ``variables`` filled in, and the component it gives is applied."""
+        from superduper.components.template import Template
+
+        if isinstance(component, Template):
+            component = component.build(**variables)
+        elif variables:
+            raise ComponentError(f'db.apply: variables ({", ".join(variables)}) are only for templates')
         if not isinstance(component, Component):
             raise ComponentError(f'db.apply takes a Component (Table, Model, Listener, ...), got {type(component).__name__}')
+        if not component.owns_children:
+            return self._apply(component)
+        created: list[dict] = []
+        try:
+            return self._apply(component, created)
+        except Exception:  # all or nothing: take back what this application had applied so far, newest first
+            for record in reversed(created):
+                still_there = self.metadata.get_by_uuid(record['uuid']) is not None  # a listener takes its outputs
+                if still_there and not self._holds_data(record, force=False):
+                    self._remove_record(record)
+            self._collect_artifacts(created)
+            raise
+
+    def _apply(self, component: Component, created: list[dict] | None = None) -> Component:
         component.check(self)
         for child in component.children():
-            self.apply(child)
+            self._apply(child, created)
         record, uuid = encode_component(component, self.artifact_store)
         stored = self.metadata.get_by_uuid(uuid)
         if stored is not None:  # this exact declaration is already applied
@@ -332,6 +359,9 @@ class Datalayer:
             uuid=uuid, type_id=component.type_id, identifier=component.identifier,
             version=component.version, hash=uuid, record=record,
         )
+        if created is not None:
+            created.append({'uuid': uuid, 'type_id': component.type_id, 'identifier': component.identifier,
+                            'version': component.version, 'record': record})
         self._loaded[uuid] = component
         component.on_applied(self)
         return component
@@ -396,12 +426,15 @@ class Datalayer:
             raise ComponentError(f'{type_id} {identifier!r} is used by {names}; remove those first or pass force=True')
         for record in records:
             self._remove_record(record)
-        if recursive:
-            for child in set().union(*[references(r['record']) for r in records]):
+        if recursive or import_class(records[0]['record']['_path']).owns_children:
+            # dependents before what they depend on: the reverse of the order they were applied in
+            children = dict.fromkeys(uuid for r in records for uuid in reversed(ordered_references(r['record'])))
+            for child in children:
                 child_record = self.metadata.get_by_uuid(child)
-                if child_record is not None and not self._used_by_others(child):
-                    self.remove(child_record['type_id'], child_record['identifier'], child_record['version'],
-                                recursive=True)
+                if child_record is None or self._used_by_others(child) or self._holds_data(child_record, force):
+                    continue
+                self.remove(child_record['type_id'], child_record['identifier'], child_record['version'],
+                            recursive=True, force=force)
         self._collect_artifacts(records)
 
     def _listeners_reading(self, type_id: str, identifier: str, going: set[str]) -> list[dict]:
@@ -411,6 +444,17 @@ class Datalayer:
             r for r in self.metadata.all()
             if r['type_id'] == 'Listener' and r['uuid'] not in going and r['record']['select']['_query']['table'] == identifier
         ]
+
+    def _holds_data(self, record: dict, force: bool) -> bool:
+        """A table with rows is kept when the component using it goes, unless ``force``: removing an application
+        never drops the user's data by surprise."""
+        if force or record['type_id'] != 'Table' or not self.databackend.has_table(record['identifier']):
+            return False
+        if self.databackend.count(record['identifier']) == 0:
+            return False
+        log.info('kept table %r with its rows; remove it with db.remove("Table", %r)', record['identifier'],
+                 record['identifier'])
+        return True
 
     def _used_by_others(self, uuid: str) -> bool:
         return any(uuid in references(r['record']) for r in self.metadata.all())

@@ -115,5 +115,8 @@ def documents_builder(keys: tuple[str, ...]) -> Callable[[Iterable[tuple]], list
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    shape, dtype = getattr(value, 'shape', None), getattr(value, 'dtype', None)
+    if shape is not None and dtype is not None:
+        return f'{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}'
+    text = ' '.join(repr(value).split())
     return text if len(text) <= 80 else text[:77] + '...'
