@@ -15,7 +15,8 @@ from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, Q
 DIM = 16
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'pgvector', 'mariadb', 'duckdb', 'mongomock', 'mongodb'])
+@pytest.fixture(params=['sqlite', 'postgresql', 'pgvector', 'mariadb', 'duckdb', 'mongomock']
+                + (['mongodb'] if os.environ.get('SUPERDUPER_TEST_MONGODB_URI') else []))
 def backend(request) -> str:
     """Every backend, plus PostgreSQL with pgvector (search pushed down to the database)."""
     return request.param
