@@ -114,12 +114,11 @@ class Listening:
             info.schema.check_fields(listener.source, listener.select.where.fields())
 
     def _in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
-        """On a schemaless table: whether some row has the field, or no row yet (then it may come). Adds the fields
-        of a row to ``fields`` for the error message."""
-        first = self.db.execute(self.db[table].limit(1))
-        sample = next(iter(first), None)
+        """On a schemaless table, a field not declared must be in some row. Adds the fields of a row to ``fields``
+        for the error message."""
+        sample = next(iter(self.db.execute(self.db[table].limit(1))), None)
         if sample is None:
-            return True
+            return False
         fields.extend(k for k in sample if k not in fields)
         return self.db.execute(self.db[table].filter(Compare(name, '!=', None)).limit(1).ids()) != []
 
