@@ -107,9 +107,14 @@ class MongoDataBackend:
 
     def supports_change_streams(self) -> bool:
         """Replica sets and sharded clusters have change streams; a standalone server and mongomock do not."""
+        import pymongo.errors
+
         if self.is_mock:
             return False
-        hello = self.client.admin.command('hello')
+        try:
+            hello = self.client.admin.command('hello')
+        except pymongo.errors.OperationFailure:  # servers before 4.4.2 know it as isMaster
+            hello = self.client.admin.command('isMaster')
         return 'setName' in hello or hello.get('msg') == 'isdbgrid'
 
     # ---- connections -----------------------------------------------------------------------------------------
