@@ -8,7 +8,6 @@ outputs table, so rows that changed while it was not running are caught up witho
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 
 from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
+from superduper.base.keys import dump_key, load_key
 from superduper.base.query import Compare, Condition
 
 if TYPE_CHECKING:
@@ -57,12 +57,9 @@ class VectorIndexes:
 
     def _pushdown(self, index: 'VectorIndex') -> bool:
         """Use pgvector where the vectors are stored natively in PostgreSQL (nothing to load, save or follow)."""
-        from superduper.backends.sql.postgres import PgVector
-
         outputs = index.indexing_listener.outputs
         self.db.table_info(outputs)  # binds the declared column types
-        column = self.db.databackend.table(outputs).c[outputs]
-        native = isinstance(column.type, PgVector)
+        native = self.db.databackend.native_vectors(outputs, outputs)
         if index.searcher == 'pgvector' and not native:
             raise ComponentError(
                 f'VectorIndex {index.identifier!r}: searcher="pgvector" needs PostgreSQL with the vector extension'
@@ -126,7 +123,7 @@ class VectorIndexes:
             return
         state = loaded.searcher.state()
         buffer = io.BytesIO()
-        ids = json.dumps(state.pop('ids'))
+        ids = dump_key(state.pop('ids'))
         np.savez(buffer, ids=np.array(ids), kind=np.array(loaded.searcher.kind), **state)
         key = self.db.artifact_store.put_bytes(buffer.getvalue())
         previous = self.db.metadata.index_state(loaded.component.uuid)
@@ -159,7 +156,7 @@ class VectorIndexes:
             return self._loaded[index.identifier]
         with np.load(io.BytesIO(self.db.artifact_store.get_bytes(key))) as saved:
             state = {name: saved[name] for name in saved.files}
-        state['ids'] = json.loads(str(state['ids']))
+        state['ids'] = load_key(str(state['ids']))
         searcher = self._new_searcher(index, 0) if str(state.pop('kind')) == 'exact' else self._hnsw(index)
         searcher.restore(state)
         loaded = LoadedIndex(index, searcher)

@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from superduper.base.keys import dump_key, load_key
+
 COMPONENTS = '_superduper_components'
 JOBS = '_superduper_jobs'
 FAILURES = '_superduper_failures'
@@ -77,6 +79,15 @@ class SQLMetadataStore:
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'
+
+    def job_log(self) -> 'JobLog':
+        return JobLog(self)
+
+    def failure_log(self) -> 'FailureLog':
+        return FailureLog(self)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     def _rows(self, stmt: Any) -> list[dict]:
         with self.engine.connect() as conn:
@@ -218,7 +229,7 @@ class FailureLog:
     def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
         if not failures:
             return
-        keys = [json.dumps(source) for source, _ in failures]
+        keys = [dump_key(source) for source, _ in failures]
         c = self.table.c
         with self.store.engine.begin() as conn:
             attempts = dict(conn.execute(
@@ -242,7 +253,7 @@ class FailureLog:
             if sources is None:
                 conn.execute(stmt)
             else:
-                keys = [json.dumps(s) for s in sources]
+                keys = [dump_key(s) for s in sources]
                 for i in range(0, len(keys), 1000):
                     conn.execute(stmt.where(c.source.in_(keys[i : i + 1000])))
         self._counts.pop(listener_uuid, None)
@@ -258,7 +269,7 @@ class FailureLog:
         now = datetime.datetime.now()
         with self.store.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        return [json.loads(source) for source, attempts, failed_at in rows
+        return [load_key(source) for source, attempts, failed_at in rows
                 if (now - failed_at).total_seconds() >= delay * 2 ** (attempts - 1)]
 
     def list(self, listener_uuid: str) -> list[dict]:
@@ -266,5 +277,5 @@ class FailureLog:
         with self.store.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(stmt).mappings()]
         for row in rows:
-            row['source'] = json.loads(row['source'])
+            row['source'] = load_key(row['source'])
         return rows
