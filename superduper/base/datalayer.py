@@ -656,12 +656,30 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
         metadata = databackend.metadata_store()
     else:
         metadata = connect_data_backend(cfg.metadata_store).metadata_store()
-    cache_dir = os.path.join(cfg.home, 'cache')
-    if cfg.artifact_store:
-        artifact_store = connect_artifact_store(cfg.artifact_store, cache_dir)
-    else:  # the database's own store (GridFS on MongoDB), else the filesystem under the home folder
-        artifact_store = databackend.default_artifact_store(cache_dir) or ArtifactStore(
-            f'filesystem://{os.path.join(cfg.home, "artifacts")}', cache_dir=cache_dir)
+    artifact_store = _artifact_store(cfg, databackend, metadata)
     compute = connect_compute(cfg.compute)
     return Datalayer(databackend, metadata, artifact_store, compute, cfg)
+
+
+def _artifact_store(cfg: Config, databackend: Any, metadata: Any) -> Any:
+    """The store named in the settings; else the one this database recorded when it was first used, so that every
+    client (a CLI run from another folder, a worker) finds the same artifacts; else the database's own store
+    (GridFS on MongoDB) or the filesystem under the home folder. The choice is recorded for the next clients."""
+    from superduper.backends.artifacts import ArtifactStore
+    from superduper.backends.registry import connect_artifact_store
+
+    cache_dir = os.path.join(cfg.home, 'cache')
+    recorded = metadata.setting('artifact_store')
+    if cfg.artifact_store:
+        store = connect_artifact_store(cfg.artifact_store, cache_dir)
+    elif recorded:
+        store = connect_artifact_store(recorded, cache_dir)
+    else:
+        store = databackend.default_artifact_store(cache_dir) or ArtifactStore(
+            f'filesystem://{os.path.join(cfg.home, "artifacts")}', cache_dir=cache_dir)
+    if store.location and store.location != recorded:
+        if recorded:
+            log.warning('artifact store %s replaces %s as the one recorded for this database', store.location, recorded)
+        metadata.set_setting('artifact_store', store.location)
+    return store
 

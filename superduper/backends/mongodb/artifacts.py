@@ -42,6 +42,11 @@ class MongoArtifactStore:
     def __repr__(self) -> str:
         return f'MongoArtifactStore({redact(self.uri)!r})'
 
+    @property
+    def location(self) -> None:
+        """Not recorded: a URI may hold a password, and the database's own GridFS is found from its URI anyway."""
+        return None
+
     @staticmethod
     def _check(key: str) -> str:
         if not isinstance(key, str) or not key or '/' in key or key.startswith('.'):

@@ -11,7 +11,7 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from superduper.backends.sql.metadata import COMPONENTS, FAILURES, INDEX_STATES, JOBS, METRICS
+from superduper.backends.sql.metadata import COMPONENTS, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS
 
 if TYPE_CHECKING:
     from superduper.backends.mongodb.data_backend import MongoDataBackend
@@ -28,6 +28,7 @@ class MongoMetaDataStore:
         self.failures = database[FAILURES]
         self.metrics = database[METRICS]
         self.index_states = database[INDEX_STATES]
+        self.settings = database[SETTINGS]
         self.components.create_index(
             [('type_id', pymongo.ASCENDING), ('identifier', pymongo.ASCENDING), ('version', pymongo.ASCENDING)],
             unique=True, name='uq_superduper_component_version',
@@ -91,6 +92,13 @@ class MongoMetaDataStore:
     def metric_values(self, model_uuid: str) -> dict[str, float]:
         return {d['metric']: d['value'] for d in self.metrics.find({'model_uuid': model_uuid})}
 
+    def setting(self, name: str) -> str | None:
+        found = self.settings.find_one({'_id': name})
+        return found['value'] if found else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        self.settings.replace_one({'_id': name}, {'value': value}, upsert=True)
+
     def index_state(self, index_uuid: str) -> str | None:
         found = self.index_states.find_one({'_id': index_uuid})
         return found['artifact'] if found else None
@@ -104,7 +112,7 @@ class MongoMetaDataStore:
             )
 
     def drop(self) -> None:
-        for collection in (self.components, self.jobs, self.failures, self.metrics, self.index_states):
+        for collection in (self.components, self.jobs, self.failures, self.metrics, self.index_states, self.settings):
             collection.drop()
 
     def close(self) -> None:

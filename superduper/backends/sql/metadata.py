@@ -16,6 +16,7 @@ JOBS = '_superduper_jobs'
 FAILURES = '_superduper_failures'
 METRICS = '_superduper_metrics'
 INDEX_STATES = '_superduper_index_states'
+SETTINGS = '_superduper_settings'
 
 
 class SQLMetadataStore:
@@ -75,6 +76,12 @@ class SQLMetadataStore:
             sa.Column('artifact', sa.String(64), nullable=False),
             sa.Column('saved_at', sa.DateTime, nullable=False),
         )
+        self.settings = sa.Table(
+            SETTINGS,
+            self._meta,
+            sa.Column('name', sa.String(64), primary_key=True),
+            sa.Column('value', sa.Text, nullable=False),
+        )
         self._meta.create_all(engine, checkfirst=True)
 
     def __repr__(self) -> str:
@@ -97,6 +104,15 @@ class SQLMetadataStore:
         row = {**row, 'record': json.dumps(row['record']), 'created_at': datetime.datetime.now()}
         with self.engine.begin() as conn:
             conn.execute(self.components.insert(), row)
+
+    def setting(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.settings.c.value).where(self.settings.c.name == name)).scalar()
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.settings.delete().where(self.settings.c.name == name))
+            conn.execute(self.settings.insert(), {'name': name, 'value': value})
 
     def get(self, type_id: str, identifier: str, version: int | None = None) -> dict | None:
         c = self.components.c
