@@ -30,6 +30,8 @@ _EXPORTS = {
     'VectorIndex': 'superduper.components.vector_index',
     'LLM': 'superduper.components.llm',
     'RAG': 'superduper.components.llm',
+    'Application': 'superduper.components.application',
+    'Template': 'superduper.components.template',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer, superduper
     from superduper.base.document import Document, LazyArtifact
     from superduper.base.query import Cursor, Query
+    from superduper.components.application import Application
     from superduper.components.component import Component
     from superduper.components.datatype import DataType
     from superduper.components.schema import Schema
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from superduper.components.llm import LLM, RAG
     from superduper.components.model import Metric, Model, ObjectModel
     from superduper.components.table import Table
+    from superduper.components.template import Template
     from superduper.components.vector_index import VectorIndex
 
 

@@ -1,14 +1,17 @@
-"""The ``superduper`` command: ``start`` a worker, ``status``, ``retry``, ``show``, ``remove``.
+"""The ``superduper`` command: ``apply``, ``show``, ``remove``, ``export``, ``start`` (a worker), ``status``, ``retry``.
 
 Exit codes: 0 success, 1 a superduper error (the message says what), 2 bad usage.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
-from typing import Any, Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Optional
 
 import typer
 
@@ -22,9 +25,44 @@ def _connect(uri: str, **overrides: Any) -> Any:
     return superduper(uri, progress=False, **overrides)
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     typer.echo(f'error: {error}', err=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _database(uri: str) -> Iterator[Any]:
+    """A connection for one command; a superduper error becomes its message and exit code 1."""
+    from superduper.base.exceptions import SuperduperError
+
+    try:
+        db = _connect(uri, follow_changes=False)
+    except SuperduperError as e:
+        _fail(e)
+    try:
+        yield db
+    except SuperduperError as e:
+        _fail(e)
+    finally:
+        db.close()
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, text = value.partition('=')
+        if not sep or not name:
+            raise typer.BadParameter(f'{value!r}: expected name=value', param_hint=option)
+        pairs[name] = text
+    return pairs
+
+
+def _table(rows: list[tuple], header: tuple) -> None:
+    """Rows as aligned columns under a header."""
+    cells = [tuple(map(str, header))] + [tuple(map(str, r)) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        typer.echo('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @app.command()
@@ -74,53 +112,98 @@ def start(
 @app.command()
 def status(uri: str = typer.Argument(..., help='database URI')) -> None:
     """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change."""
-    from superduper.base.exceptions import SuperduperError
-
-    try:
-        db = _connect(uri, follow_changes=False)
+    with _database(uri) as db:
         report = db.status()
-    except SuperduperError as e:
-        _fail(e)
-    header = f'{"listener":24} {"table":24} {"done":>8} {"pending":>8} {"failed":>7} {"lag (s)":>8}'
-    typer.echo(header)
-    for row in report:
-        lag = '-' if row['lag_seconds'] is None else f'{row["lag_seconds"]:.1f}'
-        typer.echo(f'{row["listener"]:24} {row["table"]:24} {row["done"]:>8} {row["pending"]:>8} '
-                   f'{row["failed"]:>7} {lag:>8}')
-    db.close()
+    rows = [(r['listener'], r['table'], r['done'], r['pending'], r['failed'],
+             '-' if r['lag_seconds'] is None else f'{r["lag_seconds"]:.1f}') for r in report]
+    _table(rows, ('listener', 'table', 'done', 'pending', 'failed', 'lag (s)'))
 
 
 @app.command()
 def retry(uri: str = typer.Argument(..., help='database URI'),
           listener: str = typer.Argument(..., help='listener identifier')) -> None:
-    """Recompute the rows a listener failed on (after fixing the model, say)."""
-    from superduper.base.exceptions import SuperduperError
-
-    try:
-        db = _connect(uri, follow_changes=False)
+    """Recompute the rows a listener failed on (after fixing the model, say). Exit code 1 if some still fail."""
+    with _database(uri) as db:
         left = db.retry(listener)
-    except SuperduperError as e:
-        _fail(e)
     typer.echo(f'{left} rows still fail')
-    db.close()
     raise typer.Exit(1 if left else 0)
 
 
 @app.command()
 def show(uri: str = typer.Argument(..., help='database URI'),
          type_id: Optional[str] = typer.Argument(None, help='component type, e.g. Listener'),
-         identifier: Optional[str] = typer.Argument(None, help='component identifier')) -> None:
-    """List components: all, one type's identifiers, or one component's versions."""
-    from superduper.base.exceptions import SuperduperError
+         identifier: Optional[str] = typer.Argument(None, help='component identifier'),
+         version: Optional[int] = typer.Option(None, help="print this version's stored record (JSON)")) -> None:
+    """List components: all of them, one type's, one component's versions, or one version's record."""
+    with _database(uri) as db:
+        if version is not None:
+            if type_id is None or identifier is None:
+                raise typer.BadParameter('give TYPE and ID with --version')
+            typer.echo(json.dumps(db.show(type_id, identifier, version), indent=2, default=str))
+            return
+        records = [r for r in db.metadata.all() if type_id in (None, r['type_id'])
+                   and identifier in (None, r['identifier'])]
+        if type_id is not None and identifier is not None and not records:
+            db.show(type_id, identifier, 0)  # raises NotFound, naming what exists
+    if identifier is not None:
+        _table([(r['version'], r['uuid'], f'{r["created_at"]:%Y-%m-%d %H:%M:%S}') for r in records],
+               ('version', 'uuid', 'created'))
+        return
+    versions: dict[tuple[str, str], list[int]] = {}
+    for r in records:
+        versions.setdefault((r['type_id'], r['identifier']), []).append(r['version'])
+    _table([(t, i, ','.join(map(str, v))) for (t, i), v in versions.items()], ('type', 'identifier', 'versions'))
 
-    try:
-        db = _connect(uri, follow_changes=False)
-        shown = db.show(type_id, identifier)
-    except SuperduperError as e:
-        _fail(e)
-    for item in shown:
-        typer.echo('  '.join(map(str, item)) if isinstance(item, tuple) else str(item))
-    db.close()
+
+@app.command()
+def apply(path: Path = typer.Argument(..., help='a package folder or .zip (from export)'),
+          uri: str = typer.Argument(..., help='database URI to apply it to'),
+          var: list[str] = typer.Option([], '--var', help='a template variable, name=value (repeatable)'),
+          trust: bool = typer.Option(False, '--trust', help='allow pickled objects in the package (runs their code)'),
+          ) -> None:
+    """Apply an exported component or template to a database, filling in its variables."""
+    from superduper.components.template import Template
+
+    variables = _pairs(var, '--var')
+    with _database(uri) as db:
+        template = Template.read(path, trust=trust)
+        try:
+            component = db.apply(template, **variables)
+        finally:
+            template.close()
+        typer.echo(f'applied {component.type_id} {component.identifier!r} version {component.version} to {uri}')
+
+
+@app.command()
+def remove(uri: str = typer.Argument(..., help='database URI'),
+           type_id: str = typer.Argument(..., help='component type, e.g. Application'),
+           identifier: str = typer.Argument(..., help='component identifier'),
+           version: Optional[int] = typer.Option(None, help='only this version (default: every version)'),
+           recursive: bool = typer.Option(False, '--recursive', help='also remove what it uses that nothing else uses'),
+           force: bool = typer.Option(False, '--force', help='even if other components use it; tables with rows too'),
+           ) -> None:
+    """Remove a component (an Application with its components), its outputs and unused artifacts."""
+    with _database(uri) as db:
+        db.remove(type_id, identifier, version, recursive=recursive, force=force)
+    typer.echo(f'removed {type_id} {identifier!r}' + ('' if version is None else f' version {version}'))
+
+
+@app.command()
+def export(uri: str = typer.Argument(..., help='database URI'),
+           type_id: str = typer.Argument(..., help='component type, e.g. Application'),
+           identifier: str = typer.Argument(..., help='component identifier'),
+           path: Path = typer.Argument(..., help='a new folder, or a file ending in .zip'),
+           version: Optional[int] = typer.Option(None, help='this version (default: the latest)'),
+           sub: list[str] = typer.Option([], '--sub', help='make a template: value=variable (repeatable)'),
+           ) -> None:
+    """Export a component with its artifacts and requirements, as a package others can `superduper apply`."""
+    from superduper.components.template import Template
+
+    substitutions = _pairs(sub, '--sub')
+    with _database(uri) as db:
+        component = db.load(type_id, identifier, version)
+        written = Template(identifier, component=component, substitutions=substitutions).export(path)
+    typer.echo(f'exported {type_id} {identifier!r} version {component.version} to {written}')
 
 
 def main() -> None:

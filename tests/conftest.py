@@ -1,9 +1,13 @@
-"""Shared fixtures: one suite run against every SQL backend.
+"""Shared fixtures: one suite run against every backend.
 
-``db`` is parametrised over SQLite, PostgreSQL, MariaDB and DuckDB. The servers are the real ones on
-127.0.0.1 (PostgreSQL: user postgres, trust auth; MariaDB: root, no password); each test session works in a
-scratch database of its own on each server, emptied after every test and dropped at the end. A server that
-cannot be reached skips its tests on a developer's machine and fails them in CI (``CI`` set).
+``db`` is parametrised over SQLite, PostgreSQL, MariaDB, DuckDB, mongomock and MongoDB. The SQL servers are the
+real ones on 127.0.0.1 (PostgreSQL: user postgres, trust auth; MariaDB: root, no password); each test session
+works in a scratch database of its own on each server, emptied after every test and dropped at the end. A server
+that cannot be reached skips its tests on a developer's machine and fails them in CI (``CI`` set).
+
+MongoDB: ``mongomock`` runs in process; a real server (for change streams and GridFS on a server) is used only
+when ``SUPERDUPER_TEST_MONGODB_URI`` names one (e.g. ``mongodb://localhost:27017``), since none can be installed
+on the development and CI machines. A test that needs SQL says so with ``@pytest.mark.sql_only('reason')``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import sqlalchemy as sa
 from superduper import superduper
 
 IN_CI = bool(os.environ.get('CI'))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVERS = {
     'postgresql': ('postgresql+psycopg://postgres@127.0.0.1:5432/{db}', 'postgres', 'postgresql://postgres@127.0.0.1:5432/{db}'),
     'mariadb': ('mysql+pymysql://root@127.0.0.1:3306/{db}', '', 'mysql://root@127.0.0.1:3306/{db}'),
 }
-BACKENDS = ['sqlite', 'postgresql', 'mariadb', 'duckdb']
+MONGODB_URI = os.environ.get('SUPERDUPER_TEST_MONGODB_URI')
+#: a MongoDB server cannot be installed on these machines: the suite runs on one only when it is named
+BACKENDS = ['sqlite', 'postgresql', 'mariadb', 'duckdb', 'mongomock'] + (['mongodb'] if MONGODB_URI else [])
+SQL_BACKENDS = ('sqlite', 'postgresql', 'mariadb', 'duckdb', 'pgvector')
 SCRATCH = f'sd_test_{uuid.uuid4().hex[:8]}'
 
 
@@ -99,9 +107,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _isolated(tmp_path, monkeypatch):
     """Each test runs in an empty folder with no SUPERDUPER_* settings from the outside."""
     for key in list(os.environ):
-        if key.startswith('SUPERDUPER_'):
+        if key.startswith('SUPERDUPER_') and key != 'SUPERDUPER_TEST_MONGODB_URI':
             monkeypatch.delenv(key)
+    # subprocesses import this checkout, not whichever superduper is installed
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
     monkeypatch.chdir(tmp_path)
+
+
+def mongodb_uri(database: str) -> str:
+    """A database on the server ``SUPERDUPER_TEST_MONGODB_URI`` names; the test is skipped if none is named."""
+    if not MONGODB_URI:
+        pytest.skip('no MongoDB server: set SUPERDUPER_TEST_MONGODB_URI=mongodb://host:27017 to test on one')
+    base, _, query = MONGODB_URI.partition('?')
+    scheme, _, rest = base.partition('://')
+    return f'{scheme}://{rest.split("/", 1)[0]}/{database}' + (f'?{query}' if query else '')
 
 
 def backend_uri(name: str, tmp_path) -> str:
@@ -109,7 +128,38 @@ def backend_uri(name: str, tmp_path) -> str:
         return f'sqlite://{tmp_path}/data.db'
     if name == 'duckdb':
         return f'duckdb://{tmp_path}/data.duckdb'
+    if name == 'mongomock':
+        return f'mongomock://{SCRATCH}_{uuid.uuid4().hex[:8]}'
+    if name == 'mongodb':
+        return mongodb_uri(f'{SCRATCH}_{uuid.uuid4().hex[:8]}')
     return server(name).uri
+
+
+def drop_mongo_database(uri: str) -> None:
+    from superduper.backends.mongodb.connection import connect, database_name
+
+    found = connect(uri)
+    found.client.drop_database(database_name(uri))
+    if not found.is_mock:
+        found.client.close()
+
+
+def skip_if_marked(request, backend: str) -> None:
+    """Honour ``@pytest.mark.sql_only(reason)`` and ``@pytest.mark.skip_backends(*names, reason=...)``."""
+    marker = request.node.get_closest_marker('sql_only')
+    if marker is not None and backend not in SQL_BACKENDS:
+        pytest.skip(f'SQL only: {marker.args[0]}')
+    for marker in request.node.iter_markers('skip_backends'):
+        if backend in marker.args:
+            pytest.skip(f'not on {backend}: {marker.kwargs["reason"]}')
+
+
+@pytest.fixture(autouse=True)
+def _backend_markers(request) -> None:
+    """Applies to every parametrisation of ``backend``, including modules that override the fixture."""
+    callspec = getattr(request.node, 'callspec', None)
+    if callspec is not None and 'backend' in callspec.params:
+        skip_if_marked(request, callspec.params['backend'])
 
 
 @pytest.fixture(params=BACKENDS)
@@ -120,9 +170,18 @@ def backend(request) -> str:
 @pytest.fixture
 def db_uri(backend, tmp_path):
     """The database of the test; a server's scratch database is emptied after it."""
-    yield backend_uri(backend, tmp_path)
+    uri = backend_uri(backend, tmp_path)
+    yield uri
     if backend in SERVERS or backend == 'pgvector':
         server(backend).reset()
+    if backend in ('mongomock', 'mongodb'):
+        drop_mongo_database(uri)
+
+
+@pytest.fixture
+def pk(backend) -> str:
+    """The primary key field of a ``Table`` that does not declare one: ``id`` on SQL, ``_id`` on MongoDB."""
+    return '_id' if backend in ('mongomock', 'mongodb') else 'id'
 
 
 @pytest.fixture

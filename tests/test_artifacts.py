@@ -53,3 +53,29 @@ def test_bad_keys_are_refused(store):
     for key in ['../etc/passwd', '', '.hidden']:
         with pytest.raises(NotFound):
             store.get_bytes(key)
+
+
+def test_the_database_remembers_its_artifact_store(db_uri, backend, tmp_path, monkeypatch, caplog):
+    """A client started in another folder, with no settings, finds the artifacts the first client stored."""
+    from superduper import ObjectModel, superduper
+
+    first_home = tmp_path / 'first'
+    first_home.mkdir()
+    monkeypatch.chdir(first_home)
+    db = superduper(db_uri)  # default store: ./.superduper/artifacts, here
+    db.apply(ObjectModel('shout', object=lambda x: x.upper() + '!'))
+    db.close()
+
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = superduper(db_uri)
+    if backend != 'mongomock':  # MongoDB keeps its artifacts in its own GridFS, wherever the client runs
+        assert again.artifact_store.location == f'filesystem://{first_home}/.superduper/artifacts'
+    assert again.predict('shout', 'hi') == 'HI!'
+    again.close()
+
+    moved = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/new-store')  # an explicit store wins
+    assert ('replaces' in caplog.text) == (backend != 'mongomock')  # GridFS is never recorded: nothing replaced
+    moved.close()
+    assert superduper(db_uri).artifact_store.location == f'filesystem://{tmp_path}/new-store'

@@ -9,6 +9,9 @@ import sqlalchemy as sa
 
 from superduper.base.exceptions import InvalidValue, UnknownField
 
+pytestmark = pytest.mark.sql_only('tables made by another program with SQLAlchemy (existing MongoDB collections: '
+                                  'test_mongodb.py)')
+
 
 @pytest.fixture
 def orders(db, backend):

@@ -27,15 +27,15 @@ def points(db):
     return db['points']
 
 
-def test_folds_are_assigned_on_insert_and_stable(db, points):
+def test_folds_are_assigned_on_insert_and_stable(db, points, pk):
     folds = [r['_fold'] for r in points.select('_fold').execute()]
     assert set(folds) == {'train', 'valid'}
     assert 20 <= folds.count('valid') <= 80  # about a quarter
-    (row_id,) = points.insert([{'id': 'fixed', 'label': 1}]).execute()
-    first = points.get(id=row_id).execute()['_fold']
-    points.filter(points['id'] == row_id).delete().execute()
-    points.insert([{'id': 'fixed', 'label': 1}]).execute()
-    assert points.get(id='fixed').execute()['_fold'] == first
+    (row_id,) = points.insert([{pk: 'fixed', 'label': 1}]).execute()
+    first = points.get(**{pk: row_id}).execute()['_fold']
+    points.filter(points[pk] == row_id).delete().execute()
+    points.insert([{pk: 'fixed', 'label': 1}]).execute()
+    assert points.get(**{pk: 'fixed'}).execute()['_fold'] == first
     points.insert([{'label': 0, '_fold': 'valid'}]).execute()
     assert points.filter(points['label'] == 0).filter(points['_fold'] == 'valid').count().execute() >= 1
 

@@ -15,7 +15,8 @@ from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, Q
 DIM = 16
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'pgvector', 'mariadb', 'duckdb'])
+@pytest.fixture(params=['sqlite', 'postgresql', 'pgvector', 'mariadb', 'duckdb', 'mongomock']
+                + (['mongodb'] if os.environ.get('SUPERDUPER_TEST_MONGODB_URI') else []))
 def backend(request) -> str:
     """Every backend, plus PostgreSQL with pgvector (search pushed down to the database)."""
     return request.param
@@ -54,28 +55,28 @@ def items(db):
     return db['items'], dict(zip(ids, [r['txt'] for r in rows])), index
 
 
-def test_self_search_and_scores(items):
+def test_self_search_and_scores(items, pk):
     t, texts, _ = items
     for id_, text in list(texts.items())[:5]:
         (best,) = t.like({'txt': text}, vector_index='idx', n=1).execute().tolist()
-        assert best['id'] == id_ and best['_score'] == pytest.approx(1.0, abs=1e-5)
+        assert best[pk] == id_ and best['_score'] == pytest.approx(1.0, abs=1e-5)
     rows = t.like({'txt': 'item 7'}, vector_index='idx', n=10).select('txt').execute().tolist()
     assert [r['_score'] for r in rows] == sorted((r['_score'] for r in rows), reverse=True)
     assert set(rows[0]) == {'txt', '_score'}
 
 
 @pytest.mark.parametrize('brands', [['nike'], ['nike', 'puma', 'adidas', 'asics'], []])
-def test_filtered_search_matches_brute_force(items, brands):
+def test_filtered_search_matches_brute_force(items, brands, pk):
     t, texts, _ = items
     query = embed('a query')
     allowed = {i for i, txt in texts.items() if ['nike', 'puma', 'adidas', 'asics'][int(txt.split()[1]) % 4] in brands}
     for built in (t.like(query, vector_index='idx', n=10).filter(t['brand'].isin(brands)),
                   t.filter(t['brand'].isin(brands)).like(query, vector_index='idx', n=10)):
-        got = [r['id'] for r in built.execute()]
+        got = [r[pk] for r in built.execute()]
         assert got == brute_force(texts, query, 10, allowed)
 
 
-def test_exact_count_for_selective_filters(db, items):
+def test_exact_count_for_selective_filters(db, items, pk):
     t, texts, _ = items
     db.cfg.exact_filter_limit = 50  # force the ANN-then-check path for filters matching more rows
     query = embed('another query')
@@ -83,21 +84,21 @@ def test_exact_count_for_selective_filters(db, items):
         (t['price'] < 3, {i for i, x in texts.items() if int(x.split()[1]) < 3}),
         (t['price'] >= 100, {i for i, x in texts.items() if int(x.split()[1]) >= 100}),
     ]:
-        got = [r['id'] for r in t.like(query, vector_index='idx', n=10).filter(cond).execute()]
+        got = [r[pk] for r in t.like(query, vector_index='idx', n=10).filter(cond).execute()]
         expected = brute_force(texts, query, 10, allowed)
         assert len(got) == min(10, len(allowed)) and got == expected
 
 
-def test_follows_inserts_updates_deletes(items):
+def test_follows_inserts_updates_deletes(items, pk):
     t, texts, _ = items
     (new_id,) = t.insert([{'txt': 'brand new', 'brand': 'nike', 'price': 1}]).execute()
-    assert t.like({'txt': 'brand new'}, vector_index='idx', n=1).execute().tolist()[0]['id'] == new_id
+    assert t.like({'txt': 'brand new'}, vector_index='idx', n=1).execute().tolist()[0][pk] == new_id
     victim = next(iter(texts))
-    t.filter(t['id'] == victim).update({'txt': 'renamed thing'}).execute()
-    assert t.like({'txt': 'renamed thing'}, vector_index='idx', n=1).execute().tolist()[0]['id'] == victim
-    assert t.like({'txt': texts[victim]}, vector_index='idx', n=1).execute().tolist()[0]['id'] != victim
-    t.filter(t['id'] == new_id).delete().execute()
-    assert new_id not in [r['id'] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
+    t.filter(t[pk] == victim).update({'txt': 'renamed thing'}).execute()
+    assert t.like({'txt': 'renamed thing'}, vector_index='idx', n=1).execute().tolist()[0][pk] == victim
+    assert t.like({'txt': texts[victim]}, vector_index='idx', n=1).execute().tolist()[0][pk] != victim
+    t.filter(t[pk] == new_id).delete().execute()
+    assert new_id not in [r[pk] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
 
 
 def test_limit_select_outputs_and_get(items):
@@ -109,6 +110,7 @@ def test_limit_select_outputs_and_get(items):
     assert t.like({'txt': 'item 3'}, vector_index='idx', n=5).get().execute()['txt'] == 'item 3'
 
 
+@pytest.mark.sql_only('another program edits the outputs table with SQL (MongoDB: test_mongodb.py)')
 def test_reload_catches_up_without_recomputing(db, db_uri, tmp_path, backend, monkeypatch):
     calls = tmp_path / 'calls.txt'
     monkeypatch.setenv('EMBED_CALLS', str(calls))
@@ -171,7 +173,7 @@ def test_pgvector_stores_and_searches_natively(db, backend):
     assert db.vector_indexes.get('nat-idx').searcher.kind == 'pgvector'
 
 
-def test_hnsw_recall_against_exact(db):
+def test_hnsw_recall_against_exact(db, pk):
     db.apply(Table('many', fields={'txt': 'str'}))
     db['many'].insert([{'txt': f'vector {i}'} for i in range(2000)]).execute()
     listener = ObjectModel('emb', object=embed).to_listener('many', key='txt')
@@ -180,8 +182,8 @@ def test_hnsw_recall_against_exact(db):
     hits = 0
     for i in range(20):
         query = embed(f'query {i}')
-        ann = {r['id'] for r in db['many'].like(query, vector_index='hnsw-idx', n=10).execute()}
-        exact = {r['id'] for r in db['many'].like(query, vector_index='exact-idx', n=10).execute()}
+        ann = {r[pk] for r in db['many'].like(query, vector_index='hnsw-idx', n=10).execute()}
+        exact = {r[pk] for r in db['many'].like(query, vector_index='exact-idx', n=10).execute()}
         hits += len(ann & exact)
     assert hits / 200 >= 0.95
 

@@ -187,7 +187,7 @@ def test_cli_status_show_retry_and_errors(db_uri, tmp_path, env, backend):
     assert status.returncode == 0
     line = [x for x in status.stdout.splitlines() if x.startswith('inv')][0].split()
     assert line[:5] == ['inv', 'docs', '1', '0', '1']  # done, pending, failed
-    assert cli('show', db_uri, 'Listener').stdout.split() == ['inv']
+    assert cli('show', db_uri, 'Listener').stdout.split() == ['type', 'identifier', 'versions', 'Listener', 'inv', '0']
     retried = cli('retry', db_uri, 'inv')
     assert retried.returncode == 1 and '1 rows still fail' in retried.stdout
     missing = cli('retry', db_uri, 'nope')

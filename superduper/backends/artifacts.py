@@ -43,6 +43,11 @@ class ArtifactStore:
         return f'ArtifactStore({self.uri!r})'
 
     @property
+    def location(self) -> str:
+        """The URI that reaches this store from anywhere (absolute path), as recorded in the metadata."""
+        return f'filesystem://{self.root}' if self.protocol == 'file' else f'{self.protocol}://{self.root.lstrip("/")}'
+
+    @property
     def is_local(self) -> bool:
         return self.protocol == 'file'
 

@@ -156,7 +156,11 @@ class DaskComputeBackend:
         return result
 
     def session(self, db: 'Datalayer') -> Session:
-        return Session(self.session_id, json.dumps(worker_settings(db.cfg, self.base_dir), sort_keys=True))
+        settings = worker_settings(db.cfg, self.base_dir)
+        location = getattr(db.artifact_store, 'location', None)
+        if location:  # the store this client uses, wherever it was found (settings or the database's record)
+            settings['artifact_store'] = location
+        return Session(self.session_id, json.dumps(settings, sort_keys=True))
 
     def _finished(self, futures: list) -> Iterator[Any]:
         """Results as tasks finish; the first task that fails for good raises, and the rest are cancelled."""
@@ -215,6 +219,9 @@ def worker_settings(cfg: 'Config', base_dir: str) -> dict[str, Any]:
     for key in ('data_backend', 'metadata_store'):
         uri = settings[key]
         scheme = uri.split('://', 1)[0].lower() if uri and '://' in uri else ''
+        if scheme == 'mongomock':
+            raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-process database {uri!r}; '
+                              'use mongodb://')
         if scheme == 'duckdb':
             raise ConfigError(f'compute={cfg.compute!r}: DuckDB opens {uri!r} in one process at a time, so Dask '
                               'workers cannot share it; use SQLite, PostgreSQL, MySQL/MariaDB, ...')
@@ -225,6 +232,8 @@ def worker_settings(cfg: 'Config', base_dir: str) -> dict[str, Any]:
             query = uri.partition('?')[2]
             settings[key] = f'sqlite://{absolute(path)}' + (f'?{query}' if query else '')
     store = settings['artifact_store']
+    if store and store.startswith('memory://'):
+        raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-memory artifact store {store!r}')
     if store and store.startswith('filesystem://'):
         settings['artifact_store'] = 'filesystem://' + absolute(store[len('filesystem://') :])
     settings['home'] = absolute(settings['home'])

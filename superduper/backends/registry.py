@@ -18,8 +18,16 @@ for _scheme in ('postgresql', 'postgres'):
 for _scheme in ('mysql', 'mariadb'):
     data_backends.register(_scheme, 'superduper.backends.sql.mysql:MySQLDataBackend', 'mysql', 'pymysql')
 data_backends.register('duckdb', 'superduper.backends.sql.duckdb:DuckDBDataBackend', 'duckdb', 'duckdb-engine')
+data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
+data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
 #: any other SQLAlchemy URL (``mssql+pyodbc://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
 data_backends.register('sqlalchemy', 'superduper.backends.sql.base:SQLDataBackend')
+
+#: artifact stores kept in a database; any other scheme is an fsspec protocol (``superduper.backends.artifacts``)
+artifact_stores = Registry('artifact store')
+for _scheme in ('mongodb', 'mongodb+srv'):
+    artifact_stores.register(_scheme, 'superduper.backends.mongodb.artifacts:MongoArtifactStore', 'mongodb', 'pymongo')
+artifact_stores.register('mongomock', 'superduper.backends.mongodb.artifacts:MongoArtifactStore', 'mongomock', 'mongomock')
 
 compute_backends = Registry('compute')
 compute_backends.register('local', 'superduper.backends.local:LocalComputeBackend')
@@ -59,6 +67,15 @@ def _sqlalchemy_scheme(uri: str, scheme: str) -> str:
 
 def connect_data_backend(uri: str) -> Any:
     return data_backends.create(_data_scheme(uri), uri, shown_as=scheme_of(uri))
+
+
+def connect_artifact_store(uri: str, cache_dir: str) -> Any:
+    scheme = uri.split('://', 1)[0].lower() if isinstance(uri, str) and '://' in uri else ''
+    if scheme in artifact_stores:
+        return artifact_stores.create(scheme, uri, cache_dir)
+    from superduper.backends.artifacts import ArtifactStore
+
+    return ArtifactStore(uri, cache_dir=cache_dir)
 
 
 def connect_compute(uri: str, cfg: Any = None) -> Any:

@@ -38,7 +38,7 @@ class Config(BaseSettings):
     insert_batch_size: int = Field(default=10000, gt=0, description='rows sent per statement when inserting')
     valid_fraction: float = Field(default=0.05, ge=0, le=1, description="share of new rows given _fold='valid'")
     exact_filter_limit: int = Field(
-        default=20000, gt=0, description='filtered vector searches matching at most this many rows are answered exactly'
+        default=20000, gt=0, description='most rows a filtered vector search scores exactly; more matching rows go through the ANN index'
     )
     follow_changes: bool = Field(
         default=True, description='follow writes by other clients in a background thread (embedded/local mode)'

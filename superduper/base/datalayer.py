@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -11,10 +12,15 @@ from typing import Any, Mapping
 from superduper.base.config import Config, load_config
 from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
 from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query
-from superduper.components.component import Component, artifact_keys, decode_record, encode_component, references
+from superduper.components.component import (
+    Component, artifact_keys, decode_record, encode_component, import_class, ordered_references,
+    references,
+)
 from superduper.components.datatype import Scalar
-from superduper.components.schema import Schema
+from superduper.components.schema import OpenSchema, Schema
 from superduper.components.table import Table
+
+log = logging.getLogger('superduper')
 
 
 @dataclass
@@ -24,7 +30,7 @@ class TableInfo:
     name: str
     schema: Schema
     primary_key: tuple[str, ...]
-    auto_id: bool  # superduper fills a missing string id
+    auto_id: bool  # superduper fills a missing key (a string id, or the database's own kind such as an ObjectId)
 
 
 class Datalayer:
@@ -44,9 +50,7 @@ class Datalayer:
     def changes(self) -> Any:
         """Durable change capture (see ``superduper.base.changes``)."""
         if self._changes is None:
-            from superduper.base.changes import ChangeFeed
-
-            self._changes = ChangeFeed(self)
+            self._changes = self.databackend.change_feed(self)
         return self._changes
 
     @property
@@ -82,8 +86,7 @@ class Datalayer:
             self._vector_indexes.close()
         self.compute.close()
         self.databackend.close()
-        if self.metadata.engine is not getattr(self.databackend, 'engine', None):
-            self.metadata.engine.dispose()
+        self.metadata.close()
 
     def __enter__(self) -> 'Datalayer':
         return self
@@ -100,13 +103,20 @@ class Datalayer:
 
     def _describe_table(self, name: str) -> TableInfo:
         record = self.metadata.get('Table', name)
+        schemaless = self.databackend.schemaless
         if record is not None:
             table: Table = self.load_record(record)
+            key = self.databackend.primary_key_of(table)
             schema = table.resolved_schema
-            self.databackend.bind_table(name, schema.types, table.primary_id)
-            return TableInfo(name, schema, (table.primary_id,), auto_id=True)
+            if schemaless:  # every document has an _id; an undeclared default key field is not the key here
+                types = {k: t for k, t in schema.types.items() if k == key or k != table.primary_id}
+                schema = OpenSchema(name, fields={'_id': 'any', **types})
+            self.databackend.bind_table(name, schema.types, key)
+            return TableInfo(name, schema, (key,), auto_id=True)
         kinds, primary_key = self.databackend.describe(name)
-        return TableInfo(name, Schema(name, fields=kinds), primary_key, auto_id=False)
+        # a document database gives every new row a key; a SQL table made elsewhere keeps its own keys
+        return TableInfo(name, (OpenSchema if schemaless else Schema)(name, fields=kinds), primary_key,
+                         auto_id=schemaless)
 
     def forget_table(self, name: str) -> None:
         self._tables.pop(name, None)
@@ -128,6 +138,8 @@ class Datalayer:
             return ids[0] if query.action == 'insert_one' else ids
         if query.like_ is not None:
             return self._like(info, query, where)
+        if query.action == 'aggregate':
+            return self._aggregate(info, query)
         if query.action == 'select':
             return self._select(info, query, where)
         if query.action == 'one':
@@ -142,6 +154,11 @@ class Datalayer:
 
     def _change(self, info: TableInfo, query: Query, where: Condition | None) -> int:
         """Update or delete, then bring the listeners on the table up to date with the rows it touched."""
+        if query.limit_ is not None:  # update_one, delete_one: the first rows by key
+            if len(info.primary_key) != 1:
+                raise QueryError(f'{query.action} with a limit needs a single-column primary key; {info.name!r} has '
+                                 f'{info.primary_key}')
+            where = Compare(info.primary_key[0], 'in', tuple(self._ids(info, query, where)))
         touched = self._ids(info, query, where) if self.listening.followers(info.name) else []
         with self.databackend.begin() as conn, self.changes.own_writes(conn, query.table) as own:
             if query.action == 'update':
@@ -153,6 +170,23 @@ class Datalayer:
         self.changes.acknowledge(own)
         return count
 
+    def _aggregate(self, info: TableInfo, query: Query) -> Any:
+        run = getattr(self.databackend, 'aggregate', None)
+        if run is None:
+            raise QueryError(f'aggregate() runs MongoDB pipelines; {info.name!r} is a table in {self.databackend!r}: '
+                             'use select, filter, find and count')
+        decode = info.schema.row_decoder(None, self.artifact_store)
+        return Cursor(decode(batch) for batch in run(info.name, query.pipeline, self.cfg.read_batch_size))
+
+    def _columns(self, info: TableInfo, query: Query) -> list[str] | None:
+        """The fields a read returns: ``None`` for whole rows of a schemaless table."""
+        if not query.columns:
+            return None if info.schema.open else info.schema.field_names()
+        columns = list(query.columns)
+        if query.keep_id and '_id' in info.schema.types and '_id' not in columns:
+            columns.insert(0, '_id')
+        return columns
+
     def _like(self, info: TableInfo, query: Query, where: Condition | None) -> Any:
         """Vector search, then the matching rows fetched by primary key, nearest first with ``_score``."""
         spec, name, n = query.like_
@@ -161,33 +195,29 @@ class Datalayer:
             raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
         pk = info.primary_key[0]
 
-        def matching_ids(among: list | None, limit: int | None) -> list:
-            cond = where if among is None else And((where, Compare(pk, 'in', tuple(among))))
-            return [r[0] for b in self.databackend.select(info.name, [pk], cond, limit=limit) for r in b]
-
-        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, matching_ids, pk)
+        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where,
+                                          _FilteredRows(self.databackend, info.name, pk, where), pk)
         scores = dict(hits)
+        wanted = self._columns(info, query)
         if query.joined:
             columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)
             fetch = dataclasses.replace(query, like_=None, action='select', columns=columns, limit_=None, offset_=0)
             rows = self._select(info, fetch, Compare(pk, 'in', tuple(scores))).tolist() if scores else []
         else:
-            columns = list(query.columns or info.schema.field_names())
-            if pk not in columns:
-                columns = [pk] + columns
+            columns = wanted if wanted is None or pk in wanted else [pk] + wanted
             found = self.databackend.rows_by_key(info.name, columns, pk, list(scores))
             rows = info.schema.row_decoder(columns, self.artifact_store)(found)
         for row in rows:
             row['_score'] = scores[row[pk]]
         rows.sort(key=lambda r: -r['_score'])
-        if query.columns and pk not in query.columns:
+        if wanted is not None and pk not in wanted:
             for row in rows:
                 del row[pk]
         rows = rows[query.offset_ :][: query.limit_] if query.limit_ is not None else rows[query.offset_ :]
         return next(iter(rows), None) if query.action == 'one' else Cursor(iter([rows]))
 
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
-        columns = list(query.columns or info.schema.field_names())
+        columns = self._columns(info, query)
         schema, joins = info.schema, []
         if query.joined:
             fields = dict(info.schema.types)
@@ -198,8 +228,8 @@ class Datalayer:
                 except (UnknownTable, KeyError):
                     raise QueryError(f'no listener outputs {predict_id!r}: table {outputs!r} does not exist') from None
                 joins.append((outputs, outputs, info.primary_key[0], '_source'))
-            schema = Schema(info.name, fields=fields)
-        decode = schema.row_decoder(columns + [j[1] for j in joins], self.artifact_store)
+            schema = type(info.schema)(info.name, fields=fields)
+        decode = schema.row_decoder(None if columns is None else columns + [j[1] for j in joins], self.artifact_store)
         batches = self.databackend.select(
             info.name, columns, where, query.order, query.limit_ if limit is None else limit, query.offset_,
             self.cfg.read_batch_size, joins=joins,
@@ -226,17 +256,22 @@ class Datalayer:
         info.schema.check_fields(info.name, keys)
         if not info.auto_id and not set(info.primary_key) <= set(keys):
             return self._insert_returning(conn, info, rows)
-        if info.auto_id and info.primary_key[0] not in keys:
-            keys.append(info.primary_key[0])
-        if not info.auto_id and set(map(len, rows)) != {len(keys)}:
+        if set(map(len, rows)) != {len(keys)} and (not info.auto_id or info.schema.open):
             return self._insert_by_key_set(conn, info, rows)
+        return self._insert_columns(conn, info, keys, rows)
+
+    def _insert_columns(self, conn: Any, info: TableInfo, keys: list[str], rows: list[dict]) -> list:
+        """Insert rows with these keys column by column, filling missing ids and folds; returns the ids."""
         columns = [[r.get(k) for r in rows] for k in keys]
+        if info.auto_id and info.primary_key[0] not in keys:
+            keys = keys + [info.primary_key[0]]
+            columns.append([None] * len(rows))
         pk_columns = [keys.index(k) for k in info.primary_key]
         if info.auto_id:
-            _fill_ids(columns[pk_columns[0]])
+            _fill_ids(columns[pk_columns[0]], self._id_maker(info))
             if '_fold' in info.schema.types:
                 if '_fold' not in keys:
-                    keys.append('_fold')
+                    keys = keys + ['_fold']
                     columns.append([None] * len(rows))
                 _fill_folds(columns[keys.index('_fold')], columns[pk_columns[0]], self.cfg.valid_fraction)
         step = self.cfg.insert_batch_size
@@ -248,18 +283,25 @@ class Datalayer:
             return columns[pk_columns[0]]
         return list(zip(*[columns[i] for i in pk_columns]))
 
+    def _id_maker(self, info: TableInfo) -> Any:
+        """Hex strings for a string key, else the database's own kind of key (MongoDB's ObjectId)."""
+        return _hex_ids if info.schema.types[info.primary_key[0]].name == 'str' else self.databackend.new_ids
+
     def _insert_by_key_set(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
-        """Rows naming different columns (a table of someone else's with defaults): insert each group as given."""
-        groups: dict[tuple, list[int]] = {}
+        """Rows naming different fields (a table of someone else's with defaults, documents of a collection):
+        insert each group as given, so a field a row lacks stays absent."""
+        groups: dict[frozenset, list[int]] = {}
         for i, row in enumerate(rows):
-            groups.setdefault(tuple(sorted(row)), []).append(i)
+            groups.setdefault(frozenset(row), []).append(i)
         ids: list = [None] * len(rows)
-        for keys, positions in groups.items():
-            columns = [[rows[i][k] for i in positions] for k in keys]
-            columns = info.schema.encode_columns(info.name, keys, columns, self.artifact_store)
-            self.databackend.insert(conn, info.name, keys, columns)
-            for i in positions:
-                ids[i] = _pk_of(rows[i], info.primary_key)
+        for positions in groups.values():
+            group = [rows[i] for i in positions]
+            if not info.auto_id and not set(info.primary_key) <= set(group[0]):
+                keys = self._insert_returning(conn, info, group)
+            else:
+                keys = self._insert_columns(conn, info, list(group[0]), group)
+            for i, key in zip(positions, keys):
+                ids[i] = key
         return ids
 
     def _insert_returning(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
@@ -273,13 +315,34 @@ class Datalayer:
         return [r[0] for r in returned] if len(info.primary_key) == 1 else returned
 
     # ---- components ---------------------------------------------------------------------------------------
-    def apply(self, component: Component) -> Component:
-        """Store a component: a no-op if unchanged since its latest version, else a new version."""
+    def apply(self, component: Component | Any, **variables: str) -> Component:
+        """Store a component: a no-op if unchanged since its latest version, else a new version. A ``Template`` is
+        built with ``variables`` filled in, and the component it gives is applied."""
+        from superduper.components.template import Template
+
+        if isinstance(component, Template):
+            component = component.build(**variables)
+        elif variables:
+            raise ComponentError(f'db.apply: variables ({", ".join(variables)}) are only for templates')
         if not isinstance(component, Component):
             raise ComponentError(f'db.apply takes a Component (Table, Model, Listener, ...), got {type(component).__name__}')
+        if not component.owns_children:
+            return self._apply(component)
+        created: list[dict] = []
+        try:
+            return self._apply(component, created)
+        except Exception:  # all or nothing: take back what this application had applied so far, newest first
+            for record in reversed(created):
+                still_there = self.metadata.get_by_uuid(record['uuid']) is not None  # a listener takes its outputs
+                if still_there and not self._holds_data(record, force=False):
+                    self._remove_record(record)
+            self._collect_artifacts(created)
+            raise
+
+    def _apply(self, component: Component, created: list[dict] | None = None) -> Component:
         component.check(self)
         for child in component.children():
-            self.apply(child)
+            self._apply(child, created)
         record, uuid = encode_component(component, self.artifact_store)
         stored = self.metadata.get_by_uuid(uuid)
         if stored is not None:  # this exact declaration is already applied
@@ -293,6 +356,9 @@ class Datalayer:
             uuid=uuid, type_id=component.type_id, identifier=component.identifier,
             version=component.version, hash=uuid, record=record,
         )
+        if created is not None:
+            created.append({'uuid': uuid, 'type_id': component.type_id, 'identifier': component.identifier,
+                            'version': component.version, 'record': record})
         self._loaded[uuid] = component
         component.on_applied(self)
         return component
@@ -357,12 +423,15 @@ class Datalayer:
             raise ComponentError(f'{type_id} {identifier!r} is used by {names}; remove those first or pass force=True')
         for record in records:
             self._remove_record(record)
-        if recursive:
-            for child in set().union(*[references(r['record']) for r in records]):
+        if recursive or import_class(records[0]['record']['_path']).owns_children:
+            # dependents before what they depend on: the reverse of the order they were applied in
+            children = dict.fromkeys(uuid for r in records for uuid in reversed(ordered_references(r['record'])))
+            for child in children:
                 child_record = self.metadata.get_by_uuid(child)
-                if child_record is not None and not self._used_by_others(child):
-                    self.remove(child_record['type_id'], child_record['identifier'], child_record['version'],
-                                recursive=True)
+                if child_record is None or self._used_by_others(child) or self._holds_data(child_record, force):
+                    continue
+                self.remove(child_record['type_id'], child_record['identifier'], child_record['version'],
+                            recursive=True, force=force)
         self._collect_artifacts(records)
 
     def _listeners_reading(self, type_id: str, identifier: str, going: set[str]) -> list[dict]:
@@ -372,6 +441,17 @@ class Datalayer:
             r for r in self.metadata.all()
             if r['type_id'] == 'Listener' and r['uuid'] not in going and r['record']['select']['_query']['table'] == identifier
         ]
+
+    def _holds_data(self, record: dict, force: bool) -> bool:
+        """A table with rows is kept when the component using it goes, unless ``force``: removing an application
+        never drops the user's data by surprise."""
+        if force or record['type_id'] != 'Table' or not self.databackend.has_table(record['identifier']):
+            return False
+        if self.databackend.count(record['identifier']) == 0:
+            return False
+        log.info('kept table %r with its rows; remove it with db.remove("Table", %r)', record['identifier'],
+                 record['identifier'])
+        return True
 
     def _used_by_others(self, uuid: str) -> bool:
         return any(uuid in references(r['record']) for r in self.metadata.all())
@@ -492,6 +572,23 @@ class Datalayer:
         """Recompute the rows a listener failed on (after fixing the model, say); returns how many still fail."""
         return self.listening.retry(listener)
 
+@dataclass
+class _FilteredRows:
+    """The rows of ``table`` matching ``where``, for a filtered vector search."""
+
+    databackend: Any
+    table: str
+    primary_key: str
+    where: Condition | None
+
+    def count(self) -> int:
+        return self.databackend.count(self.table, self.where)
+
+    def ids(self, among: list | None) -> list:
+        cond = self.where if among is None else And((self.where, Compare(self.primary_key, 'in', tuple(among))))
+        return [r[0] for batch in self.databackend.select(self.table, [self.primary_key], cond) for r in batch]
+
+
 def _not_found(db: Datalayer, type_id: str, identifier: str, version: int | None) -> str:
     existing = db.metadata.identifiers(type_id)
     if identifier in existing and version is not None:
@@ -521,13 +618,16 @@ def _union_keys(rows: list[dict]) -> list[str]:
     return keys + sorted(extra) if extra else keys
 
 
-def _fill_ids(column: list) -> None:
+def _fill_ids(column: list, new_ids: Any) -> None:
     missing = [i for i, v in enumerate(column) if v is None]
-    if not missing:
-        return
-    hexes = os.urandom(16 * len(missing)).hex()
-    for n, i in enumerate(missing):
-        column[i] = hexes[32 * n : 32 * n + 32]
+    if missing:
+        for i, key in zip(missing, new_ids(len(missing))):
+            column[i] = key
+
+
+def _hex_ids(n: int) -> list[str]:
+    hexes = os.urandom(16 * n).hex()
+    return [hexes[32 * i : 32 * i + 32] for i in range(n)]
 
 
 def _fill_folds(folds: list, ids: list, valid_fraction: float) -> None:
@@ -536,10 +636,6 @@ def _fill_folds(folds: list, ids: list, valid_fraction: float) -> None:
     for i, fold in enumerate(folds):
         if fold is None:
             folds[i] = 'valid' if zlib.crc32(str(ids[i]).encode()) < threshold else 'train'
-
-
-def _pk_of(row: Mapping[str, Any], primary_key: tuple[str, ...]) -> Any:
-    return row.get(primary_key[0]) if len(primary_key) == 1 else tuple(row.get(k) for k in primary_key)
 
 
 def _encode_condition(cond: Condition, info: TableInfo) -> Condition:
@@ -566,8 +662,7 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     ``SUPERDUPER_*`` environment variables; then ``superduper.yaml``.
     """
     from superduper.backends.artifacts import ArtifactStore
-    from superduper.backends.registry import connect_compute, connect_data_backend
-    from superduper.backends.sql.metadata import SQLMetadataStore
+    from superduper.backends.registry import connect_artifact_store, connect_compute, connect_data_backend
 
     if uri is not None and not isinstance(uri, str):
         if hasattr(uri, 'fit') and hasattr(uri, 'predict'):  # seed 002: superduper(SVC()) wraps an estimator
@@ -578,11 +673,33 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     cfg = load_config(data_backend=uri, **overrides)
     databackend = connect_data_backend(cfg.data_backend)
     if cfg.metadata_store in (None, cfg.data_backend):
-        metadata_engine = databackend.engine
+        metadata = databackend.metadata_store()
     else:
-        metadata_engine = connect_data_backend(cfg.metadata_store).engine
-    artifact_uri = cfg.artifact_store or f'filesystem://{os.path.join(cfg.home, "artifacts")}'
-    artifact_store = ArtifactStore(artifact_uri, cache_dir=os.path.join(cfg.home, 'cache'))
+        metadata = connect_data_backend(cfg.metadata_store).metadata_store()
+    artifact_store = _artifact_store(cfg, databackend, metadata)
     compute = connect_compute(cfg.compute, cfg)
-    return Datalayer(databackend, SQLMetadataStore(metadata_engine), artifact_store, compute, cfg)
+    return Datalayer(databackend, metadata, artifact_store, compute, cfg)
+
+
+def _artifact_store(cfg: Config, databackend: Any, metadata: Any) -> Any:
+    """The store named in the settings; else the one this database recorded when it was first used, so that every
+    client (a CLI run from another folder, a worker) finds the same artifacts; else the database's own store
+    (GridFS on MongoDB) or the filesystem under the home folder. The choice is recorded for the next clients."""
+    from superduper.backends.artifacts import ArtifactStore
+    from superduper.backends.registry import connect_artifact_store
+
+    cache_dir = os.path.join(cfg.home, 'cache')
+    recorded = metadata.setting('artifact_store')
+    if cfg.artifact_store:
+        store = connect_artifact_store(cfg.artifact_store, cache_dir)
+    elif recorded:
+        store = connect_artifact_store(recorded, cache_dir)
+    else:
+        store = databackend.default_artifact_store(cache_dir) or ArtifactStore(
+            f'filesystem://{os.path.join(cfg.home, "artifacts")}', cache_dir=cache_dir)
+    if store.location and store.location != recorded:
+        if recorded:
+            log.warning('artifact store %s replaces %s as the one recorded for this database', store.location, recorded)
+        metadata.set_setting('artifact_store', store.location)
+    return store
 

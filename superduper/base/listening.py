@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
-from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField
+from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField, UnknownTable
 from superduper.base.query import Compare
 from superduper.components.datatype import SCALARS, infer_type
 from superduper.components.model import input_maker, key_fields
@@ -39,11 +39,9 @@ def _error_text(e: BaseException) -> str:
 
 class Listening:
     def __init__(self, db: 'Datalayer'):
-        from superduper.backends.sql.metadata import FailureLog, JobLog
-
         self.db = db
-        self.jobs = JobLog(db.metadata)
-        self.failures = FailureLog(db.metadata)
+        self.jobs = db.metadata.job_log()
+        self.failures = db.metadata.failure_log()
         self._by_source: dict[str, list[Listener]] | None = None
         self.lock = threading.RLock()  # the change-following thread and the writing thread share models
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
@@ -96,6 +94,12 @@ class Listening:
         if listener.source in upstream_outputs and not self.db.databackend.has_table(listener.source):
             return  # made when the upstream is applied, which comes first; checked again then
         info = self.db.table_info(listener.source)
+        if info.schema.open and not self.db.databackend.has_table(listener.source):
+            existing = [t for t in self.db.databackend.table_names() if not t.startswith('_')]
+            raise UnknownTable(
+                f'Listener {listener.identifier!r}: collection {listener.source!r} does not exist; collections: '
+                f'{", ".join(existing) or "(none)"} (insert documents, or apply a Table, first)'
+            )
         if len(info.primary_key) != 1:
             raise ComponentError(
                 f'Listener {listener.identifier!r}: table {listener.source!r} has a composite primary key; '
@@ -103,13 +107,23 @@ class Listening:
             )
         available = listener.select.columns or list(info.schema.types)
         for name in key_fields(listener.key):
-            if name not in available:
+            if name not in available and not (info.schema.open and not listener.select.columns
+                                              and self._in_some_row(listener.source, name, available)):
                 raise UnknownField(
                     f'Listener {listener.identifier!r}: key {name!r} is not a field of the select on '
                     f'{listener.source!r}; fields: {", ".join(available)}'
                 )
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
+
+    def _in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
+        """On a schemaless table, a field not declared must be in some row. Adds the fields of a row to ``fields``
+        for the error message."""
+        sample = next(iter(self.db.execute(self.db[table].limit(1))), None)
+        if sample is None:
+            return False
+        fields.extend(k for k in sample if k not in fields)
+        return self.db.execute(self.db[table].filter(Compare(name, '!=', None)).limit(1).ids()) != []
 
     def prepare(self, listener: 'Listener') -> None:
         """Check the listener and create its output table, before its metadata is stored."""

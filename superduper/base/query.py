@@ -116,27 +116,54 @@ class Field:
 
 
 _MONGO_OPS = {'$eq': '==', '$ne': '!=', '$lt': '<', '$lte': '<=', '$gt': '>', '$gte': '>=', '$in': 'in'}
+_MONGO_FIELD_OPS = (*_MONGO_OPS, '$nin', '$not')
+_MONGO_LOGIC = ('$and', '$or', '$nor')
 
 
 def from_mongo(spec: Mapping[str, Any] | None) -> Condition | None:
-    """``{'a': 1, 'b': {'$gt': 2}, '$or': [...]}`` as a condition (the seed documents' ``find`` filters)."""
+    """``{'a': 1, 'b': {'$gt': 2}, '$or': [...]}`` as a condition (the seed documents' ``find`` filters): the
+    operators every backend can run; others raise ``QueryError`` naming them."""
     if not spec:
         return None
+    if not isinstance(spec, Mapping):
+        raise QueryError(f'a filter is a dict such as {{"brand": "Nike"}}, got {type(spec).__name__}')
     parts: list[Condition] = []
     for key, value in spec.items():
-        if key in ('$and', '$or'):
-            subs = [c for c in (from_mongo(s) for s in value) if c is not None]
-            parts.append((And if key == '$and' else Or)(tuple(subs)))
-        elif key.startswith('$'):
-            raise QueryError(f'unsupported filter operator {key!r}; supported: $and, $or, {", ".join(_MONGO_OPS)}')
-        elif isinstance(value, Mapping) and value and all(k.startswith('$') for k in value):
-            for op, operand in value.items():
-                if op not in _MONGO_OPS:
-                    raise QueryError(f'unsupported operator {op!r} on field {key!r}; supported: {", ".join(_MONGO_OPS)}')
-                parts.append(Compare(key, _MONGO_OPS[op], tuple(operand) if op == '$in' else operand))
+        if key in _MONGO_LOGIC:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+                raise QueryError(f'{key} takes a list of filters, got {value!r}')
+            subs = tuple(c for c in (from_mongo(v) for v in value) if c is not None)
+            if key == '$nor':
+                parts.append(Not(Or(subs)))
+            else:
+                parts.append((And if key == '$and' else Or)(subs))
+        elif not isinstance(key, str) or key.startswith('$'):
+            raise QueryError(f'unsupported filter operator {key!r}; supported: {", ".join(_MONGO_LOGIC)}')
+        elif isinstance(value, Mapping) and value and all(str(k).startswith('$') for k in value):
+            parts.extend(_field_conditions(key, value))
         else:
             parts.append(Compare(key, '==', value))
     return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def _field_conditions(field: str, ops: Mapping[str, Any]) -> list[Condition]:
+    out: list[Condition] = []
+    for op, operand in ops.items():
+        if op not in _MONGO_FIELD_OPS:
+            raise QueryError(f'unsupported operator {op!r} on field {field!r}; supported: {", ".join(_MONGO_FIELD_OPS)}')
+        if op in ('$in', '$nin'):
+            if not isinstance(operand, (list, tuple, set, frozenset)):
+                raise QueryError(f'{op} on field {field!r} takes a list of values, got {operand!r}')
+            cond: Condition = Compare(field, 'in', tuple(operand))
+            out.append(Not(cond) if op == '$nin' else cond)
+        elif op == '$not':
+            if not isinstance(operand, Mapping) or not operand:
+                raise QueryError(f'$not on field {field!r} takes operators such as {{"$gt": 1}}, got {operand!r}')
+            inner = _field_conditions(field, operand)
+            out.append(Not(inner[0] if len(inner) == 1 else And(tuple(inner))))
+        else:
+            out.append(Compare(field, _MONGO_OPS[op], operand))
+    return out
 
 
 # ---- queries --------------------------------------------------------------------------------------------------
@@ -161,6 +188,8 @@ class Query:
     values: dict[str, Any] | None = None
     joined: tuple[str, ...] = ()  # predict ids whose outputs are joined to each row
     like_: tuple | None = field(default=None, compare=False)  # (spec, vector index, n)
+    keep_id: bool = False  # find() with a projection: '_id' comes back too, where rows have one (MongoDB's default)
+    pipeline: tuple | None = field(default=None, repr=False)  # aggregate(): stages run by the database as given
 
     def _with(self, **changes: Any) -> 'Query':
         if self.action not in ('select',) and 'action' not in changes:
@@ -222,13 +251,53 @@ class Query:
 
     # -- Mongo-style reads from the seed documents
     def find(self, filter: Mapping[str, Any] | None = None, projection: Mapping[str, Any] | None = None) -> 'Query':
+        """``find({'brand': 'Nike', 'price': {'$lt': 100}}, {'name': 1})``: the filter's operators are those of
+        ``from_mongo``; a projection names the fields to return, and ``_id`` (where rows have one) unless
+        ``'_id': 0``."""
         query = self.filter(c) if (c := from_mongo(filter)) is not None else self
         if projection:
-            query = query.select(*[k for k, v in projection.items() if v])
+            if not isinstance(projection, Mapping):
+                raise QueryError(f'a projection is a dict such as {{"name": 1}}, got {type(projection).__name__}')
+            included = [k for k, v in projection.items() if v and k != '_id']
+            if not included:
+                raise QueryError(
+                    f'projection {dict(projection)!r} on {self.table!r}: name the fields to return, e.g. {{"name": 1}} '
+                    '(excluding fields other than _id is not supported)'
+                )
+            if any(not v for k, v in projection.items() if k != '_id'):
+                raise QueryError(f'projection {dict(projection)!r} on {self.table!r} mixes included and excluded fields')
+            keep = projection.get('_id', True)
+            query = query.select(*(['_id'] if keep and '_id' in projection else []), *included)
+            query = query._with(keep_id=bool(keep))
         return query
 
     def find_one(self, filter: Mapping[str, Any] | None = None, projection: Mapping[str, Any] | None = None) -> 'Query':
         return self.find(filter, projection)._with(action='one')
+
+    def count_documents(self, filter: Mapping[str, Any] | None = None) -> 'Query':
+        return self.find(filter).count()
+
+    def aggregate(self, pipeline: Iterable[Mapping[str, Any]]) -> 'Query':
+        """A MongoDB aggregation pipeline, run by the database as given (MongoDB collections only);
+        ``execute()`` returns a ``Cursor`` of the documents it outputs, declared fields decoded."""
+        stages = list(pipeline) if not isinstance(pipeline, Mapping) else None
+        if not stages or not all(isinstance(s, Mapping) for s in stages):
+            raise QueryError(f'aggregate on {self.table!r} takes a list of stages such as [{{"$match": {{...}}}}], '
+                             f'got {pipeline!r}')
+        return self._with(action='aggregate', pipeline=tuple(dict(s) for s in stages))
+
+    def update_one(self, filter: Mapping[str, Any] | None, update: Mapping[str, Any]) -> 'Query':
+        """Set fields on the first row matching ``filter``: ``update_one({'_id': i}, {'$set': {'x': 1}})``."""
+        return self.find(filter).limit(1).update(_mongo_set(update, self.table))
+
+    def update_many(self, filter: Mapping[str, Any] | None, update: Mapping[str, Any]) -> 'Query':
+        return self.find(filter).update(_mongo_set(update, self.table))
+
+    def delete_one(self, filter: Mapping[str, Any] | None = None) -> 'Query':
+        return self.find(filter).limit(1).delete()
+
+    def delete_many(self, filter: Mapping[str, Any] | None = None) -> 'Query':
+        return self.find(filter).delete()
 
     # -- writes
     def insert(self, documents: Any) -> 'Query':
@@ -243,13 +312,15 @@ class Query:
         return self.insert(documents)
 
     def update(self, values: Mapping[str, Any]) -> 'Query':
-        """Set ``values`` on every row the query's filter matches; ``execute()`` returns how many."""
+        """Set ``values`` on every row the query's filter matches (the first ``n`` after ``limit(n)``);
+        ``execute()`` returns how many."""
         if not isinstance(values, Mapping) or not values:
             raise QueryError(f'update on {self.table!r} needs a non-empty dict of field values, got {values!r}')
         return self._with(action='update', values=dict(values))
 
     def delete(self) -> 'Query':
-        """Delete every row the query's filter matches; ``execute()`` returns how many."""
+        """Delete every row the query's filter matches (the first ``n`` after ``limit(n)``); ``execute()`` returns
+        how many."""
         return self._with(action='delete')
 
     # -- running
@@ -266,6 +337,7 @@ class Query:
             'table': self.table, 'action': self.action, 'columns': list(self.columns) if self.columns else None,
             'where': _condition_to_dict(self.where), 'order': [list(o) for o in self.order],
             'limit': self.limit_, 'offset': self.offset_, 'joined': list(self.joined),
+            **({'keep_id': True} if self.keep_id else {}),
         }
 
     @classmethod
@@ -274,6 +346,7 @@ class Query:
             data['table'], db=db, action=data['action'], columns=tuple(data['columns']) if data['columns'] else None,
             where=_condition_from_dict(data['where']), order=tuple((c, d) for c, d in data['order']),
             limit_=data['limit'], offset_=data['offset'], joined=tuple(data.get('joined', ())),
+            keep_id=data.get('keep_id', False),
         )
 
     def bind(self, db: 'Datalayer') -> 'Query':
@@ -291,6 +364,19 @@ class Query:
 
 
 _QUERY_FIELDS = frozenset(f.name for f in dataclasses.fields(Query))
+
+
+def _mongo_set(update: Any, table: str) -> dict[str, Any]:
+    """The fields of an update document ``{'$set': {...}}``, the one update operator every backend runs."""
+    if not isinstance(update, Mapping) or not update:
+        raise QueryError(f'update on {table!r} takes an update document such as {{"$set": {{"x": 1}}}}, got {update!r}')
+    others = [k for k in update if k != '$set']
+    if others:
+        kind = 'operator' if str(others[0]).startswith('$') else 'field outside $set'
+        raise QueryError(f'unsupported update {kind} {others[0]!r} on {table!r}; supported: $set')
+    if not isinstance(update['$set'], Mapping) or not update['$set']:
+        raise QueryError(f'$set on {table!r} takes a non-empty dict of field values, got {update["$set"]!r}')
+    return dict(update['$set'])
 
 
 def _condition_to_dict(cond: Condition | None) -> Any:

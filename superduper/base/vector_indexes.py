@@ -8,18 +8,22 @@ outputs table, so rows that changed while it was not running are caught up witho
 from __future__ import annotations
 
 import io
-import json
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+import math
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
+from superduper.base.keys import dump_key, load_key
 from superduper.base.query import Compare, Condition
 
 if TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
     from superduper.components.vector_index import VectorIndex
+
+#: ANN candidates taken per expected match: the n nearest matches lie deeper than n / share, by chance
+OVERSAMPLE = 6
 
 log = logging.getLogger('superduper')
 AUTO_HNSW_FROM = 10_000
@@ -53,12 +57,9 @@ class VectorIndexes:
 
     def _pushdown(self, index: 'VectorIndex') -> bool:
         """Use pgvector where the vectors are stored natively in PostgreSQL (nothing to load, save or follow)."""
-        from superduper.backends.sql.postgres import PgVector
-
         outputs = index.indexing_listener.outputs
         self.db.table_info(outputs)  # binds the declared column types
-        column = self.db.databackend.table(outputs).c[outputs]
-        native = isinstance(column.type, PgVector)
+        native = self.db.databackend.native_vectors(outputs, outputs)
         if index.searcher == 'pgvector' and not native:
             raise ComponentError(
                 f'VectorIndex {index.identifier!r}: searcher="pgvector" needs PostgreSQL with the vector extension'
@@ -122,7 +123,7 @@ class VectorIndexes:
             return
         state = loaded.searcher.state()
         buffer = io.BytesIO()
-        ids = json.dumps(state.pop('ids'))
+        ids = dump_key(state.pop('ids'))
         np.savez(buffer, ids=np.array(ids), kind=np.array(loaded.searcher.kind), **state)
         key = self.db.artifact_store.put_bytes(buffer.getvalue())
         previous = self.db.metadata.index_state(loaded.component.uuid)
@@ -155,7 +156,7 @@ class VectorIndexes:
             return self._loaded[index.identifier]
         with np.load(io.BytesIO(self.db.artifact_store.get_bytes(key))) as saved:
             state = {name: saved[name] for name in saved.files}
-        state['ids'] = json.loads(str(state['ids']))
+        state['ids'] = load_key(str(state['ids']))
         searcher = self._new_searcher(index, 0) if str(state.pop('kind')) == 'exact' else self._hnsw(index)
         searcher.restore(state)
         loaded = LoadedIndex(index, searcher)
@@ -230,26 +231,39 @@ class VectorIndexes:
         return vector
 
     def search(self, loaded: LoadedIndex, vector: np.ndarray, n: int, where: Condition | None,
-               matching_ids: Any, primary_key: str) -> list[tuple[Any, float]]:
-        """The ``n`` nearest rows, among those matching ``where`` if given: exact over the matching rows when they
-        are few, else ANN candidates checked against the filter, widening until ``n`` match."""
+               rows: 'FilteredRows', primary_key: str) -> list[tuple[Any, float]]:
+        """The ``n`` nearest rows, among those matching ``where`` if given.
+
+        Few matching rows: exact search over exactly those. Many: ANN candidates checked against the filter, as many
+        as the share of matching rows says are needed for ``n`` to pass, widening until they do. The crossover is
+        where reading the matching ids costs about as much as searching for the extra candidates."""
         searcher = loaded.searcher
         if searcher.kind == 'pgvector':
             return searcher.search(vector, n, where, primary_key)
         if where is None:
             return searcher.search(vector, n)
-        limit = self.db.cfg.exact_filter_limit
-        matching = matching_ids(None, limit + 1)
-        if len(matching) <= limit:
-            return searcher.search(vector, n, candidates=matching)
-        k = 4 * n
+        total = len(searcher)
+        matching = rows.count()
+        if matching == 0 or total == 0:
+            return []
+        if matching <= min(self.db.cfg.exact_filter_limit, math.sqrt(8 * n * total)):
+            return searcher.search(vector, n, candidates=rows.ids(None))
+        k = min(total, max(4 * n, math.ceil(OVERSAMPLE * n * total / matching)))
         while True:
             candidates = searcher.search(vector, k)
-            allowed = set(matching_ids([c for c, _ in candidates], None))
+            allowed = set(rows.ids([c for c, _ in candidates]))
             hits = [c for c in candidates if c[0] in allowed]
-            if len(hits) >= n or k >= len(searcher):
+            if len(hits) >= n or k >= total:
                 return hits[:n]
-            k *= 4
+            k = min(total, k * 4)
+
+
+class FilteredRows(Protocol):
+    """The rows a filtered vector search may return, as the database sees them."""
+
+    def count(self) -> int: ...
+
+    def ids(self, among: list | None) -> list: ...
 
 
 def _has_hnswlib() -> bool:

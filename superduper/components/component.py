@@ -2,6 +2,7 @@
 
 A component's record is ``{'_path': 'module.Class', <argument>: <encoded value>, ...}`` where an encoded value
 is plain JSON, ``{'_ref': uuid}`` for a child component (stored on its own), ``{'_tuple': [...]}`` for a tuple,
+``{'_dict': {...}}`` for a dict with keys that start with ``_``,
 or ``{'_artifact': key}`` for any other object (cloudpickled, stored content-addressed in the artifact store).
 The hash of the record is the component's uuid: the same declaration always has the same uuid (so a listener's
 output table name is known before it is applied), and applying a record that is already stored is a no-op.
@@ -27,6 +28,8 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 @dataclass(eq=False)
 class Component:
     type_id: ClassVar[str] = 'Component'
+    extra: ClassVar[str | None] = None  # the superduper extra a package using this class needs installed
+    owns_children: ClassVar[bool] = False  # removing it removes its children (an Application)
 
     identifier: str
     version: int | None = field(default=None, kw_only=True, repr=False)
@@ -83,6 +86,15 @@ def artifact_keys(record: Any) -> set[str]:
 def references(record: Any) -> set[str]:
     """The uuids of the components a stored record refers to."""
     return _marked(record, '_ref')
+
+
+def ordered_references(record: Any) -> list[str]:
+    """The uuids a stored record refers to, in the order they appear (the order they are applied in)."""
+    if isinstance(record, dict):
+        return [record['_ref']] if '_ref' in record else [u for v in record.values() for u in ordered_references(v)]
+    if isinstance(record, list):
+        return [u for v in record for u in ordered_references(v)]
+    return []
 
 
 def _marked(record: Any, marker: str) -> set[str]:
@@ -143,8 +155,10 @@ def _encode_value(value: Any, artifacts: 'ArtifactStore | None') -> Any:
         return [_encode_value(v, artifacts) for v in value]
     if isinstance(value, tuple):
         return {'_tuple': [_encode_value(v, artifacts) for v in value]}
-    if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith('_') for k in value):
-        return {k: _encode_value(v, artifacts) for k, v in value.items()}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        encoded = {k: _encode_value(v, artifacts) for k, v in value.items()}
+        # keys such as '_source' or '_id' could be read as markers: such a dict is wrapped
+        return {'_dict': encoded} if any(k.startswith('_') for k in value) else encoded
     serializer = serializer_for(value)
     data = SERIALIZERS[serializer][1](value)
     key = hashlib.sha256(data).hexdigest() if artifacts is None else artifacts.put_bytes(data)
@@ -164,6 +178,8 @@ def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore') -> Any:
     if isinstance(value, dict):
         if '_ref' in value:
             return load_ref(value['_ref'])
+        if '_dict' in value:
+            return {k: _decode_value(v, load_ref, artifacts) for k, v in value['_dict'].items()}
         if '_tuple' in value:
             return tuple(_decode_value(v, load_ref, artifacts) for v in value['_tuple'])
         if '_artifact' in value:

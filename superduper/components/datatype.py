@@ -1,7 +1,9 @@
 """Field types: how a column's values are checked, stored and read back.
 
 Built-in names: ``str int float bool bytes json datetime``, ``vector[float32:N]`` (also ``vector[N]``),
-``pickle`` and ``image``. A ``DataType`` component adds user encoders in one of the seed-003 modes:
+``array[float32:AxB...]`` (numpy arrays of a fixed shape), ``tensor[float32:AxB...]`` (the same, read back as
+torch tensors), ``image`` (PIL images), ``audio`` (WAV; read back as ``{'array', 'sampling_rate'}``), ``pickle``
+and ``object``. A ``DataType`` component adds user encoders in one of the seed-003 modes:
 ``'encodable'`` (bytes in the row), ``'artifact'`` (bytes in the artifact store, a reference in the row),
 ``'lazy_artifact'`` (as ``'artifact'``, loaded on ``unpack()``) and ``'file'`` (a file or directory copied to
 the artifact store; reading gives a local path).
@@ -94,29 +96,33 @@ class Json(FieldType):
         return values
 
 
-class Vector(FieldType):
-    """A fixed-length numeric vector, stored as its raw bytes (4 bytes a value for float32)."""
+class Array(FieldType):
+    """A fixed-shape numeric array, stored as its raw bytes: ``array[float32:2x3]``.
+
+    Values may be numpy arrays, nested lists or tensors of any framework numpy can read (torch tensors are
+    detached and moved to the CPU first). Reading gives numpy arrays that own a writable buffer."""
 
     storage = 'bytes'
     decodes = True
+    kind = 'array'
 
-    def __init__(self, dtype: str, dim: int):
+    def __init__(self, dtype: str, shape: tuple[int, ...]):
         import numpy
 
         self.np_dtype = numpy.dtype(dtype)
-        self.dtype, self.dim = dtype, dim
-        self.name = f'vector[{dtype}:{dim}]'
-        self.expected = f'a vector of {dim} {dtype} values'
+        self.dtype, self.shape = dtype, tuple(shape)
+        self.name = f'{self.kind}[{dtype}:{"x".join(map(str, self.shape))}]'
+        self.expected = f'an array of shape {self.shape} of {dtype} values'
 
     def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
         import numpy
 
-        present = [v for v in values if v is not None]
+        present = [_as_numpy(v) for v in values if v is not None]
         try:
             matrix = numpy.asarray(present, dtype=self.np_dtype)
         except (ValueError, TypeError):
             matrix = None
-        if matrix is None or matrix.shape != (len(present), self.dim):
+        if matrix is None or matrix.shape != (len(present), *self.shape):
             self._find_bad(values)
         rows = iter(matrix)
         return [None if v is None else next(rows).tobytes() for v in values]
@@ -128,18 +134,59 @@ class Vector(FieldType):
             if v is None:
                 continue
             try:
-                shape = numpy.asarray(v, dtype=self.np_dtype).shape
+                shape = numpy.asarray(_as_numpy(v), dtype=self.np_dtype).shape
             except (ValueError, TypeError) as e:
                 raise BadValue(i, v, str(e)) from None
-            if shape != (self.dim,):
+            if shape != self.shape:
                 raise BadValue(i, v, f'got shape {shape}')
         raise AssertionError('unreachable: a ragged column always has a bad row')
 
     def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
         import numpy
 
-        dtype = self.np_dtype
-        return [None if v is None else numpy.frombuffer(v, dtype=dtype) for v in values]
+        present = [v for v in values if v is not None]
+        if not present:
+            return list(values)
+        # one writable buffer for the batch: each row is a view into it, nothing is copied twice
+        batch = numpy.frombuffer(bytearray(b''.join(present)), dtype=self.np_dtype).reshape(len(present), *self.shape)
+        rows = iter(self._rows(batch))
+        return [None if v is None else next(rows) for v in values]
+
+    def _rows(self, batch: Any) -> Any:
+        return batch
+
+
+class Vector(Array):
+    """A fixed-length numeric vector (4 bytes a value for float32): ``vector[float32:384]``."""
+
+    kind = 'vector'
+
+    def __init__(self, dtype: str, dim: int):
+        super().__init__(dtype, (dim,))
+        self.dim = dim
+        self.expected = f'a vector of {dim} {dtype} values'
+
+
+class Tensor(Array):
+    """As ``array``, read back as torch tensors: ``tensor[float32:3x224x224]``."""
+
+    kind = 'tensor'
+
+    def _rows(self, batch: Any) -> Any:
+        from superduper.base.registry import Implementation, missing_dependency
+
+        try:
+            import torch
+        except ImportError as e:
+            raise missing_dependency('torch', Implementation('', extra='torch', driver='torch'), e) from e
+        return torch.from_numpy(batch)
+
+
+def _as_numpy(value: Any) -> Any:
+    """A torch (or similar) tensor as something numpy reads without copying through Python lists."""
+    if hasattr(value, 'detach') and hasattr(value, 'cpu'):
+        return value.detach().cpu().numpy()
+    return value
 
 
 def _call(fn: Callable, takes_info: bool, x: Any, info: Any) -> Any:
@@ -277,7 +324,8 @@ SCALARS: dict[str, FieldType] = {
     'any': FieldType(),
 }
 ALIASES = {'string': 'str', 'text': 'str', 'integer': 'int', 'double': 'float', 'boolean': 'bool', 'blob': 'bytes'}
-_VECTOR = re.compile(r'vector\[(?:(float16|float32|float64|int8|int16|int32|int64|uint8):)?(\d+)\]')
+NUMERIC_DTYPES = ('float16', 'float32', 'float64', 'int8', 'int16', 'int32', 'int64', 'uint8', 'bool')
+_ARRAY = re.compile(rf'(vector|array|tensor)\[(?:({"|".join(NUMERIC_DTYPES)}):)?(\d+(?:x\d+)*)\]')
 
 
 def _cloudpickle_dumps(x: Any) -> bytes:
@@ -314,7 +362,71 @@ def _image_decode(data: bytes) -> Any:
     return image
 
 
+def _audio_encode(audio: Any) -> bytes:
+    """A WAV file from ``{'array': samples, 'sampling_rate': hz}`` (the Hugging Face layout), an ``(array, hz)``
+    pair, or WAV bytes as they are. Integer samples keep their width; float samples in [-1, 1] become 32-bit PCM,
+    so float32 audio comes back within 3e-10 of what went in."""
+    import io
+    import wave
+
+    import numpy
+
+    if isinstance(audio, (bytes, bytearray)):
+        with wave.open(io.BytesIO(audio)):  # raises wave.Error on anything but a WAV file
+            return bytes(audio)
+    if isinstance(audio, dict):
+        samples, rate = audio['array'], audio['sampling_rate']
+    else:
+        samples, rate = audio
+    samples = numpy.asarray(_as_numpy(samples))
+    if samples.ndim not in (1, 2) or not len(samples):
+        raise ValueError(f'audio samples must have shape (frames,) or (frames, channels), got {samples.shape}')
+    if samples.dtype.kind == 'f':
+        if numpy.abs(samples).max() > 1:
+            raise ValueError('float audio samples must lie in [-1, 1]')
+        samples = numpy.round(samples.astype(numpy.float64) * (2**31 - 1)).astype('<i4')
+    elif samples.dtype not in (numpy.int16, numpy.int32):
+        raise ValueError(f'audio samples must be float, int16 or int32, got {samples.dtype}')
+    buffer = io.BytesIO()
+    with wave.open(buffer, 'wb') as out:
+        out.setnchannels(1 if samples.ndim == 1 else samples.shape[1])
+        out.setsampwidth(samples.dtype.itemsize)
+        out.setframerate(int(rate))
+        out.writeframes(samples.astype(samples.dtype.newbyteorder('<')).tobytes())
+    return buffer.getvalue()
+
+
+def _pcm_ints(frames: bytes, width: int) -> Any:
+    import numpy
+
+    if width in (2, 4):
+        return numpy.frombuffer(frames, dtype=f'<i{width}')
+    triples = numpy.frombuffer(frames, dtype=numpy.uint8).reshape(-1, 3).astype(numpy.int32)
+    ints = triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)
+    return (ints << 8) >> 8  # sign-extend the 24-bit values
+
+
+def _audio_decode(data: bytes) -> dict:
+    """``{'array': float32 samples in [-1, 1], 'sampling_rate': hz}``, shape (frames,) or (frames, channels)."""
+    import io
+    import wave
+
+    import numpy
+
+    with wave.open(io.BytesIO(data)) as wav:
+        width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+        frames = wav.readframes(wav.getnframes())
+    if width == 1:  # 8-bit WAV is unsigned
+        samples = (numpy.frombuffer(frames, dtype=numpy.uint8).astype(numpy.float32) - 128) / 128
+    else:
+        ints = _pcm_ints(frames, width)
+        samples = (ints / float(2 ** (8 * width - 1) - 1)).astype(numpy.float32)
+    return {'array': samples if channels == 1 else samples.reshape(-1, channels), 'sampling_rate': rate}
+
+
 BUILTIN_DATATYPES: dict[str, Callable[[], DataType]] = {
+    # WAV in the row; reading gives {'array': float32 samples, 'sampling_rate': hz}, ready for speech models
+    'audio': lambda: DataType('audio', encoder=_audio_encode, decoder=_audio_decode),
     'pickle': lambda: DataType(
         'pickle', encoder=_cloudpickle_dumps, decoder=_cloudpickle_loads, encodable='lazy_artifact'
     ),
@@ -334,16 +446,27 @@ def resolve_type(spec: str | FieldType) -> FieldType:
     name = ALIASES.get(spec, spec)
     if name in SCALARS:
         return SCALARS[name]
-    if m := _VECTOR.fullmatch(name):
-        return Vector(m.group(1) or 'float32', int(m.group(2)))
+    if m := _ARRAY.fullmatch(name):
+        return _array_type(spec, m.group(1), m.group(2) or 'float32', tuple(int(n) for n in m.group(3).split('x')))
     if name in BUILTIN_DATATYPES:
         if name not in _builtin_cache:
             _builtin_cache[name] = BUILTIN_DATATYPES[name]()
         return _builtin_cache[name]
     raise ConfigError(
-        f'unknown field type {spec!r}; expected one of {", ".join(SCALARS)}, vector[float32:N], '
+        f'unknown field type {spec!r}; expected one of {", ".join(SCALARS)}, vector[float32:N], array[float32:AxB], '
+        'tensor[float32:AxB], '
         f'{", ".join(BUILTIN_DATATYPES)} or a DataType'
     )
+
+
+def _array_type(spec: str, kind: str, dtype: str, shape: tuple[int, ...]) -> Array:
+    if kind == 'vector' and len(shape) != 1:
+        raise ConfigError(f'field type {spec!r}: a vector has one dimension; use array[{dtype}:...] for more')
+    if 0 in shape:
+        raise ConfigError(f'field type {spec!r}: every dimension must be at least 1')
+    if kind == 'vector':
+        return Vector(dtype, shape[0])
+    return Tensor(dtype, shape) if kind == 'tensor' else Array(dtype, shape)
 
 
 def infer_type(value: Any) -> str:
@@ -359,9 +482,12 @@ def infer_type(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return 'bytes'
     shape = getattr(value, 'shape', None)
-    if shape is not None and len(shape) == 1 and getattr(value, 'dtype', None) is not None:
-        dtype = str(value.dtype)
-        return f'vector[{dtype if _VECTOR.fullmatch(f"vector[{dtype}:1]") else "float32"}:{shape[0]}]'
+    if shape is not None and len(shape) >= 1 and getattr(value, 'dtype', None) is not None:
+        dtype = str(value.dtype).removeprefix('torch.')
+        dtype = dtype if dtype in NUMERIC_DTYPES else 'float32'
+        # one dimension is a vector whatever the framework, so that it can be indexed for search
+        kind = 'vector' if len(shape) == 1 else 'tensor' if type(value).__module__.startswith('torch') else 'array'
+        return f'{kind}[{dtype}:{"x".join(str(n) for n in shape)}]'
     if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return f'vector[float32:{len(value)}]'
     if isinstance(value, (dict, list)):

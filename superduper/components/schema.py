@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 from superduper.base.document import Document
 from superduper.base.exceptions import InvalidValue, UnknownField
 from superduper.components.component import Component
-from superduper.components.datatype import BadValue, FieldType, resolve_type
+from superduper.components.datatype import SCALARS, BadValue, FieldType, resolve_type
+
+ANY = SCALARS['any']
 
 if TYPE_CHECKING:
     from superduper.backends.artifacts import ArtifactStore
@@ -26,6 +28,9 @@ class Schema(Component):
         super().__post_init__()
         self.types = {name: resolve_type(spec) for name, spec in self.fields.items()}
 
+    #: whether fields that are not declared are accepted (and stored as given)
+    open: ClassVar[bool] = False
+
     def field_names(self) -> list[str]:
         return list(self.types)
 
@@ -40,7 +45,7 @@ class Schema(Component):
         """Check and convert each column; the first bad value raises ``InvalidValue`` naming table, field and row."""
         out = []
         for key, values in zip(keys, columns):
-            ftype = self.types[key]
+            ftype = self.types[key] if not self.open else self.types.get(key, ANY)
             try:
                 out.append(ftype.encode(values, artifacts))
             except BadValue as e:
@@ -52,7 +57,10 @@ class Schema(Component):
         return out
 
     def row_decoder(self, keys: Sequence[str], artifacts: 'ArtifactStore') -> Callable[[list], list[Document]]:
-        """A function turning a batch of result tuples (in ``keys`` order) into ``Document``s."""
+        """A function turning a batch of result tuples (in ``keys`` order) into ``Document``s; with ``keys`` of
+        ``None``, a batch of whole rows as dicts (schemaless backends)."""
+        if keys is None:
+            return self._dict_decoder(artifacts)
         build = documents_builder(tuple(keys))
         decoders = [(i, self.types[k]) for i, k in enumerate(keys) if k in self.types and self.types[k].decodes]
         if not decoders:
@@ -69,6 +77,30 @@ class Schema(Component):
         return decode
 
 
+    def _dict_decoder(self, artifacts: 'ArtifactStore') -> Callable[[list], list[Document]]:
+        decoders = [(k, t) for k, t in self.types.items() if t.decodes]
+
+        def decode(batch: list) -> list[Document]:
+            for key, ftype in decoders:
+                having = [row for row in batch if row.get(key) is not None]
+                if having:
+                    for row, value in zip(having, ftype.decode([row[key] for row in having], artifacts)):
+                        row[key] = value
+            return [Document(row) for row in batch]
+
+        return decode
+
+
+@dataclass(eq=False)
+class OpenSchema(Schema):
+    """The declared fields, typed; any other field stored and read back as given (a MongoDB collection)."""
+
+    open: ClassVar[bool] = True
+
+    def check_fields(self, table: str, names: Iterable[str]) -> None:
+        pass
+
+
 @functools.lru_cache(maxsize=1024)
 def documents_builder(keys: tuple[str, ...]) -> Callable[[Iterable[tuple]], list[Document]]:
     """``rows -> [Document]`` for rows of these keys, compiled to a dict display: about twice as fast as
@@ -83,5 +115,8 @@ def documents_builder(keys: tuple[str, ...]) -> Callable[[Iterable[tuple]], list
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    shape, dtype = getattr(value, 'shape', None), getattr(value, 'dtype', None)
+    if shape is not None and dtype is not None:
+        return f'{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}'
+    text = ' '.join(repr(value).split())
     return text if len(text) <= 80 else text[:77] + '...'

@@ -33,7 +33,7 @@ class Table(Component):
         self.resolved_schema = Schema(self.identifier, fields=declared)
 
     def on_create(self, db: Any) -> None:
-        db.databackend.create_table(self.identifier, self.resolved_schema.types, self.primary_id)
+        db.databackend.create_table(self.identifier, self.resolved_schema.types, db.databackend.primary_key_of(self))
         db.forget_table(self.identifier)
 
     def on_remove(self, db: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from superduper.base.registry import Implementation, missing_dependency
 from superduper.components.model import Model
@@ -49,6 +49,8 @@ def load(model: str, device: str) -> Any:
 class SentenceTransformer(Model):
     """Text in, a unit float32 vector out. ``batch_size`` rows go to each ``encode`` call, which batches them by
     ``encode_batch_size`` (sorted by length, as ``encode`` does on its own)."""
+
+    extra: ClassVar[str | None] = 'sentence-transformers'
 
     model: str = 'all-MiniLM-L6-v2'
     device: str = 'cpu'

@@ -15,6 +15,7 @@ from superduper.components.model import Model
 
 @dataclass(eq=False)
 class SklearnModel(Model):
+    extra: ClassVar[str | None] = 'sklearn'
     object: Any = None  # an estimator
     predict_method: str = 'predict'
     trainable: ClassVar[bool] = True

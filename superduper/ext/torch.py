@@ -8,7 +8,7 @@ eval mode, and each output row postprocessed. The module is stored in PyTorch's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from superduper.base.exceptions import ComponentError
 from superduper.base.registry import Implementation, missing_dependency
@@ -25,6 +25,7 @@ def _torch() -> Any:
 
 @dataclass(eq=False)
 class TorchModel(Model):
+    extra: ClassVar[str | None] = 'torch'
     object: Any = None
     preprocess: Any = None
     postprocess: Any = None

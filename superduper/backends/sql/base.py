@@ -38,6 +38,8 @@ class SQLDataBackend:
     skip_locked: ClassVar[bool] = False
     #: whether results can be streamed through a server-side cursor while other statements run
     streams_results: ClassVar[bool] = True
+    #: every column is declared (see ``superduper.backends.base.DataBackend``)
+    schemaless: ClassVar[bool] = False
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -53,6 +55,30 @@ class SQLDataBackend:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({_redact(self.uri)!r})'
+
+    # ---- wiring (``superduper.backends.base.DataBackend``) ------------------------------------------------
+    def metadata_store(self) -> Any:
+        from superduper.backends.sql.metadata import SQLMetadataStore
+
+        return SQLMetadataStore(self.engine)
+
+    def default_artifact_store(self, cache_dir: str) -> None:
+        return None  # no general way to keep large files in SQL: the local filesystem
+
+    def change_feed(self, db: Any) -> Any:
+        from superduper.base.changes import ChangeFeed
+
+        return ChangeFeed(db)
+
+    def native_vectors(self, table: str, field: str) -> bool:
+        return False
+
+    def primary_key_of(self, table: Any) -> str:
+        return table.primary_id
+
+    def new_ids(self, n: int) -> list[str]:
+        hexes = os.urandom(16 * n).hex()
+        return [hexes[32 * i : 32 * i + 32] for i in range(n)]
 
     # ---- hooks for dialect modules -------------------------------------------------------------------------
     @classmethod

@@ -9,11 +9,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from superduper.base.keys import dump_key, load_key
+
 COMPONENTS = '_superduper_components'
 JOBS = '_superduper_jobs'
 FAILURES = '_superduper_failures'
 METRICS = '_superduper_metrics'
 INDEX_STATES = '_superduper_index_states'
+SETTINGS = '_superduper_settings'
 
 
 class SQLMetadataStore:
@@ -73,10 +76,25 @@ class SQLMetadataStore:
             sa.Column('artifact', sa.String(64), nullable=False),
             sa.Column('saved_at', sa.DateTime, nullable=False),
         )
+        self.settings = sa.Table(
+            SETTINGS,
+            self._meta,
+            sa.Column('name', sa.String(64), primary_key=True),
+            sa.Column('value', sa.Text, nullable=False),
+        )
         self._meta.create_all(engine, checkfirst=True)
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'
+
+    def job_log(self) -> 'JobLog':
+        return JobLog(self)
+
+    def failure_log(self) -> 'FailureLog':
+        return FailureLog(self)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     def _rows(self, stmt: Any) -> list[dict]:
         with self.engine.connect() as conn:
@@ -86,6 +104,15 @@ class SQLMetadataStore:
         row = {**row, 'record': json.dumps(row['record']), 'created_at': datetime.datetime.now()}
         with self.engine.begin() as conn:
             conn.execute(self.components.insert(), row)
+
+    def setting(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.settings.c.value).where(self.settings.c.name == name)).scalar()
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.settings.delete().where(self.settings.c.name == name))
+            conn.execute(self.settings.insert(), {'name': name, 'value': value})
 
     def get(self, type_id: str, identifier: str, version: int | None = None) -> dict | None:
         c = self.components.c
@@ -222,7 +249,7 @@ class FailureLog:
     def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
         if not failures:
             return
-        keys = [json.dumps(source) for source, _ in failures]
+        keys = [dump_key(source) for source, _ in failures]
         c = self.table.c
         with self.store.engine.begin() as conn:
             attempts = dict(conn.execute(
@@ -246,7 +273,7 @@ class FailureLog:
             if sources is None:
                 conn.execute(stmt)
             else:
-                keys = [json.dumps(s) for s in sources]
+                keys = [dump_key(s) for s in sources]
                 for i in range(0, len(keys), 1000):
                     conn.execute(stmt.where(c.source.in_(keys[i : i + 1000])))
         self._counts.pop(listener_uuid, None)
@@ -262,7 +289,7 @@ class FailureLog:
         now = datetime.datetime.now()
         with self.store.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        return [json.loads(source) for source, attempts, failed_at in rows
+        return [load_key(source) for source, attempts, failed_at in rows
                 if (now - failed_at).total_seconds() >= delay * 2 ** (attempts - 1)]
 
     def list(self, listener_uuid: str) -> list[dict]:
@@ -270,5 +297,5 @@ class FailureLog:
         with self.store.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(stmt).mappings()]
         for row in rows:
-            row['source'] = json.loads(row['source'])
+            row['source'] = load_key(row['source'])
         return rows

@@ -104,6 +104,9 @@ class PostgresDataBackend(SQLDataBackend):
             return False
         return True
 
+    def native_vectors(self, table: str, field: str) -> bool:
+        return isinstance(self.table(table).c[field].type, PgVector)
+
     def field_type(self, ftype: FieldType) -> Any:
         if isinstance(ftype, Vector) and ftype.dtype == 'float32' and self.has_pgvector:
             return PgVector(ftype.dim)

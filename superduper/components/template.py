@@ -1,0 +1,263 @@
+"""``Template``: a component with concrete values turned into variables, exported as a package and applied elsewhere.
+
+    template = Template('search', component=app, substitutions={'documents': 'table'})
+    template.export('./search.zip')                      # component JSON, artifacts, requirements, checksums
+    db.apply(Template.read('./search.zip', trust=True), table='articles')
+
+Every string in the component records (values and field names) that contains a substituted value gets
+``<var:name>`` in its place; applying fills the variables in and rebuilds the components, so the result is a new
+declaration with its own uuids (and its own output tables). Reading a package whose artifacts are pickles (models
+wrapping Python objects) runs code from it, so that needs ``trust=True``; without it the refusal lists what would
+be imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from superduper.base import package
+from superduper.base.exceptions import ComponentError
+from superduper.components.component import Component, decode_record, encode_component, import_class
+
+#: record keys whose values are machine-made and never substituted, and the keys of the encoding
+_OPAQUE = frozenset({'_path', '_artifact', '_ref', 'serializer'})
+_MARKERS = _OPAQUE | {'_dict', '_tuple', '_query'}
+_VARIABLE = re.compile(r'<var:([A-Za-z_][A-Za-z0-9_]*)>')
+
+
+@dataclass(eq=False)
+class Template:
+    identifier: str
+    component: Component | None = None
+    substitutions: dict[str, str] = field(default_factory=dict)  # concrete value -> variable name
+    trust: bool = False
+    _package: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.component is None and self._package is None:
+            raise ComponentError(f'Template {self.identifier!r}: give component= (the component to template)')
+        if self.component is not None and not isinstance(self.component, Component):
+            raise ComponentError(f'Template {self.identifier!r}: component is a {type(self.component).__name__}, '
+                                 'not a component')
+        for value, name in self.substitutions.items():
+            if not isinstance(value, str) or not value or not _VARIABLE.fullmatch(f'<var:{name}>'):
+                raise ComponentError(f'Template {self.identifier!r}: substitution {value!r} -> {name!r}: substitute '
+                                     'non-empty strings by variable names (letters, digits, _)')
+
+    # ---- reading and writing packages ----------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | os.PathLike, trust: bool = False) -> 'Template':
+        """A template (or an exported component) from a package folder or zip, checked against its manifest."""
+        pkg = package.Package(path)
+        return cls(pkg.content['identifier'], trust=trust, _package=pkg)
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the package to the folder ``path``, or to a zip if ``path`` ends in ``.zip``."""
+        if self._package is not None:
+            raise ComponentError(f'Template {self.identifier!r} was read from {self._package.source!r}; copy that')
+        with tempfile.TemporaryDirectory(prefix='superduper-artifacts-') as tmp:
+            content, modules = self._blueprint(tmp)
+            artifacts = {key: Path(tmp) / key for key in _artifact_keys(content)}
+            return package.write(path, content, artifacts, _requirements(content, modules, Path(tmp)))
+
+    def _blueprint(self, artifact_dir: str) -> tuple[dict, set[str]]:
+        """The records of the component and its children (children first), substituted; with the modules they use."""
+        from superduper.backends.artifacts import ArtifactStore
+
+        assert self.component is not None
+        store = ArtifactStore(f'filesystem://{artifact_dir}')
+        entries: list[dict] = []
+        seen: set[str] = set()
+
+        def visit(component: Component) -> None:
+            for child in component.children():
+                visit(child)
+            record, digest = encode_component(component, store)
+            uuid = component.uuid or digest  # what parents refer to (re-pickling may give other bytes elsewhere)
+            if uuid not in seen:
+                seen.add(uuid)
+                entries.append({'uuid': uuid, 'type_id': component.type_id, 'record': record})
+
+        visit(self.component)
+        replace = _replacer({value: f'<var:{name}>' for value, name in self.substitutions.items()})
+        entries = [{**e, 'record': _map_record(e['record'], replace)} for e in entries]
+        content = {'identifier': self.identifier, 'root': entries[-1]['uuid'], 'components': entries,
+                   'variables': sorted(set(self.substitutions.values())),
+                   'substitutions': dict(self.substitutions)}
+        return content, {e['record']['_path'].split(':', 1)[0] for e in entries}
+
+    # ---- building components ------------------------------------------------------------------------------------
+    @property
+    def variables(self) -> list[str]:
+        if self._package is not None:
+            return list(self._package.content['variables'])
+        return sorted(set(self.substitutions.values()))
+
+    def build(self, **variables: str) -> Component:
+        """The component, with the variables filled in, ready for ``db.apply``."""
+        self._check_variables(variables)
+        if self._package is not None:
+            return self._build(self._package.content, self._package.artifact_path, variables)
+        with tempfile.TemporaryDirectory(prefix='superduper-artifacts-') as tmp:
+            content, _ = self._blueprint(tmp)
+            return self._build(content, lambda key: Path(tmp) / key, variables, trusted=True)
+
+    __call__ = build
+
+    def _check_variables(self, variables: dict[str, str]) -> None:
+        needed = set(self.variables)
+        missing = sorted(needed - set(variables))
+        unknown = sorted(set(variables) - needed)
+        if missing:
+            example = ', '.join(f'{name}=...' for name in missing)
+            raise ComponentError(f'Template {self.identifier!r} needs values for {", ".join(missing)} '
+                                 f'(db.apply(template, {example}) or --var name=value)')
+        if unknown:
+            raise ComponentError(f'Template {self.identifier!r} has no variable {", ".join(map(repr, unknown))}; '
+                                 f'its variables: {", ".join(sorted(needed)) or "none"}')
+        for name, value in variables.items():
+            if not isinstance(value, str) or not value:
+                raise ComponentError(f'Template {self.identifier!r}: variable {name!r} must be a non-empty string, '
+                                     f'got {value!r}')
+
+    def _build(self, content: dict, artifact_path: Callable[[str], Path], variables: dict[str, str],
+               trusted: bool = False) -> Component:
+        entries = content['components']
+        if not trusted:
+            self._check_requirements()
+            self._check_trust(entries, artifact_path)
+        artifacts = _PackageArtifacts(artifact_path)
+        fill = _replacer({f'<var:{name}>': value for name, value in variables.items()})
+        renamed: dict[str, str] = {}  # an upstream listener's old predict_id -> its new one, for downstream records
+        built: dict[str, Component] = {}
+        for entry in entries:
+            record = _map_record(entry['record'], fill)
+            if renamed:
+                record = _map_record(record, _replacer(renamed))
+            _check_class(record.get('_path'), self.identifier)
+            component = decode_record(record, built.__getitem__, artifacts)
+            built[entry['uuid']] = component
+            if hasattr(component, 'predict_id'):
+                renamed[f'{component.identifier}__{entry["uuid"][:8]}'] = component.predict_id
+        return built[content['root']]
+
+    def _check_requirements(self) -> None:
+        missing = package.missing_requirements(self._package.requirements)
+        if missing:
+            raise ComponentError(f'package {self._package.source!r} needs {", ".join(missing)}, not installed here; '
+                                 f'pip install -r {self._package.folder / package.REQUIREMENTS}')
+
+    def _check_trust(self, entries: list[dict], artifact_path: Callable[[str], Path]) -> None:
+        if self.trust:
+            return
+        code = []
+        for entry in entries:
+            record = entry['record']
+            for name, value in record.items():
+                for serializer, key in _artifacts_in(value):
+                    if serializer not in package.CODE_SERIALIZERS:
+                        continue
+                    data = artifact_path(key).read_bytes()
+                    imports = (package.torch_pickled_globals if serializer == 'torch' else package.pickled_globals)(data)
+                    shown = ', '.join(sorted(imports)[:6]) + (' ...' if len(imports) > 6 else '')
+                    code.append(f"  {entry['type_id']} {record.get('identifier')!r}, field {name!r}: "
+                                f"{package.CODE_SERIALIZERS[serializer]} importing {shown or 'nothing'}")
+        if code:
+            raise ComponentError(
+                f'package {self._package.source!r} holds pickled code, which loading would run:\n' + '\n'.join(code)
+                + '\nNothing was applied. If you trust where it comes from, read it with trust=True '
+                '(superduper apply --trust).'
+            )
+
+    def close(self) -> None:
+        if self._package is not None:
+            self._package.close()
+
+
+class _PackageArtifacts:
+    """The read side of an artifact store, over a package's artifacts folder."""
+
+    def __init__(self, path_of: Callable[[str], Path]):
+        self.path_of = path_of
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.path_of(key).read_bytes()
+        except FileNotFoundError:
+            raise package.PackageError(f'the package has no artifact {key!r}') from None
+
+
+def _check_class(path: Any, template: str) -> None:
+    """A record may only name component classes: anything else in ``_path`` is refused before it is called."""
+    try:
+        cls = import_class(path)
+    except (ImportError, AttributeError, ValueError, TypeError) as e:
+        raise ComponentError(f'Template {template!r}: cannot import component class {path!r} ({e}); is the package '
+                             'that provides it installed?') from None
+    if not (isinstance(cls, type) and issubclass(cls, Component)):
+        raise package.PackageError(f'Template {template!r}: {path!r} is not a component class')
+
+
+def _replacer(mapping: dict[str, str]) -> Callable[[str], str]:
+    if not mapping:
+        return lambda text: text
+    pattern = re.compile('|'.join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)))
+    return lambda text: pattern.sub(lambda m: mapping[m.group(0)], text)
+
+
+def _map_record(record: dict, fn: Callable[[str], str]) -> dict:
+    """The record with ``fn`` applied to its strings: values everywhere, and the keys of the dicts users give
+    (such as a table's fields); never argument names, query structure or machine-made markers."""
+    return {k: v if k in _OPAQUE else _map_strings(v, fn) for k, v in record.items()}
+
+
+def _map_strings(value: Any, fn: Callable[[str], str], keys: bool = True) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(v, fn, keys) for v in value]
+    if isinstance(value, dict):
+        if _OPAQUE & value.keys():
+            return value
+        if '_query' in value:
+            return {'_query': _map_strings(value['_query'], fn, keys=False)}
+        return {(fn(k) if keys and k not in _MARKERS else k): _map_strings(v, fn, keys) for k, v in value.items()}
+    return value
+
+
+def _artifacts_in(value: Any) -> list[tuple[str, str]]:
+    """``(serializer, key)`` of every artifact reference in a record value."""
+    if isinstance(value, dict):
+        if '_artifact' in value:
+            return [(value.get('serializer', 'cloudpickle'), value['_artifact'])]
+        return [a for v in value.values() for a in _artifacts_in(v)]
+    if isinstance(value, list):
+        return [a for v in value for a in _artifacts_in(v)]
+    return []
+
+
+def _artifact_keys(content: dict) -> set[str]:
+    return {key for entry in content['components'] for _, key in _artifacts_in(entry['record'])}
+
+
+def _requirements(content: dict, modules: set[str], artifact_dir: Path) -> list[str]:
+    """superduper with the extras the component classes need, then what the pickled objects import."""
+    import superduper
+
+    extras = sorted({e for e in (getattr(import_class(entry['record']['_path']), 'extra', None)
+                                 for entry in content['components']) if e})
+    imported = set(modules)
+    for entry in content['components']:
+        for serializer, key in _artifacts_in(entry['record']):
+            data = (artifact_dir / key).read_bytes()
+            if serializer == 'torch':
+                imported |= package.torch_pickled_globals(data)
+            elif serializer in package.CODE_SERIALIZERS:
+                imported |= package.pickled_globals(data)
+    head = f'superduper[{",".join(extras)}]' if extras else 'superduper'
+    return [f'{head}=={superduper.__version__}'] + package.requirements_for(imported)
