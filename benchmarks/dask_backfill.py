@@ -111,7 +111,8 @@ def main() -> None:
         local['texts'].insert([{'txt': t} for t in texts]).execute()
         distributed = superduper(uri, compute=DASK, **settings)
         worker_threads = sorted(distributed.compute.client.run(warm_up, 1).values())
-        times: dict[str, list[float]] = {'local, 1 thread': [], 'local, 2 threads': [], 'dask, 2 workers x 1 thread': []}
+        names = ('local, 1 thread', 'local, 2 threads', 'dask, 2 workers x 1 thread')
+        times: dict[str, list[float]] = {name: [] for name in names}
         raw: list[float] = []
         for repeat in range(args.repeats):
             raw.append(raw_parallel_speedup(texts, batch))

@@ -92,7 +92,8 @@ class DaskComputeBackend:
                 raise ConfigError(f'compute={self.uri!r}: cannot start a LocalCluster with {options}: {e}') from None
             return Client(self.cluster, set_as_default=False, timeout=self.timeout)
         if options:
-            raise ConfigError(f'compute={self.uri!r}: a scheduler address takes only ?timeout=, got {", ".join(options)}')
+            given = ', '.join(options)
+            raise ConfigError(f'compute={self.uri!r}: a scheduler address takes only ?timeout=, got {given}')
         try:
             return Client(self.address, set_as_default=False, timeout=self.timeout)
         except (OSError, ValueError, TypeError) as e:
@@ -104,7 +105,8 @@ class DaskComputeBackend:
         if self.client is None:
             return f'DaskComputeBackend({self.uri!r}, closed)'
         started = 'LocalCluster' if self.cluster is not None else 'scheduler'
-        return f'DaskComputeBackend({self.uri!r}, {started} at {self.client.scheduler.address}, {self.workers()} workers)'
+        address = self.client.scheduler.address
+        return f'DaskComputeBackend({self.uri!r}, {started} at {address}, {self.workers()} workers)'
 
     def workers(self) -> int:
         return len(self.client.nthreads())
@@ -130,8 +132,9 @@ class DaskComputeBackend:
         ids = list(ids)
         size = part_size(len(ids), self.workers(), db.cfg.read_batch_size, per_worker=1)
         session, observed = self.session(db), observed_tables(db)
+        name = f'refresh-{listener.identifier}'
         futures = [
-            self.submit(refresh_rows, session, listener.uuid, ids[i : i + size], observed, name=f'refresh-{listener.identifier}')
+            self.submit(refresh_rows, session, listener.uuid, ids[i : i + size], observed, name=name)
             for i in range(0, len(ids), size)
         ]
         return sum(self._absorb(db, done).failed for done in self._finished(futures))
@@ -141,8 +144,9 @@ class DaskComputeBackend:
         as each task finishes."""
         size = part_size(total, self.workers(), db.cfg.read_batch_size, per_worker=PARTS_PER_WORKER)
         session, observed = self.session(db), observed_tables(db)
+        name = f'backfill-{listener.identifier}'
         futures = [
-            self.submit(backfill_range, session, listener.uuid, after, upto, observed, name=f'backfill-{listener.identifier}')
+            self.submit(backfill_range, session, listener.uuid, after, upto, observed, name=name)
             for after, upto in key_ranges(db, listener, size)
         ]
         for done in self._finished(futures):
@@ -256,7 +260,8 @@ def key_ranges(db: 'Datalayer', listener: 'Listener', size: int) -> list[tuple[A
     select = listener.select
     if select.limit_ is not None or select.offset_:
         return [(None, None)]  # a limited select is taken whole, by one task
-    cuts = _cuts_in_database(db, listener, size) if hasattr(db.databackend, 'engine') else _cuts_streamed(db, listener, size)
+    in_sql = hasattr(db.databackend, 'engine')
+    cuts = _cuts_in_database(db, listener, size) if in_sql else _cuts_streamed(db, listener, size)
     edges = [None, *cuts, None]
     return list(zip(edges[:-1], edges[1:]))
 

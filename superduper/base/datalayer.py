@@ -676,8 +676,12 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
         metadata = databackend.metadata_store()
     else:
         metadata = connect_data_backend(cfg.metadata_store).metadata_store()
-    artifact_store = _artifact_store(cfg, databackend, metadata)
-    compute = connect_compute(cfg.compute, cfg)
+    compute = connect_compute(cfg.compute, cfg)  # before the artifact store is recorded: a refused one changes nothing
+    try:
+        artifact_store = _artifact_store(cfg, databackend, metadata)
+    except Exception:
+        compute.close()
+        raise
     return Datalayer(databackend, metadata, artifact_store, compute, cfg)
 
 
