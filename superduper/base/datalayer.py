@@ -661,8 +661,7 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     Keyword arguments override settings (``artifact_store=``, ``metadata_store=``, ``compute=``, ...); then
     ``SUPERDUPER_*`` environment variables; then ``superduper.yaml``.
     """
-    from superduper.backends.artifacts import ArtifactStore
-    from superduper.backends.registry import connect_artifact_store, connect_compute, connect_data_backend
+    from superduper.backends.registry import connect_compute, connect_data_backend
 
     if uri is not None and not isinstance(uri, str):
         if hasattr(uri, 'fit') and hasattr(uri, 'predict'):  # seed 002: superduper(SVC()) wraps an estimator
