@@ -308,3 +308,16 @@ def test_field_names_and_query_structure_under_substitution(source, tmp_path):
     hits = target['posts'].like({'body': 'fig roll'}, vector_index='posts-index', n=1).select('body').execute()
     assert [r['body'] for r in hits] == ['fig roll']
     target.close()
+
+
+def test_a_package_with_malformed_json_is_refused(source, tmp_path):
+    import hashlib
+
+    folder = Template('search', component=source.load('Application', 'search')).export(tmp_path / 'pkg')
+    for text in ['{not json', '{"root": 3}']:
+        (folder / 'component.json').write_text(text)  # re-sealed: the checksums match, the content does not
+        manifest = json.loads((folder / 'manifest.json').read_text())
+        manifest['files']['component.json'] = hashlib.sha256(text.encode()).hexdigest()
+        (folder / 'manifest.json').write_text(json.dumps(manifest))
+        with pytest.raises(PackageError, match='component.json'):
+            Template.read(folder, trust=True)

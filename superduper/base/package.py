@@ -103,7 +103,7 @@ class Package:
             self.folder = source
         self.source = str(source)
         self.manifest = self._checked_manifest()
-        self.content = json.loads((self.folder / COMPONENTS).read_text())
+        self.content = self._checked_content()
         self.requirements = [
             line.strip() for line in (self.folder / REQUIREMENTS).read_text().splitlines() if line.strip()
         ]
@@ -131,6 +131,16 @@ class Package:
             if name.startswith(f'{ARTIFACTS}/') and name.split('/', 1)[1] != listed[name]:
                 raise PackageError(f'{self.source!r}: artifact {name!r} is not named by the hash of its bytes')
         return manifest
+
+    def _checked_content(self) -> dict:
+        try:
+            content = json.loads((self.folder / COMPONENTS).read_text())
+        except ValueError as e:
+            raise PackageError(f'{self.source!r}: {COMPONENTS} is not valid JSON ({e})') from None
+        wanted = {'identifier': str, 'root': str, 'components': list, 'variables': list}
+        if not isinstance(content, dict) or any(not isinstance(content.get(k), t) for k, t in wanted.items()):
+            raise PackageError(f'{self.source!r}: {COMPONENTS} lacks {", ".join(wanted)} or has them of other types')
+        return content
 
     def artifact_path(self, key: str) -> Path:
         return self.folder / ARTIFACTS / key
