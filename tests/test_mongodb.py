@@ -477,3 +477,18 @@ def test_change_streams_follow_other_clients_on_a_replica_set(server_uri, tmp_pa
     assert outputs(again, again.load('Listener', 'upper'))[late] == 'LATE'
     again.close()
     other.close()
+
+
+def test_seed_002_wraps_a_database_object():
+    """Seed 002: ``db = superduper(pymongo.MongoClient().my_db)``; here with mongomock's client."""
+    import mongomock
+
+    client = mongomock.MongoClient()
+    db = superduper(client.my_db)
+    assert db.databackend.uri == 'mongomock://my_db'
+    db['docs'].insert_one(Document({'x': 1})).execute()
+    assert client.my_db.docs.find_one()['x'] == 1  # the caller's own client sees the writes
+    model = db.apply(ObjectModel('double', object=lambda x: 2 * x))
+    assert db.predict('double', 4) == 8 and model.version == 0
+    with pytest.raises(QueryError, match='a pymongo Database or a scikit-learn estimator, got int'):
+        superduper(42)

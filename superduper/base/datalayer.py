@@ -663,14 +663,22 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     """
     from superduper.backends.registry import connect_compute, connect_data_backend
 
+    databackend = None
     if uri is not None and not isinstance(uri, str):
-        if hasattr(uri, 'fit') and hasattr(uri, 'predict'):  # seed 002: superduper(SVC()) wraps an estimator
+        from superduper.backends.mongodb.connection import is_database
+
+        if is_database(uri):  # seed 002: superduper(pymongo.MongoClient().my_db)
+            databackend = _wrap_mongo_database(uri)
+            uri = databackend.uri
+        elif hasattr(uri, 'fit') and hasattr(uri, 'predict'):  # seed 002: superduper(SVC()) wraps an estimator
             from superduper.ext.sklearn import SklearnModel
 
             return SklearnModel(type(uri).__name__.lower(), object=uri)  # type: ignore[return-value]
-        raise QueryError(f'superduper() takes a database URI string or a scikit-learn estimator, got {type(uri).__name__}')
+        else:
+            raise QueryError('superduper() takes a database URI string, a pymongo Database or a scikit-learn '
+                             f'estimator, got {type(uri).__name__}')
     cfg = load_config(data_backend=uri, **overrides)
-    databackend = connect_data_backend(cfg.data_backend)
+    databackend = databackend or connect_data_backend(cfg.data_backend)
     if cfg.metadata_store in (None, cfg.data_backend):
         metadata = databackend.metadata_store()
     else:
@@ -682,6 +690,13 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
         compute.close()
         raise
     return Datalayer(databackend, metadata, artifact_store, compute, cfg)
+
+
+def _wrap_mongo_database(database: Any) -> Any:
+    from superduper.backends.mongodb.connection import from_database
+    from superduper.backends.mongodb.data_backend import MongoDataBackend
+
+    return MongoDataBackend(*from_database(database))
 
 
 def _artifact_store(cfg: Config, databackend: Any, metadata: Any) -> Any:

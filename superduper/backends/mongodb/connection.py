@@ -75,6 +75,30 @@ def connect(uri: str) -> Connection:
     return Connection(client, client[name], is_mock=False)
 
 
+def is_database(obj: Any) -> bool:
+    """Whether ``obj`` is a pymongo or mongomock ``Database`` (checked without importing either)."""
+    cls = type(obj)
+    return cls.__name__ == 'Database' and cls.__module__.split('.', 1)[0] in ('pymongo', 'mongomock')
+
+
+def from_database(database: Any) -> tuple[str, Connection]:
+    """Seed 002's ``superduper(pymongo.MongoClient().my_db)``: a URI naming the database (for messages and for
+    settings; it holds no credentials) and the connection the caller made."""
+    if type(database).__module__.startswith('mongomock'):
+        import mongomock.gridfs
+
+        mongomock.gridfs.enable_gridfs_integration()
+        return f'mongomock://{database.name}', Connection(database.client, database, is_mock=True)
+    import pymongo.errors
+
+    try:
+        database.client.admin.command('ping')
+        host, port = database.client.address
+    except pymongo.errors.PyMongoError as e:
+        raise DatabaseError(f'cannot reach MongoDB for database {database.name!r}: {str(e).splitlines()[0][:300]}') from e
+    return f'mongodb://{host}:{port}/{database.name}', Connection(database.client, database, is_mock=False)
+
+
 def mock_client() -> Any:
     """The process's in-memory MongoDB server (mongomock), with GridFS working on it."""
     global _mock_client

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
-from superduper.backends.mongodb.connection import connect, redact
+from superduper.backends.mongodb.connection import Connection, connect, redact
 from superduper.backends.mongodb.filters import to_filter
 from superduper.base.exceptions import DatabaseError, QueryError
 from superduper.base.query import Condition
@@ -72,9 +72,9 @@ class MongoDataBackend:
     scheme: ClassVar[str] = 'mongodb'
     schemaless: ClassVar[bool] = True
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, connection: Connection | None = None):
         self.uri = uri
-        found = connect(uri)
+        found = connection or connect(uri)
         self.client, self.database, self.is_mock = found.client, found.database, found.is_mock
         self._keys: dict[str, str] = {}  # collection -> its declared key field, stored as _id too
 
