@@ -130,6 +130,33 @@ def test_failing_rows_are_retried_with_backoff_then_kept_failed(db_uri, tmp_path
         db.close()
 
 
+def test_a_long_running_client_sees_failures_other_clients_record(db_uri, tmp_path):
+    """A worker that counted no failures a while ago still retries the rows another client failed on since."""
+    writer = connect(db_uri, tmp_path, follow_changes=False, retry_delay=0.0)
+    worker = connect(db_uri, tmp_path, follow_changes=False, retry_delay=0.0)
+    try:
+        writer.apply(Table('nums', fields={'n': 'int'}, folds=False))
+        state = {'broken': False}
+
+        def fragile(n):
+            if state['broken']:
+                raise ValueError(f'bad {n}')
+            return n
+
+        writer.apply(ObjectModel('fragile', object=fragile).to_listener('nums', key='n', identifier='fragile'))
+        assert worker.listening.retry_due() == 0  # the worker has looked: no failures yet
+        state['broken'] = True
+        writer['nums'].insert([{'id': 'a', 'n': 1}]).execute()
+        assert [f['source'] for f in writer.failures('fragile')] == ['a']
+        state['broken'] = False
+        time.sleep(1.1)  # counts are trusted for a second
+        assert worker.listening.retry_due() == 1
+        assert worker.failures('fragile') == [] and count(worker, worker.load('Listener', 'fragile').outputs) == 1
+    finally:
+        writer.close()
+        worker.close()
+
+
 def restart_postgresql() -> None:
     version = sorted(os.listdir('/etc/postgresql'))[-1]
     subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', version, 'main', 'restart'], check=True, timeout=120)

@@ -12,6 +12,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from superduper.backends.sql.metadata import COMPONENTS, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS
+from superduper.base.counts import RecentCounts
 
 if TYPE_CHECKING:
     from superduper.backends.mongodb.data_backend import MongoDataBackend
@@ -161,16 +162,14 @@ class MongoFailureLog:
 
     def __init__(self, store: MongoMetaDataStore):
         self.collection = store.failures
-        self._counts: dict[str, int] = {}
+        self._counts = RecentCounts()
 
     def invalidate(self) -> None:
-        """Forget the cached counts: other processes (Dask workers) recorded or cleared failures."""
-        self._counts.clear()
+        """Forget the counts kept: other processes (Dask workers) recorded or cleared failures just now."""
+        self._counts.forget()
 
     def count(self, listener_uuid: str) -> int:
-        if listener_uuid not in self._counts:
-            self._counts[listener_uuid] = self.collection.count_documents({'listener_uuid': listener_uuid})
-        return self._counts[listener_uuid]
+        return self._counts.get(listener_uuid, lambda: self.collection.count_documents({'listener_uuid': listener_uuid}))
 
     def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
         if not failures:
@@ -182,7 +181,7 @@ class MongoFailureLog:
                 {'$set': {'error': error[:10000], 'failed_at': now}, '$inc': {'attempts': 1}},
                 upsert=True,
             )
-        self._counts.pop(listener_uuid, None)
+        self._counts.forget(listener_uuid)
 
     def clear(self, listener_uuid: str, sources: list[Any] | None = None) -> None:
         if sources is not None and (not sources or not self.count(listener_uuid)):
@@ -192,7 +191,7 @@ class MongoFailureLog:
         else:
             for i in range(0, len(sources), 1000):
                 self.collection.delete_many({'listener_uuid': listener_uuid, 'source': {'$in': sources[i : i + 1000]}})
-        self._counts.pop(listener_uuid, None)
+        self._counts.forget(listener_uuid)
 
     def due(self, listener_uuid: str, max_attempts: int, delay: float) -> list[Any]:
         """Failed rows whose next try is due: fewer than ``max_attempts`` tries, ``delay * 2**(tries - 1)`` seconds

@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from superduper.base.counts import RecentCounts
 from superduper.base.keys import dump_key, load_key
 
 COMPONENTS = '_superduper_components'
@@ -233,18 +234,19 @@ class FailureLog:
     def __init__(self, store: SQLMetadataStore):
         self.store = store
         self.table = store.failures
-        self._counts: dict[str, int] = {}
+        self._counts = RecentCounts()
 
     def invalidate(self) -> None:
-        """Forget the cached counts: other processes (Dask workers) recorded or cleared failures."""
-        self._counts.clear()
+        """Forget the counts kept: other processes (Dask workers) recorded or cleared failures just now."""
+        self._counts.forget()
 
     def count(self, listener_uuid: str) -> int:
-        if listener_uuid not in self._counts:
+        def fetch() -> int:
             stmt = sa.select(sa.func.count()).where(self.table.c.listener_uuid == listener_uuid)
             with self.store.engine.connect() as conn:
-                self._counts[listener_uuid] = conn.execute(stmt).scalar_one()
-        return self._counts[listener_uuid]
+                return conn.execute(stmt).scalar_one()
+
+        return self._counts.get(listener_uuid, fetch)
 
     def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
         if not failures:
@@ -262,7 +264,7 @@ class FailureLog:
                  'attempts': attempts.get(key, 0) + 1, 'failed_at': now}
                 for key, (_, error) in zip(keys, failures)
             ])
-        self._counts.pop(listener_uuid, None)
+        self._counts.forget(listener_uuid)
 
     def clear(self, listener_uuid: str, sources: list[Any] | None = None) -> None:
         if sources is not None and (not sources or not self.count(listener_uuid)):
@@ -276,7 +278,7 @@ class FailureLog:
                 keys = [dump_key(s) for s in sources]
                 for i in range(0, len(keys), 1000):
                     conn.execute(stmt.where(c.source.in_(keys[i : i + 1000])))
-        self._counts.pop(listener_uuid, None)
+        self._counts.forget(listener_uuid)
 
     def due(self, listener_uuid: str, max_attempts: int, delay: float) -> list[Any]:
         """Failed rows whose next try is due: fewer than ``max_attempts`` tries, ``delay * 2**(tries - 1)`` seconds
