@@ -96,11 +96,7 @@ class ArtifactStore:
     # ---- files and directories ----------------------------------------------------------------------------
     def put_file(self, local_path: str) -> str:
         """Copy a local file or directory in; the key is ``<content hash>/<name>``."""
-        local_path = os.path.abspath(os.fspath(local_path))
-        if not os.path.exists(local_path):
-            raise FileNotFoundError(f'no such file or directory: {local_path}')
-        name = os.path.basename(local_path.rstrip(os.sep))
-        digest = _hash_tree(local_path)
+        local_path, digest, name = file_key(local_path)
         folder = self._path(digest)
         if not self.fs.exists(f'{folder}/{name}'):
             def copy(tmp: str) -> None:
@@ -125,6 +121,14 @@ class ArtifactStore:
             os.makedirs(os.path.dirname(local), exist_ok=True)
             self.fs.get(remote, local, recursive=self.fs.isdir(remote))
         return local
+
+
+def file_key(local_path: str) -> tuple[str, str, str]:
+    """The absolute path of a local file or directory, the hash of its contents and its name."""
+    local_path = os.path.abspath(os.fspath(local_path))
+    if not os.path.exists(local_path):
+        raise FileNotFoundError(f'no such file or directory: {local_path}')
+    return local_path, _hash_tree(local_path), os.path.basename(local_path.rstrip(os.sep))
 
 
 def _hash_tree(path: str) -> str:

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 import sqlalchemy as sa
 
+from superduper.base.background import BackgroundConsumer
+
 if TYPE_CHECKING:
     from superduper.base.datalayer import Datalayer
-
-log = logging.getLogger('superduper')
 
 
 class ChangeFeed:
@@ -32,9 +31,8 @@ class ChangeFeed:
         self.db = db
         self.backend = db.databackend
         self.enabled = bool(getattr(self.backend, 'captures_changes', False))
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self.lock = threading.Lock()  # one consumer at a time in this process
+        self._consumer = BackgroundConsumer('superduper-changes', self.consume, lambda: db.listening.retry_due())
 
     # ---- which tables are followed ----------------------------------------------------------------------------
     def follow(self, table: str) -> None:
@@ -167,27 +165,8 @@ class ChangeFeed:
     # ---- the background consumer --------------------------------------------------------------------------------
     def start(self, interval: float) -> None:
         """Follow changes from other clients in a daemon thread, every ``interval`` seconds when idle."""
-        if not self.enabled or (self._thread is not None and self._thread.is_alive()):
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(interval,), name='superduper-changes', daemon=True)
-        self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                taken = self.consume() or self.db.listening.retry_due()
-                failures = 0
-            except Exception:  # a lost connection, a restarting server: back off and go on
-                failures += 1
-                log.exception('following changes failed; retrying')
-                taken = 0
-            if not taken:
-                self._stop.wait(min(interval * 2**failures, 30.0))
+        if self.enabled:
+            self._consumer.start(interval)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._consumer.stop()

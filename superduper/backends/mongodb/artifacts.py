@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from typing import Any, Iterator
 
-from superduper.backends.artifacts import _hash_tree
+from superduper.backends.artifacts import file_key
 from superduper.backends.mongodb.connection import connect, redact
 from superduper.base.exceptions import NotFound
 
@@ -90,11 +90,7 @@ class MongoArtifactStore:
     # ---- files and directories ----------------------------------------------------------------------------
     def put_file(self, local_path: str) -> str:
         """Copy a local file or directory in; the key is ``<content hash>/<name>``."""
-        local_path = os.path.abspath(os.fspath(local_path))
-        if not os.path.exists(local_path):
-            raise FileNotFoundError(f'no such file or directory: {local_path}')
-        name = os.path.basename(local_path.rstrip(os.sep))
-        digest = _hash_tree(local_path)
+        local_path, digest, name = file_key(local_path)
         if not self.fs.exists(digest):
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode='w') as tar:

@@ -26,6 +26,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
+from superduper.base.background import BackgroundConsumer
 from superduper.backends.sql.metadata import COMPONENTS
 
 if TYPE_CHECKING:
@@ -53,8 +54,7 @@ class ChangeStreamFeed:
         self.lock = threading.Lock()
         self._stream: Any = None
         self._watching: tuple[str, ...] = ()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._consumer = BackgroundConsumer('superduper-change-stream', self.consume, lambda: db.listening.retry_due())
         self._saved: Any = None  # the token last saved by this process
         self._acks_ready = False
 
@@ -248,31 +248,12 @@ class ChangeStreamFeed:
 
     # ---- the background consumer --------------------------------------------------------------------------------
     def start(self, interval: float) -> None:
-        """Follow the change stream in a daemon thread (only where the server has change streams)."""
-        if not self.supported or (self._thread is not None and self._thread.is_alive()):
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(interval,), name='superduper-change-stream',
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                taken = self.consume() or self.db.listening.retry_due()
-                failures = 0
-            except Exception:  # a lost connection, a failover: back off and go on (the stream resumes)
-                failures += 1
-                log.exception('following the change stream failed; retrying')
-                taken = 0
-            if not taken:
-                self._stop.wait(min(interval * 2**failures, 30.0))
+        """Follow the change stream in a daemon thread (only where the server has change streams); the stream
+        resumes after a lost connection or a failover."""
+        if self.supported:
+            self._consumer.start(interval)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._consumer.stop()
         with self.lock:
             self._close()
