@@ -90,8 +90,7 @@ def start(
     try:
         while not stopping:
             try:
-                db.listening.load()
-                taken = db.changes.consume(batch) or db.listening.retry_due()
+                taken = db.listening.work(batch) or db.listening.retry_due()
                 failures = 0
             except Exception as e:  # the database restarting, a lost connection: back off and go on
                 failures += 1
@@ -114,9 +113,9 @@ def status(uri: str = typer.Argument(..., help='database URI')) -> None:
     """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change."""
     with _database(uri) as db:
         report = db.status()
-    rows = [(r['listener'], r['table'], r['done'], r['pending'], r['failed'],
-             '-' if r['lag_seconds'] is None else f'{r["lag_seconds"]:.1f}') for r in report]
-    _table(rows, ('listener', 'table', 'done', 'pending', 'failed', 'lag (s)'))
+    rows = [(r['listener'], r['table'], r['done'], 'unknown' if r['pending'] is None else r['pending'], r['failed'],
+             '-' if r['lag_seconds'] is None else f'{r["lag_seconds"]:.1f}', r['problem'] or '') for r in report]
+    _table(rows, ('listener', 'table', 'done', 'pending', 'failed', 'lag (s)', 'problem'))
 
 
 @app.command()

@@ -79,7 +79,7 @@ def test_explicit_consumer_and_chains(db_uri, tmp_path):
         plain_sql(db, *[("INSERT INTO docs (id, txt) VALUES (:i, :t)", {'i': f'r{i}', 't': 'x' * i}) for i in range(1, 6)])
         status = {s['listener']: s for s in db.status()}
         assert status['upper']['pending'] == 5 and status['upper']['lag_seconds'] >= 0
-        while db.changes.consume(limit=2):
+        while db.listening.work(limit=2):
             pass
         assert outputs(db, first) == {f'r{i}': 'X' * i for i in range(1, 6)}
         assert outputs(db, second) == {f'r{i}': i for i in range(1, 6)}
@@ -103,6 +103,6 @@ def test_another_process_insert_gets_outputs(db, followed, backend):
 def test_removing_the_last_listener_removes_the_triggers(db, followed):
     db.remove('Listener', 'upper')
     plain_sql(db, ("INSERT INTO docs (id, txt, _fold) VALUES ('z', 'zz', 'train')", {}))
-    changes = db.databackend.changes
+    changes = db.changes.tables.changes
     with db.databackend.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(changes)).scalar() == 0

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 import superduper.base.datalayer as datalayer_module
 from superduper import ObjectModel, Table, VectorIndex, superduper
-from superduper.backends.dask import _cuts_in_database, _cuts_streamed, key_ranges, worker_settings
+from superduper.backends.dask import DaskComputeBackend, worker_settings
 from superduper.base.config import load_config
 from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.ext.sklearn import SklearnModel
@@ -292,19 +292,23 @@ def test_a_vector_index_follows_the_outputs_the_workers_write(ddb):
     assert [r['id'] for r in items.like({'txt': 'a zebra crossing'}, vector_index='idx', n=3).execute()] != ['new']
 
 
-def test_key_ranges_cover_every_selected_row_once(sqlite_db):
-    db = sqlite_db
-    numbers_table(db, 103)
-    nums = db['nums']
-    listener = ObjectModel('m', object=lambda n: n).to_listener(nums.filter(nums['n'] >= 10), key='n')
-    assert _cuts_in_database(db, listener, 25) == _cuts_streamed(db, listener, 25) == ['r0034', 'r0059', 'r0084']
-    covered = []
-    for after, upto in key_ranges(db, listener, 25):
-        part = listener.select.bind(db)
-        part = part.filter(nums['id'] > after) if after is not None else part
-        part = part.filter(nums['id'] <= upto) if upto is not None else part
-        covered += [r['id'] for r in part.execute()]
-    assert covered == [f'r{i:04d}' for i in range(10, 103)]
+@pytest.mark.parametrize('backend', ['sqlite'])
+def test_backfill_tasks_carry_keys_covering_every_selected_row_once(ddb, monkeypatch):
+    sent = []
+    original = DaskComputeBackend._send
+
+    def send(self, db, batch, name):
+        sent.append(batch)
+        return original(self, db, batch, name)
+
+    monkeypatch.setattr(DaskComputeBackend, '_send', send)
+    numbers_table(ddb, 103)
+    nums = ddb['nums']
+    listener = ddb.apply(ObjectModel('m', object=lambda n: n).to_listener(nums.filter(nums['n'] >= 10), key='n'))
+    keys = [c.key for batch in sent for c in batch.changes]
+    assert sorted(keys) == [f'r{i:04d}' for i in range(10, 103)]  # each selected row once, nothing else
+    assert len(sent) > 1 and all(isinstance(k, str) for k in keys)  # several tasks, carrying keys, not rows
+    assert sorted(outputs(ddb, listener)) == keys and ddb.jobs()[0]['status'] == 'success'
 
 
 def test_workers_get_the_clients_settings_with_absolute_paths():

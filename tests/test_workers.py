@@ -44,7 +44,7 @@ def wait_for(condition, timeout: float) -> None:
 
 def pending_changes(db) -> int:
     with db.databackend.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(db.databackend.changes)).scalar()
+        return conn.execute(sa.select(sa.func.count()).select_from(db.changes.tables.changes)).scalar()
 
 
 def test_worker_killed_mid_backfill_is_finished_by_another(db_uri, tmp_path, env):

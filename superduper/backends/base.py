@@ -1,4 +1,5 @@
-"""What the ``Datalayer`` asks of a data backend and of a metadata store: two small protocols.
+"""What the ``Datalayer`` asks of a data backend, of its change feed and of a metadata store: small protocols, and
+the capabilities each data backend declares in one place.
 
 A backend module (``superduper.backends.sql``, ``superduper.backends.mongodb``) provides classes with these
 methods; the ``Datalayer`` calls nothing else, so it holds no per-database branches. Rows travel between them
@@ -11,7 +12,8 @@ them its own way. ``conn`` is whatever ``begin()`` yields: a transaction on SQL,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Literal, Protocol, Sequence
 
 if TYPE_CHECKING:
     from superduper.base.query import Condition
@@ -19,8 +21,33 @@ if TYPE_CHECKING:
     from superduper.components.table import Table
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a data backend can do. The runtime, the compute backends and the shared test suite read these; nobody
+    probes a backend with ``hasattr`` or compares URI schemes."""
+
+    #: how writes by other clients are seen: 'triggers' (recorded in the database, in the writer's transaction),
+    #: 'change_stream' (MongoDB), or 'none' (only writes made through superduper are followed)
+    change_capture: Literal['triggers', 'change_stream', 'none'] = 'none'
+    #: workers can take pending changes with ``FOR UPDATE SKIP LOCKED`` instead of queueing behind each other
+    skip_locked: bool = False
+    #: several statements commit together or not at all
+    transactions: bool = True
+    #: ``INSERT ... ON CONFLICT`` (or the dialect's equivalent) in one statement
+    upsert: bool = True
+    #: vectors can be stored in a native type the database searches itself (pgvector)
+    native_vectors: bool = False
+    #: the longest table or column name the database takes, in bytes (``None``: no practical limit)
+    identifier_limit: int | None = None
+    #: other processes (workers, a CLI) can open the same database at the same time
+    shared: bool = True
+    #: why ``shared`` is False, for the error that refuses a distributed setup
+    unshared_reason: str = ''
+
+
 class DataBackend(Protocol):
     uri: str
+    capabilities: Capabilities
     #: rows may hold fields nobody declared (MongoDB collections); reads may ask for whole rows
     schemaless: bool
 
@@ -31,8 +58,8 @@ class DataBackend(Protocol):
     def default_artifact_store(self, cache_dir: str) -> Any | None:
         """The artifact store kept in this database (GridFS on MongoDB), or ``None``: the local filesystem."""
 
-    def change_feed(self, db: Any) -> Any:
-        """What follows writes made by other clients (``superduper.base.changes.ChangeFeed`` is the model)."""
+    def change_feed(self, settings: Any) -> 'ChangeFeed':
+        """How changes to followed tables are recorded and handed to consumers."""
 
     def native_vectors(self, table: str, field: str) -> bool:
         """Whether ``field`` is stored as a native vector the database searches itself (pgvector)."""
@@ -129,5 +156,105 @@ class MetadataStore(Protocol):
         cached counts)."""
 
     def drop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ---- change capture ---------------------------------------------------------------------------------------------
+@dataclass
+class Change:
+    """One pending change: row ``key`` of ``table`` was written (or is to be computed again: a backfill, a retry)."""
+
+    table: str
+    key: Any  # the primary key value (a tuple for a composite key)
+    listener: str | None = None  # for this listener only (a backfill, a retry); None: every listener of the table
+    text: str = ''  # the key as the feed stores it (its guard is kept per listener and text)
+
+
+@dataclass
+class Batch:
+    """Changes leased to this process. Outputs are computed outside any transaction, then written by ``finish`` in
+    one short transaction that releases the lease; a result with a lower ``stamp`` never replaces one with a higher
+    stamp, so an older change can never overwrite the result of a newer one."""
+
+    stamp: int
+    changes: list[Change]
+    claim: Any = None  # the feed's handle on the lease (None: nothing was leased, e.g. writes followed in memory)
+
+    def groups(self) -> dict[tuple[str, str | None], list[Change]]:
+        """The changes by (table, listener), each key once, in the order first seen."""
+        grouped: dict[tuple[str, str | None], dict[str, Change]] = {}
+        for change in self.changes:
+            grouped.setdefault((change.table, change.listener), {}).setdefault(change.text, change)
+        return {k: list(v.values()) for k, v in grouped.items()}
+
+
+@dataclass
+class Results:
+    """What one listener made of a batch: outputs to store, rows whose outputs go (row deleted or no longer
+    selected) and rows the model failed on (their stale outputs go too), each as ``(change, ...)``."""
+
+    listener: str  # uuid
+    outputs_table: str
+    keys: Sequence[str]  # the outputs table's columns written: the source key column, then the output
+    stored: list[tuple[Change, tuple]] = field(default_factory=list)  # (change, encoded row in ``keys`` order)
+    gone: list[Change] = field(default_factory=list)
+    failed: list[tuple[Change, str]] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    """What ``finish`` wrote: per listener uuid the changes whose result was stored (newer results kept the
+    others), and the batch of changes the output writes made to followed tables (a chain), leased here."""
+
+    stored: dict[str, list[Change]]
+    gone: dict[str, list[Change]]
+    chained: Batch | None = None
+
+
+class LeaseLost(Exception):
+    """The batch's lease expired and another consumer took it over: its results were not written."""
+
+
+class ChangeFeed(Protocol):
+    """Records the changes to followed tables and hands them out as leased batches.
+
+    A write through superduper runs inside ``writing(conn, table)``; after it commits, ``written(handle)`` gives its
+    changes as a batch leased to the writer (so outputs can exist when ``execute()`` returns, and nobody computes
+    them twice). ``claim`` leases pending changes to a consumer; ``finish`` stores a batch's results."""
+
+    #: pending changes live in the database: any consumer (worker) can take them, and a crash loses none
+    durable: bool
+
+    def follow(self, table: str, key: Sequence[str]) -> None: ...
+
+    def unfollow(self, table: str) -> None: ...
+
+    def writing(self, conn: Any, table: str, key: Sequence[str]) -> ContextManager[Any]: ...
+
+    def written(self, handle: Any) -> Batch | None: ...
+
+    def claim(self, limit: int, listener: str | None = None) -> Batch | None: ...
+
+    def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished: ...
+
+    def release(self, batch: Batch) -> None:
+        """Give a batch back unprocessed (an error): its changes are taken again later."""
+
+    def enqueue(self, table: str, listener: str, where: Any = None, keys: Sequence[Any] | None = None) -> int:
+        """Queue rows of ``table`` (those ``where`` selects, or these keys) to be computed for one listener; how many."""
+
+    def pending(self, table: str) -> tuple[int | None, float | None]:
+        """Changes of ``table`` waiting and the age in seconds of the oldest; ``None`` where it cannot be counted."""
+
+    def pending_for(self, listener: str) -> int | None: ...
+
+    def problem_with(self, table: str) -> str | None:
+        """Why changes to ``table`` are not followed now (a change stream that cannot be opened), if they are not."""
+
+    def attach(self, listeners: Any) -> None:
+        """The runtime's callable listing the ``(table, listener uuid)`` pairs followed now."""
+
+    def failure_log(self) -> Any: ...
 
     def close(self) -> None: ...

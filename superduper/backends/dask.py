@@ -3,12 +3,12 @@
 ``compute='dask://tcp://host:8786'`` uses a running scheduler; ``compute='dask://local'`` starts a ``LocalCluster``
 (``dask://local?n_workers=2&threads_per_worker=1`` passes it arguments; ``?timeout=5`` bounds the connection).
 
-A task carries the settings the workers connect with, a listener's uuid and a range of primary keys (a backfill) or a
-list of them (rows written), never rows and never a pickled datalayer. Each worker process connects once per client
-session and keeps that datalayer, with every component it loads (the model), for the session's later tasks; it reads
-its rows, predicts, upserts the outputs and records the rows the model failed on itself, exactly as in local mode. A
-task on a worker that dies runs again elsewhere (Dask reschedules it); outputs are upserts keyed by the source row, so
-a task run twice stores each output once.
+A task carries the settings the workers connect with and a batch of changed keys the client leased from the change
+feed (a backfill's queued rows, the rows a write changed), never rows and never a pickled datalayer. Each worker
+process connects once per client session and keeps that datalayer, with every component it loads (the model), for
+the session's later tasks; it renews the batch's lease, reads its rows, predicts, and stores the outputs and the rows
+the model failed on through the feed's guarded write, exactly as in local mode. A task on a worker that dies runs
+again elsewhere (Dask reschedules it) under the same lease; the guarded write stores each output once.
 
 The client waits for its tasks, so ``execute()`` and ``apply()`` return once outputs exist, as in local mode; it
 shows progress as tasks finish, keeps the job's record current (``db.jobs()``, ``superduper status``), and replays the
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from urllib.parse import parse_qsl
 
-from superduper.base.exceptions import ConfigError, NotFound
-from superduper.base.query import Compare
+from superduper.backends.base import Batch
+from superduper.base.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from superduper.base.config import Config
@@ -69,11 +69,14 @@ class DaskComputeBackend:
     scheme = 'dask'
     distributed = True
 
-    def __init__(self, uri: str, cfg: 'Config | None' = None):
+    def __init__(self, uri: str, cfg: 'Config | None' = None, databackend: Any = None):
         self.uri = uri
         self.address, options = parse_address(uri)
         self.timeout = float(options.pop('timeout', CONNECT_TIMEOUT))
         self.base_dir = os.getcwd()  # where the client's relative paths start, whatever the cwd later
+        if databackend is not None and not databackend.capabilities.shared:
+            raise ConfigError(f'compute={uri!r}: Dask workers cannot share {databackend!r}: '
+                              f'{databackend.capabilities.unshared_reason}; use a database other processes can open')
         if cfg is not None:
             worker_settings(cfg, self.base_dir)  # refuse a database the workers cannot share before starting anything
         self.session_id = uuid.uuid4().hex
@@ -127,31 +130,41 @@ class DaskComputeBackend:
         self.client = self.cluster = None
 
     # ---- the work the listeners and training send here ------------------------------------------------------------
-    def refresh(self, db: 'Datalayer', listener: 'Listener', ids: Sequence[Any]) -> int:
-        """Recompute ``listener``'s outputs for these source rows on the workers; returns how many rows failed."""
-        ids = list(ids)
-        size = part_size(len(ids), self.workers(), db.cfg.read_batch_size, per_worker=1)
-        session, observed = self.session(db), observed_tables(db)
-        name = f'refresh-{listener.identifier}'
-        futures = [
-            self.submit(refresh_rows, session, listener.uuid, ids[i : i + size], observed, name=name)
-            for i in range(0, len(ids), size)
-        ]
-        return sum(self._absorb(db, done).failed for done in self._finished(futures))
+    def follow_up(self, db: 'Datalayer', batch: 'Batch') -> int:
+        """Compute a leased batch (and the chain it causes) on a worker; returns how many rows failed."""
+        (done,) = self._finished([self._send(db, batch, f'changes-{len(batch.changes)}')])
+        return self._absorb(db, done).failed
 
     def backfill(self, db: 'Datalayer', listener: 'Listener', total: int) -> Iterator[tuple[int, int]]:
-        """Outputs for every row the listener selects, one task per range of primary keys; yields ``(rows, failed)``
-        as each task finishes."""
+        """Outputs for every row queued for the listener: the client leases batches of keys and keeps every worker
+        busy with them; yields ``(rows, failed)`` as each batch is done."""
+        from distributed import wait
+
         size = part_size(total, self.workers(), db.cfg.read_batch_size, per_worker=PARTS_PER_WORKER)
-        session, observed = self.session(db), observed_tables(db)
-        name = f'backfill-{listener.identifier}'
-        futures = [
-            self.submit(backfill_range, session, listener.uuid, after, upto, observed, name=name)
-            for after, upto in key_ranges(db, listener, size)
-        ]
-        for done in self._finished(futures):
-            self._absorb(db, done)
-            yield done.rows, done.failed
+        in_flight: set = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(in_flight) < self.workers() * PARTS_PER_WORKER:
+                    batch = db.changes.claim(size, listener=listener.uuid)
+                    if batch is None:
+                        exhausted = True
+                    else:
+                        in_flight.add(self._send(db, batch, f'backfill-{listener.identifier}'))
+                if not in_flight:
+                    return
+                finished, in_flight = wait(list(in_flight), return_when='FIRST_COMPLETED')
+                in_flight = set(in_flight)
+                for future in finished:
+                    done = self._absorb(db, future.result())
+                    yield done.rows, done.failed
+        finally:
+            if in_flight:
+                self.client.cancel(list(in_flight))
+
+    def _send(self, db: 'Datalayer', batch: 'Batch', name: str) -> Any:
+        db.changes.hand_off(batch)  # the worker renews the lease while it computes
+        return self.submit(follow_batch, self.session(db), batch, observed_tables(db), name=name)
 
     def fit(self, db: 'Datalayer', model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:
         """Fit ``model`` on a worker on the rows ``train`` selects and apply it there; ``(uuid, rows)``."""
@@ -180,11 +193,8 @@ class DaskComputeBackend:
 
     @staticmethod
     def _absorb(db: 'Datalayer', done: Done) -> Done:
-        db.listening.failures.invalidate()  # the workers recorded and cleared failures
-        if done.written:
-            with db.listening.lock:
-                for table, ids, deleted in done.written:
-                    db.listening.run_hooks(table, ids, deleted)
+        for table, ids, deleted in done.written:  # vector indexes this client keeps in memory
+            db.listening.run_hooks(table, ids, deleted)
         return done
 
 
@@ -214,27 +224,18 @@ def _option(text: str) -> Any:
 def worker_settings(cfg: 'Config', base_dir: str) -> dict[str, Any]:
     """The settings workers connect with: the client's, with local paths made absolute (from ``base_dir``), computing
     in the worker, with no background thread or progress bar. Refuses databases that other processes cannot open."""
-    from superduper.backends.sql.sqlite import file_path
+    from superduper.backends.registry import shareable_uri
 
     def absolute(path: str) -> str:
         return os.path.normpath(os.path.join(base_dir, path))
 
     settings = {**cfg.model_dump(), 'compute': 'local', 'follow_changes': False, 'progress': False}
     for key in ('data_backend', 'metadata_store'):
-        uri = settings[key]
-        scheme = uri.split('://', 1)[0].lower() if uri and '://' in uri else ''
-        if scheme == 'mongomock':
-            raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-process database {uri!r}; '
-                              'use mongodb://')
-        if scheme == 'duckdb':
-            raise ConfigError(f'compute={cfg.compute!r}: DuckDB opens {uri!r} in one process at a time, so Dask '
-                              'workers cannot share it; use SQLite, PostgreSQL, MySQL/MariaDB, ...')
-        if scheme == 'sqlite':
-            path = file_path(uri)
-            if path is None:
-                raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-memory database {uri!r}')
-            query = uri.partition('?')[2]
-            settings[key] = f'sqlite://{absolute(path)}' + (f'?{query}' if query else '')
+        if settings[key]:
+            try:
+                settings[key] = shareable_uri(settings[key], base_dir)
+            except ConfigError as e:
+                raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the database: {e}') from None
     store = settings['artifact_store']
     if store and store.startswith('memory://'):
         raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-memory artifact store {store!r}')
@@ -252,44 +253,6 @@ def part_size(rows: int, workers: int, largest: int, per_worker: int) -> int:
 def observed_tables(db: 'Datalayer') -> list[str]:
     """The tables this client follows in memory (vector indexes on output tables): workers report writes to them."""
     return sorted(table for table, hooks in db.listening.hooks.items() if hooks)
-
-
-def key_ranges(db: 'Datalayer', listener: 'Listener', size: int) -> list[tuple[Any, Any]]:
-    """``(after, upto]`` ranges of the source's primary key holding about ``size`` selected rows each (``None``: no
-    bound). The cuts are every ``size``-th key of the select; the client reads those, not the rows."""
-    select = listener.select
-    if select.limit_ is not None or select.offset_:
-        return [(None, None)]  # a limited select is taken whole, by one task
-    in_sql = hasattr(db.databackend, 'engine')
-    cuts = _cuts_in_database(db, listener, size) if in_sql else _cuts_streamed(db, listener, size)
-    edges = [None, *cuts, None]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _cuts_in_database(db: 'Datalayer', listener: 'Listener', size: int) -> list:
-    """Every ``size``-th key, numbered by the database (``row_number()``), so only the cuts leave it."""
-    import sqlalchemy as sa
-
-    from superduper.base.datalayer import _encode_condition
-
-    backend = db.databackend
-    info = db.table_info(listener.source)
-    table = backend.table(listener.source)
-    key = table.c[info.primary_key[0]]
-    numbered = sa.select(key.label('key'), sa.func.row_number().over(order_by=key).label('n'))
-    if listener.select.where is not None:
-        numbered = numbered.where(backend._where(table, _encode_condition(listener.select.where, info)))
-    numbered = numbered.subquery()
-    stmt = sa.select(numbered.c.key).where(numbered.c.n % size == 0).order_by(numbered.c.key)
-    with backend.engine.connect() as conn:
-        return list(conn.execute(stmt).scalars())
-
-
-def _cuts_streamed(db: 'Datalayer', listener: 'Listener', size: int) -> list:
-    """Every ``size``-th key through the query API, for data backends without SQL: the keys, never the rows."""
-    pk = db.table_info(listener.source).primary_key[0]
-    keys = db.execute(listener.select.select(pk).order_by(pk))
-    return [row[pk] for i, row in enumerate(keys, 1) if i % size == 0]
 
 
 # ---- the worker side: these run in the worker processes -----------------------------------------------------------
@@ -343,10 +306,8 @@ def _working(session: Session, observed: Sequence[str]) -> Iterator['Datalayer']
     db = worker_datalayer(session)
     _task.written, _task.observed = [], frozenset(observed)
     try:
-        with db.listening.lock:
-            db.listening.failures.invalidate()  # other workers recorded and cleared failures since
-            _sync_listeners(db)
-            yield db
+        _sync_listeners(db)
+        yield db
     finally:
         _task.written = None
 
@@ -362,38 +323,17 @@ def _sync_listeners(db: 'Datalayer') -> None:
         db.listening.reload()
 
 
-def _listener(db: 'Datalayer', listener_uuid: str) -> 'Listener':
-    record = db.metadata.get_by_uuid(listener_uuid)
-    if record is None:
-        raise NotFound(f'listener {listener_uuid} was removed before its task ran')
-    return db.load_record(record)
-
-
-def refresh_rows(session: Session, listener_uuid: str, ids: list, observed: Sequence[str]) -> Done:
-    """Task: recompute one listener's outputs for these source rows."""
+def follow_batch(session: Session, batch: 'Batch', observed: Sequence[str]) -> Done:
+    """Task: compute a batch of changes leased by the client, then the chain of batches its output writes cause."""
     with _working(session, observed) as db:
-        failed = db.listening.refresh(_listener(db, listener_uuid), ids)
-        return Done(len(ids), failed, _task.written)
-
-
-def backfill_range(session: Session, listener_uuid: str, after: Any, upto: Any, observed: Sequence[str]) -> Done:
-    """Task: outputs for the rows the listener selects with ``after < primary key <= upto``, read here in batches;
-    each batch's queued backfill change rows are acknowledged once its outputs are stored."""
-    with _working(session, observed) as db:
-        listener = _listener(db, listener_uuid)
-        pk = db.table_info(listener.source).primary_key[0]
-        query = listener.select
-        if after is not None:
-            query = query.filter(Compare(pk, '>', after))
-        if upto is not None:
-            query = query.filter(Compare(pk, '<=', upto))
-        done = failed = 0
-        for batch in db.execute(query).batches():
-            failed += db.listening.process(listener, batch)
-            if db.changes.enabled:
-                db.changes.acknowledge_backfill(listener.uuid, [row[pk] for row in batch])
-            done += len(batch)
-        return Done(done, failed, _task.written)
+        db.changes.adopt(batch)
+        failed = 0
+        current: Batch | None = batch
+        while current is not None:
+            finished, n = db.listening.process(current)
+            failed += n
+            current = finished.chained
+        return Done(len(batch.changes), failed, _task.written)
 
 
 def fit_model(session: Session, model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:

@@ -10,11 +10,14 @@ class LocalComputeBackend:
     #: whether listeners' work and training are sent elsewhere (see ``superduper.backends.dask``)
     distributed = False
 
-    def __init__(self, uri: str = 'local', cfg: Any = None):
+    def __init__(self, uri: str = 'local', cfg: Any = None, databackend: Any = None):
         self.uri = uri
 
     def __repr__(self) -> str:
         return 'LocalComputeBackend()'
+
+    def follow_up(self, db: Any, batch: Any) -> int:
+        raise NotImplementedError('local compute runs batches in the calling process')
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)

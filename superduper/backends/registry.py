@@ -78,7 +78,14 @@ def connect_artifact_store(uri: str, cache_dir: str) -> Any:
     return ArtifactStore(uri, cache_dir=cache_dir)
 
 
-def connect_compute(uri: str, cfg: Any = None) -> Any:
-    """The compute backend for ``uri`` ('local', 'dask://...'); ``cfg`` tells remote workers how to connect."""
+def connect_compute(uri: str, cfg: Any = None, databackend: Any = None) -> Any:
+    """The compute backend for ``uri`` ('local', 'dask://...'); ``cfg`` tells remote workers how to connect, and a
+    distributed backend refuses a ``databackend`` other processes cannot open."""
     scheme = uri.split('://', 1)[0].lower() if '://' in uri else uri
-    return compute_backends.create(scheme, uri, cfg)
+    return compute_backends.create(scheme, uri, cfg, databackend)
+
+
+def shareable_uri(uri: str, base_dir: str) -> str:
+    """``uri`` as another process started elsewhere opens the same database (relative paths made absolute from
+    ``base_dir``); ``ConfigError`` if no other process can open it."""
+    return data_backends.load(_data_scheme(uri)).shareable_uri(uri, base_dir)

@@ -1,13 +1,41 @@
-"""``BackgroundConsumer``: the daemon thread that follows a change feed (SQL change table or MongoDB change stream)."""
+"""``BackgroundConsumer``: the daemon thread that follows a change feed (SQL change table or MongoDB change stream).
+
+Every background thread superduper starts is stopped and joined when the interpreter exits, whether or not the
+program called ``db.close()``: a daemon thread killed in the middle of native code (a model's thread pool) aborts
+the process. Work a stopped thread had claimed and not finished goes back to the queue when its lease runs out.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
-from typing import Callable
+import weakref
+from typing import Callable, Protocol
 
 log = logging.getLogger('superduper')
 MAX_BACKOFF = 30.0
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_running: 'weakref.WeakSet[Stoppable]' = weakref.WeakSet()
+
+
+def stop_at_exit(thing: Stoppable) -> None:
+    """Stop (and join) ``thing``'s thread when the interpreter exits, unless it was stopped before."""
+    _running.add(thing)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for thing in list(_running):
+        try:
+            thing.stop()
+        except Exception:  # exiting anyway: say why, stop the others
+            log.exception('stopping %r at exit failed', thing)
 
 
 class BackgroundConsumer:
@@ -26,6 +54,7 @@ class BackgroundConsumer:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(interval,), name=self.name, daemon=True)
         self._thread.start()
+        stop_at_exit(self)
 
     def _run(self, interval: float) -> None:
         failures = 0
@@ -42,6 +71,7 @@ class BackgroundConsumer:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        _running.discard(self)

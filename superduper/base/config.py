@@ -44,6 +44,10 @@ class Config(BaseSettings):
         default=True, description='follow writes by other clients in a background thread (embedded/local mode)'
     )
     poll_interval: float = Field(default=0.5, gt=0, description='seconds between looks for new changes when idle')
+    lease_seconds: float = Field(
+        default=60.0, gt=0, description='how long a claimed batch of changes stays with its consumer without news '
+        'from it (renewed while it computes); a dead consumer\'s batch goes to another after that'
+    )
     max_attempts: int = Field(default=3, ge=1, description='tries of a failing row before it stays failed')
     retry_delay: float = Field(default=2.0, ge=0, description='seconds before the first retry; doubled each time')
     progress: bool = Field(default=True, description='show progress bars for backfills')

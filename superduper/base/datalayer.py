@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from superduper.base.config import Config, load_config
 from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
@@ -17,6 +18,7 @@ from superduper.components.component import (
     references,
 )
 from superduper.components.datatype import Scalar
+from superduper.components.listener import outputs_table
 from superduper.components.schema import OpenSchema, Schema
 from superduper.components.table import Table
 
@@ -48,9 +50,9 @@ class Datalayer:
 
     @property
     def changes(self) -> Any:
-        """Durable change capture (see ``superduper.base.changes``)."""
+        """The change feed of the data backend (``superduper.backends.base.ChangeFeed``)."""
         if self._changes is None:
-            self._changes = self.databackend.change_feed(self)
+            self._changes = self.databackend.change_feed(self.cfg, self.metadata)
         return self._changes
 
     @property
@@ -80,8 +82,10 @@ class Datalayer:
         return Query(table, db=self)
 
     def close(self) -> None:
+        if self._listening is not None:
+            self._listening.consumer.stop()
         if self._changes is not None:
-            self._changes.stop()
+            self._changes.close()
         if self._vector_indexes is not None:
             self._vector_indexes.close()
         self.compute.close()
@@ -131,10 +135,10 @@ class Datalayer:
         where = _encode_condition(query.where, info) if query.where is not None else None
         if query.action in ('insert', 'insert_one'):
             rows = _as_rows(query.documents, query.table)
-            with self.databackend.begin() as conn, self.changes.own_writes(conn, query.table) as own:
+            with self._writing(info) as (conn, handle):
                 ids = self._insert(conn, info, rows)
-            self.listening.after_write(query.table, ids)
-            self.changes.acknowledge(own)
+                if handle is not None:
+                    handle.add(ids)
             return ids[0] if query.action == 'insert_one' else ids
         if query.like_ is not None:
             return self._like(info, query, where)
@@ -159,16 +163,30 @@ class Datalayer:
                 raise QueryError(f'{query.action} with a limit needs a single-column primary key; {info.name!r} has '
                                  f'{info.primary_key}')
             where = Compare(info.primary_key[0], 'in', tuple(self._ids(info, query, where)))
-        touched = self._ids(info, query, where) if self.listening.followers(info.name) else []
-        with self.databackend.begin() as conn, self.changes.own_writes(conn, query.table) as own:
+        values = self._encode_values(info, query.values) if query.action == 'update' else {}
+        with self._writing(info) as (conn, handle):
+            if handle is not None and handle.needs_keys:  # nothing records the rows written: say which
+                handle.add(self._ids(info, query, where))
+                if set(info.primary_key) <= set(values):  # a key changed: the new key is written too
+                    handle.add([values[info.primary_key[0]] if len(info.primary_key) == 1
+                                else tuple(values[k] for k in info.primary_key)])
             if query.action == 'update':
-                count = self.databackend.update(conn, query.table, self._encode_values(info, query.values), where)
+                count = self.databackend.update(conn, query.table, values, where)
             else:
                 count = self.databackend.delete(conn, query.table, where)
-        if touched:
-            self.listening.after_write(info.name, touched, deleted=query.action == 'delete')
-        self.changes.acknowledge(own)
         return count
+
+    @contextlib.contextmanager
+    def _writing(self, info: TableInfo) -> Iterator[tuple[Any, Any]]:
+        """A write transaction on ``info``'s table; where listeners follow it, its changes are computed once it
+        commits (before ``execute()`` returns), by this process or the cluster."""
+        if not self.listening.followers(info.name):
+            with self.databackend.begin() as conn:
+                yield conn, None
+            return
+        with self.databackend.begin() as conn, self.changes.writing(conn, info.name, info.primary_key) as handle:
+            yield conn, handle
+        self.listening.written(handle)
 
     def _aggregate(self, info: TableInfo, query: Query) -> Any:
         run = getattr(self.databackend, 'aggregate', None)
@@ -222,12 +240,13 @@ class Datalayer:
         if query.joined:
             fields = dict(info.schema.types)
             for predict_id in query.joined:
-                outputs = f'_outputs__{predict_id}'
+                outputs = outputs_table(predict_id)
                 try:
                     fields[outputs] = self.table_info(outputs).schema.types[outputs]
                 except (UnknownTable, KeyError):
                     raise QueryError(f'no listener outputs {predict_id!r}: table {outputs!r} does not exist') from None
-                joins.append((outputs, outputs, info.primary_key[0], '_source'))
+                on = info.primary_key[0] if len(info.primary_key) == 1 else tuple(info.primary_key)
+                joins.append((outputs, outputs, on, '_source'))
             schema = type(info.schema)(info.name, fields=fields)
         decode = schema.row_decoder(None if columns is None else columns + [j[1] for j in joins], self.artifact_store)
         batches = self.databackend.select(
@@ -347,6 +366,7 @@ class Datalayer:
         stored = self.metadata.get_by_uuid(uuid)
         if stored is not None:  # this exact declaration is already applied
             component.version, component.uuid = stored['version'], uuid
+            component.on_reapplied(self)
             return component
         versions = self.metadata.versions(component.type_id, component.identifier)
         component.version = versions[-1] + 1 if versions else 0
@@ -547,24 +567,39 @@ class Datalayer:
         return select
 
     def jobs(self, identifier: str | None = None) -> list[dict]:
-        """Backfills and training runs: kind, component, status, progress, error and timings."""
-        jobs = self.listening.jobs.list()
-        return [j for j in jobs if identifier is None or j['identifier'] == identifier]
+        """Backfills and training runs: kind, component, status, progress, error and timings. A running backfill's
+        progress is what is no longer queued, whichever consumers computed it."""
+        jobs = [j for j in self.listening.jobs.list() if identifier is None or j['identifier'] == identifier]
+        for job in jobs:
+            if job['kind'] == 'backfill' and job['status'] == 'running' and job['total'] is not None:
+                pending = self.changes.pending_for(job['component_uuid'])
+                if pending is not None:
+                    job['done'] = max(job['done'] or 0, job['total'] - pending)
+        return jobs
 
     def failures(self, listener: str) -> list[dict]:
         """The rows listener ``listener`` failed on, with the error and the number of attempts."""
-        return self.listening.failures.list(self.listening.active(listener).uuid)
+        found = self.listening.active(listener)
+        return self.listening.failures.list(found.uuid, found.source)
 
     def status(self) -> list[dict]:
-        """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change."""
+        """Per listener: rows with outputs, changes pending (``None`` where the database cannot count them), rows
+        failed, the lag of the oldest pending change, and what stops it, if anything (``problem``). Read from the
+        metadata: no model is loaded."""
         report = []
+        tables = set(self.databackend.table_names())
+        problems = dict(self.listening.problems)
         for identifier in self.metadata.identifiers('Listener'):
-            listener = self.listening.active(identifier)
-            pending, lag = self.changes.pending(listener.source)
+            record = self.metadata.get('Listener', identifier)
+            source = record['record']['select']['_query']['table']
+            outputs = outputs_table(f'{identifier}__{record["uuid"][:8]}')
+            pending, lag = self.changes.pending(source)
+            problem = problems.get(f'Listener {identifier!r}') or self.changes.problem_with(source)
             report.append({
-                'listener': identifier, 'table': listener.source, 'outputs': listener.outputs,
-                'done': self.databackend.count(listener.outputs) if listener.outputs in self.databackend.table_names() else 0,
-                'pending': pending, 'failed': self.listening.failures.count(listener.uuid), 'lag_seconds': lag,
+                'listener': identifier, 'table': source, 'outputs': outputs,
+                'done': self.databackend.count(outputs) if outputs in tables else 0,
+                'pending': pending, 'failed': self.listening.failures.count(record['uuid']), 'lag_seconds': lag,
+                'problem': problem or next((p for name, p in problems.items() if outputs in name), None),
             })
         return report
 
@@ -683,7 +718,8 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
         metadata = databackend.metadata_store()
     else:
         metadata = connect_data_backend(cfg.metadata_store).metadata_store()
-    compute = connect_compute(cfg.compute, cfg)  # before the artifact store is recorded: a refused one changes nothing
+    # before the artifact store is recorded: a refused one changes nothing
+    compute = connect_compute(cfg.compute, cfg, databackend)
     try:
         artifact_store = _artifact_store(cfg, databackend, metadata)
     except Exception:

@@ -1,10 +1,13 @@
-"""Keeping listeners' outputs current: backfill on apply, then follow inserts, updates and deletes.
+"""Keeping listeners' outputs current: backfill on apply, then follow every change to the tables they read.
 
-In the default local mode the follow-up runs in the writing process before ``execute()`` returns; with Dask
-compute (``superduper.backends.dask``) backfills and recomputations run as tasks on the cluster, and the writing
-process waits for them. Each listener's work is isolated: a model that fails on some rows records those rows (with
-the error) and stores every other output; one broken listener never stops the others, nor the write that triggered
-it.
+All work comes from the database's change feed (``superduper.backends.base.ChangeFeed``) as leased batches of
+changed keys: the changes a write through superduper made (computed by the writer, so outputs exist when
+``execute()`` returns), a backfill or a retry (queued, then computed by whoever takes it: the applying process, a
+worker, a Dask cluster) and writes by other clients (taken by the background consumer or ``superduper start``).
+A batch is computed outside any transaction — the rows are read as they are now, the model runs — and its results
+are stored by the feed in one short transaction, guarded so that an older change never overwrites the result of a
+newer one. A row that is gone or no longer selected loses its output. Each listener's work is isolated: a model
+that fails on some rows records those rows with the error; one broken listener never stops the others.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
+from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
+from superduper.base.background import BackgroundConsumer
 from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField, UnknownTable
-from superduper.base.query import Compare
+from superduper.base.query import Compare, key_in
 from superduper.components.datatype import SCALARS, infer_type
 from superduper.components.model import input_maker, key_fields
 from superduper.components.table import Table
@@ -37,25 +42,54 @@ def _error_text(e: BaseException) -> str:
     return f'{type(e).__name__}: {e}'
 
 
+def backfill_job(listener_uuid: str) -> str:
+    """The id of a listener's backfill job: one per listener version, whoever queues it."""
+    return f'backfill-{listener_uuid}'
+
+
 class Listening:
     def __init__(self, db: 'Datalayer'):
         self.db = db
+        self.feed = db.changes
         self.jobs = db.metadata.job_log()
-        self.failures = db.metadata.failure_log()
+        self.failures = self.feed.failure_log()
         self._by_source: dict[str, list[Listener]] | None = None
-        self.lock = threading.RLock()  # the change-following thread and the writing thread share models
+        self._model_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()  # only for the dict above: never held while waiting on anything
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
-        self.observers: list = []  # [fn(table, ids, deleted)] told of every write followed here (Dask workers)
+        self.observers: list = []  # [fn(table, ids, deleted)] told of every write stored here (Dask workers)
+        #: what cannot run now and why (a listener that cannot be loaded, a hook that failed), for ``db.status()``
+        self.problems: dict[str, str] = {}
+        self.consumer = BackgroundConsumer('superduper-changes', self.work, self.retry_due)
+        self.feed.attach(lambda: [(x.source, x.uuid) for x in self.load()])
 
     # ---- which listeners follow which table ----------------------------------------------------------------
     def followers(self, table: str) -> list['Listener']:
-        if self._by_source is None:
-            self._by_source = {}
-            for identifier in self.db.metadata.identifiers('Listener'):
-                self._add(self.db.load('Listener', identifier))
-            if self._by_source:
-                self._follow_other_clients()
-        return self._by_source.get(table, [])
+        by_source = self._by_source
+        if by_source is None:
+            by_source = self._load_all()
+        return by_source.get(table, [])
+
+    def _load_all(self) -> dict[str, list['Listener']]:
+        """The latest version of every listener. One that cannot be loaded (a missing artifact, a package not
+        installed here) is left out and reported in ``problems``: its changes wait, nothing else stops."""
+        by_source: dict[str, list[Listener]] = {}
+        for identifier in self.db.metadata.identifiers('Listener'):
+            try:
+                listener = self.db.load('Listener', identifier)
+            except Exception as e:
+                self.problems[f'Listener {identifier!r}'] = f'cannot be loaded: {_error_text(e)}'
+                log.error('listener %r cannot be loaded; its changes wait: %s', identifier, e)
+                continue
+            self.problems.pop(f'Listener {identifier!r}', None)
+            by_source.setdefault(listener.source, []).append(listener)
+        self._by_source = by_source
+        if by_source:
+            self._start_consumer()
+            if self.feed.durable:
+                for listener in [x for xs in by_source.values() for x in xs]:
+                    self.ensure_started(listener)  # an applying process may have died before queueing its backfill
+        return by_source
 
     def reload(self) -> None:
         """Read the listeners from the metadata again (another process may have applied or removed some)."""
@@ -71,14 +105,21 @@ class Listening:
         self.followers('')
         return [x for listeners in (self._by_source or {}).values() for x in listeners]
 
-    def _follow_other_clients(self) -> None:
-        if self.db.cfg.follow_changes:  # with Dask compute the changes are read here and computed on the cluster
-            self.db.changes.start(self.db.cfg.poll_interval)
+    def followed_tables(self) -> set[str]:
+        self.followers('')
+        return {table for table, listeners in (self._by_source or {}).items() if listeners}
+
+    def _start_consumer(self) -> None:
+        if self.db.cfg.follow_changes and (self.feed.durable or self.db.databackend.capabilities.change_capture
+                                           == 'change_stream'):
+            self.consumer.start(self.db.cfg.poll_interval)
 
     def _add(self, listener: 'Listener') -> None:
-        assert self._by_source is not None
-        same = [x for x in self._by_source.get(listener.source, []) if x.identifier != listener.identifier]
-        self._by_source[listener.source] = same + [listener]
+        self.followers('')
+        by_source = dict(self._by_source or {})
+        same = [x for x in by_source.get(listener.source, []) if x.identifier != listener.identifier]
+        by_source[listener.source] = same + [listener]
+        self._by_source = by_source
 
     def active(self, identifier: str) -> 'Listener':
         for listeners in (self._by_source or {}).values():
@@ -100,10 +141,11 @@ class Listening:
                 f'Listener {listener.identifier!r}: collection {listener.source!r} does not exist; collections: '
                 f'{", ".join(existing) or "(none)"} (insert documents, or apply a Table, first)'
             )
-        if len(info.primary_key) != 1:
+        if len(info.primary_key) != 1 and not self.feed.durable:
             raise ComponentError(
-                f'Listener {listener.identifier!r}: table {listener.source!r} has a composite primary key; '
-                'listeners key outputs by a single-column primary key'
+                f'Listener {listener.identifier!r}: table {listener.source!r} has a composite primary key '
+                f'{info.primary_key}; {self.db.databackend!r} follows such tables only on databases that record '
+                'changes (SQLite, PostgreSQL, MySQL/MariaDB)'
             )
         available = listener.select.columns or list(info.schema.types)
         for name in key_fields(listener.key):
@@ -130,8 +172,11 @@ class Listening:
         self.check(listener)
         info = self.db.table_info(listener.source)
         datatype = listener.model.datatype or self._infer_datatype(listener)
-        pk_type = info.schema.types[info.primary_key[0]]
-        source_type = pk_type.name if pk_type.name in SCALARS else 'str'
+        if len(info.primary_key) == 1:
+            pk_type = info.schema.types[info.primary_key[0]]
+            source_type = pk_type.name if pk_type.name in SCALARS else 'str'
+        else:
+            source_type = 'str'  # a composite key: its text rendering (``key_text``)
         self.db.apply(Table(listener.outputs, fields={SOURCE: source_type, listener.outputs: datatype},
                             primary_id=SOURCE, folds=False))
 
@@ -149,44 +194,62 @@ class Listening:
         """Follow the listener's table from now on, and compute outputs for the rows already there."""
         self.followers(listener.source)  # load the others first
         self._add(listener)
-        self.db.changes.follow(listener.source)  # from here on, writes by any client are recorded
-        self._follow_other_clients()
-        self.backfill(listener)
+        self._start_consumer()
+        job = self.ensure_started(listener)
+        self.backfill(listener, job or backfill_job(listener.uuid))
+
+    def ensure_started(self, listener: 'Listener') -> str | None:
+        """Follow the listener's table and queue its backfill, unless that was done: the step an applying process
+        can die in the middle of (after the listener's metadata was stored). Safe to repeat: triggers are
+        replaced, and a backfill queued twice computes some rows twice, with the same result. Returns the job id
+        if it queued the backfill here."""
+        job_id = backfill_job(listener.uuid)
+        if self.jobs.get(job_id) is not None:
+            return None
+        info = self.db.table_info(listener.source)
+        self.feed.follow(listener.source, info.primary_key)  # from here on, writes by any client are recorded
+        where = listener.select.where
+        if where is not None:
+            from superduper.base.datalayer import _encode_condition
+
+            where = _encode_condition(where, info)
+        total = self.feed.enqueue(listener.source, listener.uuid, where=where)
+        if self.jobs.start('backfill', listener, total, job_id=job_id) != job_id:
+            return None
+        return job_id
+
+    def resume(self, listener: 'Listener') -> None:
+        """Applied again: finish what an applying process that died left undone (its backfill queued or not)."""
+        self.followers(listener.source)
+        job = self.ensure_started(listener)
+        if job is not None or self.feed.pending_for(listener.uuid):
+            self.backfill(listener, job or backfill_job(listener.uuid))
 
     def stop(self, listener: 'Listener') -> None:
-        if self._by_source is not None:
-            listeners = self._by_source.get(listener.source, [])
-            self._by_source[listener.source] = [x for x in listeners if x.uuid != listener.uuid]
+        by_source = dict(self._by_source or {})
+        by_source[listener.source] = [x for x in by_source.get(listener.source, []) if x.uuid != listener.uuid]
+        self._by_source = by_source
         self.failures.clear(listener.uuid)
         self.jobs.delete(listener.uuid)
-        self.db.changes.unfollow(listener.source)
+        still_followed = [r for r in self.db.metadata.all() if r['type_id'] == 'Listener'
+                          and r['record']['select']['_query']['table'] == listener.source]
+        if not still_followed and self.db.databackend.has_table(listener.source):
+            self.feed.unfollow(listener.source)
         if listener.outputs in self.db.show('Table'):
             self.db.remove('Table', listener.outputs, force=True)
 
-    # ---- computing outputs -------------------------------------------------------------------------------------
-    def backfill(self, listener: 'Listener') -> dict:
-        """Outputs for every row the listener's select matches, in bounded batches, recorded as a job.
-
-        Where the database records changes, the backfill is queued there first (one change row per selected row),
-        then streamed here, acknowledging each batch: if this process dies, any consumer finishes the rest."""
-        if not self.db.changes.enabled:
-            return self._backfill(listener)
-        feed = self.db.changes
-        feed.enqueue_backfill(listener)
-        with feed.lock:  # this process's consumer thread waits: the rows are streamed here, faster
-            return self._backfill(listener, acknowledge=lambda rows: feed.acknowledge_backfill(
-                listener.uuid, [r[self.db.table_info(listener.source).primary_key[0]] for r in rows]))
-
-    def _backfill(self, listener: 'Listener', acknowledge: Any = None) -> dict:
+    # ---- backfills ----------------------------------------------------------------------------------------------
+    def backfill(self, listener: 'Listener', job: str) -> dict:
+        """Compute the listener's queued backfill here (or on the cluster) until none is left; other consumers may
+        take part of it. Recorded as the job ``job``."""
         from tqdm.auto import tqdm
 
-        total = self.db.execute(listener.select.count())
-        job = self.jobs.start('backfill', listener, total)
+        total = self.feed.pending_for(listener.uuid) or 0
         done = failed = 0
         try:
             with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
                       unit='rows', leave=False) as bar:
-                for rows, failures in self._backfill_parts(listener, total, acknowledge):
+                for rows, failures in self._backfill_parts(listener, total):
                     done += rows
                     failed += failures
                     bar.update(rows)
@@ -194,152 +257,201 @@ class Listening:
         except Exception as e:
             self.jobs.finish(job, error=_error_text(e))
             raise
-        self.jobs.finish(job)
+        self.finish_job_if_done(listener.uuid)
         return {'done': done, 'failed': failed}
 
-    def _backfill_parts(self, listener: 'Listener', total: int, acknowledge: Any) -> Iterable[tuple[int, int]]:
-        """(rows, failed) for each part of the backfill as it is done: batches here, or tasks on a cluster (whose
-        workers acknowledge their queued change rows themselves)."""
+    def _backfill_parts(self, listener: 'Listener', total: int) -> Iterable[tuple[int, int]]:
         if self.db.compute.distributed:
             yield from self.db.compute.backfill(self.db, listener, total)
             return
-        for batch in self.db.execute(listener.select).batches():
-            with self.lock:
-                failed = self.process(listener, batch)
-            if acknowledge is not None:
-                acknowledge(batch)
-            yield len(batch), failed
+        while True:
+            batch = self.feed.claim(self.db.cfg.read_batch_size, listener=listener.uuid)
+            if batch is None:
+                return
+            yield len(batch.changes), self.follow_up(batch)
 
-    def process(self, listener: 'Listener', rows: list[dict]) -> int:
-        """Predict and store outputs for these source rows; returns how many failed."""
-        pk = self.db.table_info(listener.source).primary_key[0]
+    def finish_job_if_done(self, listener_uuid: str) -> None:
+        """Mark the listener's backfill job done once nothing of it is queued (whoever computed the last rows)."""
+        if self.feed.pending_for(listener_uuid) == 0:
+            job = backfill_job(listener_uuid)
+            found = self.jobs.get(job)
+            if found is not None and found['status'] == 'running':
+                self.jobs.progress(job, found['total'] or 0, self.failures.count(listener_uuid))
+                self.jobs.finish(job)
+
+    # ---- computing outputs -------------------------------------------------------------------------------------
+    def written(self, handle: Any) -> None:
+        """After a write through superduper committed: compute the changes it made, here (or on the cluster)."""
+        batch = self.feed.written(handle)
+        if batch is not None:
+            self.follow_up(batch)
+
+    def work(self, limit: int = 1000) -> int:
+        """Take and compute up to ``limit`` pending changes (of any client); returns how many were taken."""
+        batch = self.feed.claim(limit)
+        if batch is None:
+            return 0
+        self.follow_up(batch)
+        for listener in {c.listener for c in batch.changes if c.listener is not None}:
+            self.finish_job_if_done(listener)
+        return len(batch.changes)
+
+    def drain(self, listener_uuid: str) -> int:
+        """Compute every change queued for one listener (a retry); returns how many rows failed."""
+        failed = 0
+        while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener_uuid)) is not None:
+            failed += self.follow_up(batch)
+        return failed
+
+    def follow_up(self, batch: Batch) -> int:
+        """Compute a batch, then the batches its output writes cause (listeners on outputs); returns how many rows
+        failed."""
+        if self.db.compute.distributed:
+            return self.db.compute.follow_up(self.db, batch)
+        failed = 0
+        while batch is not None:
+            finished, n = self.process(batch)
+            failed += n
+            batch = finished.chained
+        return failed
+
+    def process(self, batch: Batch) -> tuple[Finished, int]:
+        """Compute one batch here and store its results; returns what was stored and how many rows failed."""
+        groups = batch.groups()
+        if not all(self.knows(table, only) for table, only in groups):
+            self.reload()  # applied by another process since we looked: never drop its changes
+        results = []
+        try:
+            for (table, only), changes in groups.items():
+                for listener in self.followers(table):
+                    if only is None or listener.uuid == only:
+                        results.append(self.compute(listener, changes))
+            finished = self.feed.finish(batch, results, self.followed_tables())
+        except LeaseLost as e:
+            log.warning('%s; another consumer computes those changes', e)
+            return Finished(stored={}, gone={}), 0
+        except BaseException:
+            try:
+                self.feed.release(batch)
+            except Exception as e:  # the lease runs out instead
+                log.warning('could not give back a batch of changes: %s', e)
+            raise
+        self._after(results, finished)
+        return finished, sum(len(r.failed) for r in results)
+
+    def compute(self, listener: 'Listener', changes: list[Change]) -> Results:
+        """The listener's results for these changed keys: the rows are read as they are now."""
+        info = self.db.table_info(listener.source)
+        pk = info.primary_key
+        by_key = {c.key: c for c in changes}
+        found: dict[Any, dict] = {}
+        for chunk in _chunks(list(by_key), ID_CHUNK):
+            for row in self.db.execute(listener.select.filter(key_in(pk, chunk))):
+                found[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)] = row
+        results = Results(listener.uuid, listener.outputs, (SOURCE, listener.outputs))
+        results.gone = [c for k, c in by_key.items() if k not in found]
+        done: list[tuple[Change, Any]] = []
+        try:
+            done = self._predict(listener, [(by_key[k], row) for k, row in found.items()], results)
+        except Exception as e:  # one broken listener never stops the others
+            log.exception('listener %r failed on a batch of %d rows', listener.identifier, len(found))
+            results.failed.extend((by_key[k], _error_text(e)) for k in found)
+        self._encode(listener, done, results, composite=len(pk) > 1)
+        if results.failed:
+            log.warning('listener %r: model failed on %d rows, e.g. %s', listener.identifier, len(results.failed),
+                        results.failed[0][1])
+        return results
+
+    def _predict(self, listener: 'Listener', rows: list[tuple[Change, Any]], results: Results) -> list:
+        """(change, output) for each row the model gives an output for; the rows it fails on go to ``results``."""
         make = input_maker(listener.key)
         model = listener.model
-        ids: list = []
-        outputs: list = []
-        failures: list[tuple[Any, str]] = []
-        for chunk in _chunks(rows, max(1, model.batch_size)):
-            try:
-                outputs.extend(model.predict_inputs([make(_plain(r)) for r in chunk]))
-                ids.extend(r[pk] for r in chunk)
-            except Exception:  # find the rows that fail, keep the others
-                for row in chunk:
-                    try:
-                        outputs.append(model.predict_inputs([make(_plain(row))])[0])
-                        ids.append(row[pk])
-                    except Exception as e:
-                        failures.append((row[pk], _error_text(e)))
-        failures += self._store(listener, ids, outputs)
-        if failures:
-            log.warning('listener %r: model failed on %d rows, e.g. %s', listener.identifier, len(failures),
-                        failures[0][1])
-            self.failures.record(listener.uuid, failures)
-        failed = {f[0] for f in failures}
-        self.failures.clear(listener.uuid, [i for i in ids if i not in failed])
-        return len(failures)
+        done: list[tuple[Change, Any]] = []
+        with self._model_lock(listener.uuid):  # models are not all thread-safe; nothing here waits on the database
+            for chunk in _chunks(rows, max(1, model.batch_size)):
+                try:
+                    outputs = model.predict_inputs([make(_plain(row)) for _, row in chunk])
+                    done.extend((change, out) for (change, _), out in zip(chunk, outputs))
+                except Exception:  # find the rows that fail, keep the others
+                    for change, row in chunk:
+                        try:
+                            done.append((change, model.predict_inputs([make(_plain(row))])[0]))
+                        except Exception as e:
+                            results.failed.append((change, _error_text(e)))
+        return done
 
-    def _store(self, listener: 'Listener', ids: list, outputs: list) -> list[tuple[Any, str]]:
-        """Upsert outputs (checked against the output type); returns the rows whose output did not fit."""
-        if not ids:
-            return []
+    def _model_lock(self, listener_uuid: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._model_locks.setdefault(listener_uuid, threading.Lock())
+
+    def _encode(self, listener: 'Listener', done: list[tuple[Change, Any]], results: Results, composite: bool) -> None:
+        """Encode outputs for the outputs table; those that do not fit its type are failures."""
+        if not done:
+            return
         table = listener.outputs
         schema = self.db.table_info(table).schema
-        keys = [SOURCE, table]
-        bad: list[tuple[Any, str]] = []
+        sources = [c.text if composite else c.key for c, _ in done]
         try:
-            columns = schema.encode_columns(table, keys, [ids, outputs], self.db.artifact_store)
-        except InvalidValue:
-            good_ids, good_outputs = [], []
-            for i, out in zip(ids, outputs):
-                try:
-                    schema.encode_columns(table, keys, [[i], [out]], self.db.artifact_store)
-                    good_ids.append(i)
-                    good_outputs.append(out)
-                except InvalidValue as e:
-                    bad.append((i, f'model {listener.model.identifier!r} returned an output that does not fit: {e}'))
-            ids = good_ids
-            columns = schema.encode_columns(table, keys, [good_ids, good_outputs], self.db.artifact_store)
-        if ids:
-            with self.db.databackend.begin() as conn, self.db.changes.own_writes(conn, table) as own:
-                self.db.databackend.insert(conn, table, keys, columns, upsert_key=SOURCE)
-            self.after_write(table, ids)
-            self.db.changes.acknowledge(own)
-        return bad
-
-    def after_write(self, table: str, ids: list, deleted: bool = False, only: str | None = None) -> None:
-        """Bring every listener (and vector index) on ``table`` up to date with these rows (only the listener with
-        uuid ``only`` if given)."""
-        for observe in self.observers:
-            observe(table, ids, deleted)
-        if not self.hooks.get(table) and not self.followers(table):
+            columns = schema.encode_columns(table, list(results.keys), [sources, [o for _, o in done]],
+                                            self.db.artifact_store)
+            results.stored.extend((c, row) for (c, _), row in zip(done, zip(*columns)))
             return
-        with self.lock:
-            self._after_write(table, ids, deleted, only)
-
-    def _after_write(self, table: str, ids: list, deleted: bool, only: str | None) -> None:
-        if only is None:
-            self.run_hooks(table, ids, deleted)
-        for listener in self.followers(table):
-            if only is not None and listener.uuid != only:
-                continue
+        except InvalidValue:
+            pass
+        for (change, out), source in zip(done, sources):
             try:
-                if deleted:
-                    self._delete_outputs(listener, ids)
-                else:
-                    self.refresh(listener, ids)
-            except Exception as e:  # one broken listener never stops the others
-                log.exception('listener %r failed to follow a write to %r', listener.identifier, table)
-                self.failures.record(listener.uuid, [(i, _error_text(e)) for i in ids])
+                columns = schema.encode_columns(table, list(results.keys), [[source], [out]], self.db.artifact_store)
+                results.stored.append((change, (columns[0][0], columns[1][0])))
+            except InvalidValue as e:
+                results.failed.append((change, f'model {listener.model.identifier!r} returned an output that does '
+                                               f'not fit: {e}'))
+
+    def _after(self, results: list[Results], finished: Finished) -> None:
+        """Tell the hooks (vector indexes) and observers (Dask) of the output writes that were stored."""
+        for res in results:
+            stored = [c.key if not isinstance(c.key, tuple) else c.text for c in finished.stored.get(res.listener, [])]
+            gone = [c.key if not isinstance(c.key, tuple) else c.text for c in finished.gone.get(res.listener, [])]
+            for ids, deleted in ((stored, False), (gone, True)):
+                if ids:
+                    for observe in self.observers:
+                        observe(res.outputs_table, ids, deleted)
+                    self.run_hooks(res.outputs_table, ids, deleted)
 
     def run_hooks(self, table: str, ids: list, deleted: bool) -> None:
-        for hook in self.hooks.get(table, []):
+        for hook in list(self.hooks.get(table, [])):
+            name = getattr(hook, 'problem_name', f'a hook on {table!r}')
             try:
                 hook(ids, deleted)
-            except Exception:
-                log.exception('a hook on %r failed to follow a write', table)
+                self.problems.pop(name, None)
+            except Exception as e:
+                log.exception('%s failed to follow a write to %r', name, table)
+                self.problems[name] = f'failed to follow a write to {table!r}: {_error_text(e)}'
 
     def refresh(self, listener: 'Listener', ids: list) -> int:
-        """Recompute outputs for these source rows; rows gone or no longer selected lose their outputs. Returns how
-        many rows failed."""
-        if self.db.compute.distributed:
-            return self.db.compute.refresh(self.db, listener, ids)
-        pk = self.db.table_info(listener.source).primary_key[0]
-        found: list[dict] = []
-        for chunk in _chunks(list(ids), ID_CHUNK):
-            query = listener.select.filter(Compare(pk, 'in', tuple(chunk)))
-            found.extend(self.db.execute(query).tolist())
-        gone = set(ids) - {row[pk] for row in found}
-        if gone:
-            self._delete_outputs(listener, list(gone))
-        return self.process(listener, found) if found else 0
-
-    def _delete_outputs(self, listener: 'Listener', ids: list) -> None:
-        table = listener.outputs
-        with self.db.databackend.begin() as conn, self.db.changes.own_writes(conn, table) as own:
-            for chunk in _chunks(list(ids), ID_CHUNK):
-                self.db.databackend.delete(conn, table, Compare(SOURCE, 'in', tuple(chunk)))
-        self.failures.clear(listener.uuid, list(ids))
-        self.after_write(table, ids, deleted=True)
-        self.db.changes.acknowledge(own)
+        """Recompute outputs for these source rows now; rows gone or no longer selected lose their outputs. Returns
+        how many rows failed."""
+        self.feed.enqueue(listener.source, listener.uuid, keys=list(dict.fromkeys(ids)))
+        return self.drain(listener.uuid)
 
     def retry_due(self) -> int:
         """Try again the failed rows whose backoff has passed; returns how many were tried."""
         tried = 0
         cfg = self.db.cfg
         for listener in self.load():
-            due = self.failures.due(listener.uuid, cfg.max_attempts, cfg.retry_delay)
+            due = self.failures.take_due(listener.uuid, cfg.max_attempts, cfg.retry_delay)
             if due:
-                with self.lock:
-                    self.refresh(listener, due)
+                self.feed.enqueue(listener.source, listener.uuid, refs=due)
+                self.drain(listener.uuid)
                 tried += len(due)
         return tried
 
     def retry(self, identifier: str) -> int:
         """Recompute the rows a listener failed on; returns how many still fail."""
         listener = self.active(identifier)
-        failed = [f['source'] for f in self.failures.list(listener.uuid)]
+        failed = self.failures.texts(listener.uuid)
         if failed:
-            self.refresh(listener, failed)
+            self.feed.enqueue(listener.source, listener.uuid, refs=failed)
+            self.drain(listener.uuid)
         return self.failures.count(listener.uuid)
 
 

@@ -53,6 +53,24 @@ class Compare(Condition):
 
 
 @dataclass(frozen=True, eq=False)
+class KeysIn(Condition):
+    """Rows whose composite key ``fields`` is one of ``values`` (tuples in ``fields`` order)."""
+
+    fields_: tuple[str, ...]
+    values: tuple[tuple, ...]
+
+    def fields(self) -> Iterator[str]:
+        yield from self.fields_
+
+
+def key_in(fields: tuple[str, ...], keys: Iterable[Any]) -> Condition:
+    """Rows whose primary key (one field, or several: ``keys`` are then tuples) is one of ``keys``."""
+    if len(fields) == 1:
+        return Compare(fields[0], 'in', tuple(keys))
+    return KeysIn(tuple(fields), tuple(tuple(k) for k in keys))
+
+
+@dataclass(frozen=True, eq=False)
 class And(Condition):
     parts: tuple[Condition, ...]
 

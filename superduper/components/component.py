@@ -49,6 +49,9 @@ class Component:
     def on_applied(self, db: Any) -> None:
         """Work that follows storing the metadata (a listener's backfill)."""
 
+    def on_reapplied(self, db: Any) -> None:
+        """Applied again unchanged: finish what an earlier apply may have left undone (it died half way)."""
+
     def on_load(self, db: Any) -> None:
         """Called after the component is rebuilt from its stored record."""
 

@@ -19,6 +19,7 @@ import inspect
 import json
 import numbers
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -305,6 +306,14 @@ def _to_datetime(v: Any) -> datetime.datetime:
     return v.to_pydatetime() if hasattr(v, 'to_pydatetime') else v
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_bool(v: Any) -> bool:
     return isinstance(v, bool) or (type(v).__module__ == 'numpy' and type(v).__name__ in ('bool', 'bool_'))
 
@@ -320,6 +329,7 @@ SCALARS: dict[str, FieldType] = {
     'datetime': Scalar(
         'datetime', (datetime.datetime,), lambda v: isinstance(v, datetime.datetime), _to_datetime, 'a datetime'
     ),
+    'uuid': Scalar('uuid', (uuid.UUID,), lambda v: isinstance(v, str) and _is_uuid(v), lambda v: uuid.UUID(v), 'a UUID'),
     'json': Json(),
     'any': FieldType(),
 }

@@ -7,6 +7,7 @@ listener can take ``key=upstream.outputs`` on ``db[upstream.outputs].select()``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,6 +15,21 @@ from superduper.base.exceptions import ComponentError
 from superduper.base.query import Query
 from superduper.components.component import Component
 from superduper.components.model import Model, input_maker
+
+
+#: the longest table name every supported database takes, in bytes (PostgreSQL: 63; MySQL: 64 characters)
+NAME_LIMIT = 63
+
+
+def outputs_table(predict_id: str) -> str:
+    """``_outputs__<predict_id>``, shortened deterministically (with a hash of the whole name) where it would be too
+    long for the database: every client derives the same name from the listener's identifier and uuid."""
+    name = f'_outputs__{predict_id}'
+    if len(name.encode()) <= NAME_LIMIT:
+        return name
+    suffix = '__' + hashlib.sha1(name.encode()).hexdigest()[:12]
+    prefix = name.encode()[: NAME_LIMIT - len(suffix)].decode(errors='ignore')
+    return prefix + suffix
 
 
 @dataclass(eq=False)
@@ -48,7 +64,7 @@ class Listener(Component):
     @property
     def outputs(self) -> str:
         """The name of the output table, and of its output column."""
-        return f'_outputs__{self.predict_id}'
+        return outputs_table(self.predict_id)
 
     @property
     def source(self) -> str:
@@ -62,6 +78,9 @@ class Listener(Component):
 
     def on_applied(self, db: Any) -> None:
         db.listening.start(self)
+
+    def on_reapplied(self, db: Any) -> None:
+        db.listening.resume(self)
 
     def on_remove(self, db: Any) -> None:
         db.listening.stop(self)

@@ -14,24 +14,29 @@ after the event's time, so nobody computes an API write twice.
 
 Fallback: mongomock and standalone servers have no change streams. There only writes through the superduper API
 (``insert_one``, ``update_many``, ...) keep outputs current; outputs of documents written by other clients are
-computed on ``db.apply`` of a listener (backfill) or by ``db.retry``-style recomputation, not as they arrive.
+computed on ``db.apply`` of a listener (backfill) or by ``db.retry``-style recomputation, not as they arrive, and
+``db.status()`` says that it cannot count what waits.
+
+Whether the server has change streams is asked again after an error (a restarting server, a failover): a transient
+error never turns following off for the life of the process; meanwhile ``problems`` says why nothing is followed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import logging
-import threading
-from typing import TYPE_CHECKING, Any, Iterator
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from superduper.base.background import BackgroundConsumer
+from superduper.backends.base import Batch, Change, Finished, Results
+from superduper.backends.inline import InlineFeed, InlineWrites
 from superduper.backends.sql.metadata import COMPONENTS
+from superduper.base.keys import dump_key
 
 if TYPE_CHECKING:
     from superduper.backends.mongodb.data_backend import MongoDataBackend, Writes
-    from superduper.base.datalayer import Datalayer
 
 log = logging.getLogger('superduper')
 STATE = '_superduper_change_streams'
@@ -40,60 +45,80 @@ ACK_SECONDS = 3600
 OPERATIONS = ['insert', 'update', 'replace', 'delete', 'invalidate']
 HISTORY_LOST = (136, 280, 286)  # CappedPositionLost, ChangeStreamFatalError, ChangeStreamHistoryLost
 AWAIT_MS = 200
+RECHECK_SECONDS = 30.0  # after an error, how long until the server is asked again whether it has change streams
 
 
-class ChangeStreamFeed:
-    """The MongoDB counterpart of ``superduper.base.changes.ChangeFeed`` (same methods, same callers)."""
+@dataclass
+class MongoWrites(InlineWrites):
+    conn: Any = None
 
-    #: no durable queue of changes: a listener's backfill runs where it is applied (``Listening.backfill``)
-    enabled = False
 
-    def __init__(self, db: 'Datalayer', backend: 'MongoDataBackend'):
-        self.db = db
-        self.backend = backend
-        self.lock = threading.Lock()
+@dataclass
+class StreamPosition:
+    """The claim of a batch read from the change stream: the position to save once its results are stored."""
+
+    token: Any
+    reload: bool = False  # a component was applied or removed by another process
+
+
+class ChangeStreamFeed(InlineFeed):
+    """API writes and queued work as ``InlineFeed``; writes by other clients from the change stream."""
+
+    def __init__(self, backend: 'MongoDataBackend', failures: Any):
+        super().__init__(backend, failures)
         self._stream: Any = None
         self._watching: tuple[str, ...] = ()
-        self._consumer = BackgroundConsumer('superduper-change-stream', self.consume, lambda: db.listening.retry_due())
         self._saved: Any = None  # the token last saved by this process
         self._acks_ready = False
+        self._supported: bool | None = None
+        self._recheck_at = 0.0
+        self.problem: str | None = None  # why writes by other clients are not followed now
 
-    @functools.cached_property
+    @property
     def supported(self) -> bool:
-        try:
-            return self.backend.supports_change_streams()
-        except Exception as e:  # no 'hello' (very old server, restricted user): act as a standalone
-            log.warning('cannot tell whether %s has change streams (%s); following API writes only', self.backend, e)
-            return False
+        """Whether the server has change streams; an error leaves the question open, to be asked again."""
+        if self._supported is None and time.monotonic() >= self._recheck_at:
+            try:
+                self._supported = self.backend.supports_change_streams()
+                self.problem = None if self._supported else 'the server has no change streams (not a replica set)'
+            except Exception as e:  # a server restarting, a restricted user: ask again later
+                self._recheck_at = time.monotonic() + RECHECK_SECONDS
+                self.problem = f'cannot tell whether the server has change streams: {type(e).__name__}: {e}'
+                log.warning('%s; asking again in %.0f s', self.problem, RECHECK_SECONDS)
+        return bool(self._supported)
+
+    @supported.setter
+    def supported(self, value: bool) -> None:
+        self._supported = value
 
     # ---- which collections are followed ----------------------------------------------------------------------
-    def follow(self, table: str) -> None:
+    def follow(self, table: str, key: Sequence[str]) -> None:
         """Mark where following starts (before the backfill), unless a consumer already keeps a position."""
         if self.supported and self._load_token() is None:
             with self._watch([{'$match': {'operationType': 'invalidate'}}]) as stream:
                 self._save_token(stream.resume_token)
 
-    def unfollow(self, table: str) -> None:
-        """Nothing to undo: the stream is filtered to the followed collections each round."""
-
-    def _followed(self) -> tuple[str, ...]:
-        return tuple(sorted({listener.source for listener in self.db.listening.load()}))
-
     # ---- writes made here -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def own_writes(self, conn: 'Writes', table: str) -> Iterator[list]:
-        own: list = []
-        if not self.supported or not self.db.listening.followers(table):
-            yield own
-            return
-        conn.track = True
-        yield own
-        if conn.operation_time is not None:
-            own.extend((name, ids, conn.operation_time) for name, ids in conn.written.items())
+    def writing(self, conn: 'Writes', table: str, key: Sequence[str]) -> Iterator[MongoWrites]:
+        conn.track = self.supported
+        yield MongoWrites(table, conn=conn)
 
-    def acknowledge(self, own: list) -> None:
-        """Record that this process followed these writes (up to their operation time)."""
-        if not own:
+    def written(self, handle: MongoWrites) -> Batch | None:
+        self._acknowledge(handle.conn)
+        return super().written(handle)
+
+    @contextlib.contextmanager
+    def _writes(self) -> Iterator[Any]:
+        with self.backend.begin() as conn:
+            conn.track = self.supported
+            yield conn
+        self._acknowledge(conn)
+
+    def _acknowledge(self, conn: 'Writes') -> None:
+        """Record that this process followed these writes (up to their operation time): a stream consumer skips
+        their events."""
+        if conn is None or conn.operation_time is None or not conn.written:
             return
         from pymongo import UpdateOne
 
@@ -103,36 +128,29 @@ class ChangeStreamFeed:
             self._acks_ready = True
         now = datetime.datetime.now(datetime.timezone.utc)
         updates = [
-            UpdateOne({'_id': {'c': name, 'k': key}}, {'$max': {'t': time}, '$set': {'at': now}}, upsert=True)
-            for name, ids, time in own for key in ids
+            UpdateOne({'_id': {'c': name, 'k': key}}, {'$max': {'t': conn.operation_time}, '$set': {'at': now}},
+                      upsert=True)
+            for name, ids in conn.written.items() for key in ids
         ]
         for i in range(0, len(updates), 1000):
             acks.bulk_write(updates[i : i + 1000], ordered=False)
 
-    # ---- status ------------------------------------------------------------------------------------------------
-    def pending(self, table: str) -> tuple[int, float | None]:
-        """A change stream does not say how much is behind it."""
-        return 0, None
-
-    def pending_for(self, listener_uuid: str) -> int:
-        return 0
-
     # ---- consuming ----------------------------------------------------------------------------------------------
-    def consume(self, limit: int = 1000) -> int:
-        """Follow up to ``limit`` changes from the stream; returns how many were taken."""
-        if not self.supported:
-            return 0
-        with self.lock:
-            return self._consume(limit)
+    def claim(self, limit: int, listener: str | None = None) -> Batch | None:
+        """Queued work first (backfills, retries), then the change stream's next events."""
+        queued = super().claim(limit, listener)
+        if queued is not None or listener is not None or not self.supported:
+            return queued
+        return self._read_stream(limit)
 
-    def _consume(self, limit: int) -> int:
+    def _read_stream(self, limit: int) -> Batch | None:
         import pymongo.errors
 
         events: list[dict] = []
         try:
             stream = self._open()  # a token gone from the oplog fails here or on the first read
             if stream is None:
-                return 0
+                return None
             while len(events) < limit:
                 event = stream.try_next()
                 if event is None:
@@ -146,58 +164,60 @@ class ChangeStreamFeed:
                 self._close()
                 raise
             self._resync(e)
-            return 0
+            return super().claim(limit)
         except pymongo.errors.PyMongoError:
             self._close()
             raise
-        if events:
-            self.apply(events)
-        if stream.resume_token != self._saved:  # idle rounds write nothing
-            self._save_token(stream.resume_token)
-        return len(events)
+        position = StreamPosition(stream.resume_token)
+        changes = self._changes(events, position)
+        if not changes:
+            if position.token != self._saved:  # idle rounds write nothing
+                self._save_token(position.token)
+            return Batch(stamp=next(self._stamps), changes=[], claim=position) if position.reload else None
+        return Batch(stamp=next(self._stamps), changes=changes, claim=position)
 
-    def apply(self, events: list[dict]) -> None:
-        """Bring listeners up to date with a batch of change events (the last event of a document decides)."""
-        latest: dict[str, dict[Any, tuple[str, Any]]] = {}
-        reload = False
+    def _changes(self, events: list[dict], position: StreamPosition) -> list[Change]:
+        """The last event of each document decides; documents already followed by their writer are skipped."""
+        latest: dict[str, dict[Any, Any]] = {}
         for event in events:
-            kind = event['operationType']
-            if kind == 'invalidate':
+            if event['operationType'] == 'invalidate':
                 continue
             collection = event['ns']['coll']
             if collection == COMPONENTS:
-                reload = True
+                position.reload = True
                 continue
-            op = 'delete' if kind == 'delete' else 'upsert'
-            latest.setdefault(collection, {})[event['documentKey']['_id']] = (op, event.get('clusterTime'))
-        listening = self.db.listening
-        if reload:
-            listening.reload()  # a component was applied or removed by another process
-        for collection, changes in latest.items():
-            if not listening.followers(collection):
-                continue
-            done = self._acknowledged(collection, changes)
-            upserts = [k for k, (op, _) in changes.items() if op == 'upsert' and k not in done]
-            deletes = [k for k, (op, _) in changes.items() if op == 'delete' and k not in done]
-            if upserts:
-                listening.after_write(collection, upserts)
-            if deletes:
-                listening.after_write(collection, deletes, deleted=True)
+            latest.setdefault(collection, {})[event['documentKey']['_id']] = event.get('clusterTime')
+        changes = []
+        for collection, times in latest.items():
+            done = self._acknowledged(collection, times)
+            changes.extend(Change(collection, key, None, dump_key(key)) for key in times if key not in done)
+        return changes
 
-    def _acknowledged(self, collection: str, changes: dict[Any, tuple[str, Any]]) -> set:
+    def _acknowledged(self, collection: str, times: dict[Any, Any]) -> set:
         """The documents followed by the process that wrote them, at or after the time of their event here."""
-        keys = [{'c': collection, 'k': k} for k in changes]
+        keys = [{'c': collection, 'k': k} for k in times]
         done = set()
         for i in range(0, len(keys), 1000):
             for ack in self.backend.database[ACKS].find({'_id': {'$in': keys[i : i + 1000]}}):
                 key = ack['_id']['k']
-                event_time = changes[key][1]
-                if event_time is not None and ack['t'] >= event_time:
+                if times[key] is not None and ack['t'] >= times[key]:
                     done.add(key)
         return done
 
+    def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
+        finished = super().finish(batch, results, followed)
+        if isinstance(batch.claim, StreamPosition):
+            self._save_token(batch.claim.token)
+        return finished
+
+    def release(self, batch: Batch) -> None:
+        if isinstance(batch.claim, StreamPosition):
+            self._close()  # read again from the saved position
+        else:
+            super().release(batch)
+
     def _open(self) -> Any:
-        followed = self._followed()
+        followed = tuple(sorted({table for table, _ in self.listeners()}))
         if not followed:
             self._close()
             return None
@@ -223,14 +243,23 @@ class ChangeStreamFeed:
         self._watching = ()
 
     def _resync(self, error: Exception) -> None:
-        """The saved position is gone from the oplog: changes were missed, so recompute every listener's outputs
-        from the data, having started a new stream first so that nothing written meanwhile is missed."""
+        """The saved position is gone from the oplog: changes were missed, so queue every followed collection's
+        documents to be computed again, having started a new stream first so that nothing written meanwhile is
+        missed."""
         log.warning('the change stream cannot resume (%s); recomputing the outputs of every listener', error)
         self._close()
         self._save_token(None)
-        self.follow('')
-        for listener in self.db.listening.load():
-            self.db.listening.backfill(listener)
+        self.follow('', ())
+        for table, listener in self.listeners():
+            self.enqueue(table, listener)
+
+    # ---- status ------------------------------------------------------------------------------------------------
+    def problem_with(self, table: str) -> str | None:
+        return self.problem if self.supported or self.problem else None
+
+    def pending(self, table: str) -> tuple[int | None, float | None]:
+        """A change stream does not say how many events wait: ``None``, never a made-up 0."""
+        return None, None
 
     # ---- the saved position ---------------------------------------------------------------------------------
     def _load_token(self) -> Any:
@@ -246,14 +275,5 @@ class ChangeStreamFeed:
             state.replace_one({'_id': 'resume'}, {'token': token, 'at': datetime.datetime.now(datetime.timezone.utc)},
                               upsert=True)
 
-    # ---- the background consumer --------------------------------------------------------------------------------
-    def start(self, interval: float) -> None:
-        """Follow the change stream in a daemon thread (only where the server has change streams); the stream
-        resumes after a lost connection or a failover."""
-        if self.supported:
-            self._consumer.start(interval)
-
-    def stop(self) -> None:
-        self._consumer.stop()
-        with self.lock:
-            self._close()
+    def close(self) -> None:
+        self._close()

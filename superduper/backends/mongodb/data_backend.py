@@ -15,11 +15,13 @@ again before the error is raised. Updates and deletes are not undone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 from superduper.backends.mongodb.connection import Connection, connect, redact
 from superduper.backends.mongodb.filters import to_filter
-from superduper.base.exceptions import DatabaseError, QueryError
+from superduper.backends.base import Capabilities
+from superduper.base.exceptions import ConfigError, DatabaseError, QueryError
 from superduper.base.query import Condition
 
 if TYPE_CHECKING:
@@ -71,12 +73,26 @@ class MongoDataBackend:
 
     scheme: ClassVar[str] = 'mongodb'
     schemaless: ClassVar[bool] = True
+    capabilities: Capabilities = Capabilities(change_capture='change_stream', transactions=False, upsert=True)
 
     def __init__(self, uri: str, connection: Connection | None = None):
         self.uri = uri
         found = connection or connect(uri)
         self.client, self.database, self.is_mock = found.client, found.database, found.is_mock
         self._keys: dict[str, str] = {}  # collection -> its declared key field, stored as _id too
+        if self.is_mock:
+            self.capabilities = dataclasses.replace(
+                self.capabilities, change_capture='none', shared=False,
+                unshared_reason=f'mongomock keeps {uri!r} inside one process; use mongodb://')
+
+    @classmethod
+    def shareable_uri(cls, uri: str, base_dir: str) -> str:
+        if uri.partition('://')[0].lower() == 'mongomock':
+            raise ConfigError(f'mongomock keeps {uri!r} inside one process; use mongodb://')
+        return uri
+
+    def primary_key(self, name: str) -> list[str]:
+        return [self._keys.get(name, ID)]
 
     def __repr__(self) -> str:
         return f'MongoDataBackend({redact(self.uri)!r})'
@@ -97,10 +113,10 @@ class MongoDataBackend:
 
         return MongoArtifactStore(self.uri, cache_dir=cache_dir, database=self.database)
 
-    def change_feed(self, db: Any) -> Any:
+    def change_feed(self, cfg: Any, metadata: Any) -> Any:
         from superduper.backends.mongodb.change_stream import ChangeStreamFeed
 
-        return ChangeStreamFeed(db, self)
+        return ChangeStreamFeed(self, metadata.failure_log())
 
     def native_vectors(self, table: str, field: str) -> bool:
         return False

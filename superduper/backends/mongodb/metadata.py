@@ -132,14 +132,24 @@ class MongoJobLog:
     def __init__(self, store: MongoMetaDataStore):
         self.collection = store.jobs
 
-    def start(self, kind: str, component: Any, total: int | None) -> str:
-        job_id = uuid.uuid4().hex
-        self.collection.insert_one({
-            '_id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
-            'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total, 'failed': 0,
-            'error': None, 'started_at': datetime.datetime.now(), 'finished_at': None,
-        })
+    def start(self, kind: str, component: Any, total: int | None, job_id: str | None = None) -> str | None:
+        """A new running job; ``None`` if a job with ``job_id`` exists already (someone else started it)."""
+        import pymongo.errors
+
+        job_id = job_id or uuid.uuid4().hex
+        try:
+            self.collection.insert_one({
+                '_id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
+                'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total,
+                'failed': 0, 'error': None, 'started_at': datetime.datetime.now(), 'finished_at': None,
+            })
+        except pymongo.errors.DuplicateKeyError:
+            return None
         return job_id
+
+    def get(self, job_id: str) -> dict | None:
+        found = self.collection.find_one({'_id': job_id})
+        return None if found is None else {'id': found.pop('_id'), **found}
 
     def progress(self, job_id: str, done: int, failed: int) -> None:
         self.collection.update_one({'_id': job_id}, {'$set': {'done': done, 'failed': failed}})

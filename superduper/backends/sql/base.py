@@ -10,36 +10,36 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import threading
+import uuid
 import zlib
 from typing import Any, ClassVar, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from superduper.backends.base import Capabilities
 from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError, UnknownTable
-from superduper.base.query import And, Compare, Condition, Not, Or
+from superduper.base.query import And, Compare, Condition, KeysIn, Not, Or
 from superduper.components.datatype import FieldType
 
 ID_LENGTH = 255
-CHANGES = '_superduper_changes'
-# trigger name suffix, event, the row it sees, and the change it records
-ROW_EVENTS = (('ins', 'INSERT', 'NEW', 'upsert'), ('upd', 'UPDATE', 'NEW', 'upsert'), ('del', 'DELETE', 'OLD', 'delete'))
+EVENTS = ('ins', 'upd', 'del')
 
 
 class SQLDataBackend:
     """Any database SQLAlchemy has a dialect for; ``uri`` is a SQLAlchemy URL."""
 
     scheme: ClassVar[str] = 'sqlalchemy'
-    #: whether database triggers record changes made by any client (see ``install_capture``)
-    captures_changes: ClassVar[bool] = False
-    #: whether workers can claim changes with ``FOR UPDATE SKIP LOCKED``
-    skip_locked: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities(change_capture='none', upsert=False)
     #: whether results can be streamed through a server-side cursor while other statements run
     streams_results: ClassVar[bool] = True
     #: every column is declared (see ``superduper.backends.base.DataBackend``)
     schemaless: ClassVar[bool] = False
+    #: the database's clock in epoch seconds, as SQL (change rows and leases are timed by the database)
+    epoch_sql: ClassVar[str] = 'CAST(CURRENT_TIMESTAMP AS FLOAT)'
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -65,10 +65,14 @@ class SQLDataBackend:
     def default_artifact_store(self, cache_dir: str) -> None:
         return None  # no general way to keep large files in SQL: the local filesystem
 
-    def change_feed(self, db: Any) -> Any:
-        from superduper.base.changes import ChangeFeed
+    def change_feed(self, cfg: Any, metadata: Any) -> Any:
+        if self.capabilities.change_capture == 'triggers':
+            from superduper.backends.sql.changes import SQLChangeFeed
 
-        return ChangeFeed(db)
+            return SQLChangeFeed(self, lease=cfg.lease_seconds, retry_delay=cfg.retry_delay)
+        from superduper.backends.inline import InlineFeed
+
+        return InlineFeed(self, metadata.failure_log())
 
     def native_vectors(self, table: str, field: str) -> bool:
         return False
@@ -85,6 +89,11 @@ class SQLDataBackend:
     def sqlalchemy_url(cls, uri: str) -> str:
         return uri
 
+    @classmethod
+    def shareable_uri(cls, uri: str, base_dir: str) -> str:
+        """The URI another process (a worker started elsewhere) opens this database with."""
+        return uri
+
     def engine_options(self) -> dict[str, Any]:
         return {}
 
@@ -97,6 +106,7 @@ class SQLDataBackend:
             'bytes': sa.LargeBinary(),
             'json': sa.JSON(none_as_null=True),
             'datetime': sa.DateTime(),
+            'uuid': sa.Uuid(),
             'any': sa.Text(),
         }[storage]
 
@@ -107,53 +117,105 @@ class SQLDataBackend:
     def id_type(self) -> Any:
         return sa.String(ID_LENGTH)
 
-    # ---- change capture -------------------------------------------------------------------------------------------
-    @functools.cached_property
-    def changes(self) -> sa.Table:
-        """``_superduper_changes``: one row per inserted, updated or deleted row of a followed table."""
-        table = sa.Table(
-            CHANGES,
-            sa.MetaData(),
-            sa.Column('id', sa.BigInteger().with_variant(sa.Integer, 'sqlite'), primary_key=True, autoincrement=True),
-            sa.Column('tbl', sa.String(255), nullable=False),
-            sa.Column('source', sa.String(255), nullable=False),
-            sa.Column('op', sa.String(8), nullable=False),
-            sa.Column('listener', sa.String(64)),  # for one listener only (a backfill); NULL: every follower
-            sa.Column('created_at', sa.DateTime, nullable=False),
-            sa.Index('ix_superduper_changes_listener', 'listener', 'source'),
-        )
-        table.create(self.engine, checkfirst=True)
-        return table
-
-    def install_capture(self, table: str, primary_key: str) -> None:
-        """Triggers recording every write to ``table`` in ``_superduper_changes``, whoever makes it (row triggers;
-        a dialect gives their SQL through ``row_trigger_sql``)."""
-        self.changes  # noqa: B018 (created on first use)
-        with self.begin() as conn:
-            for event, when, row, op in ROW_EVENTS:
-                trigger = self._quote(self.trigger_name(table, event))
-                record = (f'INSERT INTO {CHANGES} (tbl, source, op, created_at) VALUES ({self._literal(table)}, '
-                          f"{row}.{self._quote(primary_key)}, '{op}', {self.utc_now_sql})")
-                for sql in self.row_trigger_sql(trigger, when, self._quote(table), record):
-                    conn.exec_driver_sql(sql)
-
-    #: the SQL of the current UTC time, for change rows written by triggers
-    utc_now_sql: ClassVar[str] = 'CURRENT_TIMESTAMP'
-
-    def row_trigger_sql(self, trigger: str, when: str, table: str, record: str) -> list[str]:
+    # ---- change capture (see ``superduper.backends.sql.changes``) ----------------------------------------
+    def capture_ddl(self, table: str, key: list[str]) -> list[str]:
+        """The statements installing triggers that record every write to ``table`` in ``_superduper_changes``."""
         raise NotImplementedError(f'{type(self).__name__} cannot record changes with triggers')
 
-    def remove_capture(self, table: str) -> None:
-        with self.begin() as conn:
-            for event, *_ in ROW_EVENTS:
-                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {self._quote(self.trigger_name(table, event))}')
+    def drop_capture_ddl(self, table: str) -> list[str]:
+        return [f'DROP TRIGGER IF EXISTS {self.sql_name(self.trigger_name(table, event))}' for event in EVENTS]
+
+    def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
+        """Make the change rows this transaction writes from now on carry ``claim``; returns what ``unmark_writes``
+        needs."""
+        raise NotImplementedError
+
+    def unmark_writes(self, conn: Connection, claim: int, mark: Any, changes: sa.Table) -> None:
+        pass
 
     @staticmethod
     def trigger_name(table: str, event: str) -> str:
+        """A short name derived from the table's (any length, any characters)."""
         return f'_sdc_{zlib.crc32(table.encode()):08x}_{event}'
 
-    def _literal(self, value: str) -> str:
-        return "'" + value.replace("'", "''") + "'"
+    def key_text(self, columns: Sequence[Any]) -> Any:
+        """The SQL expression rendering a row's primary key as text, the same way in triggers, queued backfills
+        and joins: the value cast to text, or a JSON array of the values for a composite key."""
+        if len(columns) == 1:
+            return sa.cast(columns[0], sa.Text)
+        return sa.cast(sa.func.json_array(*columns), sa.Text)
+
+    def key_text_sql(self, row: str, key: list[str]) -> str:
+        """``key_text`` of the trigger row ``row`` (``NEW``, ``OLD`` or a transition table alias), as SQL."""
+        placeholders = [f'sd_key_placeholder_{i}' for i in range(len(key))]
+        sql = str(self.key_text([sa.column(p) for p in placeholders]).compile(dialect=self.dialect))
+        for placeholder, name in zip(placeholders, key):  # names escaped once, as ``run_sql`` expects
+            sql = sql.replace(placeholder, f'{row}.{self.sql_name(name)}')
+        return sql
+
+    def primary_key(self, name: str) -> list[str]:
+        return [c.name for c in self.table(name).primary_key.columns]
+
+    def decode_keys(self, name: str, texts: Sequence[str]) -> list:
+        """Primary-key values from their ``key_text`` renderings."""
+        parsers = [_key_parser(c.type) for c in self.table(name).primary_key.columns]
+        if len(parsers) == 1:
+            parse = parsers[0]
+            return [parse(t) for t in texts]
+        return [tuple(p(v) for p, v in zip(parsers, json.loads(t))) for t in texts]
+
+    def run_sql(self, conn: Connection, sql: str) -> None:
+        """Run a statement built here (DDL): names and literals in it were escaped by ``sql_name``/``sql_literal``,
+        for a driver that formats parameters, so it is always given (no) parameters to format."""
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            if self.dialect.identifier_preparer._double_percents:
+                cursor.execute(sql, ())
+            else:
+                cursor.execute(sql)
+        except self.dialect.loaded_dbapi.Error as e:
+            raise DatabaseError(f'{sql.split("(", 1)[0][:80]} failed: {str(e).strip().splitlines()[0]}') from e
+        finally:
+            cursor.close()
+
+    def sql_name(self, name: str) -> str:
+        """A quoted identifier for SQL run with ``run_sql``."""
+        return self.dialect.identifier_preparer.quote_identifier(name)
+
+    def sql_literal(self, value: str) -> str:
+        """A string literal for SQL run with ``run_sql``, escaped as the dialect requires (backslashes on MySQL)."""
+        return str(sa.literal(value, sa.String).compile(dialect=self.dialect, compile_kwargs={'literal_binds': True}))
+
+    def check_name(self, name: str, what: str = 'table') -> None:
+        """Refuse a name longer than the database takes (PostgreSQL would silently cut it)."""
+        limit = self.capabilities.identifier_limit
+        if limit is not None and len(name.encode()) > limit:
+            raise ComponentError(f'{what} name {name!r} is {len(name.encode())} bytes long; '
+                                 f'{self.dialect.name} takes at most {limit}')
+
+    def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
+        """``INSERT`` that skips rows whose key exists (``executemany`` parameters)."""
+        dialect = self.dialect.name
+        if dialect in ('mysql', 'mariadb'):
+            from sqlalchemy.dialects.mysql import insert
+
+            stmt = insert(table)
+            return stmt.on_duplicate_key_update({key[0]: stmt.inserted[key[0]]})
+        module = 'sqlite' if dialect == 'sqlite' else 'postgresql'
+        insert = __import__(f'sqlalchemy.dialects.{module}', fromlist=['insert']).insert
+        return insert(table).on_conflict_do_nothing(index_elements=key)
+
+    def is_deadlock(self, error: sa.exc.DBAPIError) -> bool:
+        """Whether the database aborted the transaction to break a deadlock (worth running it again)."""
+        code = getattr(error.orig, 'sqlstate', None) or (error.orig.args[0] if error.orig and error.orig.args else None)
+        return code in ('40P01', '40001', 1213, 1205)
+
+    def delete_keys(self, conn: Connection, name: str, key: str, values: Sequence[Any],
+                    texts: Sequence[str] | None = None) -> None:
+        """Delete the rows of an outputs table whose source key is one of ``values``."""
+        table = self.table(name)
+        for i in range(0, len(values), 1000):
+            conn.execute(table.delete().where(table.c[key].in_(list(values[i : i + 1000]))))
 
     # ---- connections ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -199,7 +261,8 @@ class SQLDataBackend:
 
     def _build(self, name: str, types: dict[str, FieldType], primary_key: str) -> sa.Table:
         columns = [
-            sa.Column(field, self.id_type() if field == primary_key else self.field_type(ftype),
+            sa.Column(field, self.id_type() if field == primary_key and ftype.storage in ('str', 'any')
+                      else self.field_type(ftype),
                       primary_key=field == primary_key, nullable=field != primary_key)
             for field, ftype in types.items()
         ]
@@ -212,6 +275,9 @@ class SQLDataBackend:
 
     def create_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
         """Create the table, or add the declared columns an existing one lacks."""
+        self.check_name(name)
+        for field in types:
+            self.check_name(field, what=f'column of table {name!r}:')
         if not self.has_table(name):
             with self._errors('create', name):
                 self._build(name, types, primary_key).create(self.engine)
@@ -223,12 +289,12 @@ class SQLDataBackend:
             with self.begin() as conn:
                 for field in missing:
                     ddl = self.field_type(types[field]).compile(dialect=self.dialect)
-                    conn.exec_driver_sql(f'ALTER TABLE {self._quote(name)} ADD COLUMN {self._quote(field)} {ddl}')
+                    self.run_sql(conn, f'ALTER TABLE {self.sql_name(name)} ADD COLUMN {self.sql_name(field)} {ddl}')
         self.bind_table(name, types, primary_key)
 
     def drop_table(self, name: str) -> None:
         with self.begin() as conn:
-            conn.exec_driver_sql(f'DROP TABLE IF EXISTS {self._quote(name)}')
+            self.run_sql(conn, f'DROP TABLE IF EXISTS {self.sql_name(name)}')
         self.forget(name)
 
     def _quote(self, identifier: str) -> str:
@@ -331,7 +397,7 @@ class SQLDataBackend:
         offset: int = 0,
         batch_size: int = 2000,
         conn: Connection | None = None,
-        joins: Sequence[tuple[str, str, str, str]] = (),
+        joins: Sequence[tuple[str, str, Any, str]] = (),
     ) -> Iterator[list]:
         """Batches of row tuples in ``columns`` order (then one column per join), streamed from the database.
 
@@ -343,7 +409,10 @@ class SQLDataBackend:
         for other_name, column, on, key in joins:
             other = self.table(other_name)
             selected.append(other.c[column])
-            source = source.outerjoin(other, table.c[on] == other.c[key])
+            if isinstance(on, tuple):  # a composite key: the outputs hold its text rendering
+                source = source.outerjoin(other, self.key_text([table.c[c] for c in on]) == other.c[key])
+            else:
+                source = source.outerjoin(other, table.c[on] == other.c[key])
         stmt = sa.select(*selected).select_from(source)
         if where is not None:
             stmt = stmt.where(self._where(table, where))
@@ -487,7 +556,15 @@ class SQLDataBackend:
             return conn.execute(stmt).scalar_one()
 
     # ---- filters --------------------------------------------------------------------------------------------
+    def compile_condition(self, table: sa.Table, cond: Condition) -> Any:
+        """A condition tree as a SQLAlchemy expression on ``table``."""
+        return self._where(table, cond)
+
     def _where(self, table: sa.Table, cond: Condition) -> Any:
+        if isinstance(cond, KeysIn):
+            if not cond.values:
+                return sa.false()
+            return sa.tuple_(*[table.c[f] for f in cond.fields_]).in_([tuple(v) for v in cond.values])
         if isinstance(cond, Compare):
             col = table.c[cond.field]
             value = cond.value
@@ -529,6 +606,8 @@ def storage_of(sa_type: Any) -> str:
     """The storage kind of a reflected column type; ``'any'`` passes values through unchecked."""
     if isinstance(sa_type, sa.Boolean):
         return 'bool'
+    if isinstance(sa_type, sa.Uuid):
+        return 'uuid'
     if isinstance(sa_type, sa.Integer):
         return 'int'
     if isinstance(sa_type, sa.Float):
@@ -542,6 +621,33 @@ def storage_of(sa_type: Any) -> str:
     if isinstance(sa_type, sa.DateTime):
         return 'datetime'
     return 'any'
+
+
+def _key_parser(sa_type: Any) -> Any:
+    """Turns one key column's text rendering (or JSON value, in a composite key) back into its Python value."""
+    try:
+        python_type = sa_type.python_type
+    except NotImplementedError:
+        return lambda v: v
+    if python_type is int:
+        return int
+    if python_type is uuid.UUID:
+        as_uuid = getattr(sa_type, 'as_uuid', True)
+        return (lambda v: uuid.UUID(str(v))) if as_uuid else str
+    if python_type is str:
+        return str
+    if python_type in (float, bool):
+        return lambda v: python_type(json.loads(v) if isinstance(v, str) else v)
+    import datetime
+    import decimal
+
+    if python_type is datetime.datetime:
+        return lambda v: datetime.datetime.fromisoformat(str(v).replace('T', ' '))
+    if python_type is datetime.date:
+        return lambda v: datetime.date.fromisoformat(str(v))
+    if python_type is decimal.Decimal:
+        return lambda v: decimal.Decimal(str(v))
+    return lambda v: v
 
 
 def _unknown_table_message(name: str, existing: list[str], uri: str) -> str:

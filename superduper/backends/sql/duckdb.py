@@ -8,12 +8,17 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
+from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.sqlite import file_path
+from superduper.base.exceptions import ConfigError
 
 
 class DuckDBDataBackend(SQLDataBackend):
     scheme = 'duckdb'
+    capabilities = Capabilities(change_capture='none', upsert=True, shared=False,
+                                unshared_reason='DuckDB opens a database file in one process at a time')
+    epoch_sql = 'epoch(current_timestamp)'
     # a DuckDB connection invalidates an open result when it runs another statement: read results whole
     streams_results = False
 
@@ -28,6 +33,10 @@ class DuckDBDataBackend(SQLDataBackend):
                 "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'"
             ).scalars()
             self.dialect.identifier_preparer.reserved_words |= set(keywords)
+
+    @classmethod
+    def shareable_uri(cls, uri: str, base_dir: str) -> str:
+        raise ConfigError(f'DuckDB opens {uri!r} in one process at a time')
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:

@@ -197,15 +197,24 @@ class JobLog:
         self.store = store
         self.table = store.jobs
 
-    def start(self, kind: str, component: Any, total: int | None) -> str:
-        job_id = uuid.uuid4().hex
-        with self.store.engine.begin() as conn:
-            conn.execute(self.table.insert(), {
-                'id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
-                'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total, 'failed': 0,
-                'started_at': datetime.datetime.now(),
-            })
+    def start(self, kind: str, component: Any, total: int | None, job_id: str | None = None) -> str | None:
+        """A new running job; ``None`` if a job with ``job_id`` exists already (someone else started it)."""
+        job_id = job_id or uuid.uuid4().hex
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(self.table.insert(), {
+                    'id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
+                    'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total,
+                    'failed': 0, 'started_at': datetime.datetime.now(),
+                })
+        except sa.exc.IntegrityError:
+            return None
         return job_id
+
+    def get(self, job_id: str) -> dict | None:
+        with self.store.engine.connect() as conn:
+            found = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).mappings().first()
+        return None if found is None else dict(found)
 
     def progress(self, job_id: str, done: int, failed: int) -> None:
         with self.store.engine.begin() as conn:

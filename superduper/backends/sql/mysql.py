@@ -4,20 +4,55 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
 
-from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.base import Capabilities
+from superduper.backends.sql.base import EVENTS, SQLDataBackend
+from superduper.backends.sql.changes import CHANGES
+from superduper.base.exceptions import ComponentError
+
+SESSION_CLAIM = '@superduper_claim'  # the claim a superduper write gives its change rows (a session variable)
 
 
 class MySQLDataBackend(SQLDataBackend):
     scheme = 'mysql'
-    captures_changes = True
-    skip_locked = True  # MariaDB 10.6+, MySQL 8+
+    # SKIP LOCKED: MariaDB 10.6+, MySQL 8+
+    capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, identifier_limit=64)
+    epoch_sql = 'UNIX_TIMESTAMP(NOW(6))'
 
-    utc_now_sql = 'UTC_TIMESTAMP(6)'
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        # a session variable outlives the transaction: never let a pooled connection keep one
+        sa.event.listen(self.engine, 'reset', _forget_claim)
 
-    def row_trigger_sql(self, trigger: str, when: str, table: str, record: str) -> list[str]:
-        return [f'DROP TRIGGER IF EXISTS {trigger}', f'CREATE TRIGGER {trigger} AFTER {when} ON {table} FOR EACH ROW {record}']
+    def check_name(self, name: str, what: str = 'table') -> None:
+        if len(name) > 64:  # characters, not bytes
+            raise ComponentError(f'{what} name {name!r} is {len(name)} characters long; MySQL takes at most 64')
+
+    def capture_ddl(self, table: str, key: list[str]) -> list[str]:
+        name, literal, now = self.sql_name(table), self.sql_literal(table), self.epoch_sql
+
+        def record(row: str) -> str:
+            return (f'INSERT INTO {CHANGES} (tbl, source, claim, created) '
+                    f'VALUES ({literal}, {self.key_text_sql(row, key)}, {SESSION_CLAIM}, {now})')
+
+        same = ' AND '.join(f'OLD.{self.sql_name(k)} <=> NEW.{self.sql_name(k)}' for k in key)
+        bodies = {'ins': ('INSERT', record('NEW')), 'del': ('DELETE', record('OLD')),
+                  'upd': ('UPDATE', f'BEGIN {record("NEW")}; IF NOT ({same}) THEN {record("OLD")}; END IF; END')}
+        statements = self.drop_capture_ddl(table)
+        for event in EVENTS:
+            when, body = bodies[event]
+            statements.append(f'CREATE TRIGGER {self.sql_name(self.trigger_name(table, event))} AFTER {when} ON {name} '
+                              f'FOR EACH ROW {body}')
+        return statements
+
+    def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
+        conn.exec_driver_sql(f'SET {SESSION_CLAIM} = %s', (claim,))
+
+    def unmark_writes(self, conn: Connection, claim: int, mark: Any, changes: sa.Table) -> None:
+        conn.exec_driver_sql(f'SET {SESSION_CLAIM} = NULL')
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:
@@ -46,3 +81,11 @@ class MySQLDataBackend(SQLDataBackend):
         if storage == 'datetime':
             return mysql.DATETIME(fsp=6)
         return super().column_type(storage)
+
+
+def _forget_claim(dbapi_connection: Any, _record: Any, _reset_state: Any = None) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f'SET {SESSION_CLAIM} = NULL')
+    finally:
+        cursor.close()

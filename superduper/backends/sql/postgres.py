@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
-
-import functools
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
 
-from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.base import Capabilities
+from superduper.backends.sql.base import EVENTS, SQLDataBackend
+from superduper.backends.sql.changes import CHANGES
+
+SESSION_CLAIM = 'superduper.claim'  # the claim a superduper write gives its change rows (a transaction setting)
 from superduper.components.datatype import FieldType, Vector
 
 
@@ -45,41 +49,52 @@ class PgVector(sa.types.UserDefinedType):
 
 class PostgresDataBackend(SQLDataBackend):
     scheme = 'postgresql'
-    captures_changes = True
-    skip_locked = True
+    capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, native_vectors=True,
+                                identifier_limit=63)
+    epoch_sql = 'extract(epoch from clock_timestamp())'
 
-    def install_capture(self, table: str, primary_key: str) -> None:
-        # statement-level triggers with transition tables: a bulk insert costs one INSERT ... SELECT, not one a row
-        self.changes  # noqa: B018 (created on first use)
-        function = self._quote(self.trigger_name(table, 'fn'))
-        name, key, literal = self._quote(table), self._quote(primary_key), self._literal(table)
-        now = "(now() AT TIME ZONE 'utc')"
+    def capture_ddl(self, table: str, key: list[str]) -> list[str]:
+        # statement-level triggers with transition tables: a bulk write costs one INSERT ... SELECT, not one a row
+        function = self.sql_name(self.trigger_name(table, 'fn'))
+        name, literal, now = self.sql_name(table), self.sql_literal(table), self.epoch_sql
+        claim = f"NULLIF(current_setting('{SESSION_CLAIM}', true), '')::bigint"  # set by superduper's own writes
+        insert = f'INSERT INTO {CHANGES} (tbl, source, claim, created) SELECT {literal}, k, {claim}, {now} FROM'
+        new_keys, old_keys = f'SELECT {self.key_text_sql("n", key)} AS k FROM new_rows n', \
+            f'SELECT {self.key_text_sql("o", key)} AS k FROM old_rows o'
         body = (
-            f"BEGIN IF TG_OP = 'DELETE' THEN "
-            f"INSERT INTO _superduper_changes (tbl, source, op, created_at) "
-            f"SELECT {literal}, o.{key}::text, 'delete', {now} FROM old_rows o; "
-            f"ELSE INSERT INTO _superduper_changes (tbl, source, op, created_at) "
-            f"SELECT {literal}, n.{key}::text, 'upsert', {now} FROM new_rows n; END IF; RETURN NULL; END"
+            f"BEGIN IF TG_OP = 'INSERT' THEN {insert} ({new_keys}) AS keys; "
+            f"ELSIF TG_OP = 'UPDATE' THEN {insert} ({new_keys} UNION {old_keys}) AS keys; "  # a changed key: both
+            f"ELSE {insert} ({old_keys}) AS keys; END IF; RETURN NULL; END"
         )
-        with self.begin() as conn:
-            conn.exec_driver_sql(
-                f'CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $sd$ {body} $sd$'
-            )
-            for event, when, ref in (('ins', 'INSERT', 'NEW TABLE AS new_rows'), ('upd', 'UPDATE', 'NEW TABLE AS new_rows'),
-                                     ('del', 'DELETE', 'OLD TABLE AS old_rows')):
-                trigger = self._quote(self.trigger_name(table, event))
-                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {trigger} ON {name}')
-                conn.exec_driver_sql(
-                    f'CREATE TRIGGER {trigger} AFTER {when} ON {name} REFERENCING {ref} '
-                    f'FOR EACH STATEMENT EXECUTE FUNCTION {function}()'
-                )
+        tag = '$sd$'
+        while tag in body:
+            tag = tag[:-1] + 'x$'
+        statements = [f'CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {tag}{body}{tag}']
+        refs = {'ins': ('INSERT', 'NEW TABLE AS new_rows'), 'upd': ('UPDATE', 'OLD TABLE AS old_rows NEW TABLE AS new_rows'),
+                'del': ('DELETE', 'OLD TABLE AS old_rows')}
+        for event in EVENTS:
+            trigger = self.sql_name(self.trigger_name(table, event))
+            when, ref = refs[event]
+            statements.append(f'DROP TRIGGER IF EXISTS {trigger} ON {name}')
+            statements.append(f'CREATE TRIGGER {trigger} AFTER {when} ON {name} REFERENCING {ref} '
+                              f'FOR EACH STATEMENT EXECUTE FUNCTION {function}()')
+        return statements
 
-    def remove_capture(self, table: str) -> None:
-        with self.begin() as conn:
-            for event in ('ins', 'upd', 'del'):
-                conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS {self._quote(self.trigger_name(table, event))} '
-                                     f'ON {self._quote(table)}')
-            conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS {self._quote(self.trigger_name(table, "fn"))}()')
+    def drop_capture_ddl(self, table: str) -> list[str]:
+        name = self.sql_name(table)
+        drops = [f'DROP TRIGGER IF EXISTS {self.sql_name(self.trigger_name(table, e))} ON {name}' for e in EVENTS]
+        return drops + [f'DROP FUNCTION IF EXISTS {self.sql_name(self.trigger_name(table, "fn"))}()']
+
+    def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
+        conn.execute(sa.select(sa.func.set_config(SESSION_CLAIM, str(claim), True)))
+
+    def unmark_writes(self, conn: Connection, claim: int, mark: Any, changes: sa.Table) -> None:
+        conn.execute(sa.select(sa.func.set_config(SESSION_CLAIM, '', True)))
+
+    def key_text(self, columns: Any) -> Any:
+        if len(columns) == 1:
+            return sa.cast(columns[0], sa.Text)
+        return sa.cast(sa.func.json_build_array(*columns), sa.Text)
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
-from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.base import Capabilities
+from superduper.backends.sql.base import EVENTS, SQLDataBackend
+from superduper.backends.sql.changes import CHANGES
+from superduper.base.exceptions import ConfigError
 
 
 def file_path(uri: str) -> str | None:
@@ -21,19 +27,66 @@ def file_path(uri: str) -> str | None:
 
 class SQLiteDataBackend(SQLDataBackend):
     scheme = 'sqlite'
-    captures_changes = True
+    # one writer at a time: a write transaction holds the database, so claims need no row locks
+    capabilities = Capabilities(change_capture='triggers', upsert=True)
+    epoch_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, uri: str):
         path = file_path(uri)
         if path is not None and os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         super().__init__(uri)
+        if path is None:  # one connection, this process only: writes are followed as they are made here
+            self.capabilities = dataclasses.replace(
+                self.capabilities, change_capture='none', shared=False,
+                unshared_reason=f'the in-memory database {uri!r} lives in one process')
         sa.event.listen(self.engine, 'connect', _configure_connection)
 
-    utc_now_sql = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction that takes the database's write lock at once (``BEGIN IMMEDIATE``): one that read
+        first and then wrote could fail, without waiting, if another connection wrote in between."""
+        if self.capabilities.change_capture == 'none':
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql('BEGIN IMMEDIATE')
+            yield conn
+            conn.commit()
 
-    def row_trigger_sql(self, trigger: str, when: str, table: str, record: str) -> list[str]:
-        return [f'CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {when} ON {table} BEGIN {record}; END']
+    def capture_ddl(self, table: str, key: list[str]) -> list[str]:
+        name, literal, now = self.sql_name(table), self.sql_literal(table), self.epoch_sql
+
+        def record(row: str) -> str:
+            return f'INSERT INTO {CHANGES} (tbl, source, created) VALUES ({literal}, {self.key_text_sql(row, key)}, {now});'
+
+        same = ' AND '.join(f'OLD.{self.sql_name(k)} IS NEW.{self.sql_name(k)}' for k in key)
+        old_key = (f'INSERT INTO {CHANGES} (tbl, source, created) SELECT {literal}, {self.key_text_sql("OLD", key)}, '
+                   f'{now} WHERE NOT ({same});')  # a changed primary key: the old key's outputs go
+        bodies = {'ins': ('INSERT', record('NEW')), 'upd': ('UPDATE', record('NEW') + ' ' + old_key),
+                  'del': ('DELETE', record('OLD'))}
+        statements = self.drop_capture_ddl(table)
+        for event in EVENTS:
+            when, body = bodies[event]
+            statements.append(f'CREATE TRIGGER {self.sql_name(self.trigger_name(table, event))} AFTER {when} ON {name} '
+                              f'BEGIN {body} END')
+        return statements
+
+    def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
+        # the transaction holds the write lock: every change row after the last one now is this transaction's
+        return conn.execute(sa.select(sa.func.max(changes.c.id))).scalar() or 0
+
+    def unmark_writes(self, conn: Connection, claim: int, mark: Any, changes: sa.Table) -> None:
+        conn.execute(changes.update().where(changes.c.id > mark, changes.c.claim.is_(None)).values(claim=claim))
+
+    @classmethod
+    def shareable_uri(cls, uri: str, base_dir: str) -> str:
+        path = file_path(uri)
+        if path is None:
+            raise ConfigError(f'the in-memory database {uri!r} lives in one process')
+        query = uri.partition('?')[2]
+        return f'sqlite://{os.path.normpath(os.path.join(base_dir, path))}' + (f'?{query}' if query else '')
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:
