@@ -180,6 +180,7 @@ class Batch:
     stamp: int
     changes: list[Change]
     claim: Any = None  # the feed's handle on the lease (None: nothing was leased, e.g. writes followed in memory)
+    reload: bool = False  # the feed saw components applied or removed by another process: read them again
 
     def groups(self) -> dict[tuple[str, str | None], list[Change]]:
         """The changes by (table, listener), each key once, in the order first seen."""

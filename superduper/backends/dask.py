@@ -138,29 +138,38 @@ class DaskComputeBackend:
     def backfill(self, db: 'Datalayer', listener: 'Listener', total: int) -> Iterator[tuple[int, int]]:
         """Outputs for every row queued for the listener: the client leases batches of keys and keeps every worker
         busy with them; yields ``(rows, failed)`` as each batch is done."""
-        from distributed import wait
+        from distributed import as_completed
 
         size = part_size(total, self.workers(), db.cfg.read_batch_size, per_worker=PARTS_PER_WORKER)
-        in_flight: set = set()
-        exhausted = False
+        sent: list = []
+
+        def send_more(running: int) -> list:
+            more = []
+            while running + len(more) < self.workers() * PARTS_PER_WORKER:
+                batch = db.changes.claim(size, listener=listener.uuid)
+                if batch is None:
+                    break
+                more.append(self._send(db, batch, f'backfill-{listener.identifier}'))
+            sent.extend(more)
+            return more
+
+        first = send_more(0)
+        if not first:
+            return
+        running = len(first)
+        finished = as_completed(first, loop=self.client.loop)
         try:
-            while True:
-                while not exhausted and len(in_flight) < self.workers() * PARTS_PER_WORKER:
-                    batch = db.changes.claim(size, listener=listener.uuid)
-                    if batch is None:
-                        exhausted = True
-                    else:
-                        in_flight.add(self._send(db, batch, f'backfill-{listener.identifier}'))
-                if not in_flight:
-                    return
-                finished, in_flight = wait(list(in_flight), return_when='FIRST_COMPLETED')
-                in_flight = set(in_flight)
-                for future in finished:
-                    done = self._absorb(db, future.result())
-                    yield done.rows, done.failed
+            for future in finished:
+                running -= 1
+                done = self._absorb(db, future.result())
+                yield done.rows, done.failed
+                for more in send_more(running):
+                    finished.add(more)
+                    running += 1
         finally:
-            if in_flight:
-                self.client.cancel(list(in_flight))
+            pending = [f for f in sent if not f.done()]
+            if pending:
+                self.client.cancel(pending)
 
     def _send(self, db: 'Datalayer', batch: 'Batch', name: str) -> Any:
         db.changes.hand_off(batch)  # the worker renews the lease while it computes

@@ -164,27 +164,28 @@ class Datalayer:
                                  f'{info.primary_key}')
             where = Compare(info.primary_key[0], 'in', tuple(self._ids(info, query, where)))
         values = self._encode_values(info, query.values) if query.action == 'update' else {}
-        with self._writing(info) as (conn, handle):
-            if handle is not None and handle.needs_keys:  # nothing records the rows written: say which
-                handle.add(self._ids(info, query, where))
-                if set(info.primary_key) <= set(values):  # a key changed: the new key is written too
-                    handle.add([values[info.primary_key[0]] if len(info.primary_key) == 1
-                                else tuple(values[k] for k in info.primary_key)])
+        with self._writing(info, touched=lambda: self._ids(info, query, where)) as (conn, handle):
             if query.action == 'update':
                 count = self.databackend.update(conn, query.table, values, where)
             else:
                 count = self.databackend.delete(conn, query.table, where)
+            if handle is not None and set(info.primary_key) <= set(values):  # a key changed: the new key too
+                handle.add([values[info.primary_key[0]] if len(info.primary_key) == 1
+                            else tuple(values[k] for k in info.primary_key)])
         return count
 
     @contextlib.contextmanager
-    def _writing(self, info: TableInfo) -> Iterator[tuple[Any, Any]]:
+    def _writing(self, info: TableInfo, touched: Any = None) -> Iterator[tuple[Any, Any]]:
         """A write transaction on ``info``'s table; where listeners follow it, its changes are computed once it
-        commits (before ``execute()`` returns), by this process or the cluster."""
+        commits (before ``execute()`` returns), by this process or the cluster. Where the database does not record
+        which rows a write changed, ``touched()`` says, read before the write."""
         if not self.listening.followers(info.name):
             with self.databackend.begin() as conn:
                 yield conn, None
             return
+        before = touched() if touched is not None and not self.changes.durable else []
         with self.databackend.begin() as conn, self.changes.writing(conn, info.name, info.primary_key) as handle:
+            handle.add(before)
             yield conn, handle
         self.listening.written(handle)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
@@ -249,11 +250,16 @@ class Listening:
         try:
             with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
                       unit='rows', leave=False) as bar:
-                for rows, failures in self._backfill_parts(listener, total):
-                    done += rows
-                    failed += failures
-                    bar.update(rows)
-                    self.jobs.progress(job, done, failed)
+                while True:
+                    for rows, failures in self._backfill_parts(listener, total):
+                        done += rows
+                        failed += failures
+                        bar.update(rows)
+                        self.jobs.progress(job, done, failed)
+                    if not self.feed.pending_for(listener.uuid):
+                        break
+                    # other consumers hold the rest: wait for them (or for their leases to run out, then take it)
+                    time.sleep(min(self.db.cfg.poll_interval, 0.1))
         except Exception as e:
             self.jobs.finish(job, error=_error_text(e))
             raise
@@ -264,10 +270,7 @@ class Listening:
         if self.db.compute.distributed:
             yield from self.db.compute.backfill(self.db, listener, total)
             return
-        while True:
-            batch = self.feed.claim(self.db.cfg.read_batch_size, listener=listener.uuid)
-            if batch is None:
-                return
+        while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener.uuid)) is not None:
             yield len(batch.changes), self.follow_up(batch)
 
     def finish_job_if_done(self, listener_uuid: str) -> None:
@@ -318,7 +321,7 @@ class Listening:
     def process(self, batch: Batch) -> tuple[Finished, int]:
         """Compute one batch here and store its results; returns what was stored and how many rows failed."""
         groups = batch.groups()
-        if not all(self.knows(table, only) for table, only in groups):
+        if batch.reload or not all(self.knows(table, only) for table, only in groups):
             self.reload()  # applied by another process since we looked: never drop its changes
         results = []
         try:

@@ -173,8 +173,9 @@ class ChangeStreamFeed(InlineFeed):
         if not changes:
             if position.token != self._saved:  # idle rounds write nothing
                 self._save_token(position.token)
-            return Batch(stamp=next(self._stamps), changes=[], claim=position) if position.reload else None
-        return Batch(stamp=next(self._stamps), changes=changes, claim=position)
+            if not position.reload:
+                return None
+        return Batch(stamp=next(self._stamps), changes=changes, claim=position, reload=position.reload)
 
     def _changes(self, events: list[dict], position: StreamPosition) -> list[Change]:
         """The last event of each document decides; documents already followed by their writer are skipped."""
