@@ -70,7 +70,8 @@ def start(
     uri: str = typer.Argument(..., help='database URI, e.g. postgresql://user@host/db'),
     batch: int = typer.Option(1000, help='changes taken per round'),
     interval: float = typer.Option(0.5, help='seconds between looks for changes when idle'),
-    once: bool = typer.Option(False, help='follow what is pending, then exit'),
+    once: bool = typer.Option(False, help='follow what is pending (waiting for leases of dead workers to run out), '
+                              'then exit'),
     compute: Optional[str] = typer.Option(None, help="where outputs are computed: 'local' (here) or a Dask "
                                           'scheduler, e.g. dask://tcp://host:8786'),
 ) -> None:
@@ -99,13 +100,18 @@ def start(
                 time.sleep(min(interval * 2**failures, 30.0))
                 continue
             if not taken:
-                if once:
+                if once and not _pending(db):
                     break
                 time.sleep(interval)
     except KeyboardInterrupt:
         pass
     finally:
         db.close()
+
+
+def _pending(db: Any) -> int:
+    """Changes still waiting, claimed or not (a claim of a dead worker comes free when its lease runs out)."""
+    return sum(s['pending'] or 0 for s in db.status())
 
 
 @app.command()

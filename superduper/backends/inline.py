@@ -100,17 +100,17 @@ class InlineFeed:
                 yield row[0] if len(key) == 1 else tuple(row)
 
     def claim(self, limit: int, listener: str | None = None) -> Batch | None:
-        with self._lock:
-            for entry in list(self._queue):
-                if listener is not None and entry.listener != listener:
-                    continue
-                keys = list(itertools.islice(entry.keys, limit))
-                entry.left = max(0, entry.left - len(keys))
-                if len(keys) < limit:
-                    self._queue.remove(entry)
-                if keys:
-                    return self.batch(entry.table, entry.listener, keys)
-        return None
+        with self._lock:  # take the entry out: its keys are read from the database with no lock held
+            entry = next((e for e in self._queue if listener is None or e.listener == listener), None)
+            if entry is None:
+                return None
+            self._queue.remove(entry)
+        keys = list(itertools.islice(entry.keys, limit))
+        entry.left = max(0, entry.left - len(keys))
+        if len(keys) == limit:
+            with self._lock:
+                self._queue.appendleft(entry)
+        return self.batch(entry.table, entry.listener, keys) if keys else self.claim(limit, listener)
 
     def hand_off(self, batch: Batch) -> None:
         pass

@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from superduper.base import faults
 from superduper.base.config import Config, load_config
 from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
 from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query
@@ -381,6 +382,7 @@ class Datalayer:
             created.append({'uuid': uuid, 'type_id': component.type_id, 'identifier': component.identifier,
                             'version': component.version, 'record': record})
         self._loaded[uuid] = component
+        faults.point('after_metadata_commit', component.type_id)
         component.on_applied(self)
         return component
 

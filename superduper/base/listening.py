@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
+from superduper.base import faults
 from superduper.base.background import BackgroundConsumer
 from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField, UnknownTable
 from superduper.base.query import Compare, key_in
@@ -271,6 +272,7 @@ class Listening:
             yield from self.db.compute.backfill(self.db, listener, total)
             return
         while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener.uuid)) is not None:
+            faults.point('after_claim')
             yield len(batch.changes), self.follow_up(batch)
 
     def finish_job_if_done(self, listener_uuid: str) -> None:
@@ -294,6 +296,7 @@ class Listening:
         batch = self.feed.claim(limit)
         if batch is None:
             return 0
+        faults.point('after_claim')
         self.follow_up(batch)
         for listener in {c.listener for c in batch.changes if c.listener is not None}:
             self.finish_job_if_done(listener)
@@ -329,7 +332,9 @@ class Listening:
                 for listener in self.followers(table):
                     if only is None or listener.uuid == only:
                         results.append(self.compute(listener, changes))
+            faults.point('before_finish')
             finished = self.feed.finish(batch, results, self.followed_tables())
+            faults.point('after_finish')
         except LeaseLost as e:
             log.warning('%s; another consumer computes those changes', e)
             return Finished(stored={}, gone={}), 0
