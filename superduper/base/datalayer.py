@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 from superduper.base import faults
 from superduper.base.config import Config, load_config
 from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
-from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query
+from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query, key_in
 from superduper.components.component import (
     Component, artifact_keys, decode_record, encode_component, import_class, ordered_references,
     references,
@@ -213,26 +213,29 @@ class Datalayer:
         loaded = self.vector_indexes.get(name)
         if loaded.component.source != info.name:
             raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
-        pk = info.primary_key[0]
-
-        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where,
-                                          _FilteredRows(self.databackend, info.name, pk, where), pk)
-        scores = dict(hits)
+        pk = info.primary_key
+        rows_filter = _FilteredRows(self.databackend, info.name, pk, where)
+        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, rows_filter,
+                                          pk[0])
+        scores = dict(hits)  # index id -> score; an index id is the key, or a composite key's text
+        keys = rows_filter.keys_of(list(scores))
+        index_id = dict(zip(keys, scores))
         wanted = self._columns(info, query)
-        if query.joined:
-            columns = query.columns and (query.columns if pk in query.columns else (pk,) + query.columns)
+        if query.joined or len(pk) > 1:
+            columns = query.columns and (query.columns + tuple(k for k in pk if k not in query.columns))
             fetch = dataclasses.replace(query, like_=None, action='select', columns=columns, limit_=None, offset_=0)
-            rows = self._select(info, fetch, Compare(pk, 'in', tuple(scores))).tolist() if scores else []
+            rows = self._select(info, fetch, key_in(pk, keys)).tolist() if scores else []
         else:
-            columns = wanted if wanted is None or pk in wanted else [pk] + wanted
-            found = self.databackend.rows_by_key(info.name, columns, pk, list(scores))
+            columns = wanted if wanted is None or pk[0] in wanted else [pk[0]] + wanted
+            found = self.databackend.rows_by_key(info.name, columns, pk[0], list(scores))
             rows = info.schema.row_decoder(columns, self.artifact_store)(found)
         for row in rows:
-            row['_score'] = scores[row[pk]]
+            row['_score'] = scores[index_id[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)]]
         rows.sort(key=lambda r: -r['_score'])
-        if wanted is not None and pk not in wanted:
-            for row in rows:
-                del row[pk]
+        for k in pk:
+            if wanted is not None and k not in wanted:
+                for row in rows:
+                    del row[k]
         rows = rows[query.offset_ :][: query.limit_] if query.limit_ is not None else rows[query.offset_ :]
         return next(iter(rows), None) if query.action == 'one' else Cursor(iter([rows]))
 
@@ -612,19 +615,31 @@ class Datalayer:
 
 @dataclass
 class _FilteredRows:
-    """The rows of ``table`` matching ``where``, for a filtered vector search."""
+    """The rows of ``table`` matching ``where``, for a filtered vector search, by their vector index ids: the
+    primary key, or the text a composite key is stored as next to its outputs (``key_text``)."""
 
     databackend: Any
     table: str
-    primary_key: str
+    primary_key: tuple[str, ...]
     where: Condition | None
 
     def count(self) -> int:
         return self.databackend.count(self.table, self.where)
 
+    def keys_of(self, ids: list) -> list:
+        """The primary keys of these index ids."""
+        return ids if len(self.primary_key) == 1 else self.databackend.decode_keys(self.table, ids)
+
     def ids(self, among: list | None) -> list:
-        cond = self.where if among is None else And((self.where, Compare(self.primary_key, 'in', tuple(among))))
-        return [r[0] for batch in self.databackend.select(self.table, [self.primary_key], cond) for r in batch]
+        pk = list(self.primary_key)
+        cond = self.where if among is None else And((self.where, key_in(tuple(pk), self.keys_of(among))))
+        found = [r[0] if len(pk) == 1 else tuple(r) for batch in self.databackend.select(self.table, pk, cond)
+                 for r in batch]
+        if len(pk) == 1:
+            return found
+        texts = dict(zip(self.keys_of(among), among)) if among is not None else \
+            self.databackend.render_keys(self.table, found)
+        return [texts[k] for k in found if k in texts]
 
 
 def _not_found(db: Datalayer, type_id: str, identifier: str, version: int | None) -> str:

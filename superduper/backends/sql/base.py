@@ -212,10 +212,29 @@ class SQLDataBackend:
 
     def delete_keys(self, conn: Connection, name: str, key: str, values: Sequence[Any],
                     texts: Sequence[str] | None = None) -> None:
-        """Delete the rows of an outputs table whose source key is one of ``values``."""
+        """Delete the rows of an outputs table whose source key is one of ``values`` (a composite key's outputs are
+        keyed by its ``texts``)."""
         table = self.table(name)
+        if texts is not None and values and isinstance(values[0], tuple):
+            values = texts
         for i in range(0, len(values), 1000):
             conn.execute(table.delete().where(table.c[key].in_(list(values[i : i + 1000]))))
+
+    def render_keys(self, name: str, keys: Sequence[Any]) -> dict[Any, str]:
+        """The ``key_text`` of each of these keys that a row of ``name`` has, as the database renders it."""
+        from superduper.base.query import key_in
+
+        source = self.table(name)
+        pk = self.primary_key(name)
+        columns = [source.c[k] for k in pk]
+        found: dict[Any, str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 1000):
+                stmt = sa.select(*columns, self.key_text(columns))
+                stmt = stmt.where(self._where(source, key_in(tuple(pk), keys[i : i + 1000])))
+                for row in conn.execute(stmt):
+                    found[row[0] if len(pk) == 1 else tuple(row[:-1])] = row[-1]
+        return found
 
     # ---- connections ----------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -474,18 +474,7 @@ class SQLChangeFeed:
 
     def _texts(self, table: str, keys: Sequence[Any]) -> list[str]:
         """The key texts of these keys as the database renders them (as Python would for rows that are gone)."""
-        from superduper.base.query import key_in
-
-        source = self.backend.table(table)
-        pk = self.backend.primary_key(table)
-        columns = [source.c[k] for k in pk]
-        found: dict[Any, str] = {}
-        with self.backend.engine.connect() as conn:
-            for chunk in _chunks(list(keys)):
-                stmt = sa.select(*columns, self.backend.key_text(columns))
-                stmt = stmt.where(self.backend.compile_condition(source, key_in(tuple(pk), chunk)))
-                for row in conn.execute(stmt):
-                    found[row[0] if len(pk) == 1 else tuple(row[:-1])] = row[-1]
+        found = self.backend.render_keys(table, list(keys))
         return [found.get(k) or (json.dumps(list(k), default=str) if isinstance(k, tuple) else str(k)) for k in keys]
 
     # ---- status --------------------------------------------------------------------------------------------------
