@@ -347,3 +347,70 @@ def test_writers_workers_and_kills_leave_exactly_one_current_output_per_row(db_u
         assert db.databackend.count('docs') > 100 and db.status()[0]['pending'] == 0
     finally:
         db.close()
+
+
+# ---- lifecycle -------------------------------------------------------------------------------------------------
+NO_CLOSE = textwrap.dedent("""
+    import sys
+    import sqlalchemy as sa
+    from superduper import superduper, Table
+    from superduper.ext.sentence_transformers import SentenceTransformer
+    db = superduper(sys.argv[1], poll_interval=0.01, progress=False)
+    db.apply(Table('notes', fields={'txt': 'str'}))
+    run = sys.argv[2]
+    db['notes'].insert([{'txt': f'note {i} of run {run}'} for i in range(20)]).execute()
+    db.apply(SentenceTransformer('minilm').to_listener('notes', key='txt', identifier='minilm'))
+    engine = sa.create_engine(db.databackend.engine.url)
+    with engine.begin() as conn:  # keep the background consumer busy as the interpreter exits
+        conn.execute(sa.text("INSERT INTO notes (id, txt, _fold) VALUES (:id, :txt, 'train')"),
+                     [{'id': f'sql{run}-{i}', 'txt': f'written by another client {i}'} for i in range(200)])
+    print('exiting without db.close()', flush=True)
+""")
+
+
+@pytest.mark.parametrize('backend', ['sqlite'])
+def test_a_script_that_never_closes_exits_cleanly(db_uri, env):
+    """The change-following thread and the lease thread stop at interpreter exit: no abort from a model's threads
+    killed mid-batch (the seen failure: 'terminate called without an active exception', exit code 134)."""
+    for run in range(2):
+        done = subprocess.run([sys.executable, '-c', NO_CLOSE, db_uri, str(run)], env={**env, 'HF_HUB_OFFLINE': '1'},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and 'exiting without db.close()' in done.stdout, done.stderr[-2000:]
+        assert 'terminate called' not in done.stderr
+    db = superduper(db_uri, progress=False, follow_changes=False, lease_seconds=2)
+    try:
+        drain(db)  # whatever the exiting processes had not finished is still queued: nothing lost
+        assert db.databackend.count(db.load('Listener', 'minilm').outputs) == db.databackend.count('notes')
+    finally:
+        db.close()
+
+
+def test_chained_listeners_with_a_background_consumer_and_concurrent_writers(db_uri, tmp_path):
+    """Three chained listeners, the background consumer of one process and the writes of another, all at once: no
+    deadlock (the suite runs under a timeout) and every output current."""
+    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, poll_interval=0.01,
+                    lease_seconds=2)
+    try:
+        db.apply(Table('docs', fields={'txt': 'str'}, folds=False))
+        first = db.apply(ObjectModel('upper', object=str.upper, datatype='str').to_listener(
+            'docs', key='txt', identifier='upper'))
+        second = db.apply(ObjectModel('exclaim', object=lambda x: x + '!', datatype='str').to_listener(
+            db[first.outputs].select(), key=first.outputs, identifier='exclaim'))
+        third = db.apply(ObjectModel('length', object=len, datatype='int').to_listener(
+            db[second.outputs].select(), key=second.outputs, identifier='length'))
+        t = db['docs']
+        for i in range(40):
+            t.insert([{'id': f'api{i}', 'txt': f'api {i}'}]).execute()
+            plain_sql(db, ('INSERT INTO docs (id, txt) VALUES (:id, :txt)', {'id': f'sql{i}', 'txt': f'sql {i}'}))
+            if i % 3 == 0:
+                t.filter(t['id'] == f'sql{i}').update({'txt': f'changed {i}'}).execute()
+            if i % 5 == 0:
+                plain_sql(db, ('DELETE FROM docs WHERE id = :id', {'id': f'api{i}'}))
+        drain(db)
+        assert faults(db, first, 'docs', str.upper) == CLEAN
+        with db.databackend.engine.connect() as conn:
+            rows = dict(conn.execute(sa.text('SELECT id, txt FROM docs')).all())
+        outputs = {r['_source']: r[third.outputs] for r in db[third.outputs].select().execute()}
+        assert outputs == {k: len(v.upper() + '!') for k, v in rows.items()}
+    finally:
+        db.close()

@@ -22,6 +22,12 @@ class Stoppable(Protocol):
 
 
 _running: 'weakref.WeakSet[Stoppable]' = weakref.WeakSet()
+#: set when the interpreter exits: work in progress stops between model batches and gives its changes back
+exiting = threading.Event()
+
+
+class Interrupted(Exception):
+    """Work stopped because the interpreter is exiting; its changes go back to the queue."""
 
 
 def stop_at_exit(thing: Stoppable) -> None:
@@ -31,6 +37,7 @@ def stop_at_exit(thing: Stoppable) -> None:
 
 @atexit.register
 def _stop_all() -> None:
+    exiting.set()
     for thing in list(_running):
         try:
             thing.stop()
@@ -62,6 +69,8 @@ class BackgroundConsumer:
             try:
                 taken = self.consume() or self.retry_due()
                 failures = 0
+            except Interrupted:
+                return
             except Exception:
                 failures += 1
                 log.exception('%s: following changes failed; retrying', self.name)

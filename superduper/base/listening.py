@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
 from superduper.base import faults
-from superduper.base.background import BackgroundConsumer
+from superduper.base.background import BackgroundConsumer, Interrupted, exiting
 from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField, UnknownTable
 from superduper.base.query import Compare, key_in
 from superduper.components.datatype import SCALARS, infer_type
@@ -361,6 +361,8 @@ class Listening:
         done: list[tuple[Change, Any]] = []
         try:
             done = self._predict(listener, [(by_key[k], row) for k, row in found.items()], results)
+        except Interrupted:
+            raise
         except Exception as e:  # one broken listener never stops the others
             log.exception('listener %r failed on a batch of %d rows', listener.identifier, len(found))
             results.failed.extend((by_key[k], _error_text(e)) for k in found)
@@ -377,6 +379,8 @@ class Listening:
         done: list[tuple[Change, Any]] = []
         with self._model_lock(listener.uuid):  # models are not all thread-safe; nothing here waits on the database
             for chunk in _chunks(rows, max(1, model.batch_size)):
+                if exiting.is_set():
+                    raise Interrupted('the interpreter is exiting')
                 try:
                     outputs = model.predict_inputs([make(_plain(row)) for _, row in chunk])
                     done.extend((change, out) for (change, _), out in zip(chunk, outputs))

@@ -343,6 +343,11 @@ class SQLDataBackend:
         with self._errors('insert into', name):
             return [tuple(r) for r in conn.execute(stmt, rows)]
 
+    def upsert_suffix(self, keys: Sequence[str], key: str) -> str | None:
+        """Where a dialect's upsert is the plain insert with a clause after it (written here, because SQLAlchemy's
+        escapes it wrongly), that clause."""
+        return None
+
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any | None:
         """``INSERT ... ON CONFLICT`` for this dialect, or ``None`` where there is none."""
         dialect = self.dialect.name
@@ -368,7 +373,11 @@ class SQLDataBackend:
         if cached:
             return cached
         table = self.table(name)
-        stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
+        suffix = None if upsert_key is None else self.upsert_suffix(keys, upsert_key)
+        if upsert_key is None or suffix is not None:
+            stmt = table.insert()
+        else:
+            stmt = self.upsert_statement(table, keys, upsert_key)
         processors = [table.c[k].type._cached_bind_processor(self.dialect) for k in keys]
         compiled = (stmt if stmt is not None else table.insert()).compile(dialect=self.dialect, column_keys=list(keys))
         if compiled.positional:
@@ -385,7 +394,7 @@ class SQLDataBackend:
                 return list(zip(*cols))
             return [dict(zip(names, row)) for row in zip(*cols)]
 
-        entry = (str(compiled) if stmt is not None else None, arrange)
+        entry = (str(compiled) + (suffix or '') if stmt is not None else None, arrange)
         self._insert_sql[(name, keys, upsert_key)] = entry
         return entry
 

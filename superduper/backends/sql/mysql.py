@@ -31,6 +31,11 @@ class MySQLDataBackend(SQLDataBackend):
         if len(name) > 64:  # characters, not bytes
             raise ComponentError(f'{what} name {name!r} is {len(name)} characters long; MySQL takes at most 64')
 
+    def upsert_suffix(self, keys: Any, key: str) -> str | None:
+        # SQLAlchemy doubles the % of a name twice inside VALUES(...) here: the clause is written with one escaping
+        columns = [k for k in keys if k != key] or [key]
+        return ' ON DUPLICATE KEY UPDATE ' + ', '.join(f'{self.sql_name(c)} = VALUES({self.sql_name(c)})' for c in columns)
+
     def capture_ddl(self, table: str, key: list[str]) -> list[str]:
         name, literal, now = self.sql_name(table), self.sql_literal(table), self.epoch_sql
 

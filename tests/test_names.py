@@ -1,0 +1,54 @@
+"""Any table or field name the database itself takes works with listeners and with capturing other clients' writes;
+derived names (outputs tables, triggers) that would be too long are shortened deterministically; a name the database
+cannot take gets one error naming it and the limit."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from superduper import ObjectModel, Table, superduper
+from superduper.base.exceptions import ComponentError
+
+ODD = ["it's", 'back\\slash', 'per%cent', 'dollar$sd$tag', 'données', '"quoted"', 'semi;colon', 'x' * 60]
+
+
+@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
+def backend(request) -> str:
+    return request.param
+
+
+def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path):
+    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, follow_changes=False)
+    other = sa.create_engine(db.databackend.engine.url)
+    try:
+        for i, name in enumerate(ODD):
+            field = f'te%xt {i}'
+            db.apply(Table(name, fields={field: 'str'}, folds=False))
+            identifier = f'up%per{i}-' + 'y' * 70  # its outputs table name would be far over the limit
+            model = ObjectModel(f'upper{i}', object=str.upper, datatype='str')
+            listener = db.apply(model.to_listener(name, key=field, identifier=identifier))
+            assert len(listener.outputs.encode()) <= 63
+            db[name].insert([{'id': 'api', field: f'api {i}'}]).execute()
+            table = sa.table(name, sa.column('id'), sa.column(field))
+            with other.begin() as conn:  # another client, plain SQL
+                conn.execute(table.insert(), [{'id': 'sql', field: f'sql {i}'}])
+                conn.execute(table.update().where(table.c.id == 'api').values({field: f'changed {i}'}))
+            while db.listening.work():
+                pass
+            outputs = {r['_source']: r[listener.outputs] for r in db[listener.outputs].select().execute()}
+            assert outputs == {'api': f'CHANGED {i}', 'sql': f'SQL {i}'}, name
+        assert all(s['pending'] == 0 for s in db.status()) and len(db.status()) == len(ODD)
+    finally:
+        other.dispose()
+        db.close()
+
+
+@pytest.mark.skip_backends('sqlite', reason='SQLite has no limit on the length of a name')
+def test_a_name_too_long_for_the_database_is_refused_by_name(db):
+    name = 'n' * 70
+    with pytest.raises(ComponentError, match=rf"table name '{name}' is 70 \w+ long; \w+ takes at most 6[34]"):
+        db.apply(Table(name, fields={'txt': 'str'}))
+    with pytest.raises(ComponentError, match=r"column of table 'short': name 'c{70}' is 70 \w+ long"):
+        db.apply(Table('short', fields={'c' * 70: 'str'}))
+    assert db.show('Table') == [] and 'short' not in db.databackend.table_names()
