@@ -421,6 +421,39 @@ def test_change_stream_history_lost_recomputes_every_listener(mdb):
     assert saved['token'] == {'_data': len(oplog.events)}  # a fresh start, from now
 
 
+def test_a_transient_error_never_turns_change_streams_off(mdb, monkeypatch):
+    """An error asking the server whether it has change streams is reported and asked again later; it does not
+    switch following off for the life of the process."""
+    import pymongo.errors
+
+    from superduper.backends.mongodb import change_stream
+
+    raw = mdb.databackend.database['docs']
+    raw.insert_one({'txt': 'a'})
+    listener = upper(mdb)
+    feed = mdb.changes
+    answers = [pymongo.errors.AutoReconnect('server restarting'), True]
+
+    def ask():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(mdb.databackend, 'supports_change_streams', ask)
+    feed._supported = None
+    assert feed.supported is False  # for now, with the reason shown
+    (status,) = mdb.status()
+    assert 'cannot tell whether the server has change streams' in status['problem'] and 'restarting' in status['problem']
+    assert status['pending'] is None and status['listener'] == listener.identifier
+    monkeypatch.setattr(change_stream, 'RECHECK_SECONDS', 0.0)
+    feed._recheck_at = 0.0
+    assert feed.supported is True and mdb.status()[0]['problem'] is None
+    feed._supported = False  # a standalone server or mongomock: shown, not hidden
+    feed.problem = 'the server has no change streams (not a replica set)'
+    assert 'no change streams' in mdb.status()[0]['problem']
+
+
 def test_without_change_streams_other_clients_writes_wait_for_the_next_backfill(mdb):
     """mongomock and standalone servers: only API writes are followed (the documented fallback)."""
     assert mdb.changes.supported is False and mdb.listening.work() == 0

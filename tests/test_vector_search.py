@@ -101,6 +101,24 @@ def test_follows_inserts_updates_deletes(items, pk):
     assert new_id not in [r[pk] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
 
 
+@pytest.mark.skip_backends('pgvector', reason='pgvector searches the outputs table itself: nothing to keep current')
+def test_an_index_update_that_fails_is_shown_and_caught_up(db, items, pk):
+    t, _, index = items
+    loaded = db.vector_indexes.get('idx')
+    original = loaded.searcher.upsert
+
+    def broken(ids, vectors):
+        raise MemoryError('no room for the new vectors')
+
+    loaded.searcher.upsert = broken
+    (new_id,) = t.insert([{'txt': 'arrived while broken', 'brand': 'nike', 'price': 1}]).execute()  # stored anyway
+    loaded.searcher.upsert = original
+    (status,) = db.status()
+    assert "VectorIndex 'idx'" in status['problem'] and 'no room for the new vectors' in status['problem']
+    (best,) = t.like({'txt': 'arrived while broken'}, vector_index='idx', n=1).execute().tolist()
+    assert best[pk] == new_id and 'VectorIndex' not in (db.status()[0]['problem'] or '')
+
+
 def test_limit_select_outputs_and_get(items):
     t, _, index = items
     listener = index.indexing_listener

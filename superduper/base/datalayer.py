@@ -215,8 +215,7 @@ class Datalayer:
             raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
         pk = info.primary_key
         rows_filter = _FilteredRows(self.databackend, info.name, pk, where)
-        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, rows_filter,
-                                          pk[0])
+        hits = self.vector_indexes.search(loaded, self.vector_indexes.encode(loaded, spec), n, where, rows_filter, pk)
         scores = dict(hits)  # index id -> score; an index id is the key, or a composite key's text
         keys = rows_filter.keys_of(list(scores))
         index_id = dict(zip(keys, scores))
@@ -600,12 +599,13 @@ class Datalayer:
             source = record['record']['select']['_query']['table']
             outputs = outputs_table(f'{identifier}__{record["uuid"][:8]}')
             pending, lag = self.changes.pending(source)
-            problem = problems.get(f'Listener {identifier!r}') or self.changes.problem_with(source)
+            found = [problems.get(f'Listener {identifier!r}'), self.changes.problem_with(source)]
+            found += [p for name, p in problems.items() if outputs in name]
             report.append({
                 'listener': identifier, 'table': source, 'outputs': outputs,
                 'done': self.databackend.count(outputs) if outputs in tables else 0,
                 'pending': pending, 'failed': self.listening.failures.count(record['uuid']), 'lag_seconds': lag,
-                'problem': problem or next((p for name, p in problems.items() if outputs in name), None),
+                'problem': '; '.join(p for p in found if p) or None,
             })
         return report
 

@@ -437,7 +437,7 @@ class Listening:
                 self.problems.pop(name, None)
             except Exception as e:
                 log.exception('%s failed to follow a write to %r', name, table)
-                self.problems[name] = f'failed to follow a write to {table!r}: {_error_text(e)}'
+                self.problems[name] = f'{name} failed to follow a write to {table!r}: {_error_text(e)}'
 
     def refresh(self, listener: 'Listener', ids: list) -> int:
         """Recompute outputs for these source rows now; rows gone or no longer selected lose their outputs. Returns

@@ -94,15 +94,25 @@ class VectorIndexes:
         outputs = index.indexing_listener.outputs
 
         def follow(ids: list, deleted: bool) -> None:
-            if deleted:
-                loaded.searcher.remove(ids)
-            else:
-                for found, vectors in self._vectors(outputs, ids):
-                    loaded.searcher.upsert(found, vectors)
+            try:
+                if deleted:
+                    loaded.searcher.remove(ids)
+                else:
+                    for found, vectors in self._vectors(outputs, ids):
+                        loaded.searcher.upsert(found, vectors)
+            except Exception:
+                # the index in memory may miss these rows: drop it, the next search reopens it and catches up
+                # with the outputs table (the failure is shown in ``db.status()`` until then)
+                self._detach(loaded)
+                if self._loaded.get(index.identifier) is loaded:
+                    del self._loaded[index.identifier]
+                raise
             loaded.dirty = True
 
         follow.index_uuid = index.uuid  # type: ignore[attr-defined]
+        follow.problem_name = f'VectorIndex {index.identifier!r} on {outputs}'  # type: ignore[attr-defined]
         self.db.listening.hooks.setdefault(outputs, []).append(follow)
+        self.db.listening.problems.pop(follow.problem_name, None)  # opened again: caught up
 
     def _detach(self, loaded: LoadedIndex) -> None:
         outputs = loaded.component.indexing_listener.outputs
@@ -231,7 +241,7 @@ class VectorIndexes:
         return vector
 
     def search(self, loaded: LoadedIndex, vector: np.ndarray, n: int, where: Condition | None,
-               rows: 'FilteredRows', primary_key: str) -> list[tuple[Any, float]]:
+               rows: 'FilteredRows', primary_key: tuple[str, ...]) -> list[tuple[Any, float]]:
         """The ``n`` nearest rows, among those matching ``where`` if given.
 
         Few matching rows: exact search over exactly those. Many: ANN candidates checked against the filter, as many

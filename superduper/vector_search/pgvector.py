@@ -8,6 +8,8 @@ scan with a filter returns fewer before 0.8).
 
 from __future__ import annotations
 
+import hashlib
+
 from typing import Any
 
 import numpy as np
@@ -39,17 +41,16 @@ class PgVectorSearcher:
     def build(self) -> None:
         backend = self.db.databackend
         op, opclass, _ = MEASURES[self.measure]
-        name = backend._quote(f'{self.outputs}_hnsw_{opclass}'[:63])
+        digest = hashlib.sha1(f'{self.outputs}_{opclass}'.encode()).hexdigest()[:16]
+        name, outputs = backend.sql_name(f'_sd_hnsw_{digest}'), backend.sql_name(self.outputs)
         with backend.begin() as conn:
-            conn.exec_driver_sql(
-                f'CREATE INDEX IF NOT EXISTS {name} ON {backend._quote(self.outputs)} '
-                f'USING hnsw ({backend._quote(self.outputs)} {opclass})'
-            )
+            backend.run_sql(conn, f'CREATE INDEX IF NOT EXISTS {name} ON {outputs} USING hnsw ({outputs} {opclass})')
 
     def __len__(self) -> int:
         return self.db.databackend.count(self.outputs)
 
-    def search(self, vector: np.ndarray, n: int, where: Condition | None, primary_key: str) -> list[tuple[Any, float]]:
+    def search(self, vector: np.ndarray, n: int, where: Condition | None,
+               primary_key: tuple[str, ...]) -> list[tuple[Any, float]]:
         backend = self.db.databackend
         out = backend.table(self.outputs)
         op, _, score = MEASURES[self.measure]
@@ -61,8 +62,9 @@ class PgVectorSearcher:
             stmt = stmt.order_by(distance)
         else:
             src = backend.table(self.source)
-            stmt = stmt.select_from(out.join(src, src.c[primary_key] == out.c._source))
-            stmt = stmt.where(backend._where(src, where)).order_by(distance + 0)
+            key = src.c[primary_key[0]] if len(primary_key) == 1 else backend.key_text([src.c[k] for k in primary_key])
+            stmt = stmt.select_from(out.join(src, key == out.c._source))
+            stmt = stmt.where(backend.compile_condition(src, where)).order_by(distance + 0)
         with backend.engine.connect() as conn, backend._errors('vector search on', self.source):
             rows = conn.execute(stmt.limit(n)).all()
         return [(source, score(float(d))) for source, d in rows]

@@ -256,7 +256,8 @@ class ChangeStreamFeed(InlineFeed):
 
     # ---- status ------------------------------------------------------------------------------------------------
     def problem_with(self, table: str) -> str | None:
-        return self.problem if self.supported or self.problem else None
+        self.supported  # noqa: B018 (asks the server, or again after an error)
+        return self.problem
 
     def pending(self, table: str) -> tuple[int | None, float | None]:
         """A change stream does not say how many events wait: ``None``, never a made-up 0."""
