@@ -13,7 +13,8 @@ Both sides, in the same run, alternating (``--repeats`` times; medians reported)
     change table, leases (claim, commit, compute outside any transaction, store under a stamp guard, release) and
     per-row state are what is measured.
   - raw: a loop written directly on SQLAlchemy Core, the whole batch in one transaction holding the row locks (no
-    lease, no guard against an older result overwriting a newer one, no failure records).
+    lease, no guard against an older result overwriting a newer one, no failure records), under READ COMMITTED
+    as superduper's workers (the writers keep the database's default isolation on both sides).
   Both poll every 0.05 s when idle.
 
 Figures:
@@ -66,7 +67,8 @@ RAW_WORKER = r'''
 import sys, time
 import sqlalchemy as sa
 url = sys.argv[1]
-engine = sa.create_engine(url)
+# READ COMMITTED, as superduper's workers: under MySQL's default the queue's gap locks deadlock the writers
+engine = sa.create_engine(url, isolation_level='READ COMMITTED')
 meta = sa.MetaData()
 src = sa.Table('raw_src', meta, autoload_with=engine)
 queue = sa.Table('raw_queue', meta, autoload_with=engine)

@@ -193,6 +193,15 @@ class SQLDataBackend:
             raise ComponentError(f'{what} name {name!r} is {len(name.encode())} bytes long; '
                                  f'{self.dialect.name} takes at most {limit}')
 
+    def rows_parameter_sql(self) -> str | None:
+        """A table expression ``r(d, src, e)`` over the rows given by ``rows_parameter`` (one parameter, however
+        many rows), for the one-statement guarded write of stamps; ``None`` where the database cannot do that
+        write in one statement (``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING``)."""
+        return None
+
+    def rows_parameter(self, rows: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+        raise NotImplementedError
+
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
         """``INSERT`` that skips rows whose key exists (``executemany`` parameters)."""
         dialect = self.dialect.name

@@ -66,6 +66,39 @@ def digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+#: the guarded write of a batch's stamps in one statement (PostgreSQL, SQLite): a row's stamp moves to the batch's
+#: only where it is lower, with the row's error (none: it succeeded; attempts count consecutive failures and the
+#: next try backs off exponentially); RETURNING says which rows moved, and so whose results are stored
+GUARDED_UPSERT = """
+INSERT INTO {stamps} AS s (listener, digest, source, stamp, at, error, attempts, failed_at, next_try)
+SELECT :listener, r.d, r.src, :stamp, {now}, r.e, CASE WHEN r.e IS NULL THEN 0 ELSE 1 END,
+       CASE WHEN r.e IS NULL THEN NULL ELSE {now} END, CASE WHEN r.e IS NULL THEN NULL ELSE {now} + :delay END
+FROM {rows} WHERE true
+ON CONFLICT (listener, digest) DO UPDATE SET
+    stamp = excluded.stamp, at = excluded.at, error = excluded.error, failed_at = excluded.failed_at,
+    attempts = CASE WHEN excluded.error IS NULL THEN 0 WHEN s.error IS NULL THEN 1 ELSE s.attempts + 1 END,
+    next_try = CASE WHEN excluded.error IS NULL THEN NULL
+                    ELSE excluded.failed_at + :delay * (1 << CASE WHEN s.error IS NULL THEN 0 ELSE s.attempts END) END
+WHERE s.stamp < excluded.stamp
+RETURNING digest
+"""
+
+
+def _in(column: Any, values: Sequence[Any]) -> Any:
+    """``column IN (...)`` with the values written into the SQL: only for ids and hex digests made here (a list of
+    a thousand bound parameters costs more to send than the statement's work)."""
+    if not values:
+        return sa.false()
+    literals = ', '.join(str(int(v)) if isinstance(v, int) else f"'{_hex(v)}'" for v in values)
+    return column.op('IN')(sa.literal_column(f'({literals})'))
+
+
+def _hex(value: str) -> str:
+    if not all(c in '0123456789abcdef' for c in value):
+        raise ValueError(f'not a hex digest: {value!r}')
+    return value
+
+
 def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -182,7 +215,7 @@ class SQLChangeFeed:
         self.retry_delay = retry_delay
         self.owner = f'{socket.gethostname()}:{os.getpid()}'[:255]
         self.keeper = LeaseKeeper(self)
-        self._next_sweep = 0.0
+        self._next_sweep = self._next_collect = 0.0
         self._sweep_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -227,7 +260,7 @@ class SQLChangeFeed:
 
     def written(self, handle: 'Claimed') -> Batch | None:
         """After the write committed: its change rows under a fresh claim, whose stamp is later than the write."""
-        return self._take_over(handle.claim)
+        return self._retrying(self._take_over, handle.claim)
 
     def attach(self, listeners: Any) -> None:
         pass  # the triggers know which tables are followed
@@ -252,6 +285,9 @@ class SQLChangeFeed:
     def claim(self, limit: int, listener: str | None = None) -> Batch | None:
         """Lease up to ``limit`` free changes (only those queued for ``listener`` if given), oldest first."""
         self.sweep()
+        return self._retrying(self._claim, limit, listener)
+
+    def _claim(self, limit: int, listener: str | None) -> Batch | None:
         t = self.tables
         c = t.changes.c
         stmt = sa.select(c.id, c.tbl, c.source, c.listener).where(c.claim.is_(None))
@@ -266,7 +302,7 @@ class SQLChangeFeed:
                 return None
             new = self._new_claim(conn)  # after the read: the stamp is later than every change taken
             for ids in _chunks([r.id for r in rows]):
-                conn.execute(t.changes.update().where(c.id.in_(ids)).values(claim=new))
+                conn.execute(t.changes.update().where(_in(c.id, ids)).values(claim=new))
         self.keeper.hold(new)
         return Batch(stamp=new, changes=self._decode(rows), claim=new)
 
@@ -300,13 +336,33 @@ class SQLChangeFeed:
                              .values(lease_until=self.now() + self.lease))
 
     def sweep(self, force: bool = False) -> None:
-        """Free the changes of expired leases (their holders died or hung), and forget stamps nobody can undercut.
+        """Free the changes of expired leases (their holders died or hung) every few seconds; every lease, also
+        free changes marked by claims that never committed, and forget stamps nobody can undercut any more.
 
-        Runs at most every few seconds per process, in transactions of its own that hold nothing while they wait."""
+        Housekeeping runs in short transactions of its own, and one the database aborts to break a deadlock (with
+        a finish locking the same rows) is skipped: the next round does it."""
         with self._sweep_lock:
-            if not force and time.monotonic() < self._next_sweep:
+            now = time.monotonic()
+            if not force and now < self._next_sweep:
                 return
-            self._next_sweep = time.monotonic() + min(self.lease / 4, 5.0)
+            self._next_sweep = now + min(self.lease / 4, 5.0)
+            collect = force or now >= self._next_collect
+            if collect:
+                self._next_collect = now + self.lease
+        self._quietly(self._free_expired)
+        if collect:
+            self._quietly(self._free_orphans)
+            self._quietly(self._forget_stamps)
+
+    def _quietly(self, step: Any) -> None:
+        try:
+            step()
+        except sa.exc.DBAPIError as e:
+            if not self.backend.is_deadlock(e):
+                raise
+            log.debug('%s skipped (a deadlock with a consumer); the next sweep does it', step.__name__)
+
+    def _free_expired(self) -> None:
         t = self.tables
         stmt = sa.select(t.claims.c.id).where(t.claims.c.lease_until < self.now())
         if self.backend.capabilities.skip_locked:
@@ -314,21 +370,39 @@ class SQLChangeFeed:
         with self.backend.begin() as conn:
             expired = list(conn.execute(stmt).scalars())
             for ids in _chunks(expired):
-                conn.execute(t.claims.delete().where(t.claims.c.id.in_(ids)))
-                conn.execute(t.changes.update().where(t.changes.c.claim.in_(ids)).values(claim=None))
+                conn.execute(t.claims.delete().where(_in(t.claims.c.id, ids)))
+                conn.execute(t.changes.update().where(_in(t.changes.c.claim, ids)).values(claim=None))
         if expired:
             log.warning('took over %d expired leases (their consumers died or hung)', len(expired))
+
+    def _free_orphans(self) -> None:
+        """Changes marked by a claim whose row never committed (a session setting left behind)."""
+        t = self.tables
+        orphan = ~sa.exists().where(t.claims.c.id == t.changes.c.claim)
         with self.backend.begin() as conn:
-            # a change marked by a claim that never committed its claim row (a session setting left behind)
-            orphan = ~sa.exists().where(t.claims.c.id == t.changes.c.claim)
             conn.execute(t.changes.update().where(t.changes.c.claim.is_not(None), orphan,
                                                   t.changes.c.created < self.now() - self.lease).values(claim=None))
-            # stamps lower than every live claim, old enough that no claim still unseen could be lower
-            lowest = sa.select(sa.func.min(t.claims.c.id)).scalar_subquery()
-            conn.execute(t.stamps.delete().where(
-                t.stamps.c.error.is_(None), t.stamps.c.at < self.now() - 2 * self.lease,
-                t.stamps.c.stamp < sa.func.coalesce(lowest, t.stamps.c.stamp + 1),
-            ))
+
+    def _forget_stamps(self) -> None:
+        """Stamps lower than every live claim, old enough that no claim still unseen could be lower: no result
+        can be undercut through them any more. Rows with an error stay (they are the failure records)."""
+        t = self.tables
+        s = t.stamps.c
+        with self.backend.engine.connect() as conn:
+            lowest = conn.execute(sa.select(sa.func.min(t.claims.c.id))).scalar()
+        old = sa.and_(s.error.is_(None), s.at < self.now() - 2 * self.lease)
+        if lowest is not None:
+            old = sa.and_(old, s.stamp < lowest)
+        with self.backend.engine.connect() as conn:
+            found = conn.execute(sa.select(s.listener, s.digest).where(old).order_by(s.listener, s.digest)
+                                 .limit(10 * CHUNK)).all()
+        by_listener: dict[str, list[str]] = {}
+        for listener, d in found:
+            by_listener.setdefault(listener, []).append(d)
+        for listener, digests in by_listener.items():
+            for ds in _chunks(digests):
+                with self.backend.begin() as conn:  # checked again: a finish may have moved one meanwhile
+                    conn.execute(t.stamps.delete().where(s.listener == listener, _in(s.digest, ds), old))
 
     def _new_claim(self, conn: Any) -> int:
         t = self.tables
@@ -353,9 +427,13 @@ class SQLChangeFeed:
     def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
         """Store the batch's results where no newer result is stored, and release it; raises ``LeaseLost`` (having
         written nothing) if the lease was taken over."""
+        return self._retrying(self._finish, batch, results, followed)
+
+    def _retrying(self, transaction: Any, *args: Any) -> Any:
+        """Run ``transaction`` again when the database aborted it to break a deadlock (it changed nothing)."""
         for attempt in range(DEADLOCK_RETRIES):
             try:
-                return self._finish(batch, results, followed)
+                return transaction(*args)
             except sa.exc.DBAPIError as e:
                 if attempt == DEADLOCK_RETRIES - 1 or not self.backend.is_deadlock(e):
                     raise
@@ -385,7 +463,7 @@ class SQLChangeFeed:
             self.keeper.drop(batch.claim)
         if chain is not None:
             self.keeper.hold(chain)
-            finished.chained = self._take_over(chain)
+            finished.chained = self._retrying(self._take_over, chain)
         return finished
 
     def _store(self, conn: Any, res: Results, stamp: int) -> tuple[list[Change], list[Change]]:
@@ -411,39 +489,52 @@ class SQLChangeFeed:
         return [c for _, c, _ in stored], [c for _, c, _ in removed]
 
     def _stamp(self, conn: Any, listener: str, entries: dict[str, tuple[str, Change, Any]], stamp: int) -> list[str]:
-        """Lock the rows' stamps (in digest order, so concurrent finishes never deadlock on each other), and move
-        those lower than ``stamp`` to it; returns their digests."""
+        """Move the rows' stamps that are lower than ``stamp`` to it (with the row's error, or none), locking them
+        in digest order so that concurrent finishes never deadlock on each other; returns the digests moved."""
+        rows = [(d, entries[d][1].text, None if entries[d][0] != 'failed' else str(entries[d][2])[:10000])
+                for d in sorted(entries)]
+        rows_sql = self.backend.rows_parameter_sql()
+        if rows_sql is not None:  # one statement: insert, or update where lower, and say which
+            sql = GUARDED_UPSERT.format(stamps=STAMPS, now=self.backend.epoch_sql, rows=rows_sql)
+            params = {'listener': listener, 'stamp': stamp, 'delay': self.retry_delay,
+                      **self.backend.rows_parameter(rows)}
+            return list(conn.execute(sa.text(sql), params).scalars())
+        return self._stamp_in_steps(conn, listener, rows, stamp)
+
+    def _stamp_in_steps(self, conn: Any, listener: str, rows: list[tuple[str, str, str | None]], stamp: int) -> list[str]:
+        """``_stamp`` for databases without a conditional upsert that says what it wrote (MySQL): add the missing
+        stamp rows, lock them all, compare, update."""
         t = self.tables
         s = t.stamps.c
-        digests = sorted(entries)
-        new = [{'listener': listener, 'digest': d, 'source': entries[d][1].text, 'stamp': 0, 'at': 0.0, 'attempts': 0}
-               for d in digests]
-        conn.execute(self.backend.insert_ignore(t.stamps, ['listener', 'digest']), new)
+        digests = [d for d, _, _ in rows]
+        conn.execute(self.backend.insert_ignore(t.stamps, ['listener', 'digest']),
+                     [{'listener': listener, 'digest': d, 'source': text, 'stamp': 0, 'at': 0.0, 'attempts': 0}
+                      for d, text, _ in rows])
         current: dict[str, tuple[int, str | None, int]] = {}
         for ds in _chunks(digests):
-            stmt = sa.select(s.digest, s.stamp, s.error, s.attempts).where(s.listener == listener, s.digest.in_(ds))
+            stmt = sa.select(s.digest, s.stamp, s.error, s.attempts).where(s.listener == listener, _in(s.digest, ds))
             stmt = stmt.order_by(s.digest)
             if self.backend.capabilities.skip_locked:
                 stmt = stmt.with_for_update()
             current.update({r.digest: (r.stamp, r.error, r.attempts) for r in conn.execute(stmt)})
+        errors = {d: e for d, _, e in rows}
         won = [d for d in digests if current[d][0] < stamp]
-        ok = [d for d in won if entries[d][0] != 'failed']
+        ok = [d for d in won if errors[d] is None]
         for ds in _chunks(ok):
-            conn.execute(t.stamps.update().where(s.listener == listener, s.digest.in_(ds)).values(
+            conn.execute(t.stamps.update().where(s.listener == listener, _in(s.digest, ds)).values(
                 stamp=stamp, at=self.now(), error=None, attempts=0, failed_at=None, next_try=None))
-        failed = [d for d in won if entries[d][0] == 'failed']
-        if failed:
-            rows = []
-            for d in failed:
+        failed = []
+        for d in won:
+            if errors[d] is not None:
                 _, previous_error, attempts = current[d]
                 attempts = attempts + 1 if previous_error is not None else 1
-                rows.append({'d': d, 'e': str(entries[d][2])[:10000], 'n': attempts,
-                             'delay': self.retry_delay * 2 ** (attempts - 1)})
+                failed.append({'d': d, 'e': errors[d], 'n': attempts, 'delay': self.retry_delay * 2 ** (attempts - 1)})
+        if failed:
             conn.execute(
                 t.stamps.update().where(s.listener == listener, s.digest == sa.bindparam('d')).values(
                     stamp=stamp, at=self.now(), error=sa.bindparam('e'), attempts=sa.bindparam('n'),
                     failed_at=self.now(), next_try=self.now() + sa.bindparam('delay', type_=sa.Double)),
-                rows,
+                failed,
             )
         return won
 

@@ -91,6 +91,13 @@ class PostgresDataBackend(SQLDataBackend):
     def unmark_writes(self, conn: Connection, claim: int, mark: Any, changes: sa.Table) -> None:
         conn.execute(sa.select(sa.func.set_config(SESSION_CLAIM, '', True)))
 
+    def rows_parameter_sql(self) -> str | None:
+        return 'unnest(CAST(:d AS text[]), CAST(:src AS text[]), CAST(:e AS text[])) AS r(d, src, e)'
+
+    def rows_parameter(self, rows: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+        d, src, e = zip(*rows)
+        return {'d': list(d), 'src': list(src), 'e': list(e)}
+
     def key_text(self, columns: Any) -> Any:
         if len(columns) == 1:
             return sa.cast(columns[0], sa.Text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from typing import Any, Iterator
 
@@ -72,6 +73,13 @@ class SQLiteDataBackend(SQLDataBackend):
             statements.append(f'CREATE TRIGGER {self.sql_name(self.trigger_name(table, event))} AFTER {when} ON {name} '
                               f'BEGIN {body} END')
         return statements
+
+    def rows_parameter_sql(self) -> str | None:
+        return ("(SELECT json_extract(value, '$[0]') AS d, json_extract(value, '$[1]') AS src, "
+                "json_extract(value, '$[2]') AS e FROM json_each(:rows)) AS r")
+
+    def rows_parameter(self, rows: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+        return {'rows': json.dumps(rows)}
 
     def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
         # the transaction holds the write lock: every change row after the last one now is this transaction's
