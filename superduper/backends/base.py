@@ -37,6 +37,8 @@ class Capabilities:
     upsert: bool = True
     #: vectors can be stored in a native type the database searches itself (pgvector)
     native_vectors: bool = False
+    #: one write transaction at a time, for every client (SQLite): a write holds the whole database until it commits
+    serialized_writes: bool = False
     #: the longest table or column name the database takes, in bytes (``None``: no practical limit)
     identifier_limit: int | None = None
     #: other processes (workers, a CLI) can open the same database at the same time

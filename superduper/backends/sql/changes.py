@@ -152,6 +152,7 @@ class Claimed:
     rows it wrote)."""
 
     claim: int
+    batch: Batch | None = None  # where writes are serialized, the write's changes as its own batch already
     needs_keys = False
 
     def add(self, keys: Sequence[Any]) -> None:
@@ -252,14 +253,30 @@ class SQLChangeFeed:
         self.keeper.hold(claim)
         try:
             mark = self.backend.mark_writes(conn, claim, self.tables.changes)
-            yield Claimed(claim)
+            handle = Claimed(claim)
+            yield handle
             self.backend.unmark_writes(conn, claim, mark, self.tables.changes)
+            handle.batch = self._own_batch(conn, claim)
         except BaseException:
             self.keeper.drop(claim)
             raise
 
+    def _own_batch(self, conn: Any, claim: int) -> Batch | None:
+        """Where the database runs one write transaction at a time (SQLite), a claim made inside the writing
+        transaction is later than every other claim whose holder could have read the rows before this write
+        committed: it is the write's stamp, and its changes need no taking over after the commit."""
+        if not self.backend.capabilities.serialized_writes:
+            return None
+        rows = self._select_changes(conn, self.tables.changes.c.claim == claim)
+        return Batch(stamp=claim, changes=self._decode(rows), claim=claim)
+
     def written(self, handle: 'Claimed') -> Batch | None:
         """After the write committed: its change rows under a fresh claim, whose stamp is later than the write."""
+        if handle.batch is not None:
+            if handle.batch.changes:
+                return handle.batch
+            self.release(handle.batch)  # nothing was recorded (the table has no triggers)
+            return None
         return self._retrying(self._take_over, handle.claim)
 
     def attach(self, listeners: Any) -> None:
@@ -297,12 +314,21 @@ class SQLChangeFeed:
         if self.backend.capabilities.skip_locked:
             stmt = stmt.with_for_update(skip_locked=True)
         with self.backend.begin() as conn:
-            rows = conn.execute(stmt).all()
-            if not rows:
-                return None
-            new = self._new_claim(conn)  # after the read: the stamp is later than every change taken
-            for ids in _chunks([r.id for r in rows]):
-                conn.execute(t.changes.update().where(_in(c.id, ids)).values(claim=new))
+            if self.backend.capabilities.serialized_writes:  # nobody writes meanwhile: mark and read at once
+                new = self._new_claim(conn)
+                mark = t.changes.update().where(c.id.in_(stmt.with_only_columns(c.id).scalar_subquery()))
+                rows = conn.execute(mark.values(claim=new).returning(c.id, c.tbl, c.source, c.listener)).all()
+                if not rows:
+                    conn.rollback()
+                    return None
+                rows.sort(key=lambda r: r.id)
+            else:
+                rows = conn.execute(stmt).all()
+                if not rows:
+                    return None
+                new = self._new_claim(conn)  # after the read: the stamp is later than every change taken
+                for ids in _chunks([r.id for r in rows]):
+                    conn.execute(t.changes.update().where(_in(c.id, ids)).values(claim=new))
         self.keeper.hold(new)
         return Batch(stamp=new, changes=self._decode(rows), claim=new)
 
@@ -455,15 +481,22 @@ class SQLChangeFeed:
             for res in sorted(results, key=lambda r: r.listener):
                 stored, gone = self._store(conn, res, batch.stamp)
                 finished.stored[res.listener], finished.gone[res.listener] = stored, gone
+            chained = None
             if writes_followed:
                 self.backend.unmark_writes(conn, chain, mark, t.changes)
+                chained = self._own_batch(conn, chain)
             if batch.claim is not None:
                 conn.execute(t.changes.delete().where(t.changes.c.claim == batch.claim))
         if batch.claim is not None:
             self.keeper.drop(batch.claim)
         if chain is not None:
             self.keeper.hold(chain)
-            finished.chained = self._retrying(self._take_over, chain)
+            if chained is None:
+                finished.chained = self._retrying(self._take_over, chain)
+            elif chained.changes:
+                finished.chained = chained
+            else:
+                self.release(chained)  # nothing was recorded
         return finished
 
     def _store(self, conn: Any, res: Results, stamp: int) -> tuple[list[Change], list[Change]]:

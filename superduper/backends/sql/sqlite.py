@@ -29,7 +29,7 @@ def file_path(uri: str) -> str | None:
 class SQLiteDataBackend(SQLDataBackend):
     scheme = 'sqlite'
     # one writer at a time: a write transaction holds the database, so claims need no row locks
-    capabilities = Capabilities(change_capture='triggers', upsert=True)
+    capabilities = Capabilities(change_capture='triggers', upsert=True, serialized_writes=True)
     epoch_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, uri: str):
