@@ -185,10 +185,26 @@ def pk(backend) -> str:
 
 
 @pytest.fixture
-def db(backend, db_uri, tmp_path):
+def db(backend, db_uri, tmp_path, request):
     datalayer = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'))
+    try:
+        skip_without_capabilities(request, datalayer.databackend.capabilities, backend)
+    except BaseException:
+        datalayer.close()
+        raise
     yield datalayer
     datalayer.close()
+
+
+def skip_without_capabilities(request, capabilities, backend: str) -> None:
+    """Honour ``@pytest.mark.requires(field=value, reason=...)``: the backend declares what it can do
+    (``superduper.backends.base.Capabilities``); a test of a capability is skipped, with its reason, where it is
+    not declared."""
+    for marker in request.node.iter_markers('requires'):
+        wanted = {k: v for k, v in marker.kwargs.items() if k != 'reason'}
+        missing = [f'{k}={v!r}' for k, v in wanted.items() if getattr(capabilities, k) != v]
+        if missing:
+            pytest.skip(f'{backend} does not declare {", ".join(missing)}: {marker.kwargs["reason"]}')
 
 
 @pytest.fixture

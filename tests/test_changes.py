@@ -1,7 +1,6 @@
-"""Durable change capture: writes by any client, in plain SQL, reach the outputs.
-
-DuckDB has no triggers, so it is not in this module: there, outputs follow writes made through superduper only.
-"""
+"""Durable change capture: writes by any client, in plain SQL, reach the outputs. Runs on every backend that
+declares ``change_capture='triggers'`` (SQLite, PostgreSQL, MariaDB); the others follow writes made through
+superduper only, and are skipped with that reason."""
 
 from __future__ import annotations
 
@@ -13,12 +12,11 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from conftest import skip_without_capabilities
 from superduper import ObjectModel, Listener, Table, superduper
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
-def backend(request) -> str:
-    return request.param
+pytestmark = pytest.mark.requires(change_capture='triggers', reason='writes by other clients are recorded by triggers')
 
 
 def wait_for(condition, timeout: float = 15.0) -> None:
@@ -69,9 +67,10 @@ def test_api_writes_leave_nothing_pending(db, followed):
     assert status['listener'] == 'upper' and status['table'] == 'docs'
 
 
-def test_explicit_consumer_and_chains(db_uri, tmp_path):
+def test_explicit_consumer_and_chains(db_uri, tmp_path, request, backend):
     db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', follow_changes=False, progress=False)
     try:
+        skip_without_capabilities(request, db.databackend.capabilities, backend)
         db.apply(Table('docs', fields={'txt': 'str'}, folds=False))
         first = db.apply(ObjectModel('upper', object=str.upper).to_listener('docs', key='txt', identifier='upper'))
         second = db.apply(Listener(model=ObjectModel('len', object=len), select=db[first.outputs].select(),

@@ -37,6 +37,8 @@ class Capabilities:
     upsert: bool = True
     #: vectors can be stored in a native type the database searches itself (pgvector)
     native_vectors: bool = False
+    #: MongoDB aggregation pipelines (``db['t'].aggregate([...])``)
+    pipelines: bool = False
     #: one write transaction at a time, for every client (SQLite): a write holds the whole database until it commits
     serialized_writes: bool = False
     #: the longest table or column name the database takes, in bytes (``None``: no practical limit)

@@ -191,12 +191,12 @@ class Datalayer:
         self.listening.written(handle)
 
     def _aggregate(self, info: TableInfo, query: Query) -> Any:
-        run = getattr(self.databackend, 'aggregate', None)
-        if run is None:
+        if not self.databackend.capabilities.pipelines:
             raise QueryError(f'aggregate() runs MongoDB pipelines; {info.name!r} is a table in {self.databackend!r}: '
                              'use select, filter, find and count')
         decode = info.schema.row_decoder(None, self.artifact_store)
-        return Cursor(decode(batch) for batch in run(info.name, query.pipeline, self.cfg.read_batch_size))
+        batches = self.databackend.aggregate(info.name, query.pipeline, self.cfg.read_batch_size)
+        return Cursor(decode(batch) for batch in batches)
 
     def _columns(self, info: TableInfo, query: Query) -> list[str] | None:
         """The fields a read returns: ``None`` for whole rows of a schemaless table."""

@@ -73,7 +73,8 @@ class MongoDataBackend:
 
     scheme: ClassVar[str] = 'mongodb'
     schemaless: ClassVar[bool] = True
-    capabilities: Capabilities = Capabilities(change_capture='change_stream', transactions=False, upsert=True)
+    capabilities: Capabilities = Capabilities(change_capture='change_stream', transactions=False, upsert=True,
+                                              pipelines=True)
 
     def __init__(self, uri: str, connection: Connection | None = None):
         self.uri = uri
