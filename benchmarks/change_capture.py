@@ -83,14 +83,19 @@ else:
     stmt = insert(out)
     upsert = stmt.on_duplicate_key_update(v=stmt.inserted.v, stored_at=epoch)
 while True:
-    with engine.begin() as conn:
-        claimed = conn.execute(sa.select(queue.c.id, queue.c.source).order_by(queue.c.id).limit(1000)
-                               .with_for_update(skip_locked=True)).all()
-        if claimed:
-            rows = conn.execute(sa.select(src.c.id, src.c.n).where(src.c.id.in_([c.source for c in claimed]))).all()
-            if rows:
-                conn.execute(upsert.values(stored_at=epoch), [{'_source': i, 'v': 2 * n} for i, n in rows])
-            conn.execute(queue.delete().where(queue.c.id.in_([c.id for c in claimed])))
+    try:
+        with engine.begin() as conn:
+            claimed = conn.execute(sa.select(queue.c.id, queue.c.source).order_by(queue.c.id).limit(1000)
+                                   .with_for_update(skip_locked=True)).all()
+            if claimed:
+                rows = conn.execute(sa.select(src.c.id, src.c.n).where(src.c.id.in_([c.source for c in claimed]))).all()
+                if rows:
+                    conn.execute(upsert.values(stored_at=epoch), [{'_source': i, 'v': 2 * n} for i, n in rows])
+                conn.execute(queue.delete().where(queue.c.id.in_([c.id for c in claimed])))
+    except sa.exc.OperationalError as e:  # MySQL breaks a deadlock with the writers' inserts: run it again
+        if 'Deadlock' not in str(e):
+            raise
+        continue
     if not claimed:
         time.sleep(0.05)
 '''

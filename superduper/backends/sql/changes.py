@@ -143,7 +143,11 @@ class Tables:
             sa.Column('next_try', sa.Double),
             sa.Index('ix_superduper_stamps_retry', 'listener', 'next_try'),
         )
-        meta.create_all(backend.engine, checkfirst=True)
+        try:
+            meta.create_all(backend.engine, checkfirst=True)
+        except sa.exc.DBAPIError:  # another process made them between the check and the create
+            if not all(backend.has_table(name) for name in (CHANGES, CLAIMS, STAMPS)):
+                raise
 
 
 @dataclass
