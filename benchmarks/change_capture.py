@@ -181,7 +181,7 @@ def ours(uri: str, args: argparse.Namespace, rate: float, tmp: str) -> dict:
         if 'cc_src' in db.show('Table'):
             db.remove('Table', 'cc_src', force=True)
         with db.databackend.begin() as conn:
-            for table in ('_superduper_changes', '_superduper_claims', '_superduper_stamps'):
+            for table in ('_superduper_change_log', '_superduper_claims', '_superduper_stamps'):
                 conn.exec_driver_sql(f'DROP TABLE IF EXISTS {table}')
         db.metadata.drop()
         db.close()

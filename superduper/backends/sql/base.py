@@ -119,7 +119,7 @@ class SQLDataBackend:
 
     # ---- change capture (see ``superduper.backends.sql.changes``) ----------------------------------------
     def capture_ddl(self, table: str, key: list[str]) -> list[str]:
-        """The statements installing triggers that record every write to ``table`` in ``_superduper_changes``."""
+        """The statements installing triggers that record every write to ``table`` in ``_superduper_change_log``."""
         raise NotImplementedError(f'{type(self).__name__} cannot record changes with triggers')
 
     def drop_capture_ddl(self, table: str) -> list[str]:

@@ -3,7 +3,7 @@ and consumers lease those rows, compute outside any transaction, and store resul
 
 Tables (made on first use):
 
-``_superduper_changes``
+``_superduper_change_log``
     One row per written row of a followed table, written by triggers whoever writes (a row whose primary key
     changes gives two: the old key and the new), and one per row a backfill or retry queues for one listener.
     ``source`` is the primary key as the database renders it as text (a JSON array for a composite key).
@@ -30,6 +30,11 @@ How a change is applied exactly once, in order, whoever writes and whoever dies:
   consumer takes the rows.
 * Leases are renewed by a thread of the holder while it computes; an expired claim is deleted (and its change rows
   freed) by the next consumer that looks, so a dead worker's batch is done by another.
+
+Databases followed by an earlier layout (``_superduper_changes``, one change row acknowledged by id) keep working:
+their triggers write to the old table until the first process that loads the listeners replaces them, and since
+that layout's jobs are not this one's, every listener's backfill is queued again then (computed once more, so the
+changes pending in the old table are covered).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ if TYPE_CHECKING:
     from superduper.backends.sql.base import SQLDataBackend
 
 log = logging.getLogger('superduper')
-CHANGES, CLAIMS, STAMPS = '_superduper_changes', '_superduper_claims', '_superduper_stamps'
+CHANGES, CLAIMS, STAMPS = '_superduper_change_log', '_superduper_claims', '_superduper_stamps'
 CHUNK = 1000
 DEADLOCK_RETRIES = 5
 
@@ -118,9 +123,9 @@ class Tables:
             sa.Column('listener', sa.String(64)),
             sa.Column('claim', sa.BigInteger),
             sa.Column('created', sa.Double, nullable=False),
-            sa.Index('ix_superduper_changes_claim', 'claim', 'id'),
-            sa.Index('ix_superduper_changes_listener', 'listener', 'claim'),
-            sa.Index('ix_superduper_changes_tbl', 'tbl'),
+            sa.Index('ix_superduper_change_log_claim', 'claim', 'id'),
+            sa.Index('ix_superduper_change_log_listener', 'listener', 'claim'),
+            sa.Index('ix_superduper_change_log_tbl', 'tbl'),
             sqlite_autoincrement=True,
         )
         self.claims = sa.Table(
