@@ -276,11 +276,12 @@ class Listening:
             yield len(batch.changes), self.follow_up(batch)
 
     def finish_job_if_done(self, listener_uuid: str) -> None:
-        """Mark the listener's backfill job done once nothing of it is queued (whoever computed the last rows)."""
+        """Mark the listener's backfill job done once nothing of it is queued (whoever computed the last rows; a
+        job whose applying process failed is done too once the workers have finished it)."""
         if self.feed.pending_for(listener_uuid) == 0:
             job = backfill_job(listener_uuid)
             found = self.jobs.get(job)
-            if found is not None and found['status'] == 'running':
+            if found is not None and found['status'] in ('running', 'failed'):
                 self.jobs.progress(job, found['total'] or 0, self.failures.count(listener_uuid))
                 self.jobs.finish(job)
 
