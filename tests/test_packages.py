@@ -44,8 +44,8 @@ def search_app(table: str = 'documents') -> Application:
     ])
 
 
-def nearest(db, table: str, text: str) -> list[str]:
-    return [r['txt'] for r in db[table].like({'txt': text}, vector_index=f'{table}-index', n=3).select('txt').execute()]
+def nearest(db, table: str, text: str, index: str = 'documents-index') -> list[str]:
+    return [r['txt'] for r in db[table].like({'txt': text}, vector_index=index, n=3).select('txt').execute()]
 
 
 @pytest.fixture
@@ -94,11 +94,13 @@ def test_template_exported_from_sqlite_works_on_every_backend(source, db, tmp_pa
     assert read.variables == ['table']
     app = db.apply(read, table='articles')
     assert app.identifier == 'search' and [c.identifier for c in app.components][0] == 'articles'
-    assert {('Listener', 'articles-letters'), ('VectorIndex', 'articles-index')} <= set(db.show())
+    # whole names are substituted: the identifiers that merely contain 'documents' stay as they are
+    assert {('Listener', 'documents-letters'), ('VectorIndex', 'documents-index')} <= set(db.show())
     db['articles'].insert([{'txt': w} for w in WORDS]).execute()
     for text in ['banana bread', 'fig', 'cherry jam']:
         assert nearest(db, 'articles', text) == nearest(source, 'documents', text)
-    listener = db.load('Listener', 'articles-letters')
+    listener = db.load('Listener', 'documents-letters')
+    assert listener.source == 'articles'
     outputs = {r['txt']: r[listener.outputs].tolist() for r in
                db['articles'].select('txt').outputs(listener.predict_id).execute()}
     assert outputs['apple pie'] == letter_counts().predict('apple pie').tolist()
@@ -109,14 +111,14 @@ def test_template_folder_and_chained_listeners(source, tmp_path):
     length = Listener(model=ObjectModel('length', object=len), select=source[upper.outputs].select(),
                       key=upper.outputs, upstream=[upper], identifier='length')
     source.apply(Application('chain', components=[upper, length]))
-    Template('chain', component=source.load('Application', 'chain'), substitutions={'documents': 'table'}).export(
-        tmp_path / 'chain')
+    Template('chain', component=source.load('Application', 'chain'),
+             substitutions={'documents': 'table', 'documents-upper': 'name'}).export(tmp_path / 'chain')
     assert sorted(os.listdir(tmp_path / 'chain')) == ['artifacts', 'component.json', 'manifest.json', 'requirements.txt']
 
     target = superduper(f'sqlite://{tmp_path}/target.db', artifact_store=f'filesystem://{tmp_path}/target-artifacts')
     target.apply(Table('posts', fields={'txt': 'str'}))
     target['posts'].insert([{'txt': 'hello'}, {'txt': 'hi'}]).execute()
-    target.apply(Template.read(tmp_path / 'chain', trust=True), table='posts')
+    target.apply(Template.read(tmp_path / 'chain', trust=True), table='posts', name='posts-upper')
     new_upper = target.load('Listener', 'posts-upper')
     new_length = target.load('Listener', 'length')
     assert new_length.source == new_upper.outputs  # the downstream follows the new upstream's outputs table
@@ -262,7 +264,7 @@ def test_cli_export_apply_show_remove(source, tmp_path, target_backend):
 
         shown = cli('show', target_uri, cwd=tmp_path)
         assert shown.returncode == 0 and shown.stdout.splitlines()[0].split() == ['type', 'identifier', 'versions']
-        assert any(line.split()[:2] == ['VectorIndex', 'articles-index'] for line in shown.stdout.splitlines())
+        assert any(line.split()[:2] == ['VectorIndex', 'documents-index'] for line in shown.stdout.splitlines())
         missing = cli('show', target_uri, 'Listener', 'nope', cwd=tmp_path)
         assert missing.returncode == 1 and "no Listener named 'nope'" in missing.stderr
 
@@ -303,9 +305,9 @@ def test_field_names_and_query_structure_under_substitution(source, tmp_path):
     target = superduper(f'sqlite://{tmp_path}/t.db', artifact_store=f'filesystem://{tmp_path}/t-artifacts')
     target.apply(Template.read(tmp_path / 'pkg', trust=True), table='posts', field='body', oops='select')
     assert target.load('Table', 'posts').fields == {'body': 'str'}
-    assert target.load('Listener', 'posts-letters').key == 'body'
+    assert target.load('Listener', 'documents-letters').key == 'body'
     target['posts'].insert([{'body': w} for w in WORDS]).execute()
-    hits = target['posts'].like({'body': 'fig roll'}, vector_index='posts-index', n=1).select('body').execute()
+    hits = target['posts'].like({'body': 'fig roll'}, vector_index='documents-index', n=1).select('body').execute()
     assert [r['body'] for r in hits] == ['fig roll']
     target.close()
 
@@ -321,3 +323,22 @@ def test_a_package_with_malformed_json_is_refused(source, tmp_path):
         (folder / 'manifest.json').write_text(json.dumps(manifest))
         with pytest.raises(PackageError, match='component.json'):
             Template.read(folder, trust=True)
+
+
+def test_substitution_replaces_whole_names_only(tmp_path):
+    db = superduper(f'sqlite://{tmp_path}/s.db', artifact_store=f'filesystem://{tmp_path}/s-artifacts')
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    db.apply(Table('docs_count', fields={'n': 'int'}))
+    listener = ObjectModel('upper', object=str.upper, datatype='str').to_listener('docs', key='txt',
+                                                                                 identifier='docs-search')
+    app = db.apply(Application('names', components=[listener]))
+    Template('names', component=app, substitutions={'docs': 'table'}).export(tmp_path / 'pkg')
+    target = superduper(f'sqlite://{tmp_path}/t.db', artifact_store=f'filesystem://{tmp_path}/t-artifacts')
+    target.apply(Table('posts', fields={'txt': 'str'}))
+    target.apply(Template.read(tmp_path / 'pkg', trust=True), table='posts')
+    built = target.load('Listener', 'docs-search')  # not 'posts-search': 'docs' is only a part of that name
+    assert built.source == 'posts' and built.key == 'txt'
+    assert 'posts_count' not in str(Template('x', component=db.load('Table', 'docs_count'),
+                                             substitutions={'docs': 'table'})._blueprint(str(tmp_path))[0])
+    db.close()
+    target.close()

@@ -4,9 +4,10 @@
     template.export('./search.zip')                      # component JSON, artifacts, requirements, checksums
     db.apply(Template.read('./search.zip', trust=True), table='articles')
 
-Every string in the component records (values and field names) that contains a substituted value gets
-``<var:name>`` in its place; applying fills the variables in and rebuilds the components, so the result is a new
-declaration with its own uuids (and its own output tables). Reading a package whose artifacts are pickles (models
+Every whole name in the component records (values and field names) equal to a substituted value gets ``<var:name>``
+in its place - a name, not a part of a longer one: substituting ``docs`` leaves ``docs_count`` and ``docs-search`` as
+they are (substitute those too, to rename them). Applying fills the variables in and rebuilds the components, so the
+result is a new declaration with its own uuids (and its own output tables). Reading a package whose artifacts are pickles (models
 wrapping Python objects) runs code from it, so that needs ``trust=True``; without it the refusal lists what would
 be imported.
 """
@@ -73,6 +74,7 @@ class Template:
         store = ArtifactStore(f'filesystem://{artifact_dir}')
         entries: list[dict] = []
         seen: set[str] = set()
+        predict_ids: dict[str, str] = {}  # a listener's predict_id -> its part after the identifier
 
         def visit(component: Component) -> None:
             for child in component.children():
@@ -82,10 +84,16 @@ class Template:
             if uuid not in seen:
                 seen.add(uuid)
                 entries.append({'uuid': uuid, 'type_id': component.type_id, 'record': record})
+                if hasattr(component, 'predict_id'):
+                    predict_ids[component.predict_id] = component.predict_id[len(component.identifier):]
 
         visit(self.component)
-        replace = _replacer({value: f'<var:{name}>' for value, name in self.substitutions.items()})
-        entries = [{**e, 'record': _map_record(e['record'], replace)} for e in entries]
+        replace = _replacer({value: f'<var:{name}>' for value, name in self.substitutions.items()}, whole_names=True)
+        # a listener whose identifier is substituted: its outputs table's name (inside other names) follows it
+        renamed = {p: f'{replace(p[: -len(suffix)])}{suffix}' for p, suffix in predict_ids.items()
+                   if replace(p[: -len(suffix)]) != p[: -len(suffix)]}
+        outputs = _replacer(renamed)
+        entries = [{**e, 'record': _map_record(_map_record(e['record'], outputs), replace)} for e in entries]
         content = {'identifier': self.identifier, 'root': entries[-1]['uuid'], 'components': entries,
                    'variables': sorted(set(self.substitutions.values())),
                    'substitutions': dict(self.substitutions)}
@@ -203,11 +211,19 @@ def _check_class(path: Any, template: str) -> None:
         raise package.PackageError(f'Template {template!r}: {path!r} is not a component class')
 
 
-def _replacer(mapping: dict[str, str]) -> Callable[[str], str]:
+#: characters that continue a name: a match next to one of them is a part of another name, and is left alone
+_NAME_CHARACTER = r'[\w-]'
+
+
+def _replacer(mapping: dict[str, str], whole_names: bool = False) -> Callable[[str], str]:
+    """Replaces every key of ``mapping`` in a text by its value (only where it stands as a whole name)."""
     if not mapping:
         return lambda text: text
-    pattern = re.compile('|'.join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)))
-    return lambda text: pattern.sub(lambda m: mapping[m.group(0)], text)
+    pattern = '|'.join(re.escape(k) for k in sorted(mapping, key=len, reverse=True))
+    if whole_names:
+        pattern = rf'(?<!{_NAME_CHARACTER})(?:{pattern})(?!{_NAME_CHARACTER})'
+    compiled = re.compile(pattern)
+    return lambda text: compiled.sub(lambda m: mapping[m.group(0)], text)
 
 
 def _map_record(record: dict, fn: Callable[[str], str]) -> dict:
