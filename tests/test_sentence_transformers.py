@@ -46,3 +46,24 @@ def test_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(st, '_loaded', {})
     with pytest.raises(MissingDependency, match=r"pip install 'superduper\[sentence-transformers\]'"):
         SentenceTransformer('m').predict('x')
+
+
+def test_an_index_on_an_empty_table_exported_and_applied_to_an_empty_database(db, tmp_path):
+    """The model says its outputs' type (no data needed): the README's export -> apply flow works before any row."""
+    from superduper import Application, Template, superduper
+
+    db.apply(Table('notes', fields={'txt': 'str'}))
+    index = VectorIndex('notes-idx', indexing_listener=SentenceTransformer('minilm').to_listener('notes', key='txt'))
+    app = db.apply(Application('search', components=[db.load('Table', 'notes'), index]))
+    outputs = index.indexing_listener.outputs
+    assert db.load('Table', outputs).fields[outputs] == 'vector[float32:384]'
+    Template('search', component=app, substitutions={'notes': 'table'}).export(tmp_path / 'search.zip')
+
+    target = superduper(f'sqlite://{tmp_path}/empty.db', artifact_store=f'filesystem://{tmp_path}/empty-artifacts')
+    try:
+        target.apply(Template.read(tmp_path / 'search.zip', trust=True), table='posts')
+        target['posts'].insert([{'txt': s} for s in SENTENCES]).execute()
+        (best,) = target['posts'].like({'txt': 'kitten'}, vector_index='notes-idx', n=1).execute().tolist()
+        assert best['txt'] == SENTENCES[0]
+    finally:
+        target.close()

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -48,6 +49,7 @@ class Datalayer:
         self._listening: Any = None
         self._vector_indexes: Any = None
         self._changes: Any = None
+        self._applying = threading.local()  # what the apply running in this thread has stored (to undo on failure)
 
     @property
     def changes(self) -> Any:
@@ -349,18 +351,21 @@ class Datalayer:
             raise ComponentError(f'db.apply: variables ({", ".join(variables)}) are only for templates')
         if not isinstance(component, Component):
             raise ComponentError(f'db.apply takes a Component (Table, Model, Listener, ...), got {type(component).__name__}')
-        if not component.owns_children:
-            return self._apply(component)
-        created: list[dict] = []
+        created = getattr(self._applying, 'created', None)
+        if created is not None:  # applied while applying another (a listener's outputs table): one unit with it
+            return self._apply(component, created)
+        created = self._applying.created = []
         try:
             return self._apply(component, created)
-        except Exception:  # all or nothing: take back what this application had applied so far, newest first
+        except Exception:  # all or nothing: take back what this apply had stored so far, newest first
             for record in reversed(created):
                 still_there = self.metadata.get_by_uuid(record['uuid']) is not None  # a listener takes its outputs
                 if still_there and not self._holds_data(record, force=False):
                     self._remove_record(record)
             self._collect_artifacts(created)
             raise
+        finally:
+            self._applying.created = None
 
     def _apply(self, component: Component, created: list[dict] | None = None) -> Component:
         component.check(self)

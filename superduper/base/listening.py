@@ -170,19 +170,26 @@ class Listening:
         return self.db.execute(self.db[table].filter(Compare(name, '!=', None)).limit(1).ids()) != []
 
     def prepare(self, listener: 'Listener') -> None:
-        """Check the listener and create its output table, before its metadata is stored."""
+        """Check the listener and create its output table, before its metadata is stored. The outputs' type is
+        the model's own (``Model.output_type``), else that of the first output of a few rows; with neither (an
+        empty table, rows the model fails on) the output column is added when the first output is stored."""
         self.check(listener)
+        datatype = listener.model.output_type() or self._infer_datatype(listener)
+        self._outputs_table(listener, datatype)
+
+    def _outputs_table(self, listener: 'Listener', datatype: Any) -> None:
         info = self.db.table_info(listener.source)
-        datatype = listener.model.datatype or self._infer_datatype(listener)
         if len(info.primary_key) == 1:
             pk_type = info.schema.types[info.primary_key[0]]
             source_type = pk_type.name if pk_type.name in SCALARS else 'str'
         else:
             source_type = 'str'  # a composite key: its text rendering (``key_text``)
-        self.db.apply(Table(listener.outputs, fields={SOURCE: source_type, listener.outputs: datatype},
-                            primary_id=SOURCE, folds=False))
+        fields = {SOURCE: source_type} if datatype is None else {SOURCE: source_type, listener.outputs: datatype}
+        self.db.apply(Table(listener.outputs, fields=fields, primary_id=SOURCE, folds=False))
+        self.db.forget_table(listener.outputs)
 
     def _infer_datatype(self, listener: 'Listener') -> Any:
+        """The type of the first output of up to 10 rows; ``None`` if there are none (failures never decide)."""
         make = input_maker(listener.key)
         for row in self.db.execute(listener.select.limit(10)):
             try:
@@ -190,7 +197,24 @@ class Listening:
                 return infer_type(listener.model.predict(*args, **kwargs))
             except Exception:  # such rows are recorded as failures by the backfill
                 continue
-        return 'object'
+        return None
+
+    def _typed_schema(self, listener: 'Listener', first_output: Any) -> Any:
+        """The outputs table's schema, with the output column added (typed by ``first_output``) if it has none."""
+        table = listener.outputs
+        schema = self.db.table_info(table).schema
+        if table in schema.types:
+            return schema
+        self.db.forget_table(table)  # another process may have typed it already
+        schema = self.db.table_info(table).schema
+        if table not in schema.types:
+            try:
+                self._outputs_table(listener, infer_type(first_output))
+            except Exception:  # typed by another process at the same moment: use its type
+                self.db.forget_table(table)
+                if table not in self.db.table_info(table).schema.types:
+                    raise
+        return self.db.table_info(table).schema
 
     def start(self, listener: 'Listener') -> None:
         """Follow the listener's table from now on, and compute outputs for the rows already there."""
@@ -402,7 +426,7 @@ class Listening:
         if not done:
             return
         table = listener.outputs
-        schema = self.db.table_info(table).schema
+        schema = self._typed_schema(listener, done[0][1])
         sources = [c.text if composite else c.key for c, _ in done]
         try:
             columns = schema.encode_columns(table, list(results.keys), [sources, [o for _, o in done]],

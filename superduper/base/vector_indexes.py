@@ -50,8 +50,9 @@ class VectorIndexes:
         outputs = index.indexing_listener.outputs
         count = self.db.execute(self.db[outputs].count())
         loaded = LoadedIndex(index, self._new_searcher(index, count))
-        for ids, vectors in self._vectors(outputs):
-            loaded.searcher.upsert(ids, vectors)
+        if loaded.searcher is not None:
+            for ids, vectors in self._vectors(outputs):
+                loaded.searcher.upsert(ids, vectors)
         self._attach(loaded)
         self.save(loaded)
 
@@ -59,7 +60,7 @@ class VectorIndexes:
         """Use pgvector where the vectors are stored natively in PostgreSQL (nothing to load, save or follow)."""
         outputs = index.indexing_listener.outputs
         self.db.table_info(outputs)  # binds the declared column types
-        native = self.db.databackend.native_vectors(outputs, outputs)
+        native = index.dimension(self.db) is not None and self.db.databackend.native_vectors(outputs, outputs)
         if index.searcher == 'pgvector' and not native:
             raise ComponentError(
                 f'VectorIndex {index.identifier!r}: searcher="pgvector" needs PostgreSQL with the vector extension'
@@ -74,8 +75,12 @@ class VectorIndexes:
         return True
 
     def _new_searcher(self, index: 'VectorIndex', count: int) -> Any:
+        """A searcher of the index's kind; ``None`` while the listener has stored no output to give the vectors'
+        length (it is made with the first ones)."""
         from superduper.vector_search.exact import ExactSearcher
 
+        if index.dimension(self.db) is None:
+            return None
         kind = index.searcher
         if kind == 'auto':
             kind = 'hnsw' if count >= AUTO_HNSW_FROM and _has_hnswlib() else 'exact'
@@ -94,6 +99,12 @@ class VectorIndexes:
         outputs = index.indexing_listener.outputs
 
         def follow(ids: list, deleted: bool) -> None:
+            if loaded.searcher is None:  # the first outputs: their type is known now
+                self.db.forget_table(outputs)
+                loaded.searcher = self._new_searcher(index, len(ids))
+                if loaded.searcher is None:
+                    return
+                deleted, ids = False, [i for batch, _ in self._vectors(outputs) for i in batch]  # all there are
             try:
                 if deleted:
                     loaded.searcher.remove(ids)
@@ -129,7 +140,7 @@ class VectorIndexes:
             self.db.artifact_store.delete(key)
 
     def save(self, loaded: LoadedIndex) -> None:
-        if loaded.searcher.kind == 'pgvector':
+        if loaded.searcher is None or loaded.searcher.kind == 'pgvector':
             return
         state = loaded.searcher.state()
         buffer = io.BytesIO()
@@ -233,7 +244,7 @@ class VectorIndexes:
             vector = np.asarray(vector, dtype=np.float32)
         except (TypeError, ValueError):
             raise InvalidValue(f'like() needs a vector or {{key: value}}, got {type(spec).__name__}') from None
-        if vector.shape != (loaded.searcher.dim,):
+        if loaded.searcher is not None and vector.shape != (loaded.searcher.dim,):
             raise InvalidValue(
                 f'vector index {index.identifier!r} holds vectors of {loaded.searcher.dim} values; '
                 f'the query vector has shape {vector.shape}'
@@ -248,6 +259,8 @@ class VectorIndexes:
         as the share of matching rows says are needed for ``n`` to pass, widening until they do. The crossover is
         where reading the matching ids costs about as much as searching for the extra candidates."""
         searcher = loaded.searcher
+        if searcher is None:  # nothing indexed yet
+            return []
         if searcher.kind == 'pgvector':
             return searcher.search(vector, n, where, primary_key)
         if where is None:

@@ -54,6 +54,11 @@ class Model(Component):
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f'{type(self).__name__} does not implement predict')
 
+    def output_type(self) -> Any:
+        """The type of the outputs where the model knows it without seeing data (``datatype`` if declared), else
+        ``None``: the first successful outputs fix it."""
+        return self.datatype
+
     def predict_batches(self, inputs: Sequence[Any]) -> list:
         """Outputs for single-argument inputs, in order."""
         return [self.predict(x) for x in inputs]

@@ -45,9 +45,12 @@ class VectorIndex(Component):
     def source(self) -> str:
         return self.indexing_listener.source
 
-    def dimension(self, db: Any) -> int:
+    def dimension(self, db: Any) -> int | None:
+        """The length of the indexed vectors; ``None`` while the listener has stored no output to tell it."""
         outputs = self.indexing_listener.outputs
-        ftype = db.table_info(outputs).schema.types[outputs]
+        ftype = db.table_info(outputs).schema.types.get(outputs)
+        if ftype is None:
+            return None
         if not isinstance(ftype, Vector):
             raise ComponentError(
                 f'VectorIndex {self.identifier!r}: listener {self.indexing_listener.identifier!r} outputs '

@@ -90,6 +90,19 @@ class OpenAIEmbedding(HTTPModel):
     base_url: str = 'https://api.openai.com/v1'
     api_key_env: str | None = 'OPENAI_API_KEY'
     batch_size: int = 100
+    dimensions: int | None = None  # the length of the vectors, if known; else found out with one request
+
+    def output_type(self) -> Any:
+        """``vector[float32:dimensions]``; without ``dimensions``, one text is embedded to find out (``None`` if that
+        fails, e.g. the API is unreachable: the first successful outputs fix the type then)."""
+        if self.datatype is not None:
+            return self.datatype
+        if self.dimensions is not None:
+            return f'vector[float32:{self.dimensions}]'
+        try:
+            return f'vector[float32:{len(self.predict("dimension"))}]'
+        except Exception:
+            return None
 
     def predict(self, text: str) -> np.ndarray:
         return self.predict_batches([text])[0]

@@ -64,6 +64,15 @@ class SentenceTransformer(Model):
             self._model = load(self.model, self.device)
         return self._model
 
+    def output_type(self) -> Any:
+        """Unit float32 vectors of the model's dimension (read from the model, no data needed)."""
+        if self.datatype is not None:
+            return self.datatype
+        model = self.loaded()
+        # sentence-transformers 6 renamed it; 3-5 have the older name only
+        dimension = getattr(model, 'get_embedding_dimension', None) or model.get_sentence_embedding_dimension
+        return f'vector[float32:{dimension()}]'
+
     def predict(self, text: str) -> Any:
         return self.predict_batches([text])[0]
 
