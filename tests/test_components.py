@@ -51,3 +51,34 @@ def test_table_declarations_are_checked():
         Table('t')
     with pytest.raises(ComponentError, match='non-empty string identifier'):
         Table('', fields={})
+
+
+SCRIPT = '''
+import sys
+from superduper import superduper, ObjectModel
+{preamble}
+db = superduper(sys.argv[1], artifact_store=sys.argv[2], follow_changes=False)
+factor = {factor}
+model = db.apply(ObjectModel('scale', object=lambda x: {body}))
+print(model.version)
+'''
+
+
+def test_identity_by_content_not_by_where_the_code_is(tmp_path):
+    """Re-running a script whose model moved (comments, blank lines, another file) applies nothing new; a change to
+    the code or to a value it captures is a new version."""
+    import subprocess
+    import sys
+
+    def run(name: str, preamble: str = '', factor: int = 2, body: str = 'x * factor') -> int:
+        script = tmp_path / name
+        script.write_text(SCRIPT.format(preamble=preamble, factor=factor, body=body))
+        done = subprocess.run([sys.executable, str(script), f'sqlite://{tmp_path}/db.db',
+                               f'filesystem://{tmp_path}/artifacts'], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1])
+
+    assert run('first.py') == 0
+    assert run('moved.py', preamble='# a comment above the model\\n\\n\\nimport os  # and an import\\n') == 0
+    assert run('captured.py', factor=3) == 1  # the lambda captures another value
+    assert run('edited.py', factor=3, body='x * factor + 1') == 2  # the code itself changed

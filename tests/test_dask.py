@@ -266,7 +266,7 @@ def test_training_runs_on_a_worker(ddb, cluster):
     model = SklearnModel('clf', object=MeanClassifier())
     model.fit(X='x', y='label', db=db, select=db['points'].select())
     assert model.object.fitted_by_ in worker_pids(cluster)  # the caller's model is the version fitted there
-    assert db.show('Model', 'clf') == [0] and model.version == 0 and db.load('Model', 'clf') is model
+    assert db.show('Model', 'clf') == [0] and model.version == 0 and db.load('Model', 'clf').uuid == model.uuid
     train = db['points'].filter(db['points']['_fold'] == 'train').count().execute()
     (job,) = db.jobs('clf')
     assert (job['kind'], job['status'], job['done'], job['total']) == ('fit', 'success', train, train)

@@ -88,3 +88,22 @@ def test_untrainable_models_and_bad_selects(db, points):
         ObjectModel('f', object=abs).fit(X='x', y='label', db=db, select=points.select())
     with pytest.raises(ComponentError, match='pass db= and select='):
         SklearnModel('s', object=__import__('sklearn.svm').svm.SVC()).fit(X='x', y='label')
+
+
+def test_fitting_a_stored_version_leaves_it_as_it_was_stored(db, points):
+    """Fitting makes a new object and version: the old version, its listener and the cache keep what was stored."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.svm import SVC
+
+    v0 = db.apply(SklearnModel('svc', object=SVC()))
+    listener = db.apply(v0.to_listener(points.select(), key='x', identifier='svc-labels'))  # every row fails: unfitted
+    fitted = v0.fit(X='x', y='label', db=db, select=points.find())
+    assert (v0.version, fitted.version) == (0, 1) and fitted is not v0
+    with pytest.raises(NotFittedError):
+        v0.predict(np.array([3.0, 3.0]))
+    with pytest.raises(NotFittedError):
+        db.load('Model', 'svc', 0).predict(np.array([3.0, 3.0]))
+    with pytest.raises(NotFittedError):
+        db.load('Listener', 'svc-labels').model.predict(np.array([3.0, 3.0]))
+    assert db.load('Model', 'svc', 1).predict(np.array([3.0, 3.0])) == 1
+    assert db.databackend.count(listener.outputs) == 0

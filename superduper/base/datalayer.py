@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -371,12 +372,15 @@ class Datalayer:
         component.check(self)
         for child in component.children():
             self._apply(child, created)
-        record, uuid = encode_component(component, self.artifact_store)
+        blobs: dict[str, bytes] = {}
+        record, uuid = encode_component(component, None, blobs)
         stored = self.metadata.get_by_uuid(uuid)
-        if stored is not None:  # this exact declaration is already applied
+        if stored is not None:  # this declaration is already applied (its artifacts are stored with it)
             component.version, component.uuid = stored['version'], uuid
             component.on_reapplied(self)
             return component
+        for data in blobs.values():
+            self.artifact_store.put_bytes(data)
         versions = self.metadata.versions(component.type_id, component.identifier)
         component.version = versions[-1] + 1 if versions else 0
         component.uuid = uuid
@@ -506,25 +510,33 @@ class Datalayer:
         return self.load('Model', identifier).predict(*args, **kwargs)
 
     def fit(self, model: Any, X: Any, y: str | None = None, select: Query | None = None) -> Any:
-        """Train ``model`` on the rows ``select`` picks (its ``_fold == 'train'`` rows where the table has folds)
-        and apply the fitted model as a new version; recorded as a job. With Dask compute a worker trains it."""
+        """Train a copy of ``model`` on the rows ``select`` picks (its ``_fold == 'train'`` rows where the table has
+        folds) and apply it as a new version, which is returned; recorded as a job. With Dask compute a worker
+        trains it. A stored version is never changed (an old version loads exactly as it was stored); a model that
+        was not applied yet becomes the fitted one, as scikit-learn's ``fit`` does."""
         train = self._fold_query(select, 'train')
+        stored = model.uuid is not None and self.metadata.get_by_uuid(model.uuid) is not None
+        fitted = dataclasses.replace(copy.deepcopy(model), version=None, uuid=None)
         job = self.listening.jobs.start('fit', model, self.execute(train.count()))
         try:
             if self.compute.distributed:
-                uuid, rows = self.compute.fit(self, model, X, y, train)
-                self._adopt(model, uuid)
+                uuid, rows = self.compute.fit(self, fitted, X, y, train)
+                fitted = self.load_record(self.metadata.get_by_uuid(uuid))
             else:
-                rows = self._fit_and_apply(model, X, y, train)
+                rows = self._fit_and_apply(fitted, X, y, train)
         except Exception as e:
             self.listening.jobs.finish(job, error=f'{type(e).__name__}: {e}')
             raise
         self.listening.jobs.progress(job, rows, 0)
         self.listening.jobs.finish(job)
-        return model
+        if not stored:
+            for f in dataclasses.fields(model):
+                setattr(model, f.name, getattr(fitted, f.name))
+        return fitted
 
     def _fit_and_apply(self, model: Any, X: Any, y: str | None, train: Query) -> int:
-        """Fit in this process on the rows ``train`` selects and apply the result; returns how many rows."""
+        """Fit ``model`` (a copy nobody else holds) in this process on the rows ``train`` selects and apply it;
+        returns how many rows."""
         from superduper.components.model import input_maker
 
         rows = self.execute(train).tolist()
@@ -535,13 +547,6 @@ class Datalayer:
         model.fit_keys = [X, y]
         self.apply(model)
         return len(rows)
-
-    def _adopt(self, model: Any, uuid: str) -> None:
-        """Make the caller's ``model`` the version fitted and applied elsewhere, as if it had been fitted here."""
-        fitted = self.load_record(self.metadata.get_by_uuid(uuid))
-        for f in dataclasses.fields(model):
-            setattr(model, f.name, getattr(fitted, f.name))
-        self._loaded[uuid] = model
 
     def validate(self, model: Any, select: Query, metrics: Any, X: Any = None, y: str | None = None) -> dict:
         """Score ``model`` on the ``_fold == 'valid'`` rows of ``select`` (all of them if the table has no folds);

@@ -151,6 +151,8 @@ class Listening:
             )
         available = listener.select.columns or list(info.schema.types)
         for name in key_fields(listener.key):
+            if name == listener.source and listener.source in upstream_outputs:
+                continue  # the upstream's output column, added with its first output
             if name not in available and not (info.schema.open and not listener.select.columns
                                               and self._in_some_row(listener.source, name, available)):
                 raise UnknownField(
@@ -375,6 +377,9 @@ class Listening:
     def compute(self, listener: 'Listener', changes: list[Change]) -> Results:
         """The listener's results for these changed keys: the rows are read as they are now."""
         info = self.db.table_info(listener.source)
+        if not info.schema.open and not set(key_fields(listener.key)) <= set(info.schema.types):
+            self.db.forget_table(listener.source)  # an upstream's output column added since (by another process)
+            info = self.db.table_info(listener.source)
         pk = info.primary_key
         by_key = {c.key: c for c in changes}
         found: dict[Any, dict] = {}

@@ -11,6 +11,7 @@ output table name is known before it is applied), and applying a record that is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -135,37 +136,97 @@ def import_class(path: str) -> type:
     return obj
 
 
-def encode_component(component: Component, artifacts: 'ArtifactStore | None') -> tuple[dict, str]:
-    """The JSON record of a component and its uuid (the record's hash). With ``artifacts=None`` nothing is stored:
-    artifact keys are still the hashes of their bytes."""
+def encode_component(component: Component, artifacts: 'ArtifactStore | None',
+                     blobs: dict[str, bytes] | None = None) -> tuple[dict, str]:
+    """The JSON record of a component and its uuid. With ``artifacts=None`` nothing is stored (artifact keys are
+    still the hashes of their bytes); the bytes go to ``blobs`` if given, for the caller to store.
+
+    The uuid is the hash of the record with each artifact counted by what it *is*, not by its bytes: a function
+    pickled by value is counted without the file name and line numbers of its code, so the same declaration has the
+    same uuid after the code around it moved (comments, imports, another file), while a change to the code itself
+    or to a value it captures gives a new one."""
+    identities: dict[str, str] = {}
     record: dict[str, Any] = {'_path': class_path(type(component))}
     for name, value in component.arguments():
-        record[name] = _encode_value(value, artifacts)
-    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+        record[name] = _encode_value(value, artifacts, identities, blobs)
+    counted = _map_artifacts(record, identities)
+    digest = hashlib.sha256(json.dumps(counted, sort_keys=True, default=str).encode()).hexdigest()
     return record, digest[:32]
 
 
-def _encode_value(value: Any, artifacts: 'ArtifactStore | None') -> Any:
+def _encode_value(value: Any, artifacts: 'ArtifactStore | None', identities: dict[str, str],
+                  blobs: dict[str, bytes] | None) -> Any:
     from superduper.base.query import Query
+
+    def encode(v: Any) -> Any:
+        return _encode_value(v, artifacts, identities, blobs)
 
     if isinstance(value, _JSON_SCALARS):
         return value
     if isinstance(value, Component):
         return {'_ref': value.ensure_uuid()}
     if isinstance(value, Query):
-        return {'_query': _encode_value(value.to_dict(), artifacts)}
+        return {'_query': encode(value.to_dict())}
     if isinstance(value, list):
-        return [_encode_value(v, artifacts) for v in value]
+        return [encode(v) for v in value]
     if isinstance(value, tuple):
-        return {'_tuple': [_encode_value(v, artifacts) for v in value]}
+        return {'_tuple': [encode(v) for v in value]}
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        encoded = {k: _encode_value(v, artifacts) for k, v in value.items()}
+        encoded = {k: encode(v) for k, v in value.items()}
         # keys such as '_source' or '_id' could be read as markers: such a dict is wrapped
         return {'_dict': encoded} if any(k.startswith('_') for k in value) else encoded
     serializer = serializer_for(value)
     data = SERIALIZERS[serializer][1](value)
     key = hashlib.sha256(data).hexdigest() if artifacts is None else artifacts.put_bytes(data)
+    if blobs is not None:
+        blobs[key] = data
+    identities[key] = _identity(value) if serializer == 'cloudpickle' else key
     return {'_artifact': key} if serializer == 'cloudpickle' else {'_artifact': key, 'serializer': serializer}
+
+
+def _identity(value: Any) -> str:
+    """The hash of ``value`` pickled with its code's file names and line numbers left out."""
+    import io
+
+    buffer = io.BytesIO()
+    _identity_pickler()(buffer, protocol=5).dump(value)
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _identity_pickler() -> type:
+    import collections
+    import types
+
+    import cloudpickle
+    from cloudpickle import cloudpickle as internals
+
+    def placeless(code: types.CodeType) -> types.CodeType:
+        consts = tuple(placeless(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename='', co_firstlineno=1, co_linetable=b'', co_consts=consts)
+
+    class IdentityPickler(cloudpickle.CloudPickler):
+        dispatch_table = collections.ChainMap(
+            {types.CodeType: lambda code: internals._code_reduce(placeless(code))},
+            cloudpickle.CloudPickler.dispatch_table,
+        )
+
+        def _function_getnewargs(self, func: Any) -> tuple:
+            code, base_globals, *rest = super()._function_getnewargs(func)
+            return (code, {k: v for k, v in base_globals.items() if k != '__file__'}, *rest)
+
+    return IdentityPickler
+
+
+def _map_artifacts(value: Any, identities: dict[str, str]) -> Any:
+    """``value`` with every artifact key replaced by its identity."""
+    if isinstance(value, dict):
+        if '_artifact' in value:
+            return {**value, '_artifact': identities.get(value['_artifact'], value['_artifact'])}
+        return {k: _map_artifacts(v, identities) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_artifacts(v, identities) for v in value]
+    return value
 
 
 def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Component:
