@@ -231,3 +231,30 @@ def test_component_with_a_lambda_reloads_in_a_new_process(db, db_uri, tmp_path, 
     out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ['ababab', 'xyxyxy']
+
+
+def test_a_listener_that_cannot_load_blocks_nothing_else(db_uri, backend, tmp_path):
+    """Its artifact is gone: writes to other tables, other listeners and applies go on; status names it and why."""
+    from superduper import superduper
+
+    artifacts = f'filesystem://{tmp_path}/artifacts'
+    db = superduper(db_uri, artifact_store=artifacts, progress=False, follow_changes=False)
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    db.apply(Table('other', fields={'txt': 'str'}))
+    broken = db.apply(ObjectModel('broken', object=lambda x: x + '!').to_listener('docs', key='txt', identifier='broken'))
+    fine = db.apply(ObjectModel('fine', object=str.upper, datatype='str').to_listener('other', key='txt', identifier='fine'))
+    (key,) = [k for k in db.show('Model', 'broken', 0)['record']['object'].values()]
+    db.close()
+    next((tmp_path / 'artifacts').rglob(key)).unlink()  # the model's pickle is lost
+
+    again = superduper(db_uri, artifact_store=artifacts, progress=False, follow_changes=False)
+    try:
+        again['other'].insert([{'txt': 'still works'}]).execute()
+        assert [r[fine.outputs] for r in again[fine.outputs].select().execute()] == ['STILL WORKS']
+        again.apply(Table('third', fields={'n': 'int'}))
+        status = {s['listener']: s for s in again.status()}
+        assert "Listener 'broken'" not in (status['fine']['problem'] or '')
+        assert 'cannot be loaded' in status['broken']['problem'] and key[:8] in status['broken']['problem']
+        assert broken.outputs in again.databackend.table_names()
+    finally:
+        again.close()
