@@ -114,6 +114,25 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def env(tmp_path) -> dict:
+    """The environment of worker and writer processes a test starts: its artifact store, no progress bars, and
+    short leases (a killed process's claimed changes come free quickly)."""
+    return {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts',
+            'SUPERDUPER_PROGRESS': 'false', 'SUPERDUPER_LEASE_SECONDS': '2'}
+
+
+def plain_sql(db, *statements: tuple[str, dict]) -> None:
+    """Another client: its own engine, plain SQL, no superduper."""
+    engine = sa.create_engine(db.databackend.engine.url)
+    try:
+        with engine.begin() as conn:
+            for sql, params in statements:
+                conn.execute(sa.text(sql), params)
+    finally:
+        engine.dispose()
+
+
 def mongodb_uri(database: str) -> str:
     """A database on the server ``SUPERDUPER_TEST_MONGODB_URI`` names; the test is skipped if none is named."""
     if not MONGODB_URI:

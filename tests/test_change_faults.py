@@ -20,6 +20,7 @@ import cloudpickle
 import pytest
 import sqlalchemy as sa
 
+from conftest import plain_sql
 from superduper import ObjectModel, Table, superduper
 
 # models here are stored by value: worker processes cannot import this test module
@@ -30,12 +31,6 @@ CLI = [sys.executable, '-m', 'superduper.cli']
 @pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
 def backend(request) -> str:
     return request.param
-
-
-@pytest.fixture
-def env(tmp_path) -> dict:
-    return {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts',
-            'SUPERDUPER_PROGRESS': 'false', 'SUPERDUPER_LEASE_SECONDS': '2'}
 
 
 def connect(uri: str, tmp_path, **overrides):
@@ -52,17 +47,6 @@ def gated(x: str) -> str:
         while os.path.exists(gate):
             time.sleep(0.01)
     return x.upper()
-
-
-def plain_sql(db, *statements: tuple[str, dict]) -> None:
-    """Another client: its own engine, plain SQL, no superduper."""
-    engine = sa.create_engine(db.databackend.engine.url)
-    try:
-        with engine.begin() as conn:
-            for sql, params in statements:
-                conn.execute(sa.text(sql), params)
-    finally:
-        engine.dispose()
 
 
 def drain(*dbs) -> None:

@@ -12,7 +12,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from conftest import skip_without_capabilities
+from conftest import plain_sql, skip_without_capabilities
 from superduper import ObjectModel, Listener, Table, superduper
 
 
@@ -33,17 +33,6 @@ def followed(db):
     db['docs'].insert([{'id': 'a', 'txt': 'first'}]).execute()
     listener = db.apply(ObjectModel('upper', object=str.upper).to_listener('docs', key='txt', identifier='upper'))
     return listener
-
-
-def plain_sql(db, *statements: tuple[str, dict]) -> None:
-    """Another client: its own engine, plain SQL, no superduper."""
-    engine = sa.create_engine(db.databackend.engine.url)
-    try:
-        with engine.begin() as conn:
-            for sql, params in statements:
-                conn.execute(sa.text(sql), params)
-    finally:
-        engine.dispose()
 
 
 def outputs(db, listener) -> dict:

@@ -22,12 +22,6 @@ def backend(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def env(tmp_path) -> dict:
-    return {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts', 'SUPERDUPER_PROGRESS': 'false',
-            'SUPERDUPER_LEASE_SECONDS': '2'}  # a killed process's leased changes come free quickly
-
-
 def connect(uri: str, tmp_path, **overrides):
     return superduper(uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, **overrides)
 

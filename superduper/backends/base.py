@@ -174,6 +174,11 @@ class Change:
     listener: str | None = None  # for this listener only (a backfill, a retry); None: every listener of the table
     text: str = ''  # the key as the feed stores it (its guard is kept per listener and text)
 
+    @property
+    def output_key(self) -> Any:
+        """The row's ``_source`` in an outputs table: the key, or the text of a composite key."""
+        return self.text if isinstance(self.key, tuple) else self.key
+
 
 @dataclass
 class Batch:

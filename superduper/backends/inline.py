@@ -135,7 +135,7 @@ class InlineFeed:
                     self.backend.insert(conn, res.outputs_table, res.keys, columns, upsert_key=res.keys[0])
                 removed = res.gone + [c for c, _ in res.failed]
                 if removed:
-                    self.backend.delete(conn, res.outputs_table, key_in((res.keys[0],), [c.key for c in removed]))
+                    self.backend.delete(conn, res.outputs_table, key_in((res.keys[0],), [c.output_key for c in removed]))
                 finished.stored[res.listener] = [c for c, _ in res.stored]
                 finished.gone[res.listener] = list(res.gone)
                 if res.outputs_table in followed:

@@ -396,7 +396,7 @@ class Listening:
         except Exception as e:  # one broken listener never stops the others
             log.exception('listener %r failed on a batch of %d rows', listener.identifier, len(found))
             results.failed.extend((by_key[k], _error_text(e)) for k in found)
-        self._encode(listener, done, results, composite=len(pk) > 1)
+        self._encode(listener, done, results)
         if results.failed:
             log.warning('listener %r: model failed on %d rows, e.g. %s', listener.identifier, len(results.failed),
                         results.failed[0][1])
@@ -426,13 +426,13 @@ class Listening:
         with self._locks_lock:
             return self._model_locks.setdefault(listener_uuid, threading.Lock())
 
-    def _encode(self, listener: 'Listener', done: list[tuple[Change, Any]], results: Results, composite: bool) -> None:
+    def _encode(self, listener: 'Listener', done: list[tuple[Change, Any]], results: Results) -> None:
         """Encode outputs for the outputs table; those that do not fit its type are failures."""
         if not done:
             return
         table = listener.outputs
         schema = self._typed_schema(listener, done[0][1])
-        sources = [c.text if composite else c.key for c, _ in done]
+        sources = [c.output_key for c, _ in done]
         try:
             columns = schema.encode_columns(table, list(results.keys), [sources, [o for _, o in done]],
                                             self.db.artifact_store)
@@ -451,8 +451,8 @@ class Listening:
     def _after(self, results: list[Results], finished: Finished) -> None:
         """Tell the hooks (vector indexes) and observers (Dask) of the output writes that were stored."""
         for res in results:
-            stored = [c.key if not isinstance(c.key, tuple) else c.text for c in finished.stored.get(res.listener, [])]
-            gone = [c.key if not isinstance(c.key, tuple) else c.text for c in finished.gone.get(res.listener, [])]
+            stored = [c.output_key for c in finished.stored.get(res.listener, [])]
+            gone = [c.output_key for c in finished.gone.get(res.listener, [])]
             for ids, deleted in ((stored, False), (gone, True)):
                 if ids:
                     for observe in self.observers:

@@ -122,6 +122,16 @@ class SQLDataBackend:
         """The statements installing triggers that record every write to ``table`` in ``_superduper_change_log``."""
         raise NotImplementedError(f'{type(self).__name__} cannot record changes with triggers')
 
+    def row_trigger_ddl(self, table: str, bodies: dict[str, tuple[str, str]], body_format: str) -> list[str]:
+        """Drop, then create, one row trigger per event of ``bodies`` (event -> (INSERT/UPDATE/DELETE, body)),
+        each body written into the dialect's ``body_format``."""
+        statements = self.drop_capture_ddl(table)
+        for event in EVENTS:
+            when, body = bodies[event]
+            statements.append(f'CREATE TRIGGER {self.sql_name(self.trigger_name(table, event))} AFTER {when} '
+                              f'ON {self.sql_name(table)} ' + body_format.format(body=body))
+        return statements
+
     def drop_capture_ddl(self, table: str) -> list[str]:
         return [f'DROP TRIGGER IF EXISTS {self.sql_name(self.trigger_name(table, event))}' for event in EVENTS]
 
@@ -218,16 +228,6 @@ class SQLDataBackend:
         """Whether the database aborted the transaction to break a deadlock (worth running it again)."""
         code = getattr(error.orig, 'sqlstate', None) or (error.orig.args[0] if error.orig and error.orig.args else None)
         return code in ('40P01', '40001', 1213, 1205)
-
-    def delete_keys(self, conn: Connection, name: str, key: str, values: Sequence[Any],
-                    texts: Sequence[str] | None = None) -> None:
-        """Delete the rows of an outputs table whose source key is one of ``values`` (a composite key's outputs are
-        keyed by its ``texts``)."""
-        table = self.table(name)
-        if texts is not None and values and isinstance(values[0], tuple):
-            values = texts
-        for i in range(0, len(values), 1000):
-            conn.execute(table.delete().where(table.c[key].in_(list(values[i : i + 1000]))))
 
     def render_keys(self, name: str, keys: Sequence[Any]) -> dict[Any, str]:
         """The ``key_text`` of each of these keys that a row of ``name`` has, as the database renders it."""
@@ -364,12 +364,7 @@ class SQLDataBackend:
             from sqlalchemy.dialects.sqlite import insert
         elif dialect in ('postgresql', 'duckdb'):
             from sqlalchemy.dialects.postgresql import insert
-        elif dialect in ('mysql', 'mariadb'):
-            from sqlalchemy.dialects.mysql import insert
-
-            stmt = insert(table)
-            return stmt.on_duplicate_key_update({k: stmt.inserted[k] for k in keys if k != key} or {key: stmt.inserted[key]})
-        else:
+        else:  # MySQL: ``upsert_suffix``
             return None
         stmt = insert(table)
         updates = {k: stmt.excluded[k] for k in keys if k != key}

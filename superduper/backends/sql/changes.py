@@ -56,6 +56,7 @@ import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
 from superduper.base.background import stop_at_exit
+from superduper.base.query import Compare
 
 if TYPE_CHECKING:
     from superduper.backends.sql.base import SQLDataBackend
@@ -525,9 +526,9 @@ class SQLChangeFeed:
         if stored:
             columns = [list(col) for col in zip(*[row for _, _, row in stored])]
             self.backend.insert(conn, res.outputs_table, res.keys, columns, upsert_key=res.keys[0])
-        if removed:
-            self.backend.delete_keys(conn, res.outputs_table, res.keys[0], [c.key for _, c, _ in removed],
-                                     texts=[c.text for _, c, _ in removed])
+        keys = [c.output_key for _, c, _ in removed]
+        for chunk in _chunks(keys):
+            self.backend.delete(conn, res.outputs_table, Compare(res.keys[0], 'in', tuple(chunk)))
         return [c for _, c, _ in stored], [c for _, c, _ in removed]
 
     def _stamp(self, conn: Any, listener: str, entries: dict[str, tuple[str, Change, Any]], stamp: int) -> list[str]:

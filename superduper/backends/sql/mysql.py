@@ -9,7 +9,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from superduper.backends.base import Capabilities
-from superduper.backends.sql.base import EVENTS, SQLDataBackend
+from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.changes import CHANGES
 from superduper.base.exceptions import ComponentError
 
@@ -37,7 +37,7 @@ class MySQLDataBackend(SQLDataBackend):
         return ' ON DUPLICATE KEY UPDATE ' + ', '.join(f'{self.sql_name(c)} = VALUES({self.sql_name(c)})' for c in columns)
 
     def capture_ddl(self, table: str, key: list[str]) -> list[str]:
-        name, literal, now = self.sql_name(table), self.sql_literal(table), self.epoch_sql
+        literal, now = self.sql_literal(table), self.epoch_sql
 
         def record(row: str) -> str:
             return (f'INSERT INTO {CHANGES} (tbl, source, claim, created) '
@@ -46,12 +46,7 @@ class MySQLDataBackend(SQLDataBackend):
         same = ' AND '.join(f'OLD.{self.sql_name(k)} <=> NEW.{self.sql_name(k)}' for k in key)
         bodies = {'ins': ('INSERT', record('NEW')), 'del': ('DELETE', record('OLD')),
                   'upd': ('UPDATE', f'BEGIN {record("NEW")}; IF NOT ({same}) THEN {record("OLD")}; END IF; END')}
-        statements = self.drop_capture_ddl(table)
-        for event in EVENTS:
-            when, body = bodies[event]
-            statements.append(f'CREATE TRIGGER {self.sql_name(self.trigger_name(table, event))} AFTER {when} ON {name} '
-                              f'FOR EACH ROW {body}')
-        return statements
+        return self.row_trigger_ddl(table, bodies, 'FOR EACH ROW {body}')
 
     def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
         conn.exec_driver_sql(f'SET {SESSION_CLAIM} = %s', (claim,))

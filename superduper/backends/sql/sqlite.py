@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
 from superduper.backends.base import Capabilities
-from superduper.backends.sql.base import EVENTS, SQLDataBackend
+from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.changes import CHANGES
 from superduper.base.exceptions import ConfigError
 
@@ -57,7 +57,7 @@ class SQLiteDataBackend(SQLDataBackend):
             conn.commit()
 
     def capture_ddl(self, table: str, key: list[str]) -> list[str]:
-        name, literal, now = self.sql_name(table), self.sql_literal(table), self.epoch_sql
+        literal, now = self.sql_literal(table), self.epoch_sql
 
         def record(row: str) -> str:
             return f'INSERT INTO {CHANGES} (tbl, source, created) VALUES ({literal}, {self.key_text_sql(row, key)}, {now});'
@@ -67,12 +67,7 @@ class SQLiteDataBackend(SQLDataBackend):
                    f'{now} WHERE NOT ({same});')  # a changed primary key: the old key's outputs go
         bodies = {'ins': ('INSERT', record('NEW')), 'upd': ('UPDATE', record('NEW') + ' ' + old_key),
                   'del': ('DELETE', record('OLD'))}
-        statements = self.drop_capture_ddl(table)
-        for event in EVENTS:
-            when, body = bodies[event]
-            statements.append(f'CREATE TRIGGER {self.sql_name(self.trigger_name(table, event))} AFTER {when} ON {name} '
-                              f'BEGIN {body} END')
-        return statements
+        return self.row_trigger_ddl(table, bodies, 'BEGIN {body} END')
 
     def rows_parameter_sql(self) -> str | None:
         return ("(SELECT json_extract(value, '$[0]') AS d, json_extract(value, '$[1]') AS src, "
