@@ -245,16 +245,25 @@ def test_a_listener_that_cannot_load_blocks_nothing_else(db_uri, backend, tmp_pa
     fine = db.apply(ObjectModel('fine', object=str.upper, datatype='str').to_listener('other', key='txt', identifier='fine'))
     (key,) = [k for k in db.show('Model', 'broken', 0)['record']['object'].values()]
     db.close()
-    next((tmp_path / 'artifacts').rglob(key)).unlink()  # the model's pickle is lost
+    lost = next((tmp_path / 'artifacts').rglob(key))
+    lost.rename(lost.with_name(f'{key}.missing'))  # the model's pickle is lost (kept aside to bring back later)
 
     again = superduper(db_uri, artifact_store=artifacts, progress=False, follow_changes=False)
     try:
         again['other'].insert([{'txt': 'still works'}]).execute()
         assert [r[fine.outputs] for r in again[fine.outputs].select().execute()] == ['STILL WORKS']
         again.apply(Table('third', fields={'n': 'int'}))
+        assert broken.outputs in again.databackend.table_names()
+        # its own table's writes succeed; its rows are failures naming the cause, retried once it loads again
+        (row,) = again['docs'].insert([{'txt': 'waits'}]).execute()
         status = {s['listener']: s for s in again.status()}
         assert "Listener 'broken'" not in (status['fine']['problem'] or '')
         assert 'cannot be loaded' in status['broken']['problem'] and key[:8] in status['broken']['problem']
-        assert broken.outputs in again.databackend.table_names()
+        assert status['broken']['failed'] == 1
+        (failure,) = again.failures('broken')
+        assert failure['source'] == row and 'cannot be loaded' in failure['error'] and key[:8] in failure['error']
+        lost.with_name(f'{key}.missing').rename(lost)
+        assert again.retry('broken') == 0
+        assert again[broken.outputs].get(_source=row).execute()[broken.outputs] == 'waits!'
     finally:
         again.close()

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from bson import ObjectId, Timestamp
 
-from superduper import Document, ObjectModel, Table, VectorIndex, superduper
+from superduper import Document, ObjectModel, Table, superduper
 from superduper.base.exceptions import (
     ConfigError,
     DatabaseError,
@@ -257,29 +257,6 @@ def test_metadata_elsewhere_keeps_objectid_keys(uri, tmp_path):
     state['broken'] = False
     assert db.retry('f') == 0 and outputs(db, listener) == {ids[0]: 'A', ids[1]: 'B'}
     db.close()
-
-
-def test_vector_index_reload_catches_up_with_outputs_changed_while_closed(uri, tmp_path):
-    import numpy as np
-
-    def embed(text):
-        rng = np.random.default_rng(sum(map(ord, text)))
-        return rng.normal(size=8).astype(np.float32)
-
-    db = superduper(uri, home=str(tmp_path / 'home'), progress=False)
-    ids = db['docs'].insert_many([{'txt': f'doc {i}'} for i in range(20)]).execute()
-    index = db.apply(VectorIndex('idx', indexing_listener=ObjectModel('emb', object=embed).to_listener('docs', key='txt')))
-    assert db['docs'].like({'txt': 'doc 3'}, vector_index='idx', n=1).execute().tolist()[0]['_id'] == ids[3]
-    outputs_name = index.indexing_listener.outputs
-    db.close()
-    raw = db.databackend.database[outputs_name]  # another program, while nothing runs
-    raw.update_one({'_id': ids[0]}, {'$set': {outputs_name: embed('moved').tobytes()}})
-    raw.delete_one({'_id': ids[1]})
-    again = superduper(uri, home=str(tmp_path / 'home'), progress=False)
-    docs = again['docs']
-    assert docs.like(embed('moved'), vector_index='idx', n=1).execute().tolist()[0]['_id'] == ids[0]
-    assert ids[1] not in [r['_id'] for r in docs.like(embed('doc 1'), vector_index='idx', n=20).execute()]
-    again.close()
 
 
 # ---- change streams: the consumer, against a stand-in for the server's stream -----------------------------------

@@ -62,6 +62,9 @@ class DataBackend(Protocol):
     def default_artifact_store(self, cache_dir: str) -> Any | None:
         """The artifact store kept in this database (GridFS on MongoDB), or ``None``: the local filesystem."""
 
+    def output_log(self) -> 'OutputLog':
+        """The versions of listeners' outputs tables (``OutputLog``), one per backend."""
+
     def change_feed(self, settings: Any) -> 'ChangeFeed':
         """How changes to followed tables are recorded and handed to consumers."""
 
@@ -143,6 +146,9 @@ class MetadataStore(Protocol):
 
     def metric_values(self, model_uuid: str) -> dict[str, float]: ...
 
+    def components_version(self) -> str | None:
+        """A token that changes (in the same transaction) whenever a component is applied or removed."""
+
     def setting(self, name: str) -> str | None:
         """A setting this database keeps for every client (``'artifact_store'``: where its artifacts are)."""
 
@@ -190,6 +196,9 @@ class Batch:
     changes: list[Change]
     claim: Any = None  # the feed's handle on the lease (None: nothing was leased, e.g. writes followed in memory)
     reload: bool = False  # the feed saw components applied or removed by another process: read them again
+    #: a write's own changes, computed by the writer: only for its synchronous listeners (the others' are handed to
+    #: the workers), and so are the changes its output writes cause
+    writer: bool = False
 
     def groups(self) -> dict[tuple[str, str | None], list[Change]]:
         """The changes by (table, listener), each key once, in the order first seen."""
@@ -246,7 +255,10 @@ class ChangeFeed(Protocol):
 
     def claim(self, limit: int, listener: str | None = None) -> Batch | None: ...
 
-    def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished: ...
+    def finish(self, batch: Batch, results: list[Results], followed: set[str],
+               handed: Sequence[tuple[str, str]] = ()) -> Finished:
+        """Store the results; the batch's changes to ``handed`` ``(table, listener uuid)`` are queued for that
+        listener (a writer computes only its synchronous listeners). Releases the batch."""
 
     def release(self, batch: Batch) -> None:
         """Give a batch back unprocessed (an error): its changes are taken again later."""
@@ -268,3 +280,46 @@ class ChangeFeed(Protocol):
     def failure_log(self) -> Any: ...
 
     def close(self) -> None: ...
+
+
+# ---- versions of outputs tables -----------------------------------------------------------------------------------
+#: the column of an outputs table holding the number of the write that stored the row
+OUTPUT_SEQ = '_seq'
+
+
+class OutputLog(Protocol):
+    """Which rows of an outputs table changed since a reader (a vector index in any process) last looked.
+
+    Every write of outputs takes the next number of the table's counter (``advance``) in its own transaction and
+    stamps the rows it stores with it (column ``OUTPUT_SEQ``); a removed output leaves a deletion with the number.
+    Numbers are given in commit order where the database can lock (the counter stays locked until the writer
+    commits), so a reader who sees the counter at ``n`` knows every write numbered up to ``n`` is visible."""
+
+    #: numbers are given in commit order; if not, a reader reads again what its previous look found new
+    ordered: bool
+
+    def prepare(self, table: str) -> None:
+        """Make the table's counter and the index on ``OUTPUT_SEQ`` (idempotent; before the first write)."""
+
+    def advance(self, conn: Any, table: str) -> int:
+        """The number of this write (in the writer's transaction)."""
+
+    def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
+        """Upsert outputs (columns in ``keys`` order, the source key first), numbered ``seq``."""
+
+    def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
+        """Delete the outputs of these sources, leaving deletions numbered ``seq``."""
+
+    def head(self, table: str) -> tuple[int, int] | None:
+        """``(n, floor)``: every write up to ``n`` is visible; deletions up to ``floor`` were forgotten (a reader
+        behind it reads the whole table again). ``None``: the table is not versioned."""
+
+    def deleted(self, table: str, since: int, upto: int) -> list[tuple[Any, int]] | None:
+        """``(source, seq)`` of the deletions numbered in ``(since, upto]``; ``None`` if some of them were
+        forgotten (``since`` is below the floor): read the whole table again."""
+
+    def trim(self, older_than: float) -> None:
+        """Forget deletions older than ``older_than`` seconds."""
+
+    def forget(self, table: str) -> None:
+        """The table is dropped: drop its counter and deletions."""

@@ -315,21 +315,9 @@ def _working(session: Session, observed: Sequence[str]) -> Iterator['Datalayer']
     db = worker_datalayer(session)
     _task.written, _task.observed = [], frozenset(observed)
     try:
-        _sync_listeners(db)
         yield db
     finally:
         _task.written = None
-
-
-def _sync_listeners(db: 'Datalayer') -> None:
-    """Reload the listeners if some were applied or removed since this worker looked (downstream listeners are
-    computed here, after the outputs they read)."""
-    latest: dict[str, tuple[int, str]] = {}
-    for record in db.metadata.all():
-        if record['type_id'] == 'Listener' and record['version'] >= latest.get(record['identifier'], (-1, ''))[0]:
-            latest[record['identifier']] = (record['version'], record['uuid'])
-    if {u for _, u in latest.values()} != {x.uuid for x in db.listening.load()}:
-        db.listening.reload()
 
 
 def follow_batch(session: Session, batch: 'Batch', observed: Sequence[str]) -> Done:
@@ -341,6 +329,8 @@ def follow_batch(session: Session, batch: 'Batch', observed: Sequence[str]) -> D
         while current is not None:
             finished, n = db.listening.process(current)
             failed += n
+            if finished.chained is not None:
+                finished.chained.writer = current.writer
             current = finished.chained
         return Done(len(batch.changes), failed, _task.written)
 

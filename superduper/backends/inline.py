@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from superduper.backends.base import Batch, Change, Finished, Results
 from superduper.base.keys import dump_key
-from superduper.base.query import Condition, key_in
+from superduper.base.query import Condition
 
 
 @dataclass
@@ -125,17 +125,24 @@ class InlineFeed:
                 self._queue.appendleft(_Queued(table, listener, iter([c.key for c in changes]), len(changes)))
 
     # ---- results -----------------------------------------------------------------------------------------------
-    def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
+    def finish(self, batch: Batch, results: list[Results], followed: set[str],
+               handed: Sequence[tuple[str, str]] = ()) -> Finished:
+        """``handed`` needs nothing here: where listeners are asynchronous (MongoDB with change streams), the
+        workers see the writes in their own change streams."""
         finished = Finished(stored={}, gone={})
         chained: dict[str, list] = {}
+        log = self.backend.output_log()
+        for res in results:
+            log.prepare(res.outputs_table)
         with self._writes() as conn:
             for res in results:
-                if res.stored:
-                    columns = [list(col) for col in zip(*[row for _, row in res.stored])]
-                    self.backend.insert(conn, res.outputs_table, res.keys, columns, upsert_key=res.keys[0])
                 removed = res.gone + [c for c, _ in res.failed]
-                if removed:
-                    self.backend.delete(conn, res.outputs_table, key_in((res.keys[0],), [c.output_key for c in removed]))
+                if res.stored or removed:
+                    seq = log.advance(conn, res.outputs_table)
+                    if res.stored:
+                        columns = [list(col) for col in zip(*[row for _, row in res.stored])]
+                        log.store(conn, res.outputs_table, seq, res.keys, columns)
+                    log.remove(conn, res.outputs_table, seq, [c.output_key for c in removed])
                 finished.stored[res.listener] = [c for c, _ in res.stored]
                 finished.gone[res.listener] = list(res.gone)
                 if res.outputs_table in followed:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -33,6 +33,11 @@ class Config(BaseSettings):
     )
     metadata_store: str | None = Field(default=None, description='URI of the metadata database; default: the data backend')
     compute: str = Field(default='local', description="'local' or a Dask address such as 'dask://tcp://host:8786'")
+    outputs: Literal['sync', 'async'] = Field(
+        default='sync', description="'sync': a write through this process computes its listeners' outputs before "
+        "execute() returns (models load here); 'async': it only records its changes and workers (superduper "
+        "start) compute them. A listener's own sync= overrides this"
+    )
     home: str = Field(default=DEFAULT_HOME, description='folder for the embedded default and local caches')
     read_batch_size: int = Field(default=2000, gt=0, description='rows fetched per round trip when reading')
     insert_batch_size: int = Field(default=10000, gt=0, description='rows sent per statement when inserting')

@@ -6,15 +6,17 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import math
 import os
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from superduper.base import faults
 from superduper.base.config import Config, load_config
-from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownTable
+from superduper.base.exceptions import ComponentError, ConfigError, NotFound, QueryError, UnknownTable
 from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query, key_in
 from superduper.components.component import (
     Component, artifact_keys, decode_record, encode_component, import_class, ordered_references,
@@ -51,6 +53,9 @@ class Datalayer:
         self._vector_indexes: Any = None
         self._changes: Any = None
         self._applying = threading.local()  # what the apply running in this thread has stored (to undo on failure)
+        self._components_token: str | None = None
+        self._components_checked = -math.inf
+        self._generation = 0
 
     @property
     def changes(self) -> Any:
@@ -79,6 +84,21 @@ class Datalayer:
 
             self._vector_indexes = VectorIndexes(self)
         return self._vector_indexes
+
+    def components_generation(self, fresh: bool = False) -> int:
+        """A number that grows when components were applied or removed, by this process or another, since the
+        last look (the metadata is asked at most once per poll interval, or now if ``fresh``). Caches of
+        components compare it."""
+        now = time.monotonic()
+        if fresh or now - self._components_checked >= self.cfg.poll_interval:
+            self._components_checked = now
+            token = self.metadata.components_version()
+            if token != self._components_token:
+                if self._components_token is not None:
+                    self._generation += 1
+                    self._tables.clear()  # a table may have been typed or re-declared meanwhile
+                self._components_token = token
+        return self._generation
 
     def __getitem__(self, table: str) -> Query:
         if not isinstance(table, str) or not table:
@@ -180,10 +200,11 @@ class Datalayer:
 
     @contextlib.contextmanager
     def _writing(self, info: TableInfo, touched: Any = None) -> Iterator[tuple[Any, Any]]:
-        """A write transaction on ``info``'s table; where listeners follow it, its changes are computed once it
-        commits (before ``execute()`` returns), by this process or the cluster. Where the database does not record
-        which rows a write changed, ``touched()`` says, read before the write."""
-        if not self.listening.followers(info.name):
+        """A write transaction on ``info``'s table. Where listeners follow it synchronously (``outputs='sync'``, the
+        default), their outputs are computed once it commits (before ``execute()`` returns), by this process or the
+        cluster; the others' changes are left to the workers (recorded by the database, whoever writes). Where the
+        database does not record which rows a write changed, ``touched()`` says, read before the write."""
+        if not self.listening.synchronous(info.name):
             with self.databackend.begin() as conn:
                 yield conn, None
             return
@@ -594,8 +615,10 @@ class Datalayer:
 
     def failures(self, listener: str) -> list[dict]:
         """The rows listener ``listener`` failed on, with the error and the number of attempts."""
-        found = self.listening.active(listener)
-        return self.listening.failures.list(found.uuid, found.source)
+        record = self.metadata.get('Listener', listener)  # read, not loaded: a listener that cannot load has some
+        if record is None:
+            raise NotFound(_not_found(self, 'Listener', listener, None))
+        return self.listening.failures.list(record['uuid'], record['record']['select']['_query']['table'])
 
     def status(self) -> list[dict]:
         """Per listener: rows with outputs, changes pending (``None`` where the database cannot count them), rows
@@ -742,6 +765,10 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
                              f'estimator, got {type(uri).__name__}')
     cfg = load_config(data_backend=uri, **overrides)
     databackend = databackend or connect_data_backend(cfg.data_backend)
+    if cfg.outputs == 'async' and databackend.capabilities.change_capture == 'none':
+        databackend.close()
+        raise ConfigError(f"outputs='async' leaves outputs to workers, which follow the changes the database "
+                          f'records; {databackend!r} records none: use outputs=\'sync\'')
     if cfg.metadata_store in (None, cfg.data_backend):
         metadata = databackend.metadata_store()
     else:

@@ -17,12 +17,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
+from superduper.backends.base import OUTPUT_SEQ, Batch, Change, Finished, LeaseLost, Results
 from superduper.base import faults
 from superduper.base.background import BackgroundConsumer, Interrupted, exiting
 from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField, UnknownTable
 from superduper.base.query import Compare, key_in
 from superduper.components.datatype import SCALARS, infer_type
+from superduper.components.listener import outputs_table
 from superduper.components.model import input_maker, key_fields
 from superduper.components.table import Table
 
@@ -55,7 +56,10 @@ class Listening:
         self.feed = db.changes
         self.jobs = db.metadata.job_log()
         self.failures = self.feed.failure_log()
-        self._by_source: dict[str, list[Listener]] | None = None
+        #: the latest record of every listener by the table it reads, as of ``_generation`` (no model loaded)
+        self._records: dict[str, list[dict]] | None = None
+        self._generation = -1
+        self._loaded: dict[str, Listener] = {}  # uuid -> listener, loaded when its table is written or computed
         self._model_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()  # only for the dict above: never held while waiting on anything
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
@@ -63,71 +67,103 @@ class Listening:
         #: what cannot run now and why (a listener that cannot be loaded, a hook that failed), for ``db.status()``
         self.problems: dict[str, str] = {}
         self.consumer = BackgroundConsumer('superduper-changes', self.work, self.retry_due)
-        self.feed.attach(lambda: [(x.source, x.uuid) for x in self.load()])
+        self.feed.attach(lambda: [(table, r['uuid']) for table, rs in self.records().items() for r in rs])
 
     # ---- which listeners follow which table ----------------------------------------------------------------
-    def followers(self, table: str) -> list['Listener']:
-        by_source = self._by_source
-        if by_source is None:
-            by_source = self._load_all()
-        return by_source.get(table, [])
+    def records(self, fresh: bool = False) -> dict[str, list[dict]]:
+        """The latest metadata record of every listener, by the table it reads: read again when components were
+        applied or removed by any process (``Datalayer.components_generation``; asked now if ``fresh``)."""
+        generation = self.db.components_generation(fresh)
+        records = self._records
+        if records is None or generation != self._generation:
+            latest: dict[str, dict] = {}
+            for record in self.db.metadata.all():  # by version: the latest of each listener comes last
+                if record['type_id'] == 'Listener':
+                    latest[record['identifier']] = record
+            records = {}
+            for record in latest.values():
+                records.setdefault(record['record']['select']['_query']['table'], []).append(record)
+            current = {r['uuid'] for r in latest.values()}
+            self._loaded = {u: x for u, x in self._loaded.items() if u in current}
+            self._records, self._generation = records, generation
+            self._started(list(latest.values()))
+        return records
 
-    def _load_all(self) -> dict[str, list['Listener']]:
-        """The latest version of every listener. One that cannot be loaded (a missing artifact, a package not
-        installed here) is left out and reported in ``problems``: its changes wait, nothing else stops."""
-        by_source: dict[str, list[Listener]] = {}
-        for identifier in self.db.metadata.identifiers('Listener'):
+    def _started(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self._start_consumer()
+        if not self.feed.durable:
+            return
+        for record in records:  # an applying process may have died before queueing its backfill
+            if record['uuid'] in self._loaded or self.jobs.get(backfill_job(record['uuid'])) is not None:
+                continue  # being applied here, or queued
+            listener = self._listener(record)
             try:
-                listener = self.db.load('Listener', identifier)
-            except Exception as e:
-                self.problems[f'Listener {identifier!r}'] = f'cannot be loaded: {_error_text(e)}'
-                log.error('listener %r cannot be loaded; its changes wait: %s', identifier, e)
-                continue
-            self.problems.pop(f'Listener {identifier!r}', None)
-            by_source.setdefault(listener.source, []).append(listener)
-        self._by_source = by_source
-        if by_source:
-            self._start_consumer()
-            if self.feed.durable:
-                for listener in [x for xs in by_source.values() for x in xs]:
-                    self.ensure_started(listener)  # an applying process may have died before queueing its backfill
-        return by_source
+                if listener is not None:
+                    self.ensure_started(listener)
+            except Exception as e:  # the applying process, or the next look, finishes it
+                log.warning('could not queue the backfill of listener %r: %s', record['identifier'], e)
+
+    def followers(self, table: str) -> list['Listener']:
+        """The listeners of ``table``, loaded (only these: writing to a table loads no other model). One that
+        cannot be loaded (a missing artifact, a package not installed here) is left out and reported in
+        ``problems``; nothing else stops, and its rows are recorded as failures with the cause (``process``)."""
+        found = [self._listener(r) for r in self.records().get(table, [])]
+        return [x for x in found if x is not None]
+
+    def _listener(self, record: dict) -> 'Listener | None':
+        listener = self._loaded.get(record['uuid'])
+        if listener is not None:
+            return listener
+        name = f"Listener {record['identifier']!r}"
+        try:
+            listener = self.db.load_record(record)
+            self.versioned(listener)
+        except Exception as e:
+            self.problems[name] = f'cannot be loaded: {_error_text(e)}'
+            log.error('listener %r cannot be loaded; its rows fail until it can: %s', record['identifier'], e)
+            return None
+        self.problems.pop(name, None)
+        self._loaded[record['uuid']] = listener
+        return listener
+
+    def versioned(self, listener: 'Listener') -> None:
+        """Give an outputs table made before outputs were versioned its ``_seq`` column."""
+        if not self.db.databackend.has_table(listener.outputs):
+            return
+        types = self.db.table_info(listener.outputs).schema.types
+        if OUTPUT_SEQ not in types:
+            self._outputs_table(listener, types.get(listener.outputs))
+
+    def synchronous(self, table: str) -> list[str]:
+        """The uuids of the listeners of ``table`` whose outputs a write through this process computes before
+        ``execute()`` returns: the listener's ``sync`` if set, else the datalayer's ``outputs`` setting."""
+        default = self.db.cfg.outputs == 'sync'
+        return [r['uuid'] for r in self.records().get(table, [])
+                if (r['record'].get('sync') if r['record'].get('sync') is not None else default)]
 
     def reload(self) -> None:
         """Read the listeners from the metadata again (another process may have applied or removed some)."""
-        self._by_source = None
-        self.followers('')
-
-    def knows(self, table: str, listener_uuid: str | None) -> bool:
-        listeners = self.followers(table)
-        return bool(listeners) and (listener_uuid is None or any(x.uuid == listener_uuid for x in listeners))
-
-    def load(self) -> list['Listener']:
-        """Every active listener (loaded from the metadata on first use)."""
-        self.followers('')
-        return [x for listeners in (self._by_source or {}).values() for x in listeners]
+        self._records = None
 
     def followed_tables(self) -> set[str]:
-        self.followers('')
-        return {table for table, listeners in (self._by_source or {}).items() if listeners}
+        return {table for table, records in self.records().items() if records}
 
     def _start_consumer(self) -> None:
-        if self.db.cfg.follow_changes and (self.feed.durable or self.db.databackend.capabilities.change_capture
+        """Follow other clients' writes in a thread here; not with ``outputs='async'`` (that process loads no
+        model: workers compute)."""
+        if self.db.cfg.follow_changes and self.db.cfg.outputs == 'sync' and (self.feed.durable or self.db.databackend.capabilities.change_capture
                                            == 'change_stream'):
             self.consumer.start(self.db.cfg.poll_interval)
 
-    def _add(self, listener: 'Listener') -> None:
-        self.followers('')
-        by_source = dict(self._by_source or {})
-        same = [x for x in by_source.get(listener.source, []) if x.identifier != listener.identifier]
-        by_source[listener.source] = same + [listener]
-        self._by_source = by_source
-
     def active(self, identifier: str) -> 'Listener':
-        for listeners in (self._by_source or {}).values():
-            for listener in listeners:
-                if listener.identifier == identifier:
-                    return listener
+        for records in self.records().values():
+            for record in records:
+                if record['identifier'] == identifier:
+                    listener = self._listener(record)
+                    if listener is not None:
+                        return listener
         return self.db.load('Listener', identifier)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -142,6 +178,11 @@ class Listening:
             raise UnknownTable(
                 f'Listener {listener.identifier!r}: collection {listener.source!r} does not exist; collections: '
                 f'{", ".join(existing) or "(none)"} (insert documents, or apply a Table, first)'
+            )
+        if listener.sync is False and self.db.databackend.capabilities.change_capture == 'none':
+            raise ComponentError(
+                f'Listener {listener.identifier!r}: sync=False leaves its outputs to workers, which follow the '
+                f'changes the database records; {self.db.databackend!r} records none'
             )
         if len(info.primary_key) != 1 and not self.feed.durable:
             raise ComponentError(
@@ -186,9 +227,12 @@ class Listening:
             source_type = pk_type.name if pk_type.name in SCALARS else 'str'
         else:
             source_type = 'str'  # a composite key: its text rendering (``key_text``)
-        fields = {SOURCE: source_type} if datatype is None else {SOURCE: source_type, listener.outputs: datatype}
+        fields = {SOURCE: source_type, OUTPUT_SEQ: 'int'}
+        if datatype is not None:
+            fields[listener.outputs] = datatype
         self.db.apply(Table(listener.outputs, fields=fields, primary_id=SOURCE, folds=False))
         self.db.forget_table(listener.outputs)
+        self.db.databackend.output_log().prepare(listener.outputs)
 
     def _infer_datatype(self, listener: 'Listener') -> Any:
         """The type of the first output of up to 10 rows; ``None`` if there are none (failures never decide)."""
@@ -220,8 +264,8 @@ class Listening:
 
     def start(self, listener: 'Listener') -> None:
         """Follow the listener's table from now on, and compute outputs for the rows already there."""
-        self.followers(listener.source)  # load the others first
-        self._add(listener)
+        self._loaded[listener.uuid] = listener
+        self.reload()
         self._start_consumer()
         job = self.ensure_started(listener)
         self.backfill(listener, job or backfill_job(listener.uuid))
@@ -248,15 +292,13 @@ class Listening:
 
     def resume(self, listener: 'Listener') -> None:
         """Applied again: finish what an applying process that died left undone (its backfill queued or not)."""
-        self.followers(listener.source)
         job = self.ensure_started(listener)
         if job is not None or self.feed.pending_for(listener.uuid):
             self.backfill(listener, job or backfill_job(listener.uuid))
 
     def stop(self, listener: 'Listener') -> None:
-        by_source = dict(self._by_source or {})
-        by_source[listener.source] = [x for x in by_source.get(listener.source, []) if x.uuid != listener.uuid]
-        self._by_source = by_source
+        self._loaded.pop(listener.uuid, None)
+        self.reload()
         self.failures.clear(listener.uuid)
         self.jobs.delete(listener.uuid)
         still_followed = [r for r in self.db.metadata.all() if r['type_id'] == 'Listener'
@@ -265,6 +307,7 @@ class Listening:
             self.feed.unfollow(listener.source)
         if listener.outputs in self.db.show('Table'):
             self.db.remove('Table', listener.outputs, force=True)
+        self.db.databackend.output_log().forget(listener.outputs)
 
     # ---- backfills ----------------------------------------------------------------------------------------------
     def backfill(self, listener: 'Listener', job: str) -> dict:
@@ -316,6 +359,7 @@ class Listening:
         """After a write through superduper committed: compute the changes it made, here (or on the cluster)."""
         batch = self.feed.written(handle)
         if batch is not None:
+            batch.writer = True
             self.follow_up(batch)
 
     def work(self, limit: int = 1000) -> int:
@@ -345,22 +389,35 @@ class Listening:
         while batch is not None:
             finished, n = self.process(batch)
             failed += n
+            if finished.chained is not None:
+                finished.chained.writer = batch.writer
             batch = finished.chained
         return failed
 
     def process(self, batch: Batch) -> tuple[Finished, int]:
         """Compute one batch here and store its results; returns what was stored and how many rows failed."""
         groups = batch.groups()
-        if batch.reload or not all(self.knows(table, only) for table, only in groups):
-            self.reload()  # applied by another process since we looked: never drop its changes
-        results = []
+        # the listeners as of now, after the changes committed: one applied meanwhile by another process is
+        # either computed here or its backfill read these rows
+        if batch.reload:
+            self.reload()
+        self.records(fresh=True)
+        results: list[Results] = []
+        handed: list[tuple[str, str]] = []
         try:
             for (table, only), changes in groups.items():
-                for listener in self.followers(table):
-                    if only is None or listener.uuid == only:
-                        results.append(self.compute(listener, changes))
+                synchronous = set(self.synchronous(table)) if batch.writer else None
+                for record in self.records().get(table, []):
+                    if only is not None and record['uuid'] != only:
+                        continue
+                    if synchronous is not None and record['uuid'] not in synchronous:
+                        handed.append((table, record['uuid']))
+                        continue
+                    listener = self._listener(record)
+                    results.append(self.compute(listener, changes) if listener is not None
+                                   else self._unloadable(record, changes))
             faults.point('before_finish')
-            finished = self.feed.finish(batch, results, self.followed_tables())
+            finished = self.feed.finish(batch, results, self.followed_tables(), handed)
             faults.point('after_finish')
         except LeaseLost as e:
             log.warning('%s; another consumer computes those changes', e)
@@ -373,6 +430,13 @@ class Listening:
             raise
         self._after(results, finished)
         return finished, sum(len(r.failed) for r in results)
+
+    def _unloadable(self, record: dict, changes: list[Change]) -> Results:
+        """A listener that cannot be loaded fails on its rows, with the cause: retried later like any failure."""
+        outputs = outputs_table(f"{record['identifier']}__{record['uuid'][:8]}")
+        error = f"listener {record['identifier']!r} " + self.problems.get(f"Listener {record['identifier']!r}",
+                                                                          'cannot be loaded')
+        return Results(record['uuid'], outputs, (SOURCE, outputs), failed=[(c, error) for c in changes])
 
     def compute(self, listener: 'Listener', changes: list[Change]) -> Results:
         """The listener's results for these changed keys: the rows are read as they are now."""
@@ -479,12 +543,13 @@ class Listening:
         """Try again the failed rows whose backoff has passed; returns how many were tried."""
         tried = 0
         cfg = self.db.cfg
-        for listener in self.load():
-            due = self.failures.take_due(listener.uuid, cfg.max_attempts, cfg.retry_delay)
-            if due:
-                self.feed.enqueue(listener.source, listener.uuid, refs=due)
-                self.drain(listener.uuid)
-                tried += len(due)
+        for table, records in self.records().items():
+            for record in records:
+                due = self.failures.take_due(record['uuid'], cfg.max_attempts, cfg.retry_delay)
+                if due:
+                    self.feed.enqueue(table, record['uuid'], refs=due)
+                    self.drain(record['uuid'])
+                    tried += len(due)
         return tried
 
     def retry(self, identifier: str) -> int:

@@ -1,21 +1,28 @@
-"""Loaded vector indexes: built from a listener's outputs, kept current, saved and reloaded, and searched.
+"""Loaded vector indexes: built from a listener's outputs, kept current with the database, saved and reloaded,
+and searched.
 
-Once an index is loaded a search touches no metadata: the component, its models and its searcher live here. A
-saved index (its vectors and HNSW graph, in the artifact store) is reloaded at startup and compared with the
-outputs table, so rows that changed while it was not running are caught up without recomputing embeddings.
+An index follows its outputs table, not the process that wrote it: every write of outputs is numbered
+(``superduper.backends.base.OutputLog``), and before a search the index reads the rows and deletions numbered
+after the last it has seen, at most once per poll interval (at once after a write through this process). A saved
+index (vectors, HNSW graph and the number it is current to, as files in the artifact store) is reopened by mapping
+the files and reading only what changed since it was saved.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+import os
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from superduper.backends.base import OUTPUT_SEQ
 from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
-from superduper.base.keys import dump_key, load_key
 from superduper.base.query import Compare, Condition
 
 if TYPE_CHECKING:
@@ -28,33 +35,59 @@ OVERSAMPLE = 6
 log = logging.getLogger('superduper')
 AUTO_HNSW_FROM = 10_000
 SOURCE = '_source'
+STATE_FORMAT = 2
+LOOKS = 3  # tries of one look when other threads move the index meanwhile
 
 
 class LoadedIndex:
-    def __init__(self, component: 'VectorIndex', searcher: Any):
+    def __init__(self, component: 'VectorIndex', searcher: Any, seen: int | None = None):
         self.component = component
         self.searcher = searcher
-        self.dirty = False
+        #: the index holds the outputs table as of this write number (``None``: not known, read it all)
+        self.seen = seen
+        self.low = seen  # an unordered log: where the next look starts (the previous look's start)
+        self.checked = -math.inf  # when the database was last looked at (monotonic clock)
+        self.stale = False  # a write through this process changed the outputs: look before the next search
+        self.changed = 0  # rows changed since the index was saved
+        #: guards the searcher and ``seen`` in memory; never held while waiting on the database
+        self.lock = threading.Lock()
+
+    @property
+    def outputs(self) -> str:
+        return self.component.indexing_listener.outputs
 
 
 class VectorIndexes:
     def __init__(self, db: 'Datalayer'):
         self.db = db
         self._loaded: dict[str, LoadedIndex] = {}
+        self._generation = db.components_generation()
+
+    @property
+    def log(self) -> Any:
+        return self.db.databackend.output_log()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def build(self, index: 'VectorIndex') -> None:
         """A new searcher over every vector in the index's outputs table, saved to the artifact store."""
         if self._pushdown(index):
             return
+        self.db.listening.versioned(index.indexing_listener)
         outputs = index.indexing_listener.outputs
         count = self.db.execute(self.db[outputs].count())
         loaded = LoadedIndex(index, self._new_searcher(index, count))
         if loaded.searcher is not None:
-            for ids, vectors in self._vectors(outputs):
-                loaded.searcher.upsert(ids, vectors)
+            loaded.seen = loaded.low = self._read_all(loaded.searcher, outputs)
         self._attach(loaded)
         self.save(loaded)
+
+    def _read_all(self, searcher: Any, outputs: str) -> int:
+        """Put every vector of ``outputs`` into ``searcher``; returns the write number they are current to (read
+        first: a row written meanwhile is read again by the next look)."""
+        head = self.log.head(outputs)
+        for ids, vectors in self._vectors(outputs):
+            searcher.upsert(ids, vectors)
+        return head[0] if head is not None else 0
 
     def _pushdown(self, index: 'VectorIndex') -> bool:
         """Use pgvector where the vectors are stored natively in PostgreSQL (nothing to load, save or follow)."""
@@ -74,61 +107,43 @@ class VectorIndexes:
         self._loaded[index.identifier] = LoadedIndex(index, searcher)
         return True
 
-    def _new_searcher(self, index: 'VectorIndex', count: int) -> Any:
+    def _new_searcher(self, index: 'VectorIndex', count: int, kind: str | None = None) -> Any:
         """A searcher of the index's kind; ``None`` while the listener has stored no output to give the vectors'
         length (it is made with the first ones)."""
         from superduper.vector_search.exact import ExactSearcher
 
-        if index.dimension(self.db) is None:
+        dim = index.dimension(self.db)
+        if dim is None:
             return None
-        kind = index.searcher
+        kind = kind or index.searcher
         if kind == 'auto':
             kind = 'hnsw' if count >= AUTO_HNSW_FROM and _has_hnswlib() else 'exact'
         if kind == 'hnsw':
             from superduper.vector_search.hnsw import HnswSearcher
 
-            return HnswSearcher(index.dimension(self.db), index.measure)
-        return ExactSearcher(index.dimension(self.db), index.measure)
+            return HnswSearcher(dim, index.measure)
+        return ExactSearcher(dim, index.measure)
 
     def _attach(self, loaded: LoadedIndex) -> None:
+        """Make ``loaded`` the index searched under its name; writes of outputs through this process make it look at
+        the database before the next search (a write is found by its number, like any other)."""
         index = loaded.component
         previous = self._loaded.get(index.identifier)
         if previous is not None:
             self._detach(previous)
         self._loaded[index.identifier] = loaded
-        outputs = index.indexing_listener.outputs
 
-        def follow(ids: list, deleted: bool) -> None:
-            if loaded.searcher is None:  # the first outputs: their type is known now
-                self.db.forget_table(outputs)
-                loaded.searcher = self._new_searcher(index, len(ids))
-                if loaded.searcher is None:
-                    return
-                deleted, ids = False, [i for batch, _ in self._vectors(outputs) for i in batch]  # all there are
-            try:
-                if deleted:
-                    loaded.searcher.remove(ids)
-                else:
-                    for found, vectors in self._vectors(outputs, ids):
-                        loaded.searcher.upsert(found, vectors)
-            except Exception:
-                # the index in memory may miss these rows: drop it, the next search reopens it and catches up
-                # with the outputs table (the failure is shown in ``db.status()`` until then)
-                self._detach(loaded)
-                if self._loaded.get(index.identifier) is loaded:
-                    del self._loaded[index.identifier]
-                raise
-            loaded.dirty = True
+        def written(ids: list, deleted: bool) -> None:
+            loaded.stale = True
 
-        follow.index_uuid = index.uuid  # type: ignore[attr-defined]
-        follow.problem_name = f'VectorIndex {index.identifier!r} on {outputs}'  # type: ignore[attr-defined]
-        self.db.listening.hooks.setdefault(outputs, []).append(follow)
-        self.db.listening.problems.pop(follow.problem_name, None)  # opened again: caught up
+        written.index_uuid = index.uuid  # type: ignore[attr-defined]
+        self.db.listening.hooks.setdefault(loaded.outputs, []).append(written)
 
     def _detach(self, loaded: LoadedIndex) -> None:
-        outputs = loaded.component.indexing_listener.outputs
-        hooks = self.db.listening.hooks.get(outputs, [])
-        self.db.listening.hooks[outputs] = [h for h in hooks if getattr(h, 'index_uuid', None) != loaded.component.uuid]
+        hooks = self.db.listening.hooks.get(loaded.outputs, [])
+        self.db.listening.hooks[loaded.outputs] = [
+            h for h in hooks if getattr(h, 'index_uuid', None) != loaded.component.uuid
+        ]
 
     def drop(self, index: 'VectorIndex') -> None:
         loaded = self._loaded.pop(index.identifier, None)
@@ -137,91 +152,208 @@ class VectorIndexes:
         key = self.db.metadata.index_state(index.uuid)
         self.db.metadata.set_index_state(index.uuid, None)
         if key:
-            self.db.artifact_store.delete(key)
+            self._delete_state(key)
 
     def save(self, loaded: LoadedIndex) -> None:
+        """Store the index's files and the write number they are current to; the previous state goes."""
         if loaded.searcher is None or loaded.searcher.kind == 'pgvector':
             return
-        state = loaded.searcher.state()
-        buffer = io.BytesIO()
-        ids = dump_key(state.pop('ids'))
-        np.savez(buffer, ids=np.array(ids), kind=np.array(loaded.searcher.kind), **state)
-        key = self.db.artifact_store.put_bytes(buffer.getvalue())
+        store = self.db.artifact_store
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = os.path.join(tmp, 'index')
+            os.mkdir(folder)
+            with loaded.lock:
+                loaded.searcher.save(folder)
+                seen, changed = loaded.seen, loaded.changed
+            files = store.put_file(folder)
+        manifest = {'format': STATE_FORMAT, 'kind': loaded.searcher.kind, 'seen': seen, 'files': files}
+        key = store.put_bytes(json.dumps(manifest).encode())
         previous = self.db.metadata.index_state(loaded.component.uuid)
         self.db.metadata.set_index_state(loaded.component.uuid, key)
         if previous and previous != key:
-            self.db.artifact_store.delete(previous)
-        loaded.dirty = False
+            self._delete_state(previous)
+        loaded.changed -= changed
+
+    def _delete_state(self, key: str) -> None:
+        store = self.db.artifact_store
+        manifest = _manifest(store, key)
+        if manifest is not None and manifest['files'].partition('/')[0] != key:
+            store.delete(manifest['files'].partition('/')[0])
+        store.delete(key)
 
     def close(self) -> None:
         for loaded in self._loaded.values():
-            if loaded.dirty:
+            if loaded.changed:
                 self.save(loaded)
 
     def get(self, identifier: str) -> LoadedIndex:
+        """The index named ``identifier``, current with the database as of at most one poll interval ago (a write
+        through this process: as of now)."""
+        self._drop_replaced()
         loaded = self._loaded.get(identifier)
         if loaded is None:
             if identifier not in self.db.metadata.identifiers('VectorIndex'):
                 existing = ', '.join(self.db.metadata.identifiers('VectorIndex')) or '(none)'
                 raise NotFound(f'no vector index named {identifier!r}; existing: {existing}')
             loaded = self._open(self.db.load('VectorIndex', identifier))
+        self.follow(loaded)
         return loaded
+
+    def _drop_replaced(self) -> None:
+        """Forget loaded indexes that another process removed or replaced with a new version."""
+        generation = self.db.components_generation()
+        if generation == self._generation:
+            return
+        self._generation = generation
+        for identifier, loaded in list(self._loaded.items()):
+            record = self.db.metadata.get('VectorIndex', identifier)
+            if record is None or record['uuid'] != loaded.component.uuid:
+                self._detach(loaded)
+                self._loaded.pop(identifier, None)
 
     def _open(self, index: 'VectorIndex') -> LoadedIndex:
-        """Reload a saved index and catch up with the outputs table; build it again if nothing was saved."""
+        """Reopen a saved index (then catch up with what changed since); build it again if nothing was saved."""
         if self._pushdown(index):
             return self._loaded[index.identifier]
-        key = self.db.metadata.index_state(index.uuid)
-        if key is None:
-            self.build(index)
-            return self._loaded[index.identifier]
-        with np.load(io.BytesIO(self.db.artifact_store.get_bytes(key))) as saved:
-            state = {name: saved[name] for name in saved.files}
-        state['ids'] = load_key(str(state['ids']))
-        searcher = self._new_searcher(index, 0) if str(state.pop('kind')) == 'exact' else self._hnsw(index)
-        searcher.restore(state)
-        loaded = LoadedIndex(index, searcher)
-        self._catch_up(loaded)
-        self._attach(loaded)
-        return loaded
+        self.db.listening.versioned(index.indexing_listener)
+        for _ in range(LOOKS):  # another process may save a newer state and delete this one meanwhile
+            key = self.db.metadata.index_state(index.uuid)
+            if key is None:
+                break
+            try:
+                loaded = self._reopen(index, key)
+            except NotFound:
+                continue
+            if loaded is not None:
+                loaded.stale = True
+                self._attach(loaded)
+                return loaded
+            break
+        self.build(index)
+        return self._loaded[index.identifier]
 
-    def _hnsw(self, index: 'VectorIndex') -> Any:
-        from superduper.vector_search.hnsw import HnswSearcher
+    def _reopen(self, index: 'VectorIndex', key: str) -> LoadedIndex | None:
+        """The saved index; ``None`` if it was saved in an older format (build it again)."""
+        store = self.db.artifact_store
+        manifest = _manifest(store, key)
+        if manifest is None or manifest.get('format') != STATE_FORMAT:
+            return None
+        searcher = self._new_searcher(index, 0, kind=manifest['kind'])
+        searcher.load(store.get_file(manifest['files']))
+        return LoadedIndex(index, searcher, seen=manifest['seen'])
 
-        return HnswSearcher(index.dimension(self.db), index.measure)
+    # ---- following the outputs table ----------------------------------------------------------------------------
+    def follow(self, loaded: LoadedIndex) -> None:
+        """Bring the index up to date with its outputs table, if it was last looked at a poll interval ago or a
+        write through this process changed the outputs since."""
+        if loaded.searcher is not None and loaded.searcher.kind == 'pgvector':
+            return
+        now = time.monotonic()
+        if not loaded.stale and now - loaded.checked < self.db.cfg.poll_interval:
+            return
+        loaded.stale = False  # before looking: a write landing meanwhile asks for another look
+        loaded.checked = now
+        problem = f'VectorIndex {loaded.component.identifier!r} on {loaded.outputs}'
+        try:
+            for _ in range(LOOKS):
+                if self._look(loaded):
+                    break
+        except Exception as e:  # searches go on with what the index holds; the next search looks again
+            loaded.stale = True
+            log.exception('%s could not catch up with its outputs', problem)
+            self.db.listening.problems[problem] = f'{problem} could not catch up: {type(e).__name__}: {e}'
+            return
+        self.db.listening.problems.pop(problem, None)
 
-    def _catch_up(self, loaded: LoadedIndex) -> None:
-        searcher = loaded.searcher
-        seen = set()
-        changed = 0
-        for ids, vectors in self._vectors(loaded.component.indexing_listener.outputs):
-            seen.update(ids)
-            prepared = searcher.prepare(vectors)
-            positions = [searcher.positions.get(i) for i in ids]
-            stale = [
-                k for k, p in enumerate(positions)
-                if p is None or not searcher.alive[p] or not np.array_equal(searcher.matrix[p], prepared[k])
-            ]
-            if stale:
-                searcher.upsert([ids[k] for k in stale], vectors[stale])
-                changed += len(stale)
-        gone = [i for i, p in searcher.positions.items() if searcher.alive[p] and i not in seen]
-        searcher.remove(gone)
-        if changed or gone:
+    def _look(self, loaded: LoadedIndex) -> bool:
+        """Read what changed since the index's write number and apply it; ``False`` if another thread moved the
+        index meanwhile (nothing applied: look again)."""
+        outputs, log = loaded.outputs, self.log
+        if loaded.searcher is None:
+            return self._first_vectors(loaded)
+        since, low = loaded.seen, loaded.low
+        head = log.head(outputs)
+        if head is None:
+            return True
+        top, floor = head
+        start = since if log.ordered or low is None else low
+        if since == top and start == since:
+            return True
+        deleted = None if start is None or start < floor else log.deleted(outputs, start, top)
+        if deleted is None:  # never read, or deletions since were forgotten: compare with the whole table
+            return self._rescan(loaded, since)
+        latest: dict[Any, tuple[int, Any]] = {}
+        query = self.db[outputs].select(SOURCE, outputs, OUTPUT_SEQ).filter(
+            Compare(OUTPUT_SEQ, '>', start), Compare(OUTPUT_SEQ, '<=', top))
+        for row in self.db.execute(query):
+            latest[row[SOURCE]] = (row[OUTPUT_SEQ], row[outputs])
+        for source, seq in deleted:
+            if source not in latest or latest[source][0] < seq:
+                latest[source] = (seq, None)
+        upserts = [(s, v) for s, (_, v) in latest.items() if v is not None]
+        removed = [s for s, (_, v) in latest.items() if v is None]
+        with loaded.lock:
+            if loaded.seen != since:
+                return False
+            if upserts:
+                loaded.searcher.upsert([s for s, _ in upserts], np.stack([v for _, v in upserts]))
+            if removed:
+                loaded.searcher.remove(removed)
+            loaded.low, loaded.seen = since, top
+            loaded.changed += len(latest)
+        return True
+
+    def _first_vectors(self, loaded: LoadedIndex) -> bool:
+        """The index was made before its listener stored an output: make its searcher once outputs are typed."""
+        self.db.forget_table(loaded.outputs)
+        searcher = self._new_searcher(loaded.component, 0)
+        if searcher is None:
+            return True
+        seen = self._read_all(searcher, loaded.outputs)
+        with loaded.lock:
+            if loaded.searcher is not None:
+                return False
+            loaded.searcher, loaded.seen, loaded.low = searcher, seen, seen
+            loaded.changed += len(searcher)
+        return True
+
+    def _rescan(self, loaded: LoadedIndex, since: int | None) -> bool:
+        """Compare the index with the whole outputs table: only changed vectors are replaced (an HNSW graph is
+        kept, not rebuilt)."""
+        head = self.log.head(loaded.outputs)
+        top = head[0] if head is not None else 0
+        found: dict[Any, np.ndarray] = {}
+        for ids, vectors in self._vectors(loaded.outputs):
+            found.update(zip(ids, vectors))
+        with loaded.lock:
+            if loaded.seen != since:
+                return False
+            searcher = loaded.searcher
+            ids = list(found)
+            stale = []
+            if ids:
+                prepared = searcher.prepare(np.stack([found[i] for i in ids]))
+                for k, id_ in enumerate(ids):
+                    p = searcher.positions.get(id_)
+                    if p is None or not searcher.alive[p] or not np.array_equal(searcher.matrix[p], prepared[k]):
+                        stale.append(k)
+                if stale:
+                    searcher.upsert([ids[k] for k in stale], prepared[stale])
+            gone = [i for i, p in searcher.positions.items() if searcher.alive[p] and i not in found]
+            searcher.remove(gone)
+            loaded.low, loaded.seen = top, top
+            loaded.changed += len(stale) + len(gone)
+        if stale or gone:
             log.info('vector index %r: caught up with %d changed and %d deleted rows',
-                     loaded.component.identifier, changed, len(gone))
-            loaded.dirty = True
+                     loaded.component.identifier, len(stale), len(gone))
+        return True
 
-    def _vectors(self, outputs: str, ids: Sequence[Any] | None = None):
-        """Batches of (ids, vector matrix) from an outputs table (only ``ids`` if given), skipping empty outputs."""
-        query = self.db[outputs].select(SOURCE, outputs)
-        chunks = [None] if ids is None else [list(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
-        for chunk in chunks:
-            q = query if chunk is None else query.filter(Compare(SOURCE, 'in', tuple(chunk)))
-            for batch in self.db.execute(q).batches():
-                rows = [r for r in batch if r[outputs] is not None]
-                if rows:
-                    yield [r[SOURCE] for r in rows], np.stack([r[outputs] for r in rows])
+    def _vectors(self, outputs: str):
+        """Batches of (ids, vector matrix) of every output in an outputs table, skipping empty outputs."""
+        for batch in self.db.execute(self.db[outputs].select(SOURCE, outputs)).batches():
+            rows = [r for r in batch if r[outputs] is not None]
+            if rows:
+                yield [r[SOURCE] for r in rows], np.stack([r[outputs] for r in rows])
 
     # ---- search -------------------------------------------------------------------------------------------------
     def encode(self, loaded: LoadedIndex, spec: Any) -> np.ndarray:
@@ -263,17 +395,22 @@ class VectorIndexes:
             return []
         if searcher.kind == 'pgvector':
             return searcher.search(vector, n, where, primary_key)
+
+        def nearest(k: int, candidates: list | None = None) -> list[tuple[Any, float]]:
+            with loaded.lock:  # the database is read outside: never waited on with the lock held
+                return searcher.search(vector, k, candidates=candidates)
+
         if where is None:
-            return searcher.search(vector, n)
+            return nearest(n)
         total = len(searcher)
         matching = rows.count()
         if matching == 0 or total == 0:
             return []
         if matching <= min(self.db.cfg.exact_filter_limit, math.sqrt(8 * n * total)):
-            return searcher.search(vector, n, candidates=rows.ids(None))
+            return nearest(n, rows.ids(None))
         k = min(total, max(4 * n, math.ceil(OVERSAMPLE * n * total / matching)))
         while True:
-            candidates = searcher.search(vector, k)
+            candidates = nearest(k)
             allowed = set(rows.ids([c for c, _ in candidates]))
             hits = [c for c in candidates if c[0] in allowed]
             if len(hits) >= n or k >= total:
@@ -287,6 +424,14 @@ class FilteredRows(Protocol):
     def count(self) -> int: ...
 
     def ids(self, among: list | None) -> list: ...
+
+
+def _manifest(store: Any, key: str) -> dict | None:
+    """The manifest of a saved index; ``None`` for a state saved in an older format."""
+    data = store.get_bytes(key)
+    if not data.startswith(b'{'):
+        return None
+    return json.loads(data)
 
 
 def _has_hnswlib() -> bool:

@@ -60,9 +60,15 @@ class Component:
         """Tear down what ``on_create`` set up, after its metadata is gone."""
 
     def arguments(self) -> Iterator[tuple[str, Any]]:
+        """The declared fields; one marked ``optional`` is left out at its default (so that adding such a field to
+        a component class changes no stored component's record or uuid)."""
         for f in dataclasses.fields(self):
-            if f.name not in ('version', 'uuid') and f.init:
-                yield f.name, getattr(self, f.name)
+            if f.name in ('version', 'uuid') or not f.init:
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get('optional') and value == f.default:
+                continue
+            yield f.name, value
 
     def children(self) -> list['Component']:
         """Components held in this one's arguments, to be applied before it."""

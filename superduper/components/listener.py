@@ -41,6 +41,9 @@ class Listener(Component):
     key: Any = None
     select: Any = None  # a query, or just a table name
     upstream: list = field(default_factory=list)
+    #: whether a write through superduper computes this listener's outputs before ``execute()`` returns (True), or
+    #: only records its changes for the workers (False); ``None``: the datalayer's ``outputs`` setting
+    sync: bool | None = field(default=None, metadata={'optional': True})
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, Model):
@@ -49,6 +52,8 @@ class Listener(Component):
         if self.key is None:
             raise ComponentError(f'Listener {self.identifier or self.model.identifier!r}: key= names the input field(s)')
         input_maker(self.key)  # a malformed key fails here, before any work
+        if self.sync not in (None, True, False):
+            raise ComponentError(f'Listener {self.identifier!r}: sync= is True, False or None, got {self.sync!r}')
         if isinstance(self.select, str):
             self.select = Query(self.select)
         if not isinstance(self.select, Query) or self.select.action != 'select':

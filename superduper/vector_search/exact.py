@@ -7,11 +7,13 @@ positions as its labels. For ``cosine`` the rows are stored normalised and score
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from superduper.base.exceptions import InvalidValue
+from superduper.base.keys import dump_key, load_key
 
 MEASURES = ('cosine', 'dot', 'l2')
 
@@ -106,13 +108,23 @@ class ExactSearcher:
         return [(self.ids[p], float(s)) for p, s in zip(chosen, scores[top])]
 
     # ---- persistence ------------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def save(self, folder: str) -> None:
+        """Write the store to files in ``folder`` (ids as JSON keys, the vectors as ``.npy``)."""
         size = len(self.ids)
-        return {'ids': list(self.ids), 'matrix': self.matrix[:size].copy(), 'alive': self.alive[:size].copy()}
+        with open(os.path.join(folder, 'ids.json'), 'w') as f:
+            f.write(dump_key(list(self.ids)))
+        np.save(os.path.join(folder, 'vectors.npy'), self.matrix[:size])
+        np.save(os.path.join(folder, 'alive.npy'), self.alive[:size])
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.ids = list(state['ids'])
+    def load(self, folder: str) -> None:
+        """Read what ``save`` wrote. The vectors are mapped copy-on-write, not read: opening costs no time, and
+        pages are read when a search first needs them."""
+        with open(os.path.join(folder, 'ids.json')) as f:
+            self.ids = list(load_key(f.read()) or ())
         self.positions = {id_: i for i, id_ in enumerate(self.ids)}
-        self.matrix = np.array(state['matrix'], dtype=np.float32).reshape(-1, self.dim)
-        self.alive = np.array(state['alive'], dtype=bool)
+        self.matrix = np.load(os.path.join(folder, 'vectors.npy'), mmap_mode='c').reshape(-1, self.dim)
+        self.alive = np.load(os.path.join(folder, 'alive.npy'))
+        if len(self.matrix) != len(self.ids) or len(self.alive) != len(self.ids):
+            raise InvalidValue(f'saved index in {folder} is inconsistent: {len(self.ids)} ids, '
+                               f'{len(self.matrix)} vectors')
         self._count = int(self.alive.sum())

@@ -7,7 +7,6 @@ index be compared with the table when it is loaded again.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -87,23 +86,15 @@ class HnswSearcher(ExactSearcher):
             return [(ids[p], -d) for p, d in zip(labels[0].tolist(), distances[0].tolist())]
         return [(ids[p], 1.0 - d) for p, d in zip(labels[0].tolist(), distances[0].tolist())]
 
-    def state(self) -> dict[str, Any]:
-        state = super().state()
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, 'index.bin')
-            self.index.save_index(path)
-            with open(path, 'rb') as f:
-                state['hnsw'] = np.frombuffer(f.read(), dtype=np.uint8)
-        return state
+    def save(self, folder: str) -> None:
+        super().save(folder)
+        self.index.save_index(os.path.join(folder, 'hnsw.bin'))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        super().restore(state)
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, 'index.bin')
-            with open(path, 'wb') as f:
-                f.write(np.asarray(state['hnsw'], dtype=np.uint8).tobytes())
-            self.index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
-            self.index.load_index(path, max_elements=max(len(self.ids), 1024), allow_replace_deleted=False)
+    def load(self, folder: str) -> None:
+        super().load(folder)
+        self.index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
+        self.index.load_index(os.path.join(folder, 'hnsw.bin'), max_elements=max(len(self.ids), 1024),
+                              allow_replace_deleted=False)
         self.index.set_ef(self.ef)
         self._current_ef = self.ef
 

@@ -205,8 +205,9 @@ class ChangeStreamFeed(InlineFeed):
                     done.add(key)
         return done
 
-    def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
-        finished = super().finish(batch, results, followed)
+    def finish(self, batch: Batch, results: list[Results], followed: set[str],
+               handed: Sequence[tuple[str, str]] = ()) -> Finished:
+        finished = super().finish(batch, results, followed, handed)
         if isinstance(batch.claim, StreamPosition):
             self._save_token(batch.claim.token)
         return finished

@@ -81,6 +81,7 @@ class MongoDataBackend:
         found = connection or connect(uri)
         self.client, self.database, self.is_mock = found.client, found.database, found.is_mock
         self._keys: dict[str, str] = {}  # collection -> its declared key field, stored as _id too
+        self._output_log: Any = None
         if self.is_mock:
             self.capabilities = dataclasses.replace(
                 self.capabilities, change_capture='none', shared=False,
@@ -121,6 +122,13 @@ class MongoDataBackend:
 
     def native_vectors(self, table: str, field: str) -> bool:
         return False
+
+    def output_log(self) -> Any:
+        if self._output_log is None:
+            from superduper.backends.mongodb.outputs import MongoOutputLog
+
+            self._output_log = MongoOutputLog(self)
+        return self._output_log
 
     def supports_change_streams(self) -> bool:
         """Replica sets and sharded clusters have change streams; a standalone server and mongomock do not."""

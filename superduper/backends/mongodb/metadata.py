@@ -11,7 +11,9 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from superduper.backends.sql.metadata import COMPONENTS, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS
+from superduper.backends.sql.metadata import (
+    COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
+)
 from superduper.base.counts import RecentCounts
 
 if TYPE_CHECKING:
@@ -49,6 +51,14 @@ class MongoMetaDataStore:
     def create(self, **row: Any) -> None:
         doc = {**row, '_id': row['uuid'], 'record': json.dumps(row['record']), 'created_at': datetime.datetime.now()}
         self.components.insert_one(doc)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.settings.replace_one({'_id': COMPONENTS_VERSION}, {'value': uuid.uuid4().hex}, upsert=True)
+
+    def components_version(self) -> str | None:
+        """A token that changes whenever a component is applied or removed, by any process."""
+        return self.setting(COMPONENTS_VERSION)
 
     def get(self, type_id: str, identifier: str, version: int | None = None) -> dict | None:
         query: dict[str, Any] = {'type_id': type_id, 'identifier': identifier}
@@ -79,6 +89,7 @@ class MongoMetaDataStore:
 
     def delete(self, uuid: str) -> None:
         self.components.delete_one({'_id': uuid})
+        self._changed()
 
     # ---- metrics and vector index states -------------------------------------------------------------------
     def record_metrics(self, model_uuid: str, values: dict[str, float], rows: int) -> None:

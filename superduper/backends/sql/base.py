@@ -77,6 +77,15 @@ class SQLDataBackend:
     def native_vectors(self, table: str, field: str) -> bool:
         return False
 
+    @functools.cached_property
+    def _output_log(self) -> Any:
+        from superduper.backends.sql.outputs import SQLOutputLog
+
+        return SQLOutputLog(self)
+
+    def output_log(self) -> Any:
+        return self._output_log
+
     def primary_key_of(self, table: Any) -> str:
         return table.primary_id
 

@@ -56,7 +56,6 @@ import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
 from superduper.base.background import stop_at_exit
-from superduper.base.query import Compare
 
 if TYPE_CHECKING:
     from superduper.backends.sql.base import SQLDataBackend
@@ -65,6 +64,7 @@ log = logging.getLogger('superduper')
 CHANGES, CLAIMS, STAMPS = '_superduper_change_log', '_superduper_claims', '_superduper_stamps'
 CHUNK = 1000
 DEADLOCK_RETRIES = 5
+DELETIONS_KEPT = 24 * 3600.0  # seconds a removed output is remembered for readers (vector indexes) catching up
 
 
 def digest(text: str) -> str:
@@ -389,6 +389,10 @@ class SQLChangeFeed:
         if collect:
             self._quietly(self._free_orphans)
             self._quietly(self._forget_stamps)
+            self._quietly(self._forget_deletions)
+
+    def _forget_deletions(self) -> None:
+        self.backend.output_log().trim(DELETIONS_KEPT)
 
     def _quietly(self, step: Any) -> None:
         try:
@@ -460,10 +464,13 @@ class SQLChangeFeed:
         return changes
 
     # ---- results -------------------------------------------------------------------------------------------------
-    def finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
+    def finish(self, batch: Batch, results: list[Results], followed: set[str],
+               handed: Sequence[tuple[str, str]] = ()) -> Finished:
         """Store the batch's results where no newer result is stored, and release it; raises ``LeaseLost`` (having
         written nothing) if the lease was taken over."""
-        return self._retrying(self._finish, batch, results, followed)
+        for res in results:
+            self.backend.output_log().prepare(res.outputs_table)
+        return self._retrying(self._finish, batch, results, followed, handed)
 
     def _retrying(self, transaction: Any, *args: Any) -> Any:
         """Run ``transaction`` again when the database aborted it to break a deadlock (it changed nothing)."""
@@ -476,7 +483,8 @@ class SQLChangeFeed:
                 time.sleep(0.01 * 2**attempt)
         raise AssertionError('unreachable')
 
-    def _finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
+    def _finish(self, batch: Batch, results: list[Results], followed: set[str],
+                handed: Sequence[tuple[str, str]]) -> Finished:
         t = self.tables
         finished = Finished(stored={}, gone={})
         chain = None
@@ -496,6 +504,7 @@ class SQLChangeFeed:
                 self.backend.unmark_writes(conn, chain, mark, t.changes)
                 chained = self._own_batch(conn, chain)
             if batch.claim is not None:
+                self._hand(conn, batch.claim, handed)
                 conn.execute(t.changes.delete().where(t.changes.c.claim == batch.claim))
         if batch.claim is not None:
             self.keeper.drop(batch.claim)
@@ -508,6 +517,17 @@ class SQLChangeFeed:
             else:
                 self.release(chained)  # nothing was recorded
         return finished
+
+    def _hand(self, conn: Any, claim: int, handed: Sequence[tuple[str, str]]) -> None:
+        """Queue the claim's changes of each ``(table, listener)`` for that listener, free for any consumer."""
+        t = self.tables
+        c = t.changes.c
+        for table, listener in handed:
+            rows = sa.select(c.tbl, c.source, sa.literal(listener, sa.String(64)),
+                             sa.cast(sa.null(), sa.BigInteger), c.created)
+            conn.execute(t.changes.insert().from_select(
+                ['tbl', 'source', 'listener', 'claim', 'created'],
+                rows.where(c.claim == claim, c.tbl == table, c.listener.is_(None))))
 
     def _store(self, conn: Any, res: Results, stamp: int) -> tuple[list[Change], list[Change]]:
         """The guarded write of one listener's results; returns the stored and the removed changes."""
@@ -523,12 +543,13 @@ class SQLChangeFeed:
         won = self._stamp(conn, res.listener, entries, stamp)
         stored = [entries[d] for d in won if entries[d][0] == 'stored']
         removed = [entries[d] for d in won if entries[d][0] != 'stored']
-        if stored:
-            columns = [list(col) for col in zip(*[row for _, _, row in stored])]
-            self.backend.insert(conn, res.outputs_table, res.keys, columns, upsert_key=res.keys[0])
-        keys = [c.output_key for _, c, _ in removed]
-        for chunk in _chunks(keys):
-            self.backend.delete(conn, res.outputs_table, Compare(res.keys[0], 'in', tuple(chunk)))
+        if stored or removed:  # the outputs' counter is taken last: see ``superduper.backends.sql.outputs``
+            log = self.backend.output_log()
+            seq = log.advance(conn, res.outputs_table)
+            if stored:
+                columns = [list(col) for col in zip(*[row for _, _, row in stored])]
+                log.store(conn, res.outputs_table, seq, res.keys, columns)
+            log.remove(conn, res.outputs_table, seq, [c.output_key for _, c, _ in removed])
         return [c for _, c, _ in stored], [c for _, c, _ in removed]
 
     def _stamp(self, conn: Any, listener: str, entries: dict[str, tuple[str, Change, Any]], stamp: int) -> list[str]:

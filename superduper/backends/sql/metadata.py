@@ -18,6 +18,7 @@ FAILURES = '_superduper_failures'
 METRICS = '_superduper_metrics'
 INDEX_STATES = '_superduper_index_states'
 SETTINGS = '_superduper_settings'
+COMPONENTS_VERSION = 'components_version'
 
 
 class SQLMetadataStore:
@@ -84,6 +85,11 @@ class SQLMetadataStore:
             sa.Column('value', sa.Text, nullable=False),
         )
         self._meta.create_all(engine, checkfirst=True)
+        try:  # the token every apply and remove changes (``components_version``)
+            with engine.begin() as conn:
+                conn.execute(self.settings.insert(), {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex})
+        except sa.exc.IntegrityError:
+            pass
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'
@@ -105,6 +111,17 @@ class SQLMetadataStore:
         row = {**row, 'record': json.dumps(row['record']), 'created_at': datetime.datetime.now()}
         with self.engine.begin() as conn:
             conn.execute(self.components.insert(), row)
+            self._changed(conn)
+
+    def _changed(self, conn: Any) -> None:
+        """A new token, in the transaction that applies or removes a component: readers of the token see it only
+        with that change."""
+        c = self.settings.c
+        conn.execute(self.settings.update().where(c.name == COMPONENTS_VERSION).values(value=uuid.uuid4().hex))
+
+    def components_version(self) -> str | None:
+        """A token that changes whenever a component is applied or removed, by any process."""
+        return self.setting(COMPONENTS_VERSION)
 
     def setting(self, name: str) -> str | None:
         with self.engine.connect() as conn:
@@ -151,6 +168,7 @@ class SQLMetadataStore:
     def delete(self, uuid: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(self.components.delete().where(self.components.c.uuid == uuid))
+            self._changed(conn)
 
     def record_metrics(self, model_uuid: str, values: dict[str, float], rows: int) -> None:
         c = self.metrics.c

@@ -9,7 +9,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from superduper.backends.base import Capabilities
-from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.sql.base import EVENTS, SQLDataBackend
 from superduper.backends.sql.changes import CHANGES
 from superduper.base.exceptions import ComponentError
 
@@ -46,7 +46,27 @@ class MySQLDataBackend(SQLDataBackend):
         same = ' AND '.join(f'OLD.{self.sql_name(k)} <=> NEW.{self.sql_name(k)}' for k in key)
         bodies = {'ins': ('INSERT', record('NEW')), 'del': ('DELETE', record('OLD')),
                   'upd': ('UPDATE', f'BEGIN {record("NEW")}; IF NOT ({same}) THEN {record("OLD")}; END IF; END')}
-        return self.row_trigger_ddl(table, bodies, 'FOR EACH ROW {body}')
+        # DDL commits at once here: dropping a current trigger to make it again would leave a moment in which
+        # writes are not recorded. Only triggers of an earlier layout are replaced; current ones are kept.
+        outdated = self._outdated_triggers(table)
+        statements = []
+        for sql in self.row_trigger_ddl(table, bodies, 'FOR EACH ROW {body}'):
+            if sql.startswith('DROP TRIGGER'):
+                if any(self.sql_name(name) in sql for name in outdated):
+                    statements.append(sql)
+            else:
+                statements.append(sql.replace('CREATE TRIGGER', 'CREATE TRIGGER IF NOT EXISTS', 1))
+        return statements
+
+    def _outdated_triggers(self, table: str) -> list[str]:
+        """This table's capture triggers that do not write to the current change log."""
+        names = [self.trigger_name(table, event) for event in EVENTS]
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                'SELECT trigger_name, action_statement FROM information_schema.triggers '
+                'WHERE trigger_schema = DATABASE() AND trigger_name IN :names'
+            ).bindparams(sa.bindparam('names', expanding=True)), {'names': names}).all()
+        return [name for name, statement in rows if CHANGES not in statement]
 
     def mark_writes(self, conn: Connection, claim: int, changes: sa.Table) -> Any:
         conn.exec_driver_sql(f'SET {SESSION_CLAIM} = %s', (claim,))

@@ -1,0 +1,83 @@
+"""Versions of outputs collections on MongoDB (``superduper.backends.base.OutputLog``).
+
+The counter (``_superduper_output_seq``, one document per outputs collection) is incremented atomically, but
+without transactions a write numbered ``n`` may land after one numbered ``n + 1``: readers therefore read again,
+at each look, what the look before found new (``ordered = False``), which covers a write landing within a poll
+interval of taking its number. Removed outputs leave documents in ``_superduper_output_deletes`` for a day.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from superduper.backends.base import OUTPUT_SEQ
+from superduper.base.keys import dump_key, load_key
+from superduper.base.query import Compare
+
+if TYPE_CHECKING:
+    from superduper.backends.mongodb.data_backend import MongoDataBackend
+
+SOURCE = '_source'
+CHUNK = 1000
+
+
+class MongoOutputLog:
+    ordered = False
+
+    def __init__(self, backend: 'MongoDataBackend'):
+        self.backend = backend
+        self.counters = backend.database['_superduper_output_seq']
+        self.deletes = backend.database['_superduper_output_deletes']
+        self._prepared: set[str] = set()
+
+    def prepare(self, table: str) -> None:
+        if table in self._prepared:
+            return
+        self.backend.database[table].create_index(OUTPUT_SEQ)
+        self.deletes.create_index([('tbl', 1), ('seq', 1)])
+        self.counters.update_one({'_id': table}, {'$setOnInsert': {'n': 0, 'floor': 0}}, upsert=True)
+        self._prepared.add(table)
+
+    def advance(self, conn: Any, table: str) -> int:
+        from pymongo import ReturnDocument
+
+        doc = self.counters.find_one_and_update({'_id': table}, {'$inc': {'n': 1}}, upsert=True,
+                                                return_document=ReturnDocument.AFTER)
+        return int(doc['n'])
+
+    def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
+        count = len(columns[0])
+        self.backend.insert(conn, table, [*keys, OUTPUT_SEQ], [*columns, [seq] * count], upsert_key=keys[0])
+
+    def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
+        if not sources:
+            return
+        for i in range(0, len(sources), CHUNK):
+            self.backend.delete(conn, table, Compare(SOURCE, 'in', tuple(sources[i : i + CHUNK])))
+        now = time.time()
+        self.deletes.insert_many([{'tbl': table, 'source': dump_key(s), 'seq': seq, 'at': now} for s in sources])
+
+    def head(self, table: str) -> tuple[int, int] | None:
+        doc = self.counters.find_one({'_id': table})
+        return None if doc is None else (int(doc['n']), int(doc.get('floor', 0)))
+
+    def deleted(self, table: str, since: int, upto: int) -> list[tuple[Any, int]] | None:
+        found = [(load_key(d['source']), int(d['seq']))
+                 for d in self.deletes.find({'tbl': table, 'seq': {'$gt': since, '$lte': upto}})]
+        head = self.head(table)  # after reading: a trim moves the floor before it deletes
+        return None if head is None or head[1] > since else found
+
+    def trim(self, older_than: float) -> None:
+        cutoff = time.time() - older_than
+        cuts = self.deletes.aggregate([{'$match': {'at': {'$lt': cutoff}}},
+                                       {'$group': {'_id': '$tbl', 'cut': {'$max': '$seq'}}}])
+        for entry in cuts:
+            self.counters.update_one({'_id': entry['_id'], 'floor': {'$lt': entry['cut']}},
+                                     {'$set': {'floor': entry['cut']}})
+            self.deletes.delete_many({'tbl': entry['_id'], 'seq': {'$lte': entry['cut']}})
+
+    def forget(self, table: str) -> None:
+        self.counters.delete_one({'_id': table})
+        self.deletes.delete_many({'tbl': table})
+        self._prepared.discard(table)
