@@ -166,6 +166,22 @@ def test_reopened_index_catches_up_with_what_changed_without_recomputing(db, db_
         again.close()
 
 
+@pytest.mark.skip_backends('pgvector', reason='pgvector searches the outputs table itself: nothing to keep current')
+def test_a_searcher_behind_forgotten_deletions_compares_with_the_whole_table(db, db_uri, tmp_path, items, pk):
+    t, texts, _ = items
+    away = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, poll_interval=0.01)
+    try:
+        assert len(away['items'].like(embed('item 1'), vector_index='idx', n=400).execute().tolist()) == 400
+        gone = list(texts)[:5]
+        t.filter(t[pk].isin(gone)).delete().execute()
+        db.databackend.output_log().trim(-1.0)  # every deletion forgotten: the away process cannot read them
+        found = [r[pk] for r in away['items'].like(embed('item 1'), vector_index='idx', n=400).execute()]
+        assert len(found) == 395 and not set(gone) & set(found)
+        assert len(away.vector_indexes.get('idx').searcher) == 395  # the deleted vectors left the index itself
+    finally:
+        away.close()
+
+
 def test_compatible_listener_encodes_the_other_key(db):
     db.apply(Table('pics', fields={'caption': 'str', 'code': 'int'}))
     db['pics'].insert([{'caption': f'picture {i}', 'code': i} for i in range(30)]).execute()
@@ -246,3 +262,38 @@ def test_search_makes_no_metadata_query_once_loaded(db_uri, tmp_path):
         assert statements == []
     finally:
         db.close()
+
+
+def test_hnsw_searcher_follows_updates_and_deletes_before_and_after_a_flush(tmp_path):
+    """Written vectors wait outside the graph (searched exactly) until flushed; saved and loaded, nothing changes."""
+    from superduper.vector_search.exact import ExactSearcher
+    from superduper.vector_search.hnsw import HnswSearcher
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
+    ids = [f'v{i}' for i in range(3000)]
+    hnsw, exact = HnswSearcher(DIM), ExactSearcher(DIM)
+    for searcher in (hnsw, exact):
+        searcher.upsert(ids, vectors)
+    hnsw.flush()
+    moved = rng.normal(size=(500, DIM)).astype(np.float32)
+    for searcher in (hnsw, exact):
+        searcher.upsert(ids[:500], moved)
+        searcher.remove(ids[500:700])
+    assert len(hnsw.pending) == 500 and len(hnsw) == len(exact) == 2800
+
+    def agreement(searcher) -> float:
+        queries = np.concatenate([moved[:20], vectors[700:720]])
+        found = [{i for i, _ in searcher.search(q, 10)} for q in queries]
+        truth = [{i for i, _ in exact.search(q, 10)} for q in queries]
+        assert not set().union(*found) & set(ids[500:700])  # deleted rows are never found
+        return np.mean([len(f & t) / 10 for f, t in zip(found, truth)])
+
+    assert agreement(hnsw) >= 0.95
+    hnsw.save(str(tmp_path))
+    assert hnsw.pending == set() and agreement(hnsw) >= 0.95  # flushed into the graph
+    again = HnswSearcher(DIM)
+    again.load(str(tmp_path))
+    assert len(again) == 2800 and agreement(again) >= 0.95
+    again.upsert(['new'], vectors[:1] * 2)
+    assert again.search(vectors[0], 1)[0][0] == 'new'  # v0 itself was moved

@@ -35,8 +35,10 @@ OVERSAMPLE = 6
 log = logging.getLogger('superduper')
 AUTO_HNSW_FROM = 10_000
 SOURCE = '_source'
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 LOOKS = 3  # tries of one look when other threads move the index meanwhile
+FLUSH_AT = 2000  # vectors waiting outside an HNSW graph (searched exactly) before they are added to it
+SAVE_AFTER = 1000  # rows changed since the saved state that make a closing process save the index again
 
 
 class LoadedIndex:
@@ -87,6 +89,7 @@ class VectorIndexes:
         head = self.log.head(outputs)
         for ids, vectors in self._vectors(outputs):
             searcher.upsert(ids, vectors)
+        searcher.flush()
         return head[0] if head is not None else 0
 
     def _pushdown(self, index: 'VectorIndex') -> bool:
@@ -182,8 +185,11 @@ class VectorIndexes:
         store.delete(key)
 
     def close(self) -> None:
+        """Save the indexes that fell behind their saved state by enough that catching up would cost more than
+        saving (a few rows are read back cheaply by the next process that opens the index)."""
         for loaded in self._loaded.values():
-            if loaded.changed:
+            searcher = loaded.searcher
+            if searcher is not None and loaded.changed >= max(SAVE_AFTER, len(searcher) // 100):
                 self.save(loaded)
 
     def get(self, identifier: str) -> LoadedIndex:
@@ -258,12 +264,20 @@ class VectorIndexes:
             for _ in range(LOOKS):
                 if self._look(loaded):
                     break
+            self._flush_if_due(loaded)
         except Exception as e:  # searches go on with what the index holds; the next search looks again
             loaded.stale = True
             log.exception('%s could not catch up with its outputs', problem)
             self.db.listening.problems[problem] = f'{problem} could not catch up: {type(e).__name__}: {e}'
             return
         self.db.listening.problems.pop(problem, None)
+
+    def _flush_if_due(self, loaded: LoadedIndex) -> None:
+        """Add the vectors waiting outside an ANN graph once enough wait that scanning them costs searches time."""
+        pending = getattr(loaded.searcher, 'pending', ())
+        if len(pending) >= max(FLUSH_AT, len(loaded.searcher) // 100):
+            with loaded.lock:
+                loaded.searcher.flush()
 
     def _look(self, loaded: LoadedIndex) -> bool:
         """Read what changed since the index's write number and apply it; ``False`` if another thread moved the
@@ -342,7 +356,7 @@ class VectorIndexes:
             gone = [i for i, p in searcher.positions.items() if searcher.alive[p] and i not in found]
             searcher.remove(gone)
             loaded.low, loaded.seen = top, top
-            loaded.changed += len(stale) + len(gone)
+            loaded.changed += max(len(stale) + len(gone), SAVE_AFTER)  # saved again: the next opening reads little
         if stale or gone:
             log.info('vector index %r: caught up with %d changed and %d deleted rows',
                      loaded.component.identifier, len(stale), len(gone))

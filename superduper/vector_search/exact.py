@@ -65,6 +65,9 @@ class ExactSearcher:
         self._count = int(self.alive.sum())
         return positions
 
+    def flush(self) -> None:
+        """Nothing waits here (an ANN searcher adds what waits to its graph)."""
+
     def _reserve(self, size: int) -> None:
         if size > len(self.matrix):
             capacity = max(size, int(len(self.matrix) * 1.5) + 1024)

@@ -82,9 +82,15 @@ class SQLOutputLog:
 
     def advance(self, conn: Any, table: str) -> int:
         c = self.counters.c
-        if conn.execute(self.counters.update().where(c.tbl == table).values(n=c.n + 1)).rowcount == 0:
-            conn.execute(self.counters.insert(), {'tbl': table, 'n': 1, 'floor': 0})  # a table made before versions
-        return int(conn.execute(sa.select(c.n).where(c.tbl == table)).scalar_one())
+        bump = self.counters.update().where(c.tbl == table).values(n=c.n + 1)
+        if self.backend.dialect.update_returning:  # one round trip
+            found = conn.execute(bump.returning(c.n)).scalar()
+            if found is not None:
+                return int(found)
+        elif conn.execute(bump).rowcount:
+            return int(conn.execute(sa.select(c.n).where(c.tbl == table)).scalar_one())
+        conn.execute(self.counters.insert(), {'tbl': table, 'n': 1, 'floor': 0})  # a table made before versions
+        return 1
 
     def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
         count = len(columns[0])
