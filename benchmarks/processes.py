@@ -11,13 +11,15 @@ and what a single insert with a listener and a vector index costs.
 2. Restart over an N-vector HNSW index (384 dimensions, clustered vectors; the listener's model is the identity on
    a vector column, so nothing is recomputed):
    a. a fresh process's first search over the unchanged index: ``superduper(uri)`` then the first
-      ``like(vector, n=10)``, timed inside a new Python process (imports excluded). LanceDB in the same run does the
+      ``like(vector, n=10)``, timed inside a new Python process (the libraries imported before the timer, on
+      both sides). LanceDB in the same run does the
       same: ``lancedb.connect(folder)``, ``open_table``, first ``search(vector).limit(10)`` over the same vectors
       with its own ANN index (IVF-PQ, built before). Target: <= 0.5 s.
    b. after another process changed ``--changed`` rows (their outputs recomputed by it): the catch-up of the
-      reopened index (reading only what changed since it was saved) against a full rescan of the outputs table
-      (reading and comparing every vector, what reopening did before), both in the same fresh process.
-      Target: <= 0.1x.
+      reopened index (reading the outputs written since it was saved, and applying them) against a full rescan of
+      the outputs table (reading and comparing every vector, what reopening did before), both in the same fresh
+      process. The rescan runs after the catch-up, so it finds nothing left to apply: it is timed for its reading
+      and comparing alone, which favours it. Target: <= 0.1x.
 3. Single-row insert into a SQLite table with a listener (precomputed vectors) and an HNSW vector index over 10,000
    rows: ``insert_one`` (the row, its change, its output under the stamp guard) plus bringing the index current
    (``db.vector_indexes.get``: the outputs written since, read and added to hnswlib), median over ``--inserts``,
@@ -137,6 +139,7 @@ def freshness(tmp: str, samples: int) -> None:
 # ---- 2. restart -------------------------------------------------------------------------------------------------------
 FIRST_SEARCH = '''
 import sys, time, numpy as np
+import hnswlib, sqlalchemy, superduper.backends.sql.sqlite  # imports are not timed (on either side)
 from superduper import superduper
 uri, artifacts = sys.argv[1], sys.argv[2]
 query = np.load(sys.argv[3])
@@ -166,11 +169,11 @@ print(catch_up, rescan)
 
 LANCE_FIRST_SEARCH = '''
 import sys, time, numpy as np
+import lancedb
 query = np.load(sys.argv[2])
 start = time.perf_counter()
-import lancedb
 table = lancedb.connect(sys.argv[1]).open_table('points')
-rows = table.search(query).metric('cosine').limit(10).to_list()
+rows = table.search(query).distance_type('cosine').limit(10).to_list()
 first = time.perf_counter() - start
 assert len(rows) == 10
 print(first)
@@ -225,7 +228,9 @@ def lance_first_search(tmp: str, vectors: np.ndarray, query_file: str) -> float 
         'n': np.arange(len(vectors)),
         'vector': pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
     }))
-    table.create_index(metric='cosine', vector_column_name='vector')
+    from lancedb.index import IvfPq
+
+    table.create_index('vector', config=IvfPq(distance_type='cosine'))
     return statistics.median(run_python(LANCE_FIRST_SEARCH, folder, query_file)[0] for _ in range(3))
 
 
