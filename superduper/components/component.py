@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
+from superduper.base import trust
 from superduper.base.exceptions import ComponentError
 
 if TYPE_CHECKING:
@@ -187,7 +188,9 @@ def _encode_value(value: Any, artifacts: 'ArtifactStore | None', identities: dic
     if blobs is not None:
         blobs[key] = data
     identities[key] = _identity(value) if serializer == 'cloudpickle' else key
-    return {'_artifact': key} if serializer == 'cloudpickle' else {'_artifact': key, 'serializer': serializer}
+    ref = {'_artifact': key} if serializer == 'cloudpickle' else {'_artifact': key, 'serializer': serializer}
+    ref['signature'] = trust.sign('artifact', key)  # the code is this deployment's (``superduper.base.trust``)
+    return ref
 
 
 def _identity(value: Any) -> str:
@@ -225,10 +228,12 @@ def _identity_pickler() -> type:
 
 
 def _map_artifacts(value: Any, identities: dict[str, str]) -> Any:
-    """``value`` with every artifact key replaced by its identity."""
+    """``value`` with every artifact key replaced by its identity (and no signature: it depends on the
+    deployment's secret, not on the component)."""
     if isinstance(value, dict):
         if '_artifact' in value:
-            return {**value, '_artifact': identities.get(value['_artifact'], value['_artifact'])}
+            counted = {k: v for k, v in value.items() if k != 'signature'}
+            return {**counted, '_artifact': identities.get(value['_artifact'], value['_artifact'])}
         return {k: _map_artifacts(v, identities) for k, v in value.items()}
     if isinstance(value, list):
         return [_map_artifacts(v, identities) for v in value]
@@ -236,31 +241,55 @@ def _map_artifacts(value: Any, identities: dict[str, str]) -> Any:
 
 
 def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Component:
-    """Rebuild a component from its record; ``load_ref(uuid)`` rebuilds children."""
+    """Rebuild a component from its record; ``load_ref(uuid)`` rebuilds children. Code artifacts load only if this
+    deployment signed them, or ``artifacts.trusts_code`` (a package read with ``trust=True``)."""
+    if not isinstance(record, dict) or not isinstance(record.get('_path'), str):
+        raise ComponentError(f'malformed component record: {str(record)[:200]}')
+    what = f"{record['_path'].rpartition(':')[2]} {record.get('identifier')!r}"
     cls = import_class(record['_path'])
-    kwargs = {k: _decode_value(v, load_ref, artifacts) for k, v in record.items() if k != '_path'}
+    kwargs = {k: _decode_value(v, load_ref, artifacts, f'{what}, field {k!r}') for k, v in record.items()
+              if k != '_path'}
     return cls(**kwargs)
 
 
-def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore') -> Any:
-    if isinstance(value, list):
-        return [_decode_value(v, load_ref, artifacts) for v in value]
-    if isinstance(value, dict):
-        if '_ref' in value:
-            return load_ref(value['_ref'])
-        if '_dict' in value:
-            return {k: _decode_value(v, load_ref, artifacts) for k, v in value['_dict'].items()}
-        if '_tuple' in value:
-            return tuple(_decode_value(v, load_ref, artifacts) for v in value['_tuple'])
-        if '_artifact' in value:
-            loads = SERIALIZERS[value.get('serializer', 'cloudpickle')][2]
-            return loads(artifacts.get_bytes(value['_artifact']))
-        if '_query' in value:
-            from superduper.base.query import Query
+#: the keys a marker dict may hold: anything else makes the record malformed (no value hides behind another)
+_MARKER_KEYS = {'_ref': {'_ref'}, '_dict': {'_dict'}, '_tuple': {'_tuple'}, '_query': {'_query'},
+                '_artifact': {'_artifact', 'serializer', 'signature'}}
 
-            return Query.from_dict(_decode_value(value['_query'], load_ref, artifacts))
-        return {k: _decode_value(v, load_ref, artifacts) for k, v in value.items()}
-    return value
+
+def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore', what: str) -> Any:
+    if isinstance(value, list):
+        return [_decode_value(v, load_ref, artifacts, what) for v in value]
+    if not isinstance(value, dict):
+        return value
+    markers = [m for m in _MARKER_KEYS if m in value]
+    if not markers:
+        return {k: _decode_value(v, load_ref, artifacts, what) for k, v in value.items()}
+    if len(markers) > 1 or not set(value) <= _MARKER_KEYS[markers[0]]:
+        raise ComponentError(f'{what}: malformed record value with keys {sorted(value)}')
+    marker = markers[0]
+    if marker == '_ref':
+        return load_ref(value['_ref'])
+    if marker == '_dict':
+        if not isinstance(value['_dict'], dict):
+            raise ComponentError(f'{what}: malformed _dict value')
+        return {k: _decode_value(v, load_ref, artifacts, what) for k, v in value['_dict'].items()}
+    if marker == '_tuple':
+        return tuple(_decode_value(v, load_ref, artifacts, what) for v in value['_tuple'])
+    if marker == '_query':
+        from superduper.base.query import Query
+
+        return Query.from_dict(_decode_value(value['_query'], load_ref, artifacts, what))
+    return _load_artifact(value, artifacts, what)
+
+
+def _load_artifact(ref: dict, artifacts: 'ArtifactStore', what: str) -> Any:
+    serializer, key = ref.get('serializer', 'cloudpickle'), ref['_artifact']
+    if serializer not in SERIALIZERS or not isinstance(key, str):
+        raise ComponentError(f'{what}: unknown serializer {serializer!r}; known: {", ".join(SERIALIZERS)}')
+    data = artifacts.get_bytes(key)
+    trust.check_artifact(key, data, ref.get('signature'), getattr(artifacts, 'trusts_code', False), what)
+    return SERIALIZERS[serializer][2](data)
 
 
 def _torch_dumps(module: Any) -> bytes:

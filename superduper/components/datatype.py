@@ -339,15 +339,21 @@ _ARRAY = re.compile(rf'(vector|array|tensor)\[(?:({"|".join(NUMERIC_DTYPES)}):)?
 
 
 def _cloudpickle_dumps(x: Any) -> bytes:
+    """A value pickled and signed by this deployment (``superduper.base.trust``)."""
     import cloudpickle
 
-    return cloudpickle.dumps(x)
+    from superduper.base import trust
+
+    return trust.seal_value(cloudpickle.dumps(x))
 
 
 def _cloudpickle_loads(data: bytes) -> Any:
+    """The value, if this deployment wrote it: a pickle written by anyone else is refused, never loaded."""
     import cloudpickle
 
-    return cloudpickle.loads(data)
+    from superduper.base import trust
+
+    return cloudpickle.loads(trust.open_value(data))
 
 
 def _image_encode(image: Any) -> bytes:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from superduper.base.document import Document
 from superduper.base.exceptions import InvalidValue, UnknownField
+from superduper.base.trust import UntrustedCode
 from superduper.components.component import Component
 from superduper.components.datatype import SCALARS, BadValue, FieldType, resolve_type
 
@@ -71,11 +73,19 @@ class Schema(Component):
                 return []
             columns = list(zip(*batch))
             for i, ftype in decoders:
-                columns[i] = ftype.decode(columns[i], artifacts)
+                with self._decoding(keys[i]):
+                    columns[i] = ftype.decode(columns[i], artifacts)
             return build(zip(*columns))
 
         return decode
 
+
+    @contextlib.contextmanager
+    def _decoding(self, field: str) -> Iterator[None]:
+        try:
+            yield
+        except UntrustedCode as e:
+            raise UntrustedCode(f'table {self.identifier!r}, field {field!r}: {e}') from None
 
     def _dict_decoder(self, artifacts: 'ArtifactStore') -> Callable[[list], list[Document]]:
         decoders = [(k, t) for k, t in self.types.items() if t.decodes]
@@ -84,7 +94,9 @@ class Schema(Component):
             for key, ftype in decoders:
                 having = [row for row in batch if row.get(key) is not None]
                 if having:
-                    for row, value in zip(having, ftype.decode([row[key] for row in having], artifacts)):
+                    with self._decoding(key):
+                        decoded = ftype.decode([row[key] for row in having], artifacts)
+                    for row, value in zip(having, decoded):
                         row[key] = value
             return [Document(row) for row in batch]
 

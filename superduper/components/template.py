@@ -139,7 +139,7 @@ class Template:
         if not trusted:
             self._check_requirements()
             self._check_trust(entries, artifact_path)
-        artifacts = _PackageArtifacts(artifact_path)
+        artifacts = _PackageArtifacts(artifact_path, trusts_code=trusted or self.trust)
         fill = _replacer({f'<var:{name}>': value for name, value in variables.items()})
         renamed: dict[str, str] = {}  # an upstream listener's old predict_id -> its new one, for downstream records
         built: dict[str, Component] = {}
@@ -169,7 +169,10 @@ class Template:
             for name, value in record.items():
                 for serializer, key in _artifacts_in(value):
                     if serializer not in package.CODE_SERIALIZERS:
-                        continue
+                        raise package.PackageError(
+                            f"package {self._package.source!r}: {entry['type_id']} {record.get('identifier')!r}, "
+                            f'field {name!r}: unknown serializer {serializer!r}; known: '
+                            f'{", ".join(package.CODE_SERIALIZERS)}')
                     data = artifact_path(key).read_bytes()
                     imports = (package.torch_pickled_globals if serializer == 'torch' else package.pickled_globals)(data)
                     shown = ', '.join(sorted(imports)[:6]) + (' ...' if len(imports) > 6 else '')
@@ -188,10 +191,12 @@ class Template:
 
 
 class _PackageArtifacts:
-    """The read side of an artifact store, over a package's artifacts folder."""
+    """The read side of an artifact store, over a package's artifacts folder. Its code loads only if the package
+    is trusted (``trusts_code``) or signed by this deployment."""
 
-    def __init__(self, path_of: Callable[[str], Path]):
+    def __init__(self, path_of: Callable[[str], Path], trusts_code: bool):
         self.path_of = path_of
+        self.trusts_code = trusts_code
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -247,11 +252,11 @@ def _map_strings(value: Any, fn: Callable[[str], str], keys: bool = True) -> Any
 
 
 def _artifacts_in(value: Any) -> list[tuple[str, str]]:
-    """``(serializer, key)`` of every artifact reference in a record value."""
+    """``(serializer, key)`` of every artifact reference in a record value, wherever it is nested (a reference
+    hidden in another marker's dict is found too; decoding refuses such a record anyway)."""
     if isinstance(value, dict):
-        if '_artifact' in value:
-            return [(value.get('serializer', 'cloudpickle'), value['_artifact'])]
-        return [a for v in value.values() for a in _artifacts_in(v)]
+        found = [(value.get('serializer', 'cloudpickle'), value['_artifact'])] if '_artifact' in value else []
+        return found + [a for k, v in value.items() if k not in ('_artifact', 'serializer') for a in _artifacts_in(v)]
     if isinstance(value, list):
         return [a for v in value for a in _artifacts_in(v)]
     return []
