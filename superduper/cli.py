@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a superduper error (the message says what), 2 bad usage
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -31,11 +32,15 @@ def _fail(error: Exception) -> NoReturn:
 
 
 @contextmanager
-def _database(uri: str) -> Iterator[Any]:
-    """A connection for one command; a superduper error becomes its message and exit code 1."""
+def _database(uri: str, create: bool = False) -> Iterator[Any]:
+    """A connection for one command; a superduper error becomes its message and exit code 1. Unless ``create``,
+    a database that does not exist is an error (looking at it must not make it)."""
+    from superduper.backends.registry import missing_database
     from superduper.base.exceptions import SuperduperError
 
     try:
+        if not create and (reason := missing_database(uri)):
+            _fail(reason)
         db = _connect(uri, follow_changes=False)
     except SuperduperError as e:
         _fail(e)
@@ -80,7 +85,11 @@ def start(
     the worker reads the changes and the Dask cluster computes them."""
     from superduper.base.exceptions import SuperduperError
 
+    from superduper.backends.registry import missing_database
+
     try:
+        if reason := missing_database(uri):
+            _fail(reason)
         db = _connect(uri, follow_changes=False, compute=compute)
     except SuperduperError as e:
         _fail(e)
@@ -169,9 +178,14 @@ def apply(path: Path = typer.Argument(..., help='a package folder or .zip (from 
     """Apply an exported component or template to a database, filling in its variables."""
     from superduper.components.template import Template
 
+    from superduper.base.exceptions import SuperduperError
+
     variables = _pairs(var, '--var')
-    with _database(uri) as db:
-        template = Template.read(path, trust=trust)
+    try:
+        template = Template.read(path, trust=trust)  # a bad package is refused before the database is touched
+    except SuperduperError as e:
+        _fail(e)
+    with _database(uri, create=True) as db:
         try:
             component = db.apply(template, **variables)
         finally:
@@ -212,7 +226,21 @@ def export(uri: str = typer.Argument(..., help='database URI'),
 
 
 def main() -> None:
-    app()
+    """Run the command; an error is one line on stderr and exit code 1 (``--debug`` or ``SUPERDUPER_DEBUG=1``: the
+    traceback)."""
+    debug = '--debug' in sys.argv[1:] or os.environ.get('SUPERDUPER_DEBUG', '') not in ('', '0')
+    if '--debug' in sys.argv:
+        sys.argv.remove('--debug')
+    try:
+        app()
+    except Exception as e:
+        if debug:
+            raise
+        from superduper.base.exceptions import SuperduperError
+
+        text = str(e) if isinstance(e, SuperduperError) else f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+        typer.echo(f'error: {text} (--debug shows where)', err=True)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

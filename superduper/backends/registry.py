@@ -69,6 +69,11 @@ def connect_data_backend(uri: str) -> Any:
     return data_backends.create(_data_scheme(uri), uri, shown_as=scheme_of(uri))
 
 
+def missing_database(uri: str) -> str | None:
+    """Why ``uri`` names no existing database (connecting would create it), or ``None``."""
+    return data_backends.load(_data_scheme(uri)).missing(uri)
+
+
 def connect_artifact_store(uri: str, cache_dir: str) -> Any:
     scheme = uri.split('://', 1)[0].lower() if isinstance(uri, str) and '://' in uri else ''
     if scheme in artifact_stores:

@@ -93,6 +93,10 @@ class MongoDataBackend:
             raise ConfigError(f'mongomock keeps {uri!r} inside one process; use mongodb://')
         return uri
 
+    @classmethod
+    def missing(cls, uri: str) -> str | None:
+        return None  # a database that does not exist yet is an empty one: nothing is made by looking
+
     def primary_key(self, name: str) -> list[str]:
         return [self._keys.get(name, ID)]
 

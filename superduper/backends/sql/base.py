@@ -41,13 +41,24 @@ class SQLDataBackend:
     #: the database's clock in epoch seconds, as SQL (change rows and leases are timed by the database)
     epoch_sql: ClassVar[str] = 'CAST(CURRENT_TIMESTAMP AS FLOAT)'
 
+    #: the database must be named in the URI (a server); without one a driver connects to its own default
+    needs_database_name: ClassVar[bool] = False
+
     def __init__(self, uri: str):
         self.uri = uri
+        url = self.sqlalchemy_url(uri)
+        if self.needs_database_name and not sa.engine.make_url(url).database:
+            raise ConfigError(f'{_redact(uri)!r} names no database; add it to the URI, e.g. '
+                              f'{uri.split("://", 1)[0]}://user@host:port/<database>')
         try:
-            self.engine = sa.create_engine(self.sqlalchemy_url(uri), **self.engine_options())
+            self.engine = sa.create_engine(url, **self.engine_options())
+        except sa.exc.NoSuchModuleError as e:  # the dialect's package is not installed: the registry names the extra
+            raise ImportError(str(e)) from e
         except sa.exc.ArgumentError as e:
             raise ConfigError(f'cannot use database URI {_redact(uri)!r}: {e}') from e
         self.dialect = self.engine.dialect
+        self.configure_engine()
+        self._check_reachable()
         self._meta = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
         self._insert_sql: dict[tuple, tuple[str, Any]] = {}
@@ -55,6 +66,32 @@ class SQLDataBackend:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({_redact(self.uri)!r})'
+
+    def configure_engine(self) -> None:
+        """Register the dialect's connection events (before the first connection is made)."""
+
+    def _check_reachable(self) -> None:
+        """Connect once, so that an unreachable server or a wrong password is one clear error now."""
+        try:
+            with self.engine.connect():
+                pass
+        except sa.exc.DBAPIError as e:
+            reason = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
+            raise ConfigError(f'cannot connect to {self.where()}: {reason}') from None
+
+    def where(self) -> str:
+        """The database in words, without its password: the dialect, database, host and port."""
+        url = self.engine.url
+        if url.host is None:
+            return f'{url.get_backend_name()} database {url.database or "(in memory)"!r}'
+        port = f':{url.port}' if url.port else ''
+        user = f'{url.username}@' if url.username else ''
+        return f'{url.get_backend_name()} database {url.database!r} at {user}{url.host}{port}'
+
+    @classmethod
+    def missing(cls, uri: str) -> str | None:
+        """Why ``uri`` names no existing database (it would be created by connecting), or ``None``."""
+        return None
 
     # ---- wiring (``superduper.backends.base.DataBackend``) ------------------------------------------------
     def metadata_store(self) -> Any:

@@ -39,6 +39,13 @@ class DuckDBDataBackend(SQLDataBackend):
         raise ConfigError(f'DuckDB opens {uri!r} in one process at a time')
 
     @classmethod
+    def missing(cls, uri: str) -> str | None:
+        path = file_path(uri)
+        if path is not None and not os.path.exists(path):
+            return f'no DuckDB database at {os.path.abspath(path)}'
+        return None
+
+    @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:
         path = file_path(uri)
         return 'duckdb:///:memory:' if path is None else f'duckdb:///{path}'

@@ -18,12 +18,12 @@ SESSION_CLAIM = '@superduper_claim'  # the claim a superduper write gives its ch
 
 class MySQLDataBackend(SQLDataBackend):
     scheme = 'mysql'
+    needs_database_name = True
     # SKIP LOCKED: MariaDB 10.6+, MySQL 8+
     capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, identifier_limit=64)
     epoch_sql = 'UNIX_TIMESTAMP(NOW(6))'
 
-    def __init__(self, uri: str):
-        super().__init__(uri)
+    def configure_engine(self) -> None:
         # a session variable outlives the transaction: never let a pooled connection keep one
         sa.event.listen(self.engine, 'reset', _forget_claim)
 

@@ -49,6 +49,7 @@ class PgVector(sa.types.UserDefinedType):
 
 class PostgresDataBackend(SQLDataBackend):
     scheme = 'postgresql'
+    needs_database_name = True
     capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, native_vectors=True,
                                 identifier_limit=63)
     epoch_sql = 'extract(epoch from clock_timestamp())'

@@ -32,6 +32,13 @@ class SQLiteDataBackend(SQLDataBackend):
     capabilities = Capabilities(change_capture='triggers', upsert=True, serialized_writes=True)
     epoch_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
+    @classmethod
+    def missing(cls, uri: str) -> str | None:
+        path = file_path(uri)
+        if path is not None and not os.path.exists(path):
+            return f'no SQLite database at {os.path.abspath(path)}'
+        return None
+
     def __init__(self, uri: str):
         path = file_path(uri)
         if path is not None and os.path.dirname(path):
@@ -41,6 +48,8 @@ class SQLiteDataBackend(SQLDataBackend):
             self.capabilities = dataclasses.replace(
                 self.capabilities, change_capture='none', shared=False,
                 unshared_reason=f'the in-memory database {uri!r} lives in one process')
+
+    def configure_engine(self) -> None:
         sa.event.listen(self.engine, 'connect', _configure_connection)
 
     @contextlib.contextmanager
