@@ -116,3 +116,50 @@ def test_missing_file_for_file_type(db, tmp_path):
     db.apply(Table('fs', fields={'f': DataType('file', encodable='file')}))
     with pytest.raises(InvalidValue, match=r"field 'f', row 0: expected the path of an existing file or directory"):
         db['fs'].insert([{'f': str(tmp_path / 'missing.bin')}]).execute()
+
+
+BAD_VALUES = {  # field -> (value, what the error says); each in a batch whose other rows are fine
+    'None inside a vector': ('v', [1, None, 3], 'missing \\(None\\) element'),
+    'NaN in a vector': ('v', [1.0, float('nan'), 3.0], 'NaN or infinite'),
+    'infinity in a vector': ('v', np.array([1, np.inf, 3], dtype=np.float32), 'NaN or infinite'),
+    'complex vector': ('v', np.array([1 + 2j, 3, 4]), 'complex'),
+    'integer too large': ('qty', 2**70, 'outside the 64-bit range'),
+    'integer too small': ('qty', -(2**63) - 1, 'outside the 64-bit range'),
+    'NUL in text': ('name', 'a\x00b', 'NUL character'),
+    'lone surrogate': ('name', 'a\udc80b', 'lone surrogate'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_VALUES)
+def test_values_are_stored_exactly_or_refused(items, case):
+    field, value, reason = BAD_VALUES[case]
+    rows = [{'name': f'n{i}', 'qty': i, 'v': [i, i, i]} for i in range(60)]
+    rows.insert(57, {'name': 'bad', 'qty': 1, 'v': [0, 0, 1], field: value})
+    with pytest.raises(InvalidValue, match=rf"table 'items', field '{field}', row 57: .*{reason}"):
+        items.insert(rows).execute()
+    assert items.count().execute() == 1  # nothing of the batch was stored
+    with pytest.raises(InvalidValue, match=rf"field '{field}'"):
+        items.filter(items['name'] == 'kept').update({field: value}).execute()
+    assert items.get(name='kept').execute()[field] is not None
+
+
+def test_a_float_round_trips_exactly_or_is_refused(db):
+    db.apply(Table('floats', fields={'x': 'float'}))
+    values = [0.1, -0.0, 1e308, 5e-324, float('nan'), float('inf'), float('-inf')]
+    finite = values[:4]
+    db['floats'].insert([{'id': str(i), 'x': x} for i, x in enumerate(finite)]).execute()
+    got = {r['id']: r['x'] for r in db['floats'].select().execute()}
+    assert [got[str(i)] for i in range(4)] == finite
+    try:
+        db['floats'].insert([{'id': 'nan', 'x': values[4]}, {'id': 'inf', 'x': values[5]}]).execute()
+    except InvalidValue as e:  # a database without NaN (SQLite, MySQL) says so instead of storing NULL
+        assert "field 'x'" in str(e) and 'no NaN or infinity' in str(e)
+        assert db['floats'].count().execute() == 4
+    else:
+        stored = {r['id']: r['x'] for r in db['floats'].select().execute()}
+        assert np.isnan(stored['nan']) and stored['inf'] == float('inf')
+
+
+def test_filter_errors_name_the_filter_not_a_row(items):
+    with pytest.raises(InvalidValue, match=r"filter on table 'items', field 'qty': expected an integer, got 'many'"):
+        items.filter(items['qty'] == 'many').execute()

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 
 from superduper.base import faults
 from superduper.base.config import Config, load_config
-from superduper.base.exceptions import ComponentError, ConfigError, NotFound, QueryError, UnknownTable
+from superduper.base.exceptions import ComponentError, ConfigError, InvalidValue, NotFound, QueryError, UnknownTable
 from superduper.base.query import And, Compare, Condition, Cursor, Not, Or, Query, key_in
 from superduper.components.component import (
     Component, artifact_keys, decode_record, encode_component, import_class, ordered_references,
@@ -731,7 +731,11 @@ def _encode_condition(cond: Condition, info: TableInfo) -> Condition:
         if not isinstance(ftype, Scalar) or cond.value is None:
             return cond
         values = list(cond.value) if cond.op == 'in' else [cond.value]
-        encoded = info.schema.encode_columns(info.name, [cond.field], [values], None)[0]
+        try:
+            encoded = info.schema.encode_columns(info.name, [cond.field], [values], None)[0]
+        except InvalidValue:
+            raise InvalidValue(f'filter on table {info.name!r}, field {cond.field!r}: expected {ftype.expected}, '
+                               f'got {cond.value!r}') from None
         return Compare(cond.field, cond.op, tuple(encoded) if cond.op == 'in' else encoded[0])
     if isinstance(cond, (And, Or)):
         return type(cond)(tuple(_encode_condition(c, info) for c in cond.parts))

@@ -20,6 +20,7 @@ import json
 import numbers
 import re
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 BLOB_PREFIX = '&:blob:'
 FILE_PREFIX = '&:file:'
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_SURROGATE = re.compile('[\ud800-\udfff]')
 ENCODABLE_MODES = ('encodable', 'artifact', 'lazy_artifact', 'file')
 
 
@@ -71,16 +74,44 @@ class Scalar(FieldType):
 
     def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
         if set(map(type, values)) <= self.native:
-            return values
-        out = []
-        for i, v in enumerate(values):
-            if type(v) in self.native:
-                out.append(v)
-            elif self.accepts(v):
-                out.append(self.convert(v))
-            else:
-                raise BadValue(i, v)
+            out = values
+        else:
+            out = []
+            for i, v in enumerate(values):
+                if type(v) in self.native:
+                    out.append(v)
+                elif self.accepts(v):
+                    out.append(self.convert(v))
+                else:
+                    raise BadValue(i, v)
+        self.check(out)
         return out
+
+    def check(self, values: list) -> None:
+        """Values of the right type that no database would store exactly (a subclass's limits)."""
+
+
+class Integer(Scalar):
+    """Integers the databases store exactly: 64-bit."""
+
+    def check(self, values: list) -> None:
+        present = [v for v in values if v is not None]
+        if present and (min(present) < INT64_MIN or max(present) > INT64_MAX):
+            i = next(i for i, v in enumerate(values) if v is not None and not INT64_MIN <= v <= INT64_MAX)
+            raise BadValue(i, values[i], 'outside the 64-bit range the databases store')
+
+
+class Text(Scalar):
+    """Strings every database stores: no NUL character, no lone surrogate (not encodable as UTF-8)."""
+
+    def check(self, values: list) -> None:
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            if '\x00' in v:
+                raise BadValue(i, v, 'it holds a NUL character (\\x00), which databases do not store in text')
+            if not v.isascii() and _SURROGATE.search(v):
+                raise BadValue(i, v, 'it holds a lone surrogate, which is not text (it cannot be encoded as UTF-8)')
 
 
 class Json(FieldType):
@@ -120,13 +151,23 @@ class Array(FieldType):
 
         present = [_as_numpy(v) for v in values if v is not None]
         try:
-            matrix = numpy.asarray(present, dtype=self.np_dtype)
-        except (ValueError, TypeError):
+            with warnings.catch_warnings():
+                warnings.simplefilter('error')  # a complex value cast to real numbers loses a part: refused
+                matrix = numpy.asarray(present, dtype=self.np_dtype)
+        except (ValueError, TypeError, Warning):
             matrix = None
-        if matrix is None or matrix.shape != (len(present), *self.shape):
-            self._find_bad(values)
+        if matrix is None or matrix.shape != (len(present), *self.shape) or not self._exact(matrix):
+            self._find_bad(values)  # raises for the first row that is not stored exactly
+            if matrix is None or matrix.shape != (len(present), *self.shape):
+                raise AssertionError('unreachable: a column that did not convert has a bad row')
         rows = iter(matrix)
         return [None if v is None else next(rows).tobytes() for v in values]
+
+    def _exact(self, matrix: Any) -> bool:
+        """No missing element (None becomes NaN on the way in) and, in a vector, no NaN or infinity at all."""
+        import numpy
+
+        return self.np_dtype.kind != 'f' or bool(numpy.isfinite(matrix).all())
 
     def _find_bad(self, values: list) -> None:
         import numpy
@@ -134,13 +175,22 @@ class Array(FieldType):
         for i, v in enumerate(values):
             if v is None:
                 continue
+            source = _as_numpy(v)
             try:
-                shape = numpy.asarray(_as_numpy(v), dtype=self.np_dtype).shape
+                with warnings.catch_warnings():
+                    warnings.simplefilter('error')
+                    array = numpy.asarray(source, dtype=self.np_dtype)
+            except Warning as e:
+                raise BadValue(i, v, f'{e} (complex values need a complex dtype)') from None
             except (ValueError, TypeError) as e:
                 raise BadValue(i, v, str(e)) from None
-            if shape != self.shape:
-                raise BadValue(i, v, f'got shape {shape}')
-        raise AssertionError('unreachable: a ragged column always has a bad row')
+            if array.shape != self.shape:
+                raise BadValue(i, v, f'got shape {array.shape}')
+            if self.np_dtype.kind == 'f' and not numpy.isfinite(array).all():
+                if any(x is None for x in numpy.asarray(source, dtype=object).ravel()):
+                    raise BadValue(i, v, 'it has a missing (None) element')
+                if self.kind == 'vector':  # in arrays and tensors NaN and infinity are stored exactly
+                    raise BadValue(i, v, 'it has NaN or infinite elements, which no search can rank')
 
     def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
         import numpy
@@ -319,8 +369,8 @@ def _is_bool(v: Any) -> bool:
 
 
 SCALARS: dict[str, FieldType] = {
-    'str': Scalar('str', (str,), lambda v: isinstance(v, str), str, 'a string'),
-    'int': Scalar('int', (int,), _is_integral, int, 'an integer'),
+    'str': Text('str', (str,), lambda v: isinstance(v, str), str, 'a string'),
+    'int': Integer('int', (int,), _is_integral, int, 'an integer'),
     'float': Scalar('float', (float, int), _is_real, float, 'a number'),
     'bool': Scalar('bool', (bool,), _is_bool, bool, 'a boolean'),
     'bytes': Scalar(

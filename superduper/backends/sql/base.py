@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import threading
 import uuid
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from superduper.backends.base import Capabilities
-from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError, UnknownTable
+from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError, InvalidValue, UnknownTable
 from superduper.base.query import And, Compare, Condition, KeysIn, Not, Or
 from superduper.components.datatype import FieldType
 
@@ -43,6 +44,8 @@ class SQLDataBackend:
 
     #: the database must be named in the URI (a server); without one a driver connects to its own default
     needs_database_name: ClassVar[bool] = False
+    #: float columns keep NaN and infinity (SQLite turns NaN into NULL; MySQL has neither)
+    stores_nan: ClassVar[bool] = True
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -380,6 +383,8 @@ class SQLDataBackend:
     ) -> None:
         """Insert rows given column by column (all of equal length) with one ``executemany``; with ``upsert_key``,
         a row whose key exists already replaces the stored one."""
+        if not self.stores_nan:
+            self._check_finite(name, keys, columns)
         sql, arrange = self._compiled_insert(name, tuple(keys), upsert_key)
         params = arrange(columns)
         with self._errors('insert into', name):
@@ -390,6 +395,18 @@ class SQLDataBackend:
                     conn.execute(table.delete().where(table.c[upsert_key].in_(key_values[i : i + 1000])))
                 sql, arrange = self._compiled_insert(name, tuple(keys), None)
             conn.exec_driver_sql(sql, params)
+
+    def _check_finite(self, name: str, keys: Sequence[str], columns: list[list]) -> None:
+        """Refuse NaN and infinity in float columns where the database cannot store them (SQLite would keep
+        NULL instead, silently)."""
+        table = self.table(name)
+        for key, values in zip(keys, columns):
+            if isinstance(table.c[key].type, sa.Float):
+                for i, v in enumerate(values):
+                    if isinstance(v, float) and not math.isfinite(v):
+                        raise InvalidValue(
+                            f'table {name!r}, field {key!r}, row {i}: {v!r} cannot be stored in '
+                            f'{self.dialect.name} (it has no NaN or infinity); store None for a missing value')
 
     def insert_returning(self, conn: Connection, name: str, rows: list[dict]) -> list[tuple]:
         """Insert letting the database generate the primary key (tables with autoincrement keys)."""
@@ -449,6 +466,8 @@ class SQLDataBackend:
         return entry
 
     def update(self, conn: Connection, name: str, values: dict[str, Any], where: Condition | None) -> int:
+        if not self.stores_nan:
+            self._check_finite(name, list(values), [[v] for v in values.values()])
         table = self.table(name)
         stmt = table.update().values(**values)
         if where is not None:

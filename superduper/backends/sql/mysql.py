@@ -21,6 +21,7 @@ class MySQLDataBackend(SQLDataBackend):
     needs_database_name = True
     # SKIP LOCKED: MariaDB 10.6+, MySQL 8+
     capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, identifier_limit=64)
+    stores_nan = False
     epoch_sql = 'UNIX_TIMESTAMP(NOW(6))'
 
     def configure_engine(self) -> None:

@@ -30,6 +30,7 @@ class SQLiteDataBackend(SQLDataBackend):
     scheme = 'sqlite'
     # one writer at a time: a write transaction holds the database, so claims need no row locks
     capabilities = Capabilities(change_capture='triggers', upsert=True, serialized_writes=True)
+    stores_nan = False
     epoch_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
     @classmethod
