@@ -196,3 +196,69 @@ def test_the_secret_is_kept_outside_the_database(tmp_path, monkeypatch):
         for table in tables:
             assert not any(trust.secret().decode() in str(row) for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')))
     again.close()
+
+
+def zipped(folder: Path, target: Path, attrs=None, extra: dict | None = None) -> Path:
+    """The folder as a zip written with ``writestr`` (no file mode bits, as many tools write them), plus ``extra``
+    members."""
+    import zipfile
+
+    with zipfile.ZipFile(target, 'w') as archive:
+        for path in sorted(folder.rglob('*')):
+            if path.is_file():
+                info = zipfile.ZipInfo(path.relative_to(folder).as_posix())
+                if attrs is not None:
+                    info.external_attr = attrs
+                archive.writestr(info, path.read_bytes())
+        for name, (data, attr) in (extra or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = attr
+            archive.writestr(info, data)
+    return target
+
+
+def test_zips_without_mode_bits_are_read(tmp_path):
+    folder = table_package(tmp_path)
+    for attrs in (0, 0o644 << 16):  # nothing recorded; permissions without a file type
+        db = connect(tmp_path, f'z{attrs}')
+        db.apply(Template.read(zipped(folder, tmp_path / f'plain{attrs}.zip', attrs)))
+        assert db.show('Table') == ['docs']
+        db.close()
+
+
+@pytest.mark.parametrize('name, attr', [
+    ('../outside.txt', 0), ('/tmp/absolute.txt', 0), ('artifacts\\..\\..\\outside.txt', 0), ('c:/outside.txt', 0),
+    ('artifacts/link', 0o120777 << 16),  # a symbolic link
+])
+def test_zip_members_that_escape_or_link_are_refused(tmp_path, name, attr):
+    from superduper.base.package import PackageError
+
+    folder = table_package(tmp_path)
+    archive = zipped(folder, tmp_path / 'bad.zip', extra={name: (b'/etc/passwd', attr)})
+    with pytest.raises(PackageError, match='nothing was extracted'):
+        Template.read(archive)
+    assert not (tmp_path / 'outside.txt').exists() and not Path('/tmp/absolute.txt').exists()
+
+
+def test_a_folder_package_with_a_link_is_refused(tmp_path):
+    from superduper.base.package import PackageError
+
+    folder = table_package(tmp_path)
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('not for the package')
+    (folder / 'artifacts').mkdir(exist_ok=True)
+    (folder / 'artifacts' / 'x').symlink_to(secret)
+    reseal(folder)
+    with pytest.raises(PackageError, match="'artifacts/x' is a link"):
+        Template.read(folder)
+
+
+def test_a_missing_requirement_names_what_to_install(tmp_path):
+    folder = table_package(tmp_path)
+    (folder / 'requirements.txt').write_text('superduper\nno-such-distribution==1.0\n')
+    reseal(folder)
+    archive = zipped(folder, tmp_path / 'needs.zip')
+    db = connect(tmp_path)
+    with pytest.raises(ComponentError, match=r"pip install 'no-such-distribution==1.0'$"):
+        db.apply(Template.read(archive))
+    db.close()

@@ -81,7 +81,15 @@ def write(path: str | os.PathLike, content: dict, artifacts: dict[str, Path], re
 
 
 def _relative_files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
+    """Every file of a package folder; a link anywhere in it is refused (it could point outside the folder)."""
+    found = []
+    for path in folder.rglob('*'):
+        if path.is_symlink():
+            raise PackageError(f'refusing the package {str(folder)!r}: {path.relative_to(folder).as_posix()!r} is a '
+                               'link (it could point outside the package)')
+        if path.is_file():
+            found.append(path.relative_to(folder).as_posix())
+    return sorted(found)
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
@@ -170,10 +178,10 @@ def extract_safely(archive_path: Path, target: Path) -> None:
 def _check_member(member: zipfile.ZipInfo, root: Path, archive_path: Path) -> None:
     name = member.filename
     pure = PurePosixPath(name.replace('\\', '/'))
-    mode = member.external_attr >> 16
+    kind = stat.S_IFMT(member.external_attr >> 16)  # 0: no file type recorded (zipfile.writestr), a plain file
     unsafe = (
-        pure.is_absolute() or '..' in pure.parts or ':' in name or '\x00' in name
-        or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)))
+        pure.is_absolute() or '..' in pure.parts or ':' in name or '\x00' in name or '\\' in name
+        or kind not in (0, stat.S_IFREG, stat.S_IFDIR)
         or not (root / pure).resolve().is_relative_to(root)
     )
     if unsafe:

@@ -157,8 +157,9 @@ class Template:
     def _check_requirements(self) -> None:
         missing = package.missing_requirements(self._package.requirements)
         if missing:
-            raise ComponentError(f'package {self._package.source!r} needs {", ".join(missing)}, not installed here; '
-                                 f'pip install -r {self._package.folder / package.REQUIREMENTS}')
+            wanted = ' '.join(f"'{line}'" for line in missing)
+            raise ComponentError(f'package {self._package.source!r} needs {", ".join(missing)}, not installed here: '
+                                 f'pip install {wanted}')
 
     def _check_trust(self, entries: list[dict], artifact_path: Callable[[str], Path]) -> None:
         if self.trust:
