@@ -163,3 +163,13 @@ def test_a_float_round_trips_exactly_or_is_refused(db):
 def test_filter_errors_name_the_filter_not_a_row(items):
     with pytest.raises(InvalidValue, match=r"filter on table 'items', field 'qty': expected an integer, got 'many'"):
         items.filter(items['qty'] == 'many').execute()
+
+
+@pytest.mark.parametrize('backend', ['mariadb'])
+def test_a_value_larger_than_a_statement_can_carry_is_named(db, backend):
+    limit = db.databackend.statement_limit()
+    db.apply(Table('blobs', fields={'data': 'bytes'}))
+    db['blobs'].insert([{'id': 'small', 'data': b'x' * 1000}]).execute()
+    with pytest.raises(InvalidValue, match=r"table 'blobs', field 'data', row 1: the row is .*max_allowed_packet"):
+        db['blobs'].insert([{'id': 'ok', 'data': b'y'}, {'id': 'big', 'data': b'z' * (limit + 1)}]).execute()
+    assert db['blobs'].count().execute() == 1

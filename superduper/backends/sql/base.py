@@ -385,6 +385,7 @@ class SQLDataBackend:
         a row whose key exists already replaces the stored one."""
         if not self.stores_nan:
             self._check_finite(name, keys, columns)
+        self._check_sizes(name, keys, columns)
         sql, arrange = self._compiled_insert(name, tuple(keys), upsert_key)
         params = arrange(columns)
         with self._errors('insert into', name):
@@ -407,6 +408,29 @@ class SQLDataBackend:
                         raise InvalidValue(
                             f'table {name!r}, field {key!r}, row {i}: {v!r} cannot be stored in '
                             f'{self.dialect.name} (it has no NaN or infinity); store None for a missing value')
+
+    def statement_limit(self) -> int | None:
+        """The most bytes one statement can carry to the server (``None``: no limit worth checking)."""
+        return None
+
+    def _check_sizes(self, name: str, keys: Sequence[str], columns: list[list]) -> None:
+        """Refuse a row larger than one statement can carry, naming it, instead of the server hanging up."""
+        limit = self.statement_limit()
+        if limit is None:
+            return
+        sizes = [0] * (len(columns[0]) if columns else 0)
+        largest: list[tuple[int, str]] = [(0, '')] * len(sizes)  # per row: the size and name of its largest field
+        for key, values in zip(keys, columns):
+            for i, v in enumerate(values):
+                if isinstance(v, (bytes, str)):
+                    size = len(v) if isinstance(v, bytes) else len(v.encode('utf-8', 'surrogatepass'))
+                    sizes[i] += size
+                    largest[i] = max(largest[i], (size, key))
+        for i, size in enumerate(sizes):
+            if size > limit:
+                raise InvalidValue(
+                    f'table {name!r}, field {largest[i][1]!r}, row {i}: the row is {size:,} bytes; the '
+                    f'{self.dialect.name} server takes at most {limit:,} in one statement (max_allowed_packet)')
 
     def insert_returning(self, conn: Connection, name: str, rows: list[dict]) -> list[tuple]:
         """Insert letting the database generate the primary key (tables with autoincrement keys)."""
@@ -468,6 +492,7 @@ class SQLDataBackend:
     def update(self, conn: Connection, name: str, values: dict[str, Any], where: Condition | None) -> int:
         if not self.stores_nan:
             self._check_finite(name, list(values), [[v] for v in values.values()])
+        self._check_sizes(name, list(values), [[v] for v in values.values()])
         table = self.table(name)
         stmt = table.update().values(**values)
         if where is not None:

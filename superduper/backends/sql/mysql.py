@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +28,14 @@ class MySQLDataBackend(SQLDataBackend):
     def configure_engine(self) -> None:
         # a session variable outlives the transaction: never let a pooled connection keep one
         sa.event.listen(self.engine, 'reset', _forget_claim)
+
+    @functools.cached_property
+    def _max_packet(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql('SELECT @@max_allowed_packet').scalar())
+
+    def statement_limit(self) -> int | None:
+        return self._max_packet - 64 * 1024  # room for the statement around the values
 
     def check_name(self, name: str, what: str = 'table') -> None:
         if len(name) > 64:  # characters, not bytes
