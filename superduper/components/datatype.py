@@ -22,7 +22,7 @@ import re
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 from superduper.base.document import LazyArtifact
 from superduper.base.exceptions import ConfigError
@@ -120,12 +120,30 @@ class Json(FieldType):
 
     def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
         for i, v in enumerate(values):
-            if v is not None and not isinstance(v, (str, int, float, bool)):
-                try:
-                    json.dumps(v)
-                except (TypeError, ValueError) as e:
-                    raise BadValue(i, v, str(e)) from None
+            if v is None:
+                continue
+            try:
+                json.dumps(v, allow_nan=False)  # NaN and infinity are not JSON
+            except (TypeError, ValueError) as e:
+                raise BadValue(i, v, str(e)) from None
+            for text in _strings_in(v):
+                if '\x00' in text or (not text.isascii() and _SURROGATE.search(text)):
+                    raise BadValue(i, v, f'the string {text!r} holds a NUL character or a lone surrogate, '
+                                         'which JSON in a database cannot hold')
         return values
+
+
+def _strings_in(value: Any) -> Iterable[str]:
+    """Every string of a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings_in(k)
+            yield from _strings_in(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings_in(v)
 
 
 class Array(FieldType):
@@ -154,7 +172,7 @@ class Array(FieldType):
             with warnings.catch_warnings():
                 warnings.simplefilter('error')  # a complex value cast to real numbers loses a part: refused
                 matrix = numpy.asarray(present, dtype=self.np_dtype)
-        except (ValueError, TypeError, Warning):
+        except (ValueError, TypeError, OverflowError, Warning):
             matrix = None
         if matrix is None or matrix.shape != (len(present), *self.shape) or not self._exact(matrix):
             self._find_bad(values)  # raises for the first row that is not stored exactly
@@ -182,7 +200,7 @@ class Array(FieldType):
                     array = numpy.asarray(source, dtype=self.np_dtype)
             except Warning as e:
                 raise BadValue(i, v, f'{e} (complex values need a complex dtype)') from None
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, OverflowError) as e:
                 raise BadValue(i, v, str(e)) from None
             if array.shape != self.shape:
                 raise BadValue(i, v, f'got shape {array.shape}')
