@@ -173,3 +173,8 @@ def test_a_value_larger_than_a_statement_can_carry_is_named(db, backend):
     with pytest.raises(InvalidValue, match=r"table 'blobs', field 'data', row 1: the row is .*max_allowed_packet"):
         db['blobs'].insert([{'id': 'ok', 'data': b'y'}, {'id': 'big', 'data': b'z' * (limit + 1)}]).execute()
     assert db['blobs'].count().execute() == 1
+
+
+def test_a_batch_whose_vectors_are_all_missing_is_stored(items, pk):
+    items.insert([{pk: 'a', 'name': 'no vector'}, {pk: 'b', 'name': 'none either', 'v': None}]).execute()
+    assert [r['v'] for r in items.filter(items['name'] != 'kept').select('v').execute()] == [None, None]

@@ -262,3 +262,17 @@ def test_a_missing_requirement_names_what_to_install(tmp_path):
     with pytest.raises(ComponentError, match=r"pip install 'no-such-distribution==1.0'$"):
         db.apply(Template.read(archive))
     db.close()
+
+
+def test_a_record_naming_something_other_than_a_component_class_is_refused(tmp_path, marker):
+    db = connect(tmp_path)
+    model = db.apply(ObjectModel('shout', object=str.upper))
+    record = {'_path': 'subprocess:run', 'identifier': 'shout', 'args': f'touch {marker}', 'shell': True}
+    plain_sql(db, ('UPDATE _superduper_components SET record = :r WHERE uuid = :u',
+                   {'r': json.dumps(record), 'u': model.uuid}))
+    again = connect(tmp_path)
+    with pytest.raises(ComponentError, match="'subprocess:run' is not a component class"):
+        again.load('Model', 'shout')
+    assert not marker.exists()
+    db.close()
+    again.close()

@@ -246,7 +246,12 @@ def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Co
     if not isinstance(record, dict) or not isinstance(record.get('_path'), str):
         raise ComponentError(f'malformed component record: {str(record)[:200]}')
     what = f"{record['_path'].rpartition(':')[2]} {record.get('identifier')!r}"
-    cls = import_class(record['_path'])
+    try:
+        cls = import_class(record['_path'])
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ComponentError(f'{what}: its class {record["_path"]!r} cannot be imported here: {e}') from e
+    if not (isinstance(cls, type) and issubclass(cls, Component)):  # a record names a component class, nothing else
+        raise ComponentError(f'{what}: {record["_path"]!r} is not a component class; the record is refused')
     kwargs = {k: _decode_value(v, load_ref, artifacts, f'{what}, field {k!r}') for k, v in record.items()
               if k != '_path'}
     return cls(**kwargs)

@@ -168,6 +168,8 @@ class Array(FieldType):
         import numpy
 
         present = [_as_numpy(v) for v in values if v is not None]
+        if not present:
+            return list(values)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('error')  # a complex value cast to real numbers loses a part: refused
