@@ -1,4 +1,5 @@
-"""The ``superduper`` command: ``apply``, ``show``, ``remove``, ``export``, ``start`` (a worker), ``status``, ``retry``.
+"""The ``superduper`` command: ``apply``, ``show``, ``remove``, ``export``, ``start`` (a worker), ``status``, ``retry``,
+``trust``.
 
 Exit codes: 0 success, 1 a superduper error (the message says what), 2 bad usage.
 """
@@ -223,6 +224,30 @@ def export(uri: str = typer.Argument(..., help='database URI'),
         component = db.load(type_id, identifier, version)
         written = Template(identifier, component=component, substitutions=substitutions).export(path)
     typer.echo(f'exported {type_id} {identifier!r} version {component.version} to {written}')
+
+
+@app.command()
+def trust(uri: str = typer.Argument(..., help='database URI'),
+          yes: bool = typer.Option(False, '--yes', help='sign what is listed (after reading the list)'),
+          ) -> None:
+    """List the stored code (pickles) this deployment did not sign, e.g. written before signatures existed or by
+    another deployment, with what loading it would import; with --yes, sign it so that it loads here."""
+    from superduper.base import trust as trusting
+
+    with _database(uri) as db:
+        entries = trusting.unsigned_code(db.metadata, db.artifact_store)
+        if not entries:
+            typer.echo('every stored code artifact is signed by this deployment')
+            return
+        rows = [(e['type_id'], e['identifier'], e['version'], e['key'][:12],
+                 ', '.join(e['imports'][:5]) + (' ...' if len(e['imports']) > 5 else '') if e['intact']
+                 else 'CHANGED: its bytes are not those its key names; never signed') for e in entries]
+        _table(rows, ('type', 'identifier', 'version', 'artifact', 'imports'))
+        if not yes:
+            typer.echo('nothing signed: run again with --yes if you trust all of the above')
+            return
+        count = trusting.sign_stored_code(db.metadata, entries)
+        typer.echo(f'signed {count} code artifact(s)')
 
 
 def main() -> None:

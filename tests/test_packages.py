@@ -278,7 +278,7 @@ def test_cli_export_apply_show_remove(source, tmp_path, target_backend):
 
 
 def test_every_command_has_help(tmp_path):
-    for command in ['apply', 'show', 'remove', 'export', 'start', 'status', 'retry']:
+    for command in ['apply', 'show', 'remove', 'export', 'start', 'status', 'retry', 'trust']:
         done = cli(command, '--help', cwd=tmp_path)
         assert done.returncode == 0 and 'Usage' in done.stdout, command
 

@@ -276,3 +276,33 @@ def test_a_record_naming_something_other_than_a_component_class_is_refused(tmp_p
     assert not marker.exists()
     db.close()
     again.close()
+
+
+def test_code_stored_before_signatures_is_signed_only_when_the_user_says(tmp_path):
+    db = connect(tmp_path)
+    model = db.apply(ObjectModel('shout', object=str.upper))
+    record = db.show('Model', 'shout', 0)['record']
+    del record['object']['signature']  # as a database written by an earlier version holds it
+    plain_sql(db, ('UPDATE _superduper_components SET record = :r WHERE uuid = :u',
+                   {'r': json.dumps(record), 'u': model.uuid}))
+    db.close()
+    uri = f'sqlite://{tmp_path}/data.db'
+    env = {**__import__('os').environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/data-artifacts'}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, '-m', 'superduper.cli', 'trust', uri, *args], capture_output=True,
+                              text=True, timeout=120, env=env)
+
+    listed = cli()
+    assert listed.returncode == 0 and "shout" in listed.stdout and 'nothing signed' in listed.stdout
+    again = connect(tmp_path)
+    with pytest.raises(UntrustedCode, match="ObjectModel 'shout'"):
+        again.load('Model', 'shout')
+    again.close()
+    done = cli('--yes')
+    assert done.returncode == 0 and 'signed 1 code artifact' in done.stdout, done.stdout + done.stderr
+    again = connect(tmp_path)
+    assert again.load('Model', 'shout').predict('a') == 'A'
+    assert again.load('Model', 'shout').uuid == model.uuid  # the same component, now signed here
+    again.close()
+    assert 'every stored code artifact is signed' in cli().stdout

@@ -149,6 +149,9 @@ class MetadataStore(Protocol):
     def components_version(self) -> str | None:
         """A token that changes (in the same transaction) whenever a component is applied or removed."""
 
+    def replace_record(self, uuid: str, record: dict) -> None:
+        """Store another record for the same component (its uuid unchanged), e.g. with signatures added."""
+
     def setting(self, name: str) -> str | None:
         """A setting this database keeps for every client (``'artifact_store'``: where its artifacts are)."""
 

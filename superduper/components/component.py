@@ -94,6 +94,19 @@ def artifact_keys(record: Any) -> set[str]:
     return _marked(record, '_artifact')
 
 
+def artifact_refs(record: Any) -> Iterator[dict]:
+    """Every artifact reference (``{'_artifact': key, ...}``) of a stored record, however deeply nested."""
+    if isinstance(record, dict):
+        if '_artifact' in record:
+            yield record
+        for k, v in record.items():
+            if k != '_artifact':
+                yield from artifact_refs(v)
+    elif isinstance(record, list):
+        for v in record:
+            yield from artifact_refs(v)
+
+
 def references(record: Any) -> set[str]:
     """The uuids of the components a stored record refers to."""
     return _marked(record, '_ref')

@@ -56,6 +56,10 @@ class MongoMetaDataStore:
     def _changed(self) -> None:
         self.settings.replace_one({'_id': COMPONENTS_VERSION}, {'value': uuid.uuid4().hex}, upsert=True)
 
+    def replace_record(self, uuid_: str, record: dict) -> None:
+        self.components.update_one({'_id': uuid_}, {'$set': {'record': json.dumps(record)}})
+        self._changed()
+
     def components_version(self) -> str | None:
         """A token that changes whenever a component is applied or removed, by any process."""
         return self.setting(COMPONENTS_VERSION)

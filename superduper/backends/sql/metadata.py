@@ -119,6 +119,13 @@ class SQLMetadataStore:
         c = self.settings.c
         conn.execute(self.settings.update().where(c.name == COMPONENTS_VERSION).values(value=uuid.uuid4().hex))
 
+    def replace_record(self, uuid_: str, record: dict) -> None:
+        """Store ``record`` for the component ``uuid_`` (its identity unchanged: signatures added, say)."""
+        with self.engine.begin() as conn:
+            conn.execute(self.components.update().where(self.components.c.uuid == uuid_)
+                         .values(record=json.dumps(record)))
+            self._changed(conn)
+
     def components_version(self) -> str | None:
         """A token that changes whenever a component is applied or removed, by any process."""
         return self.setting(COMPONENTS_VERSION)
