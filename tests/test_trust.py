@@ -306,3 +306,15 @@ def test_code_stored_before_signatures_is_signed_only_when_the_user_says(tmp_pat
     assert again.load('Model', 'shout').uuid == model.uuid  # the same component, now signed here
     again.close()
     assert 'every stored code artifact is signed' in cli().stdout
+
+
+def test_an_unwritable_key_file_says_what_to_set(tmp_path, monkeypatch):
+    from superduper.base.exceptions import ConfigError
+
+    monkeypatch.delenv('SUPERDUPER_SECRET', raising=False)
+    monkeypatch.setenv('SUPERDUPER_SECRET_FILE', '/proc/no-such-place/secret.key')
+    db = connect(tmp_path)
+    with pytest.raises(ConfigError, match='SUPERDUPER_SECRET'):
+        db.apply(ObjectModel('shout', object=str.upper))
+    assert db.show() == []
+    db.close()

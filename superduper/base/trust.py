@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from superduper.base.exceptions import SuperduperError
+from superduper.base.exceptions import ConfigError, SuperduperError
 
 SECRET_ENV = 'SUPERDUPER_SECRET'
 KEY_FILE_ENV = 'SUPERDUPER_SECRET_FILE'
@@ -59,18 +59,22 @@ def secret() -> bytes:
 
 def _read_or_make(path: Path) -> bytes:
     try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    made = secrets.token_hex(32).encode()
-    try:  # exclusive: two processes making it at once agree on the first one written
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, 'wb') as f:
-        f.write(made)
-    return made
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = secrets.token_hex(32).encode()
+        try:  # exclusive: two processes making it at once agree on the first one written
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes().strip()
+        with os.fdopen(fd, 'wb') as f:
+            f.write(made)
+        return made
+    except OSError as e:
+        raise ConfigError(f'cannot read or make the signing key {str(path)!r} ({e.strerror or e}); set '
+                          f'{SECRET_ENV} (the same in every process of the deployment) or {KEY_FILE_ENV}') from None
 
 
 def sign(purpose: str, data: bytes | str) -> str:
