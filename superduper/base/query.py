@@ -436,6 +436,22 @@ class Cursor:
             except StopIteration:
                 self._current = iter(next(self._batches))
 
+    def __repr__(self) -> str:
+        head = self._peek(6)
+        shown = ', '.join(repr(row) for row in head[:5]) + (', ...' if len(head) > 5 else '')
+        return f'Cursor([{shown}])'
+
+    def _peek(self, n: int) -> list['Document']:
+        """The next ``n`` rows, kept for the iteration that follows (at most a batch more is fetched)."""
+        buffered = list(self._current)
+        while len(buffered) < n:
+            try:
+                buffered.extend(next(self._batches))
+            except StopIteration:
+                break
+        self._current = iter(buffered)
+        return buffered[:n]
+
     def tolist(self) -> list['Document']:
         out = list(self._current)
         for batch in self._batches:
