@@ -15,8 +15,9 @@ from superduper.ext.torch import TorchModel
 def main() -> None:
     db = superduper('sqlite://.superduper/torch.db')
     db.apply(Table('sensors', fields={'reading': 'vector[float32:6]', 'site': 'str'}))
-    rng = np.random.default_rng(0)
-    db['sensors'].insert([{'reading': rng.normal(size=6), 'site': f'site-{i % 5}'} for i in range(500)]).execute()
+    if db['sensors'].count().execute() == 0:  # run again, the rows are already there
+        rng = np.random.default_rng(0)
+        db['sensors'].insert([{'reading': rng.normal(size=6), 'site': f'site-{i % 5}'} for i in range(500)]).execute()
 
     encoder = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     model = TorchModel('encoder', object=encoder, preprocess=lambda x: np.asarray(x, dtype=np.float32))

@@ -48,3 +48,19 @@ def test_cursors_and_documents_read_well(tmp_path):
                            "Document({'n': 4}), ...])"
     assert [r['n'] for r in cursor] == list(range(8))  # showing it took nothing away
     db.close()
+
+
+@pytest.mark.parametrize('example', ['sklearn_training.py', 'torch_model.py'])
+def test_examples_can_be_run_twice(example, tmp_path):
+    import subprocess
+    import sys
+
+    script = README.parent / 'examples' / example
+    outputs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**__import__('os').environ, 'SUPERDUPER_PROGRESS': 'false'})
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    if example == 'sklearn_training.py':  # the same rows, not twice as many
+        assert outputs[0].splitlines()[-1] == outputs[1].splitlines()[-1] == 'predictions kept next to the data: 301 rows'
