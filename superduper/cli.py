@@ -232,10 +232,10 @@ def trust(uri: str = typer.Argument(..., help='database URI'),
           ) -> None:
     """List the stored code (pickles) this deployment did not sign, e.g. written before signatures existed or by
     another deployment, with what loading it would import; with --yes, sign it so that it loads here."""
-    from superduper.base import trust as trusting
+    from superduper.base import stored_code
 
     with _database(uri) as db:
-        entries = trusting.unsigned_code(db.metadata, db.artifact_store)
+        entries = stored_code.unsigned_code(db.metadata, db.artifact_store)
         if not entries:
             typer.echo('every stored code artifact is signed by this deployment')
             return
@@ -246,7 +246,7 @@ def trust(uri: str = typer.Argument(..., help='database URI'),
         if not yes:
             typer.echo('nothing signed: run again with --yes if you trust all of the above')
             return
-        count = trusting.sign_stored_code(db.metadata, entries)
+        count = stored_code.sign_stored_code(db.metadata, entries)
         typer.echo(f'signed {count} code artifact(s)')
 
 

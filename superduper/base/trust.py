@@ -23,7 +23,6 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any
 
 from superduper.base.exceptions import ConfigError, SuperduperError
 
@@ -117,43 +116,3 @@ def open_value(data: bytes) -> bytes:
                             'would run its code, so it was refused')
     return body
 
-
-# ---- a database written before signatures, or by another deployment ---------------------------------------------
-def unsigned_code(metadata: Any, artifacts: Any) -> list[dict]:
-    """Every code artifact of the stored components that this deployment has not signed: the component, the key,
-    what loading it would import, and whether its bytes are still those its key names."""
-    from superduper.base.package import pickled_globals, torch_pickled_globals
-    from superduper.components.component import artifact_refs
-
-    found = []
-    for row in metadata.all():
-        for ref in artifact_refs(row['record']):
-            key = ref['_artifact']
-            if signed('artifact', key, ref.get('signature')):
-                continue
-            try:
-                data = artifacts.get_bytes(key)
-            except Exception:
-                data = None
-            intact = data is not None and hashlib.sha256(data).hexdigest() == key
-            reader = torch_pickled_globals if ref.get('serializer') == 'torch' else pickled_globals
-            found.append({'uuid': row['uuid'], 'type_id': row['type_id'], 'identifier': row['identifier'],
-                          'version': row['version'], 'key': key, 'intact': intact,
-                          'imports': sorted(reader(data)) if intact else []})
-    return found
-
-
-def sign_stored_code(metadata: Any, entries: list[dict]) -> int:
-    """Sign these code artifacts (from ``unsigned_code``, intact ones only) in their records; how many."""
-    from superduper.components.component import artifact_refs
-
-    keys = {e['key'] for e in entries if e['intact']}
-    signed_count = 0
-    for uuid in dict.fromkeys(e['uuid'] for e in entries if e['intact']):
-        row = metadata.get_by_uuid(uuid)
-        for ref in artifact_refs(row['record']):
-            if ref['_artifact'] in keys:
-                ref['signature'] = sign('artifact', ref['_artifact'])
-                signed_count += 1
-        metadata.replace_record(uuid, row['record'])
-    return signed_count
