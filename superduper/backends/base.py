@@ -285,6 +285,17 @@ class ChangeFeed(Protocol):
     def close(self) -> None: ...
 
 
+# ---- the metadata's tables (collections on MongoDB), the same in every metadata store ----------------------------
+COMPONENTS = '_superduper_components'
+JOBS = '_superduper_jobs'
+FAILURES = '_superduper_failures'
+METRICS = '_superduper_metrics'
+INDEX_STATES = '_superduper_index_states'
+SETTINGS = '_superduper_settings'
+#: the setting whose value changes with every apply and remove (``MetadataStore.components_version``)
+COMPONENTS_VERSION = 'components_version'
+
+
 # ---- versions of outputs tables -----------------------------------------------------------------------------------
 #: the column of an outputs table holding the number of the write that stored the row
 OUTPUT_SEQ = '_seq'

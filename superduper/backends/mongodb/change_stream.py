@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from superduper.backends.base import Batch, Change, Finished, Results
 from superduper.backends.inline import InlineFeed, InlineWrites
-from superduper.backends.sql.metadata import COMPONENTS
+from superduper.backends.base import COMPONENTS
 from superduper.base.keys import dump_key
 
 if TYPE_CHECKING:

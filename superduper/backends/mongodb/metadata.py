@@ -11,7 +11,7 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from superduper.backends.sql.metadata import (
+from superduper.backends.base import (
     COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
 from superduper.base.counts import RecentCounts

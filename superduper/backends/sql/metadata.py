@@ -9,16 +9,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from superduper.backends.base import (
+    COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
+)
 from superduper.base.counts import RecentCounts
 from superduper.base.keys import dump_key, load_key
-
-COMPONENTS = '_superduper_components'
-JOBS = '_superduper_jobs'
-FAILURES = '_superduper_failures'
-METRICS = '_superduper_metrics'
-INDEX_STATES = '_superduper_index_states'
-SETTINGS = '_superduper_settings'
-COMPONENTS_VERSION = 'components_version'
 
 
 class SQLMetadataStore:
