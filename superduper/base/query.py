@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from superduper.base.exceptions import QueryError
 
 if TYPE_CHECKING:
-    from superduper.base.datalayer import Datalayer
+    from superduper.components.protocols import Runtime
     from superduper.base.document import Document
 
 
@@ -195,7 +195,7 @@ class Query:
     """
 
     table: str
-    db: 'Datalayer | None' = field(default=None, repr=False, compare=False)
+    db: 'Runtime | None' = field(default=None, repr=False, compare=False)
     action: str = 'select'
     columns: tuple[str, ...] | None = None
     where: Condition | None = None
@@ -359,7 +359,7 @@ class Query:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], db: 'Datalayer | None' = None) -> 'Query':
+    def from_dict(cls, data: Mapping[str, Any], db: 'Runtime | None' = None) -> 'Query':
         return cls(
             data['table'], db=db, action=data['action'], columns=tuple(data['columns']) if data['columns'] else None,
             where=_condition_from_dict(data['where']), order=tuple((c, d) for c, d in data['order']),
@@ -367,7 +367,7 @@ class Query:
             keep_id=data.get('keep_id', False),
         )
 
-    def bind(self, db: 'Datalayer') -> 'Query':
+    def bind(self, db: 'Runtime') -> 'Query':
         return dataclasses.replace(self, db=db)
 
     def fields_used(self) -> Iterator[str]:

@@ -22,7 +22,7 @@ from superduper.base import trust
 from superduper.base.exceptions import ComponentError
 
 if TYPE_CHECKING:
-    from superduper.backends.artifacts import ArtifactStore
+    from superduper.components.protocols import Artifacts
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
@@ -156,7 +156,7 @@ def import_class(path: str) -> type:
     return obj
 
 
-def encode_component(component: Component, artifacts: 'ArtifactStore | None',
+def encode_component(component: Component, artifacts: 'Artifacts | None',
                      blobs: dict[str, bytes] | None = None) -> tuple[dict, str]:
     """The JSON record of a component and its uuid. With ``artifacts=None`` nothing is stored (artifact keys are
     still the hashes of their bytes); the bytes go to ``blobs`` if given, for the caller to store.
@@ -174,7 +174,7 @@ def encode_component(component: Component, artifacts: 'ArtifactStore | None',
     return record, digest[:32]
 
 
-def _encode_value(value: Any, artifacts: 'ArtifactStore | None', identities: dict[str, str],
+def _encode_value(value: Any, artifacts: 'Artifacts | None', identities: dict[str, str],
                   blobs: dict[str, bytes] | None) -> Any:
     from superduper.base.query import Query
 
@@ -253,7 +253,7 @@ def _map_artifacts(value: Any, identities: dict[str, str]) -> Any:
     return value
 
 
-def decode_record(record: dict, load_ref: Any, artifacts: 'ArtifactStore') -> Component:
+def decode_record(record: dict, load_ref: Any, artifacts: 'Artifacts') -> Component:
     """Rebuild a component from its record; ``load_ref(uuid)`` rebuilds children. Code artifacts load only if this
     deployment signed them, or ``artifacts.trusts_code`` (a package read with ``trust=True``)."""
     if not isinstance(record, dict) or not isinstance(record.get('_path'), str):
@@ -275,7 +275,7 @@ _MARKER_KEYS = {'_ref': {'_ref'}, '_dict': {'_dict'}, '_tuple': {'_tuple'}, '_qu
                 '_artifact': {'_artifact', 'serializer', 'signature'}}
 
 
-def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore', what: str) -> Any:
+def _decode_value(value: Any, load_ref: Any, artifacts: 'Artifacts', what: str) -> Any:
     if isinstance(value, list):
         return [_decode_value(v, load_ref, artifacts, what) for v in value]
     if not isinstance(value, dict):
@@ -301,7 +301,7 @@ def _decode_value(value: Any, load_ref: Any, artifacts: 'ArtifactStore', what: s
     return _load_artifact(value, artifacts, what)
 
 
-def _load_artifact(ref: dict, artifacts: 'ArtifactStore', what: str) -> Any:
+def _load_artifact(ref: dict, artifacts: 'Artifacts', what: str) -> Any:
     serializer, key = ref.get('serializer', 'cloudpickle'), ref['_artifact']
     if serializer not in SERIALIZERS or not isinstance(key, str):
         raise ComponentError(f'{what}: unknown serializer {serializer!r}; known: {", ".join(SERIALIZERS)}')

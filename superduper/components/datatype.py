@@ -29,7 +29,7 @@ from superduper.base.exceptions import ConfigError
 from superduper.components.component import Component
 
 if TYPE_CHECKING:
-    from superduper.backends.artifacts import ArtifactStore
+    from superduper.components.protocols import Artifacts
 
 BLOB_PREFIX = '&:blob:'
 FILE_PREFIX = '&:file:'
@@ -54,10 +54,10 @@ class FieldType:
     expected: str = 'any value'
     decodes: bool = False
 
-    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def encode(self, values: list, artifacts: 'Artifacts') -> list:
         return values
 
-    def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def decode(self, values: list, artifacts: 'Artifacts') -> list:
         return values
 
     def __repr__(self) -> str:
@@ -72,7 +72,7 @@ class Scalar(FieldType):
         self.native = frozenset(native) | {type(None)}
         self.accepts, self.convert, self.expected = accepts, convert, expected
 
-    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def encode(self, values: list, artifacts: 'Artifacts') -> list:
         if set(map(type, values)) <= self.native:
             out = values
         else:
@@ -118,7 +118,7 @@ class Json(FieldType):
     name = storage = 'json'
     expected = 'a JSON-serialisable value'
 
-    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def encode(self, values: list, artifacts: 'Artifacts') -> list:
         for i, v in enumerate(values):
             if v is None:
                 continue
@@ -164,7 +164,7 @@ class Array(FieldType):
         self.name = f'{self.kind}[{dtype}:{"x".join(map(str, self.shape))}]'
         self.expected = f'an array of shape {self.shape} of {dtype} values'
 
-    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def encode(self, values: list, artifacts: 'Artifacts') -> list:
         import numpy
 
         present = [_as_numpy(v) for v in values if v is not None]
@@ -212,7 +212,7 @@ class Array(FieldType):
                 if self.kind == 'vector':  # in arrays and tensors NaN and infinity are stored exactly
                     raise BadValue(i, v, 'it has NaN or infinite elements, which no search can rank')
 
-    def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def decode(self, values: list, artifacts: 'Artifacts') -> list:
         import numpy
 
         present = [v for v in values if v is not None]
@@ -329,7 +329,7 @@ class DataType(Component, FieldType):
     def decode_one(self, data: bytes) -> Any:
         return data if self.decoder is None else _call(self.decoder, self._decoder_takes_info, data, self.info)
 
-    def encode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def encode(self, values: list, artifacts: 'Artifacts') -> list:
         out = []
         for i, v in enumerate(values):
             if v is None:
@@ -345,7 +345,7 @@ class DataType(Component, FieldType):
             out.append(data if self.encodable == 'encodable' else BLOB_PREFIX + artifacts.put_bytes(data))
         return out
 
-    def decode(self, values: list, artifacts: 'ArtifactStore') -> list:
+    def decode(self, values: list, artifacts: 'Artifacts') -> list:
         mode = self.encodable
         if mode == 'encodable':
             return [None if v is None else self.decode_one(v) for v in values]

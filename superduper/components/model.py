@@ -14,7 +14,7 @@ from superduper.base.exceptions import ComponentError, ModelError
 from superduper.components.component import Component
 
 if TYPE_CHECKING:
-    from superduper.base.datalayer import Datalayer
+    from superduper.components.protocols import Runtime
     from superduper.base.query import Query
     from superduper.components.listener import Listener
 
@@ -81,7 +81,7 @@ class Model(Component):
         return Listener(identifier=identifier or '', model=self, select=select, key=key, **kwargs)
 
     # ---- training (seed 002) ------------------------------------------------------------------------------
-    def fit(self, X: Key, y: str | None = None, db: 'Datalayer | None' = None, select: 'Query | None' = None) -> 'Model':
+    def fit(self, X: Key, y: str | None = None, db: 'Runtime | None' = None, select: 'Query | None' = None) -> 'Model':
         """Fit on the rows ``select`` picks (its ``_fold == 'train'`` part when the table has folds), then store the
         fitted model as a new version."""
         if not self.trainable:

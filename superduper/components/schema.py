@@ -16,7 +16,7 @@ from superduper.components.datatype import SCALARS, BadValue, FieldType, resolve
 ANY = SCALARS['any']
 
 if TYPE_CHECKING:
-    from superduper.backends.artifacts import ArtifactStore
+    from superduper.components.protocols import Artifacts
 
 
 @dataclass(eq=False)
@@ -42,7 +42,7 @@ class Schema(Component):
                 raise UnknownField(f'table {table!r} has no field {name!r}; fields: {", ".join(self.types)}')
 
     def encode_columns(
-        self, table: str, keys: Sequence[str], columns: list[list], artifacts: 'ArtifactStore', first_row: int = 0
+        self, table: str, keys: Sequence[str], columns: list[list], artifacts: 'Artifacts', first_row: int = 0
     ) -> list[list]:
         """Check and convert each column; the first bad value raises ``InvalidValue`` naming table, field and row."""
         out = []
@@ -58,7 +58,7 @@ class Schema(Component):
                 ) from None
         return out
 
-    def row_decoder(self, keys: Sequence[str], artifacts: 'ArtifactStore') -> Callable[[list], list[Document]]:
+    def row_decoder(self, keys: Sequence[str], artifacts: 'Artifacts') -> Callable[[list], list[Document]]:
         """A function turning a batch of result tuples (in ``keys`` order) into ``Document``s; with ``keys`` of
         ``None``, a batch of whole rows as dicts (schemaless backends)."""
         if keys is None:
@@ -87,7 +87,7 @@ class Schema(Component):
         except UntrustedCode as e:
             raise UntrustedCode(f'table {self.identifier!r}, field {field!r}: {e}') from None
 
-    def _dict_decoder(self, artifacts: 'ArtifactStore') -> Callable[[list], list[Document]]:
+    def _dict_decoder(self, artifacts: 'Artifacts') -> Callable[[list], list[Document]]:
         decoders = [(k, t) for k, t in self.types.items() if t.decodes]
 
         def decode(batch: list) -> list[Document]:

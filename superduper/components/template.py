@@ -14,6 +14,8 @@ be imported.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
 import re
 import tempfile
@@ -68,10 +70,8 @@ class Template:
 
     def _blueprint(self, artifact_dir: str) -> tuple[dict, set[str]]:
         """The records of the component and its children (children first), substituted; with the modules they use."""
-        from superduper.backends.artifacts import ArtifactStore
-
         assert self.component is not None
-        store = ArtifactStore(f'filesystem://{artifact_dir}')
+        store = _FolderArtifacts(Path(artifact_dir))
         entries: list[dict] = []
         seen: set[str] = set()
         predict_ids: dict[str, str] = {}  # a listener's predict_id -> its part after the identifier
@@ -191,6 +191,18 @@ class Template:
             self._package.close()
 
 
+class _FolderArtifacts:
+    """Artifacts written into a folder, named by the SHA-256 of their bytes (a package being exported)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def put_bytes(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()
+        (self.folder / key).write_bytes(data)
+        return key
+
+
 class _PackageArtifacts:
     """The read side of an artifact store, over a package's artifacts folder. Its code loads only if the package
     is trusted (``trusts_code``) or signed by this deployment."""
@@ -269,8 +281,6 @@ def _artifact_keys(content: dict) -> set[str]:
 
 def _requirements(content: dict, modules: set[str], artifact_dir: Path) -> list[str]:
     """superduper with the extras the component classes need, then what the pickled objects import."""
-    import superduper
-
     extras = sorted({e for e in (getattr(import_class(entry['record']['_path']), 'extra', None)
                                  for entry in content['components']) if e})
     imported = set(modules)
@@ -282,4 +292,8 @@ def _requirements(content: dict, modules: set[str], artifact_dir: Path) -> list[
             elif serializer in package.CODE_SERIALIZERS:
                 imported |= package.pickled_globals(data)
     head = f'superduper[{",".join(extras)}]' if extras else 'superduper'
-    return [f'{head}=={superduper.__version__}'] + package.requirements_for(imported)
+    try:
+        head += f'=={importlib.metadata.version("superduper")}'
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        pass
+    return [head] + package.requirements_for(imported)
