@@ -13,6 +13,7 @@ on the development and CI machines. A test that needs SQL says so with ``@pytest
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -120,6 +121,20 @@ def env(tmp_path) -> dict:
     short leases (a killed process's claimed changes come free quickly)."""
     return {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts',
             'SUPERDUPER_PROGRESS': 'false', 'SUPERDUPER_LEASE_SECONDS': '2'}
+
+
+def wait_for(condition, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, 'condition not met in time'
+        time.sleep(0.05)
+
+
+def pending_changes(db) -> int:
+    """Change rows waiting in the database's change log (any consumer's)."""
+    with db.databackend.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(db.changes.tables.changes)).scalar()
 
 
 def plain_sql(db, *statements: tuple[str, dict]) -> None:

@@ -7,24 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import sqlalchemy as sa
 
-from conftest import plain_sql, skip_without_capabilities
+from conftest import plain_sql, skip_without_capabilities, wait_for
 from superduper import ObjectModel, Listener, Table, superduper
 
 
 pytestmark = pytest.mark.requires(change_capture='triggers', reason='writes by other clients are recorded by triggers')
-
-
-def wait_for(condition, timeout: float = 15.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError('condition not met in time')
-        time.sleep(0.05)
 
 
 @pytest.fixture

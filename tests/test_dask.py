@@ -24,6 +24,8 @@ from superduper.base.config import load_config
 from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.ext.sklearn import SklearnModel
 
+from conftest import wait_for
+
 pytest.importorskip('distributed')
 # the models below are stored (and sent to the workers) by value: the workers cannot import this test module
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -76,13 +78,6 @@ def ddb(db_uri, tmp_path, cluster):
 
 def worker_pids(cluster) -> set[int]:
     return set(cluster.run(os.getpid).values())
-
-
-def wait_for(condition, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, 'timed out'
-        time.sleep(0.1)
 
 
 def numbers_table(db, rows: int = ROWS) -> None:
@@ -220,7 +215,7 @@ def test_writes_by_other_clients_are_computed_on_the_cluster(db_uri, tmp_path, c
             conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'),
                          [{'id': f'e{i}', 'n': i} for i in range(60)])
         engine.dispose()
-        wait_for(lambda: db.databackend.count(listener.outputs) == 60)
+        wait_for(lambda: db.databackend.count(listener.outputs) == 60, 60)
         assert {int(v.split('@')[1]) for v in outputs(db, listener).values()} <= worker_pids(cluster)
     finally:
         db.close()

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 
 from superduper import ObjectModel, Table, superduper
 
+from conftest import pending_changes, wait_for
+
 CLI = [sys.executable, '-m', 'superduper.cli']
 
 
@@ -28,18 +30,6 @@ def connect(uri: str, tmp_path, **overrides):
 
 def count(db, table: str) -> int:
     return db.databackend.count(table)
-
-
-def wait_for(condition, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, 'timed out'
-        time.sleep(0.2)
-
-
-def pending_changes(db) -> int:
-    with db.databackend.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(db.changes.tables.changes)).scalar()
 
 
 def test_worker_killed_mid_backfill_is_finished_by_another(db_uri, tmp_path, env):

@@ -12,17 +12,15 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from superduper.backends.base import OUTPUT_SEQ
+from superduper.backends.outputs import OutputRows
 from superduper.base.keys import dump_key, load_key
-from superduper.base.query import Compare
 
 if TYPE_CHECKING:
     from superduper.backends.mongodb.data_backend import MongoDataBackend
 
-SOURCE = '_source'
-CHUNK = 1000
 
 
-class MongoOutputLog:
+class MongoOutputLog(OutputRows):
     ordered = False
 
     def __init__(self, backend: 'MongoDataBackend'):
@@ -46,15 +44,10 @@ class MongoOutputLog:
                                                 return_document=ReturnDocument.AFTER)
         return int(doc['n'])
 
-    def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
-        count = len(columns[0])
-        self.backend.insert(conn, table, [*keys, OUTPUT_SEQ], [*columns, [seq] * count], upsert_key=keys[0])
-
     def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
         if not sources:
             return
-        for i in range(0, len(sources), CHUNK):
-            self.backend.delete(conn, table, Compare(SOURCE, 'in', tuple(sources[i : i + CHUNK])))
+        self._delete_outputs(conn, table, sources)
         now = time.time()
         self.deletes.insert_many([{'tbl': table, 'source': dump_key(s), 'seq': seq, 'at': now} for s in sources])
 

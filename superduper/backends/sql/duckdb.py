@@ -10,7 +10,7 @@ from sqlalchemy.pool import StaticPool
 
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend
-from superduper.backends.sql.sqlite import file_path
+from superduper.backends.sql.sqlite import file_path, missing_file
 from superduper.base.exceptions import ConfigError
 
 
@@ -40,10 +40,7 @@ class DuckDBDataBackend(SQLDataBackend):
 
     @classmethod
     def missing(cls, uri: str) -> str | None:
-        path = file_path(uri)
-        if path is not None and not os.path.exists(path):
-            return f'no DuckDB database at {os.path.abspath(path)}'
-        return None
+        return missing_file(uri, 'DuckDB')
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:

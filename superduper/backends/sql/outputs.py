@@ -23,18 +23,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import sqlalchemy as sa
 
 from superduper.backends.base import OUTPUT_SEQ
+from superduper.backends.outputs import OutputRows
 from superduper.base.keys import dump_key, load_key
-from superduper.base.query import Compare
 
 if TYPE_CHECKING:
     from superduper.backends.sql.base import SQLDataBackend
 
 COUNTERS, DELETES = '_superduper_output_seq', '_superduper_output_deletes'
-SOURCE = '_source'
-CHUNK = 1000
 
 
-class SQLOutputLog:
+class SQLOutputLog(OutputRows):
     ordered = True  # numbers are given in commit order
 
     def __init__(self, backend: 'SQLDataBackend'):
@@ -92,15 +90,10 @@ class SQLOutputLog:
         conn.execute(self.counters.insert(), {'tbl': table, 'n': 1, 'floor': 0})  # a table made before versions
         return 1
 
-    def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
-        count = len(columns[0])
-        self.backend.insert(conn, table, [*keys, OUTPUT_SEQ], [*columns, [seq] * count], upsert_key=keys[0])
-
     def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
         if not sources:
             return
-        for i in range(0, len(sources), CHUNK):
-            self.backend.delete(conn, table, Compare(SOURCE, 'in', tuple(sources[i : i + CHUNK])))
+        self._delete_outputs(conn, table, sources)
         now = time.time()
         texts = dict.fromkeys(dump_key(s) for s in sources)
         conn.execute(self.deletes.insert(), [

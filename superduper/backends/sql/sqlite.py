@@ -26,6 +26,14 @@ def file_path(uri: str) -> str | None:
     return '/' + rest.lstrip('/') if rest.startswith('/') else rest
 
 
+def missing_file(uri: str, engine: str) -> str | None:
+    """Why a file URI (SQLite, DuckDB) names no existing database, or ``None``."""
+    path = file_path(uri)
+    if path is not None and not os.path.exists(path):
+        return f'no {engine} database at {os.path.abspath(path)}'
+    return None
+
+
 class SQLiteDataBackend(SQLDataBackend):
     scheme = 'sqlite'
     # one writer at a time: a write transaction holds the database, so claims need no row locks
@@ -35,10 +43,7 @@ class SQLiteDataBackend(SQLDataBackend):
 
     @classmethod
     def missing(cls, uri: str) -> str | None:
-        path = file_path(uri)
-        if path is not None and not os.path.exists(path):
-            return f'no SQLite database at {os.path.abspath(path)}'
-        return None
+        return missing_file(uri, 'SQLite')
 
     def __init__(self, uri: str):
         path = file_path(uri)
