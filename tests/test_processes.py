@@ -11,12 +11,11 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from superduper import ObjectModel, Table, VectorIndex, superduper
 from superduper.base.exceptions import ConfigError, ComponentError, NotFound
 
-from conftest import plain_sql
+from conftest import pending_changes, plain_sql, wait_for
 
 CLI = [sys.executable, '-m', 'superduper.cli']
 POLL = 0.2
@@ -50,18 +49,6 @@ def backend(request) -> str:
 def connect(uri: str, tmp_path, **overrides):
     return superduper(uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False,
                       poll_interval=POLL, **overrides)
-
-
-def wait_for(condition, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, 'timed out'
-        time.sleep(0.1)
-
-
-def pending(db) -> int:
-    with db.databackend.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(db.changes.tables.changes)).scalar()
 
 
 def embedding_index(identifier: str = 'idx') -> VectorIndex:
@@ -114,7 +101,7 @@ def test_searches_follow_outputs_written_by_workers_and_other_clients(db_uri, tm
             del live[f'd{i}']
         app['docs'].insert([{'id': f'a{i}', 'txt': f'api {i}'} for i in range(10)]).execute()  # only recorded
         live.update({f'a{i}': f'api {i}' for i in range(10)})
-        wait_for(lambda: pending(app) == 0, 120)
+        wait_for(lambda: pending_changes(app) == 0, 120)
     finally:
         stop.set()
         searcher.join()
@@ -164,7 +151,7 @@ def test_components_applied_and_removed_elsewhere_are_seen(db_uri, tmp_path, env
         app['docs'].like(embed('doc 1'), vector_index='idx', n=1).execute()
     app['docs'].insert([{'id': 'later', 'txt': 'after the remove'}]).execute()  # nothing follows the table now
     assert app['docs'].get(id='later').execute()['txt'] == 'after the remove'
-    assert pending(app) == 0
+    assert pending_changes(app) == 0
     app.close()
 
 
@@ -192,7 +179,7 @@ def test_async_writer_loads_no_model_and_workers_compute(db_uri, tmp_path, env):
         'a': 'HELLO', 'b': 'WORLD'}
     assert {r['_source']: r[deferred.outputs] for r in mixed[deferred.outputs].select().execute()} == {
         'a': 'hello', 'b': 'world'}
-    assert pending(mixed) == 0
+    assert pending_changes(mixed) == 0
     mixed.close()
 
 
@@ -238,3 +225,36 @@ def test_outputs_are_numbered_in_commit_order(db_uri, tmp_path):
     thread.join(30)
     assert second_took == [seq + 1] and log.head(listener.outputs)[0] == seq + 1
     db.close()
+
+
+@pytest.mark.parametrize('fault', ['holding_output_number:2', 'before_finish:2', 'after_finish:2'])
+def test_a_worker_killed_while_writing_outputs_leaves_searches_exact(db_uri, tmp_path, env, fault):
+    """SIGKILL of a worker holding the outputs' counter (mid-transaction), holding a computed batch, or just after
+    storing it: another worker finishes the work, and the application's index has every live row once, with its
+    current vector, and no deleted one: lost, duplicated and stale results are counted together."""
+    app = connect(db_uri, tmp_path, outputs='async')
+    app.apply(Table('docs', fields={'txt': 'str'}, folds=False))
+    app['docs'].insert([{'id': f'd{i}', 'txt': f'doc {i}'} for i in range(20)]).execute()
+    index = app.apply(embedding_index())
+    live = {f'd{i}': f'doc {i}' for i in range(20)}
+    app['docs'].like(embed('doc 1'), vector_index='idx', n=1).execute()  # the index is open here
+    for i in range(20, 60):
+        plain_sql(app, ('INSERT INTO docs (id, txt) VALUES (:id, :txt)', {'id': f'd{i}', 'txt': f'doc {i}'}))
+        live[f'd{i}'] = f'doc {i}'
+    for i in range(0, 10):
+        plain_sql(app, ('UPDATE docs SET txt = :txt WHERE id = :id', {'id': f'd{i}', 'txt': f'changed {i}'}))
+        live[f'd{i}'] = f'changed {i}'
+    for i in range(10, 15):
+        plain_sql(app, ('DELETE FROM docs WHERE id = :id', {'id': f'd{i}'}))
+        del live[f'd{i}']
+    doomed = subprocess.run(CLI + ['start', db_uri, '--batch', '10', '--once'],
+                            env={**env, 'SUPERDUPER_FAULT': fault}, timeout=300)
+    assert doomed.returncode == -9  # killed at the fault point
+    subprocess.run(CLI + ['start', db_uri, '--once'], env=env, check=True, timeout=300)
+    assert pending_changes(app) == 0
+    time.sleep(POLL)
+    assert stale_results(app, live) == 0
+    outputs = index.indexing_listener.outputs
+    assert sorted(r['_source'] for r in app[outputs].select('_source').execute()) == sorted(live)  # once each
+    assert len(app.vector_indexes.get('idx').searcher) == len(live)
+    app.close()

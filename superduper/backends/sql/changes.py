@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
+from superduper.base import faults
 from superduper.base.background import stop_at_exit
 
 if TYPE_CHECKING:
@@ -546,6 +547,7 @@ class SQLChangeFeed:
         if stored or removed:  # the outputs' counter is taken last: see ``superduper.backends.sql.outputs``
             log = self.backend.output_log()
             seq = log.advance(conn, res.outputs_table)
+            faults.point('holding_output_number')  # the counter locked, nothing committed yet
             if stored:
                 columns = [list(col) for col in zip(*[row for _, _, row in stored])]
                 log.store(conn, res.outputs_table, seq, res.keys, columns)
