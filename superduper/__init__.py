@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = '0.1.0'
 
 _EXPORTS = {
-    'superduper': 'superduper.base.datalayer',
-    'Datalayer': 'superduper.base.datalayer',
+    'superduper': 'superduper.runtime.factory',
+    'Datalayer': 'superduper.runtime.datalayer',
     'Config': 'superduper.base.config',
     'Document': 'superduper.base.document',
     'LazyArtifact': 'superduper.base.document',
@@ -38,7 +38,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from superduper.base.config import Config
-    from superduper.base.datalayer import Datalayer, superduper
+    from superduper.runtime.datalayer import Datalayer
+    from superduper.runtime.factory import superduper
     from superduper.base.document import Document, LazyArtifact
     from superduper.base.query import Cursor, Query
     from superduper.components.application import Application

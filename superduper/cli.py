@@ -232,7 +232,7 @@ def trust(uri: str = typer.Argument(..., help='database URI'),
           ) -> None:
     """List the stored code (pickles) this deployment did not sign, e.g. written before signatures existed or by
     another deployment, with what loading it would import; with --yes, sign it so that it loads here."""
-    from superduper.base import stored_code
+    from superduper.runtime import stored_code
 
     with _database(uri) as db:
         entries = stored_code.unsigned_code(db.metadata, db.artifact_store)

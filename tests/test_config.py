@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from superduper import superduper
-from superduper.backends.local import LocalComputeBackend
+from superduper.compute.local import LocalComputeBackend
 from superduper.backends.sql.sqlite import SQLiteDataBackend
 from superduper.base.config import Config
 from superduper.base.exceptions import ConfigError, MissingDependency

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-import superduper.base.datalayer as datalayer_module
+import superduper.runtime.datalayer as datalayer_module
 from superduper import ObjectModel, Table, VectorIndex, superduper
-from superduper.backends.dask import DaskComputeBackend, worker_settings
+from superduper.compute.dask import DaskComputeBackend, worker_settings
 from superduper.base.config import load_config
 from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.ext.sklearn import SklearnModel
@@ -54,9 +54,9 @@ def cluster():
 
 
 def _datalayer_file() -> str:
-    import superduper.base.datalayer
+    import superduper.runtime.datalayer
 
-    return superduper.base.datalayer.__file__
+    return superduper.runtime.datalayer.__file__
 
 
 @pytest.fixture(params=['sqlite', 'postgresql'])

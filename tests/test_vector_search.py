@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from superduper import ObjectModel, Table, VectorIndex, superduper
 from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
-from superduper.base.vector_indexes import VectorIndexes
+from superduper.runtime.vector_indexes import VectorIndexes
 
 DIM = 16
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Literal, Protoc
 if TYPE_CHECKING:
     from superduper.base.query import Condition
     from superduper.components.datatype import FieldType
+    from superduper.components.schema import Schema
     from superduper.components.table import Table
 
 
@@ -71,6 +72,9 @@ class DataBackend(Protocol):
     def native_vectors(self, table: str, field: str) -> bool:
         """Whether ``field`` is stored as a native vector the database searches itself (pgvector)."""
 
+    def native_searcher(self, db: Any, index: Any) -> Any:
+        """The database's own search over a vector index's outputs, where ``native_vectors`` says they are native."""
+
     # ---- connections -----------------------------------------------------------------------------------------
     def begin(self) -> ContextManager[Any]:
         """One unit of writes: a transaction where the database has them."""
@@ -87,6 +91,10 @@ class DataBackend(Protocol):
 
     def primary_key_of(self, table: 'Table') -> str:
         """The field that identifies rows of a ``Table`` superduper created (MongoDB: ``_id`` unless declared)."""
+
+    def declared_schema(self, table: 'Table') -> tuple['Schema', str]:
+        """Use a ``Table``'s declaration for this table's reads and writes; returns the schema values are checked
+        against and the key field."""
 
     def new_ids(self, n: int) -> list:
         """Fresh keys for rows inserted without one, where the key is not a string field."""

@@ -30,8 +30,8 @@ for _scheme in ('mongodb', 'mongodb+srv'):
 artifact_stores.register('mongomock', 'superduper.backends.mongodb.artifacts:MongoArtifactStore', 'mongomock', 'mongomock')
 
 compute_backends = Registry('compute')
-compute_backends.register('local', 'superduper.backends.local:LocalComputeBackend')
-compute_backends.register('dask', 'superduper.backends.dask:DaskComputeBackend', 'dask', 'dask[distributed]')
+compute_backends.register('local', 'superduper.compute.local:LocalComputeBackend')
+compute_backends.register('dask', 'superduper.compute.dask:DaskComputeBackend', 'dask', 'dask[distributed]')
 
 
 def scheme_of(uri: str) -> str:
@@ -67,6 +67,17 @@ def _sqlalchemy_scheme(uri: str, scheme: str) -> str:
 
 def connect_data_backend(uri: str) -> Any:
     return data_backends.create(_data_scheme(uri), uri, shown_as=scheme_of(uri))
+
+
+def data_backend_of(database: Any) -> Any | None:
+    """A data backend over a driver's database object (a pymongo ``Database``), or ``None`` if it is not one."""
+    from superduper.backends.mongodb.connection import from_database, is_database
+
+    if not is_database(database):
+        return None
+    from superduper.backends.mongodb.data_backend import MongoDataBackend
+
+    return MongoDataBackend(*from_database(database))
 
 
 def missing_database(uri: str) -> str | None:

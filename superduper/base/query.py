@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from superduper.base.exceptions import QueryError
 
 if TYPE_CHECKING:
-    from superduper.components.protocols import Runtime
+    from superduper.base.protocols import Runtime
     from superduper.base.document import Document
 
 

@@ -22,7 +22,7 @@ from superduper.base import trust
 from superduper.base.exceptions import ComponentError
 
 if TYPE_CHECKING:
-    from superduper.components.protocols import Artifacts
+    from superduper.base.protocols import Artifacts
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 

@@ -29,7 +29,7 @@ from superduper.base.exceptions import ConfigError
 from superduper.components.component import Component
 
 if TYPE_CHECKING:
-    from superduper.components.protocols import Artifacts
+    from superduper.base.protocols import Artifacts
 
 BLOB_PREFIX = '&:blob:'
 FILE_PREFIX = '&:file:'

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from superduper.base.exceptions import ComponentError
 from superduper.base.query import Query
 from superduper.components.component import Component
-from superduper.components.model import Model, input_maker
+from superduper.components.inputs import input_maker
 
 
 #: the longest table name every supported database takes, in bytes (PostgreSQL: 63; MySQL: 64 characters)
@@ -46,7 +46,7 @@ class Listener(Component):
     sync: bool | None = field(default=None, metadata={'optional': True})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, Model):
+        if not isinstance(self.model, Component) or self.model.type_id != 'Model':
             hint = ' (wrap a function as ObjectModel(identifier, object=fn))' if callable(self.model) else ''
             raise ComponentError(f'Listener {self.identifier!r}: model must be a Model, got {type(self.model).__name__}{hint}')
         if self.key is None:

@@ -1,44 +1,20 @@
-"""Models: ``predict`` one input, ``predict_batches`` many; ``ObjectModel`` wraps any callable.
-
-A listener's ``key`` says how a row becomes a model input: ``'x'`` passes ``row['x']``; ``('a', 'b')`` passes
-``row['a'], row['b']`` as positional arguments; ``{'a': 'x'}`` passes ``x=row['a']`` as a keyword argument.
-"""
+"""Models: ``predict`` one input, ``predict_batches`` many; ``ObjectModel`` wraps any callable. How a row becomes
+a model's input (a ``key``) is in ``superduper.components.inputs``."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from superduper.base.exceptions import ComponentError, ModelError
 from superduper.components.component import Component
+from superduper.components.inputs import Key
 
 if TYPE_CHECKING:
-    from superduper.components.protocols import Runtime
+    from superduper.base.protocols import Runtime
     from superduper.base.query import Query
     from superduper.components.listener import Listener
-
-Key = str | tuple | dict
-
-
-def input_maker(key: Key) -> Callable[[dict], tuple[tuple, dict]]:
-    """A function from a row to the ``(args, kwargs)`` that ``key`` asks for."""
-    if isinstance(key, str):
-        return lambda row: ((row[key],), {})
-    if isinstance(key, (tuple, list)):
-        fields = tuple(key)
-        return lambda row: (tuple(row[f] for f in fields), {})
-    if isinstance(key, dict):
-        items = tuple(key.items())
-        return lambda row: ((), {param: row[f] for f, param in items})
-    raise ComponentError(f'a key is a field name, a tuple of names or a dict of name -> argument, got {key!r}')
-
-
-def key_fields(key: Key) -> list[str]:
-    if isinstance(key, str):
-        return [key]
-    return list(key)
-
 
 @dataclass(eq=False)
 class Model(Component):

@@ -16,7 +16,7 @@ from superduper.components.datatype import SCALARS, BadValue, FieldType, resolve
 ANY = SCALARS['any']
 
 if TYPE_CHECKING:
-    from superduper.components.protocols import Artifacts
+    from superduper.base.protocols import Artifacts
 
 
 @dataclass(eq=False)

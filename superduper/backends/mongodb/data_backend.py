@@ -177,6 +177,16 @@ class MongoDataBackend:
         declared = table.fields if table.fields is not None else table.schema.fields
         return table.primary_id if table.primary_id in declared else ID
 
+    def declared_schema(self, table: 'Table') -> tuple[Any, str]:
+        """Every document has an ``_id``; a declared default key field that is not the key is not one here."""
+        from superduper.components.schema import OpenSchema
+
+        key = self.primary_key_of(table)
+        types = {k: t for k, t in table.resolved_schema.types.items() if k == key or k != table.primary_id}
+        schema = OpenSchema(table.identifier, fields={ID: 'any', **types})
+        self.bind_table(table.identifier, schema.types, key)
+        return schema, key
+
     def new_ids(self, n: int) -> list:
         from bson import ObjectId
 

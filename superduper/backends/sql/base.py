@@ -129,6 +129,11 @@ class SQLDataBackend:
     def primary_key_of(self, table: Any) -> str:
         return table.primary_id
 
+    def declared_schema(self, table: Any) -> tuple[Any, str]:
+        schema, key = table.resolved_schema, table.primary_id
+        self.bind_table(table.identifier, schema.types, key)
+        return schema, key
+
     def new_ids(self, n: int) -> list[str]:
         hexes = os.urandom(16 * n).hex()
         return [hexes[32 * i : 32 * i + 32] for i in range(n)]

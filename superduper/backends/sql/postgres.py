@@ -6,7 +6,6 @@ import functools
 import uuid
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
@@ -14,37 +13,10 @@ from sqlalchemy.engine import Connection
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import EVENTS, SQLDataBackend
 from superduper.backends.sql.changes import CHANGES
+from superduper.backends.sql.pgvector import PgVector, PgVectorSearcher
 
 SESSION_CLAIM = 'superduper.claim'  # the claim a superduper write gives its change rows (a transaction setting)
 from superduper.components.datatype import FieldType, Vector
-
-
-class PgVector(sa.types.UserDefinedType):
-    """pgvector's ``VECTOR(n)``: values travel as the float32 bytes every backend uses, in pgvector's text form."""
-
-    cache_ok = True
-
-    def __init__(self, dim: int):
-        self.dim = dim
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return f'VECTOR({self.dim})'
-
-    def bind_processor(self, dialect: Any) -> Any:
-        def process(value: Any) -> Any:
-            if value is None:
-                return None
-            return '[' + ','.join(map(str, np.frombuffer(value, dtype=np.float32).tolist())) + ']'
-
-        return process
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        def process(value: Any) -> Any:
-            if value is None:
-                return None
-            return np.array(value[1:-1].split(','), dtype=np.float32).tobytes()
-
-        return process
 
 
 class PostgresDataBackend(SQLDataBackend):
@@ -129,6 +101,10 @@ class PostgresDataBackend(SQLDataBackend):
 
     def native_vectors(self, table: str, field: str) -> bool:
         return isinstance(self.table(table).c[field].type, PgVector)
+
+    def native_searcher(self, db: Any, index: Any) -> Any:
+        """pgvector's search over the index's outputs (where ``native_vectors``)."""
+        return PgVectorSearcher(db, index)
 
     def field_type(self, ftype: FieldType) -> Any:
         if isinstance(ftype, Vector) and ftype.dtype == 'float32' and self.has_pgvector:

@@ -25,12 +25,38 @@ MEASURES = {
 }
 
 
+class PgVector(sa.types.UserDefinedType):
+    """pgvector's ``VECTOR(n)``: values travel as the float32 bytes every backend uses, in pgvector's text form."""
+
+    cache_ok = True
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return f'VECTOR({self.dim})'
+
+    def bind_processor(self, dialect: Any) -> Any:
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            return '[' + ','.join(map(str, np.frombuffer(value, dtype=np.float32).tolist())) + ']'
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            return np.array(value[1:-1].split(','), dtype=np.float32).tobytes()
+
+        return process
+
+
 class PgVectorSearcher:
     kind = 'pgvector'
 
     def __init__(self, db: Any, index: Any):
-        from superduper.backends.sql.postgres import PgVector
-
         self.db = db
         self.outputs = index.indexing_listener.outputs
         self.source = index.source

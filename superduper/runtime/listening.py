@@ -24,11 +24,12 @@ from superduper.base.exceptions import ComponentError, InvalidValue, UnknownFiel
 from superduper.base.query import Compare, key_in
 from superduper.components.datatype import SCALARS, infer_type
 from superduper.components.listener import outputs_table
-from superduper.components.model import input_maker, key_fields
+from superduper.components.inputs import input_maker, key_fields
 from superduper.components.table import Table
+from superduper.runtime.tables import encode_condition
 
 if TYPE_CHECKING:
-    from superduper.base.datalayer import Datalayer
+    from superduper.base.protocols import Runtime
     from superduper.components.listener import Listener
 
 log = logging.getLogger('superduper')
@@ -51,7 +52,7 @@ def backfill_job(listener_uuid: str) -> str:
 
 
 class Listening:
-    def __init__(self, db: 'Datalayer'):
+    def __init__(self, db: 'Runtime'):
         self.db = db
         self.feed = db.changes
         self.jobs = db.metadata.job_log()
@@ -282,9 +283,7 @@ class Listening:
         self.feed.follow(listener.source, info.primary_key)  # from here on, writes by any client are recorded
         where = listener.select.where
         if where is not None:
-            from superduper.base.datalayer import _encode_condition
-
-            where = _encode_condition(where, info)
+            where = encode_condition(where, info)
         total = self.feed.enqueue(listener.source, listener.uuid, where=where)
         if self.jobs.start('backfill', listener, total, job_id=job_id) != job_id:
             return None

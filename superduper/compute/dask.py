@@ -33,7 +33,7 @@ from superduper.base.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from superduper.base.config import Config
-    from superduper.base.datalayer import Datalayer
+    from superduper.base.protocols import Runtime
     from superduper.components.listener import Listener
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler before giving up
@@ -130,12 +130,12 @@ class DaskComputeBackend:
         self.client = self.cluster = None
 
     # ---- the work the listeners and training send here ------------------------------------------------------------
-    def follow_up(self, db: 'Datalayer', batch: 'Batch') -> int:
+    def follow_up(self, db: 'Runtime', batch: 'Batch') -> int:
         """Compute a leased batch (and the chain it causes) on a worker; returns how many rows failed."""
         (done,) = self._finished([self._send(db, batch, f'changes-{len(batch.changes)}')])
         return self._absorb(db, done).failed
 
-    def backfill(self, db: 'Datalayer', listener: 'Listener', total: int) -> Iterator[tuple[int, int]]:
+    def backfill(self, db: 'Runtime', listener: 'Listener', total: int) -> Iterator[tuple[int, int]]:
         """Outputs for every row queued for the listener: the client leases batches of keys and keeps every worker
         busy with them; yields ``(rows, failed)`` as each batch is done."""
         from distributed import as_completed
@@ -171,17 +171,17 @@ class DaskComputeBackend:
             if pending:
                 self.client.cancel(pending)
 
-    def _send(self, db: 'Datalayer', batch: 'Batch', name: str) -> Any:
+    def _send(self, db: 'Runtime', batch: 'Batch', name: str) -> Any:
         db.changes.hand_off(batch)  # the worker renews the lease while it computes
         return self.submit(follow_batch, self.session(db), batch, observed_tables(db), name=name)
 
-    def fit(self, db: 'Datalayer', model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:
+    def fit(self, db: 'Runtime', model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:
         """Fit ``model`` on a worker on the rows ``train`` selects and apply it there; ``(uuid, rows)``."""
         future = self.submit(fit_model, self.session(db), model, X, y, train.bind(None), name=f'fit-{model.identifier}')
         (result,) = self._finished([future])
         return result
 
-    def session(self, db: 'Datalayer') -> Session:
+    def session(self, db: 'Runtime') -> Session:
         settings = worker_settings(db.cfg, self.base_dir)
         location = getattr(db.artifact_store, 'location', None)
         if location:  # the store this client uses, wherever it was found (settings or the database's record)
@@ -201,7 +201,7 @@ class DaskComputeBackend:
                 self.client.cancel(pending)
 
     @staticmethod
-    def _absorb(db: 'Datalayer', done: Done) -> Done:
+    def _absorb(db: 'Runtime', done: Done) -> Done:
         for table, ids, deleted in done.written:  # vector indexes this client keeps in memory
             db.listening.run_hooks(table, ids, deleted)
         return done
@@ -259,20 +259,20 @@ def part_size(rows: int, workers: int, largest: int, per_worker: int) -> int:
     return max(1, min(largest, math.ceil(rows / max(1, workers * per_worker))))
 
 
-def observed_tables(db: 'Datalayer') -> list[str]:
+def observed_tables(db: 'Runtime') -> list[str]:
     """The tables this client follows in memory (vector indexes on output tables): workers report writes to them."""
     return sorted(table for table, hooks in db.listening.hooks.items() if hooks)
 
 
 # ---- the worker side: these run in the worker processes -----------------------------------------------------------
-_datalayers: 'OrderedDict[Session, Datalayer]' = OrderedDict()
+_datalayers: 'OrderedDict[Session, Runtime]' = OrderedDict()
 _datalayers_lock = threading.Lock()
 _task = threading.local()  # the writes the running task reports back
 
 
-def worker_datalayer(session: Session) -> 'Datalayer':
+def worker_datalayer(session: Session) -> 'Runtime':
     """This worker's datalayer for the session, made on its first task and kept (with the models it loads)."""
-    from superduper.base.datalayer import superduper
+    from superduper.runtime.factory import superduper
 
     with _datalayers_lock:
         db = _datalayers.get(session)
@@ -297,7 +297,7 @@ def end_session(session_id: str) -> None:
         _close_quietly(db)
 
 
-def _close_quietly(db: 'Datalayer') -> None:
+def _close_quietly(db: 'Runtime') -> None:
     with contextlib.suppress(Exception):
         db.close()
 
@@ -309,7 +309,7 @@ def _record_write(table: str, ids: list, deleted: bool) -> None:
 
 
 @contextlib.contextmanager
-def _working(session: Session, observed: Sequence[str]) -> Iterator['Datalayer']:
+def _working(session: Session, observed: Sequence[str]) -> Iterator['Runtime']:
     """The session's datalayer, current with the stored listeners, one task at a time per worker process; the writes
     to ``observed`` tables are collected in ``_task.written``."""
     db = worker_datalayer(session)
@@ -338,5 +338,5 @@ def follow_batch(session: Session, batch: 'Batch', observed: Sequence[str]) -> D
 def fit_model(session: Session, model: Any, X: Any, y: str | None, train: Any) -> tuple[str, int]:
     """Task: fit ``model`` on the rows ``train`` selects and apply it; ``(uuid of the fitted version, rows)``."""
     with _working(session, ()) as db:
-        rows = db._fit_and_apply(model, X, y, train)
+        rows = db.training.fit_and_apply(model, X, y, train)
         return model.uuid, rows

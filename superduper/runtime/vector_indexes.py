@@ -26,7 +26,7 @@ from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, Q
 from superduper.base.query import Compare, Condition
 
 if TYPE_CHECKING:
-    from superduper.base.datalayer import Datalayer
+    from superduper.base.protocols import Runtime
     from superduper.components.vector_index import VectorIndex
 
 #: ANN candidates taken per expected match: the n nearest matches lie deeper than n / share, by chance
@@ -60,7 +60,7 @@ class LoadedIndex:
 
 
 class VectorIndexes:
-    def __init__(self, db: 'Datalayer'):
+    def __init__(self, db: 'Runtime'):
         self.db = db
         self._loaded: dict[str, LoadedIndex] = {}
         self._generation = db.components_generation()
@@ -103,9 +103,7 @@ class VectorIndexes:
             )
         if not native or index.searcher not in ('auto', 'pgvector'):
             return False
-        from superduper.vector_search.pgvector import PgVectorSearcher
-
-        searcher = PgVectorSearcher(self.db, index)
+        searcher = self.db.databackend.native_searcher(self.db, index)
         searcher.build()
         self._loaded[index.identifier] = LoadedIndex(index, searcher)
         return True

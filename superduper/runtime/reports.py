@@ -1,0 +1,51 @@
+"""What the datalayer reports about listeners: jobs with progress, failed rows, and per-listener status. Read from
+the metadata and the change feed: no model is loaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from superduper.base.exceptions import NotFound
+from superduper.components.listener import outputs_table
+from superduper.runtime.component_store import not_found
+
+
+def jobs(db: Any, identifier: str | None = None) -> list[dict]:
+    """Backfills and training runs: kind, component, status, progress, error and timings. A running backfill's
+    progress is what is no longer queued, whichever consumers computed it."""
+    jobs = [j for j in db.listening.jobs.list() if identifier is None or j['identifier'] == identifier]
+    for job in jobs:
+        if job['kind'] == 'backfill' and job['status'] == 'running' and job['total'] is not None:
+            pending = db.changes.pending_for(job['component_uuid'])
+            if pending is not None:
+                job['done'] = max(job['done'] or 0, job['total'] - pending)
+    return jobs
+
+def failures(db: Any, listener: str) -> list[dict]:
+    """The rows listener ``listener`` failed on, with the error and the number of attempts."""
+    record = db.metadata.get('Listener', listener)  # read, not loaded: a listener that cannot load has some
+    if record is None:
+        raise NotFound(not_found(db.metadata, 'Listener', listener, None))
+    return db.listening.failures.list(record['uuid'], record['record']['select']['_query']['table'])
+
+def status(db: Any) -> list[dict]:
+    """Per listener: rows with outputs, changes pending (``None`` where the database cannot count them), rows
+    failed, the lag of the oldest pending change, and what stops it, if anything (``problem``). Read from the
+    metadata: no model is loaded."""
+    report = []
+    tables = set(db.databackend.table_names())
+    problems = dict(db.listening.problems)
+    for identifier in db.metadata.identifiers('Listener'):
+        record = db.metadata.get('Listener', identifier)
+        source = record['record']['select']['_query']['table']
+        outputs = outputs_table(f'{identifier}__{record["uuid"][:8]}')
+        pending, lag = db.changes.pending(source)
+        found = [problems.get(f'Listener {identifier!r}'), db.changes.problem_with(source)]
+        found += [p for name, p in problems.items() if outputs in name]
+        report.append({
+            'listener': identifier, 'table': source, 'outputs': outputs,
+            'done': db.databackend.count(outputs) if outputs in tables else 0,
+            'pending': pending, 'failed': db.listening.failures.count(record['uuid']), 'lag_seconds': lag,
+            'problem': '; '.join(p for p in found if p) or None,
+        })
+    return report
