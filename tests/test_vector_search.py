@@ -248,7 +248,8 @@ def test_bad_input(db, items):
 
 
 def test_search_makes_no_metadata_query_once_loaded(db_uri, tmp_path):
-    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', metadata_store=f'sqlite://{tmp_path}/meta.db')
+    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', metadata_store=f'sqlite://{tmp_path}/meta.db',
+                    poll_interval=60)  # within one poll interval: a loaded machine must not make this flaky
     try:
         db.apply(Table('docs', fields={'txt': 'str', 'brand': 'str'}))
         db['docs'].insert([{'txt': f'doc {i}', 'brand': 'ab'[i % 2]} for i in range(30)]).execute()

@@ -13,7 +13,7 @@ them its own way. ``conn`` is whatever ``begin()`` yields: a transaction on SQL,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Literal, Protocol, Sequence
 
 if TYPE_CHECKING:
     from superduper.base.query import Condition
@@ -169,6 +169,12 @@ class MetadataStore(Protocol):
 
     def set_index_state(self, index_uuid: str, artifact: str | None) -> None: ...
 
+    def replace_index_state(self, index_uuid: str, previous: str | None, artifact: str) -> bool:
+        """Make ``artifact`` the saved state if ``previous`` still is; whether it did."""
+
+    def artifact_refs(self) -> 'ArtifactRefs':
+        """Who holds which artifact (component records, index states, tables' values)."""
+
     def job_log(self) -> Any:
         """Jobs and their progress: ``start``, ``progress``, ``finish``, ``list``, ``delete``."""
 
@@ -179,6 +185,35 @@ class MetadataStore(Protocol):
     def drop(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class ArtifactRefs(Protocol):
+    """Which holders (``component:<uuid>``, ``index:<uuid>``, ``table:<name>``) refer to which artifacts. A blob is
+    stored only after it is held, and deleted only while nothing holds it, under a lock that a new holder of the
+    same blob waits for: a collection never removes a blob that a concurrent apply or insert is storing. Keys are
+    artifact keys (``<digest>`` or ``<digest>/<name>``); refs count the digest, the unit a store deletes."""
+
+    def hold(self, holder: str, keys: Iterable[str]) -> None:
+        """Record that ``holder`` refers to ``keys`` (before their bytes are written; idempotent)."""
+
+    def release(self, holder: str, keys: Iterable[str] | None = None) -> list[str]:
+        """Forget that ``holder`` refers to ``keys`` (all it holds if ``None``); returns the digests released."""
+
+    def release_stale(self, holder: str, live: set[str], before: float) -> list[str]:
+        """Release what ``holder`` holds that is not in ``live`` and was last held before ``before`` (epoch
+        seconds): a table's values no row refers to any more, after a grace period for writes in flight."""
+
+    def held_by(self, holder: str) -> list[str]: ...
+
+    def holders(self, prefix: str = '') -> list[str]: ...
+
+    def collect(self, keys: Iterable[str], delete: Callable[[str], None]) -> list[str]:
+        """Delete (``delete(digest)``) each of ``keys`` that nothing holds; returns those deleted."""
+
+
+def artifact_digest(key: str) -> str:
+    """The unit an artifact store keeps and deletes: a key's content digest (``<digest>/<name>`` -> ``<digest>``)."""
+    return key.partition('/')[0]
 
 
 # ---- change capture ---------------------------------------------------------------------------------------------
@@ -299,6 +334,7 @@ JOBS = '_superduper_jobs'
 FAILURES = '_superduper_failures'
 METRICS = '_superduper_metrics'
 INDEX_STATES = '_superduper_index_states'
+ARTIFACT_REFS = '_superduper_artifact_refs'
 SETTINGS = '_superduper_settings'
 #: the setting whose value changes with every apply and remove (``MetadataStore.components_version``)
 COMPONENTS_VERSION = 'components_version'

@@ -26,6 +26,7 @@ class Runtime(Protocol):
     databackend: Any
     metadata: Any
     artifact_store: Artifacts
+    artifacts: Any  # who holds which artifact (``superduper.runtime.artifact_gc.ArtifactCollector``)
     compute: Any
     cfg: Any
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any
@@ -12,10 +13,11 @@ from typing import Any
 from superduper.base import faults
 from superduper.base.exceptions import ComponentError, NotFound
 from superduper.components.component import (
-    Component, artifact_keys, decode_record, encode_component, import_class, ordered_references,
+    Component, decode_record, encode_component, import_class, ordered_references,
     references,
 )
 from superduper.base.protocols import Runtime
+from superduper.runtime.artifact_gc import ArtifactCollector, component_holder, table_holder
 from superduper.runtime.tables import Tables
 
 log = logging.getLogger('superduper')
@@ -24,8 +26,9 @@ log = logging.getLogger('superduper')
 class ComponentStore:
     """The components of a datalayer (``db``, handed to each component's lifecycle hooks)."""
 
-    def __init__(self, db: Runtime, tables: Tables):
+    def __init__(self, db: Runtime, tables: Tables, collector: ArtifactCollector):
         self.db = db
+        self.collector = collector
         self.tables = tables
         self.metadata = db.metadata
         self.artifact_store = db.artifact_store
@@ -73,7 +76,7 @@ class ComponentStore:
                 still_there = self.metadata.get_by_uuid(record['uuid']) is not None  # a listener takes its outputs
                 if still_there and not self._holds_data(record, force=False):
                     self._remove_record(record)
-            self._collect_artifacts(created)
+            self._collect_artifacts([r for r in created if self.metadata.get_by_uuid(r['uuid']) is None])
             raise
         finally:
             self._applying.created = None
@@ -89,16 +92,22 @@ class ComponentStore:
             component.version, component.uuid = stored['version'], uuid
             component.on_reapplied(self.db)
             return component
-        for data in blobs.values():
-            self.artifact_store.put_bytes(data)
-        versions = self.metadata.versions(component.type_id, component.identifier)
-        component.version = versions[-1] + 1 if versions else 0
-        component.uuid = uuid
-        component.on_create(self.db)
-        self.metadata.create(
-            uuid=uuid, type_id=component.type_id, identifier=component.identifier,
-            version=component.version, hash=uuid, record=record,
-        )
+        holder = component_holder(uuid, os.urandom(8).hex())
+        self.collector.hold(holder, blobs)  # before the bytes: a concurrent collection keeps them
+        try:
+            for data in blobs.values():
+                self.artifact_store.put_bytes(data)
+            versions = self.metadata.versions(component.type_id, component.identifier)
+            component.version = versions[-1] + 1 if versions else 0
+            component.uuid = uuid
+            component.on_create(self.db)
+            self.metadata.create(
+                uuid=uuid, type_id=component.type_id, identifier=component.identifier,
+                version=component.version, hash=uuid, record=record,
+            )
+        except BaseException:
+            self.collector.release(holder)
+            raise
         if created is not None:
             created.append({'uuid': uuid, 'type_id': component.type_id, 'identifier': component.identifier,
                             'version': component.version, 'record': record})
@@ -203,14 +212,13 @@ class ComponentStore:
         self.metadata.delete(record['uuid'])
         self._loaded.pop(record['uuid'], None)
         component.on_remove(self.db)
+        if record['type_id'] == 'Table' and not self.databackend.has_table(record['identifier']):
+            self.collector.release(table_holder(record['identifier']))  # the values of its rows
 
     def _collect_artifacts(self, removed: list[dict]) -> None:
-        """Delete the removed records' artifacts that no remaining record refers to."""
-        candidates = set().union(*[artifact_keys(r['record']) for r in removed])
-        if candidates:
-            still_used = set().union(*[artifact_keys(r['record']) for r in self.metadata.all()])
-            for key in candidates - still_used:
-                self.artifact_store.delete(key)
+        """Release the removed records' holds; their artifacts that nothing else holds are deleted."""
+        for record in removed:
+            self.collector.release_all(component_holder(record['uuid'], ''))
 
 
 def not_found(metadata: Any, type_id: str, identifier: str, version: int | None) -> str:

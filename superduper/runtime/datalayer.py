@@ -3,7 +3,8 @@ compute, and hands each call to the part that does it:
 
 - ``tables`` (``runtime.tables``): each table's field types and key;
 - ``queries`` (``runtime.queries``): executing queries, inserts in ``runtime.inserts``;
-- ``components`` (``runtime.component_store``): apply, load, show, remove, versions, artifacts;
+- ``components`` (``runtime.component_store``): apply, load, show, remove, versions;
+- ``artifacts`` (``runtime.artifact_gc``): who holds which artifact, and collecting those nothing holds;
 - ``listening`` (``runtime.listening``): keeping listeners' outputs current, jobs and failures;
 - ``vector_indexes`` (``runtime.vector_indexes``): loaded indexes and search;
 - ``training`` (``runtime.training``): fit and validate by query;
@@ -19,6 +20,7 @@ from superduper.base.exceptions import QueryError
 from superduper.base.query import Query
 from superduper.components.component import Component
 from superduper.runtime import reports
+from superduper.runtime.artifact_gc import GRACE_SECONDS, ArtifactCollector
 from superduper.runtime.component_store import ComponentStore
 from superduper.runtime.queries import QueryExecutor
 from superduper.runtime.tables import TableInfo, Tables
@@ -33,7 +35,8 @@ class Datalayer:
         self.compute = compute
         self.cfg = cfg
         self.tables = Tables(databackend, metadata, self.load_record)
-        self.components = ComponentStore(self, self.tables)
+        self.artifacts = ArtifactCollector(self)
+        self.components = ComponentStore(self, self.tables, self.artifacts)
         self.queries = QueryExecutor(self, self.tables)
         self.training = Training(self)
         self._listening: Any = None
@@ -127,6 +130,12 @@ class Datalayer:
         failures and jobs) and the artifacts nothing else refers to. Refuses while other components use it,
         unless ``force``; ``recursive`` also removes the components it uses that nothing else uses."""
         self.components.remove(type_id, identifier, version, recursive=recursive, force=force)
+
+    def collect_garbage(self, grace_seconds: float = GRACE_SECONDS) -> int:
+        """Delete the artifacts nothing refers to any more, including values of rows deleted or updated by any
+        program ``grace_seconds`` or more ago; returns how many were deleted. Removing components and replacing
+        saved index states collect their own artifacts at once."""
+        return self.artifacts.collect_garbage(grace_seconds)
 
     def components_generation(self, fresh: bool = False) -> int:
         """A number that grows when components were applied or removed, by this process or another (the metadata is

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 from superduper.base.config import Config
 from superduper.base.exceptions import QueryError
@@ -13,24 +13,28 @@ from superduper.runtime.tables import TableInfo
 
 
 class Inserter:
-    def __init__(self, databackend: Any, artifact_store: Any, cfg: Config):
+    def __init__(self, databackend: Any, holding: Callable[[str], ContextManager[Any]], cfg: Config):
         self.databackend = databackend
-        self.artifact_store = artifact_store
+        self.holding = holding  # an artifact store for encoding a table's values (``ArtifactCollector.holding``)
         self.cfg = cfg
 
-    def insert(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
+    def prepare(self, info: TableInfo, rows: list[dict]) -> Callable[[Any], list]:
+        """Check and encode ``rows`` for ``info``'s table, outside any transaction: the artifacts their values
+        store are held and written here (a table's transaction must not wait on the metadata's). Returns the
+        write, to run in a transaction, which returns the ids."""
         if not rows:
-            return []
+            return lambda conn: []
         keys = _union_keys(rows)
         info.schema.check_fields(info.name, keys)
-        if not info.auto_id and not set(info.primary_key) <= set(keys):
-            return self._insert_returning(conn, info, rows)
-        if set(map(len, rows)) != {len(keys)} and (not info.auto_id or info.schema.open):
-            return self._insert_by_key_set(conn, info, rows)
-        return self._insert_columns(conn, info, keys, rows)
+        with self.holding(info.name) as artifacts:
+            if not info.auto_id and not set(info.primary_key) <= set(keys):
+                return self._returning(info, rows, artifacts)
+            if set(map(len, rows)) != {len(keys)} and (not info.auto_id or info.schema.open):
+                return self._by_key_set(info, rows, artifacts)
+            return self._columns(info, keys, rows, artifacts)
 
-    def _insert_columns(self, conn: Any, info: TableInfo, keys: list[str], rows: list[dict]) -> list:
-        """Insert rows with these keys column by column, filling missing ids and folds; returns the ids."""
+    def _columns(self, info: TableInfo, keys: list[str], rows: list[dict], artifacts: Any) -> Callable[[Any], list]:
+        """Rows with these keys, column by column, missing ids and folds filled in."""
         columns = [[r.get(k) for r in rows] for k in keys]
         if info.auto_id and info.primary_key[0] not in keys:
             keys = keys + [info.primary_key[0]]
@@ -44,44 +48,57 @@ class Inserter:
                     columns.append([None] * len(rows))
                 _fill_folds(columns[keys.index('_fold')], columns[pk_columns[0]], self.cfg.valid_fraction)
         step = self.cfg.insert_batch_size
-        for start in range(0, len(rows), step):
-            chunk = [c[start : start + step] for c in columns]
-            chunk = info.schema.encode_columns(info.name, keys, chunk, self.artifact_store, first_row=start)
-            self.databackend.insert(conn, info.name, keys, chunk)
-        if len(pk_columns) == 1:
-            return columns[pk_columns[0]]
-        return list(zip(*[columns[i] for i in pk_columns]))
+        chunks = [info.schema.encode_columns(info.name, keys, [c[start : start + step] for c in columns], artifacts,
+                                             first_row=start) for start in range(0, len(rows), step)]
+        ids = columns[pk_columns[0]] if len(pk_columns) == 1 else list(zip(*[columns[i] for i in pk_columns]))
+
+        def write(conn: Any) -> list:
+            for chunk in chunks:
+                self.databackend.insert(conn, info.name, keys, chunk)
+            return ids
+
+        return write
 
     def _id_maker(self, info: TableInfo) -> Any:
         """Hex strings for a string key, else the database's own kind of key (MongoDB's ObjectId)."""
         return _hex_ids if info.schema.types[info.primary_key[0]].name == 'str' else self.databackend.new_ids
 
-    def _insert_by_key_set(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
+    def _by_key_set(self, info: TableInfo, rows: list[dict], artifacts: Any) -> Callable[[Any], list]:
         """Rows naming different fields (a table of someone else's with defaults, documents of a collection):
         insert each group as given, so a field a row lacks stays absent."""
         groups: dict[frozenset, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(frozenset(row), []).append(i)
-        ids: list = [None] * len(rows)
+        writes = []
         for positions in groups.values():
             group = [rows[i] for i in positions]
             if not info.auto_id and not set(info.primary_key) <= set(group[0]):
-                keys = self._insert_returning(conn, info, group)
+                writes.append((positions, self._returning(info, group, artifacts)))
             else:
-                keys = self._insert_columns(conn, info, list(group[0]), group)
-            for i, key in zip(positions, keys):
-                ids[i] = key
-        return ids
+                writes.append((positions, self._columns(info, list(group[0]), group, artifacts)))
 
-    def _insert_returning(self, conn: Any, info: TableInfo, rows: list[dict]) -> list:
+        def write(conn: Any) -> list:
+            ids: list = [None] * len(rows)
+            for positions, write_group in writes:
+                for i, key in zip(positions, write_group(conn)):
+                    ids[i] = key
+            return ids
+
+        return write
+
+    def _returning(self, info: TableInfo, rows: list[dict], artifacts: Any) -> Callable[[Any], list]:
         """The database generates the primary key (autoincrement): ask it back with RETURNING."""
         encoded = []
         for i, row in enumerate(rows):
             keys = list(row)
-            columns = info.schema.encode_columns(info.name, keys, [[row[k]] for k in keys], self.artifact_store, i)
+            columns = info.schema.encode_columns(info.name, keys, [[row[k]] for k in keys], artifacts, i)
             encoded.append({k: c[0] for k, c in zip(keys, columns)})
-        returned = self.databackend.insert_returning(conn, info.name, encoded)
-        return [r[0] for r in returned] if len(info.primary_key) == 1 else returned
+
+        def write(conn: Any) -> list:
+            returned = self.databackend.insert_returning(conn, info.name, encoded)
+            return [r[0] for r in returned] if len(info.primary_key) == 1 else returned
+
+        return write
 
 
 def as_rows(documents: Any, table: str) -> list[dict]:

@@ -497,15 +497,16 @@ class Listening:
         schema = self._typed_schema(listener, done[0][1])
         sources = [c.output_key for c, _ in done]
         try:
-            columns = schema.encode_columns(table, list(results.keys), [sources, [o for _, o in done]],
-                                            self.db.artifact_store)
+            with self.db.artifacts.holding(table) as artifacts:
+                columns = schema.encode_columns(table, list(results.keys), [sources, [o for _, o in done]], artifacts)
             results.stored.extend((c, row) for (c, _), row in zip(done, zip(*columns)))
             return
         except InvalidValue:
             pass
         for (change, out), source in zip(done, sources):
             try:
-                columns = schema.encode_columns(table, list(results.keys), [[source], [out]], self.db.artifact_store)
+                with self.db.artifacts.holding(table) as artifacts:
+                    columns = schema.encode_columns(table, list(results.keys), [[source], [out]], artifacts)
                 results.stored.append((change, (columns[0][0], columns[1][0])))
             except InvalidValue as e:
                 results.failed.append((change, f'model {listener.model.identifier!r} returned an output that does '

@@ -26,7 +26,7 @@ class QueryExecutor:
         self.databackend = db.databackend
         self.artifact_store = db.artifact_store
         self.cfg = db.cfg
-        self.inserter = Inserter(db.databackend, db.artifact_store, db.cfg)
+        self.inserter = Inserter(db.databackend, db.artifacts.holding, db.cfg)
 
     def execute(self, query: Query) -> Any:
         if not isinstance(query, Query):
@@ -35,9 +35,9 @@ class QueryExecutor:
         info.schema.check_fields(query.table, query.fields_used())
         where = encode_condition(query.where, info) if query.where is not None else None
         if query.action in ('insert', 'insert_one'):
-            rows = as_rows(query.documents, query.table)
+            write = self.inserter.prepare(info, as_rows(query.documents, query.table))
             with self._writing(info) as (conn, handle):
-                ids = self.inserter.insert(conn, info, rows)
+                ids = write(conn)
                 if handle is not None:
                     handle.add(ids)
             return ids[0] if query.action == 'insert_one' else ids
@@ -170,7 +170,8 @@ class QueryExecutor:
 
     def _encode_values(self, info: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
         keys = list(values)
-        columns = info.schema.encode_columns(info.name, keys, [[values[k]] for k in keys], self.artifact_store)
+        with self.db.artifacts.holding(info.name) as artifacts:
+            columns = info.schema.encode_columns(info.name, keys, [[values[k]] for k in keys], artifacts)
         return {k: c[0] for k, c in zip(keys, columns)}
 
 

@@ -21,12 +21,14 @@ def jobs(db: Any, identifier: str | None = None) -> list[dict]:
                 job['done'] = max(job['done'] or 0, job['total'] - pending)
     return jobs
 
+
 def failures(db: Any, listener: str) -> list[dict]:
     """The rows listener ``listener`` failed on, with the error and the number of attempts."""
     record = db.metadata.get('Listener', listener)  # read, not loaded: a listener that cannot load has some
     if record is None:
         raise NotFound(not_found(db.metadata, 'Listener', listener, None))
     return db.listening.failures.list(record['uuid'], record['record']['select']['_query']['table'])
+
 
 def status(db: Any) -> list[dict]:
     """Per listener: rows with outputs, changes pending (``None`` where the database cannot count them), rows

@@ -24,6 +24,7 @@ import numpy as np
 from superduper.backends.base import OUTPUT_SEQ
 from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
 from superduper.base.query import Compare, Condition
+from superduper.runtime.artifact_gc import HeldArtifacts, index_holder
 
 if TYPE_CHECKING:
     from superduper.base.protocols import Runtime
@@ -150,37 +151,41 @@ class VectorIndexes:
         loaded = self._loaded.pop(index.identifier, None)
         if loaded is not None and loaded.component.uuid == index.uuid:
             self._detach(loaded)
-        key = self.db.metadata.index_state(index.uuid)
         self.db.metadata.set_index_state(index.uuid, None)
-        if key:
-            self._delete_state(key)
+        self.db.artifacts.release_all(index_holder(index.uuid, ''))
 
     def save(self, loaded: LoadedIndex) -> None:
-        """Store the index's files and the write number they are current to; the previous state goes."""
+        """Store the index's files and the write number they are current to, held by this state; the previous
+        state is released (another process that saved meanwhile keeps its own state instead)."""
         if loaded.searcher is None or loaded.searcher.kind == 'pgvector':
             return
-        store = self.db.artifact_store
+        index_uuid = loaded.component.uuid
+        previous = self.db.metadata.index_state(index_uuid)
+        collector = self.db.artifacts
         with tempfile.TemporaryDirectory() as tmp:
             folder = os.path.join(tmp, 'index')
             os.mkdir(folder)
             with loaded.lock:
                 loaded.searcher.save(folder)
                 seen, changed = loaded.seen, loaded.changed
-            files = store.put_file(folder)
-        manifest = {'format': STATE_FORMAT, 'kind': loaded.searcher.kind, 'seen': seen, 'files': files}
-        key = store.put_bytes(json.dumps(manifest).encode())
-        previous = self.db.metadata.index_state(loaded.component.uuid)
-        self.db.metadata.set_index_state(loaded.component.uuid, key)
-        if previous and previous != key:
-            self._delete_state(previous)
+            held = HeldArtifacts(self.db.artifact_store, collector.refs, holder='')
+            files = held.put_file(folder)
+            key = held.put_bytes(json.dumps({'format': STATE_FORMAT, 'kind': loaded.searcher.kind, 'seen': seen,
+                                             'files': files}).encode())
+            held.holder = index_holder(index_uuid, key)
+            collector.adopt()
+            held.flush()
+        if self.db.metadata.replace_index_state(index_uuid, previous, key):
+            if previous and previous != key:
+                collector.release(index_holder(index_uuid, previous))
+        elif self.db.metadata.index_state(index_uuid) != key:
+            collector.release(index_holder(index_uuid, key))
         loaded.changed -= changed
 
-    def _delete_state(self, key: str) -> None:
-        store = self.db.artifact_store
-        manifest = _manifest(store, key)
-        if manifest is not None and manifest['files'].partition('/')[0] != key:
-            store.delete(manifest['files'].partition('/')[0])
-        store.delete(key)
+    def state_files(self, key: str) -> list[str]:
+        """The folder of files a saved state names (none for a state in an older format)."""
+        manifest = _manifest(self.db.artifact_store, key)
+        return [manifest['files']] if manifest is not None else []
 
     def close(self) -> None:
         """Save the indexes that fell behind their saved state by enough that catching up would cost more than

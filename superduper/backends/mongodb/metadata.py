@@ -25,6 +25,7 @@ class MongoMetaDataStore:
         import pymongo
 
         self.backend = backend
+        self._artifact_refs: Any = None
         database = backend.database
         self.components = database[COMPONENTS]
         self.jobs = database[JOBS]
@@ -127,7 +128,29 @@ class MongoMetaDataStore:
                 {'_id': index_uuid}, {'artifact': artifact, 'saved_at': datetime.datetime.now()}, upsert=True
             )
 
+    def replace_index_state(self, index_uuid: str, previous: str | None, artifact: str) -> bool:
+        """Make ``artifact`` the index's saved state if ``previous`` still is; returns whether it did."""
+        import pymongo.errors
+
+        doc = {'artifact': artifact, 'saved_at': datetime.datetime.now()}
+        if previous is not None:
+            return self.index_states.update_one({'_id': index_uuid, 'artifact': previous},
+                                                {'$set': doc}).matched_count == 1
+        try:
+            self.index_states.insert_one({'_id': index_uuid, **doc})
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        return True
+
+    def artifact_refs(self) -> Any:
+        if self._artifact_refs is None:
+            from superduper.backends.mongodb.artifact_refs import MongoArtifactRefs
+
+            self._artifact_refs = MongoArtifactRefs(self.backend.database)
+        return self._artifact_refs
+
     def drop(self) -> None:
+        self.artifact_refs().drop()
         for collection in (self.components, self.jobs, self.failures, self.metrics, self.index_states, self.settings):
             collection.drop()
 

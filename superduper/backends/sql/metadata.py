@@ -19,6 +19,7 @@ from superduper.base.keys import dump_key, load_key
 class SQLMetadataStore:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
+        self._artifact_refs: Any = None
         self._meta = sa.MetaData()
         self.components = sa.Table(
             COMPONENTS,
@@ -201,7 +202,30 @@ class SQLMetadataStore:
                 conn.execute(self.index_states.insert(),
                              {'index_uuid': index_uuid, 'artifact': artifact, 'saved_at': datetime.datetime.now()})
 
+    def replace_index_state(self, index_uuid: str, previous: str | None, artifact: str) -> bool:
+        """Make ``artifact`` the index's saved state if ``previous`` still is (another process may have saved one
+        meanwhile); returns whether it did."""
+        c = self.index_states.c
+        row = {'artifact': artifact, 'saved_at': datetime.datetime.now()}
+        try:
+            with self.engine.begin() as conn:
+                if previous is not None:
+                    stmt = self.index_states.update().where(c.index_uuid == index_uuid, c.artifact == previous)
+                    return conn.execute(stmt.values(**row)).rowcount == 1
+                conn.execute(self.index_states.insert(), {'index_uuid': index_uuid, **row})
+                return True
+        except sa.exc.IntegrityError:  # saved by another process first
+            return False
+
+    def artifact_refs(self) -> Any:
+        if self._artifact_refs is None:
+            from superduper.backends.sql.artifact_refs import SQLArtifactRefs
+
+            self._artifact_refs = SQLArtifactRefs(self.engine)
+        return self._artifact_refs
+
     def drop(self) -> None:
+        self.artifact_refs().drop()
         self._meta.drop_all(self.engine)
 
 
