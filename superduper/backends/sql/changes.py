@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
+from superduper.backends.logs import retry_backoff
 from superduper.base import faults
 from superduper.base.background import stop_at_exit
 
@@ -75,7 +76,8 @@ def digest(text: str) -> str:
 
 #: the guarded write of a batch's stamps in one statement (PostgreSQL, SQLite): a row's stamp moves to the batch's
 #: only where it is lower, with the row's error (none: it succeeded; attempts count consecutive failures and the
-#: next try backs off exponentially); RETURNING says which rows moved, and so whose results are stored
+#: next try backs off exponentially, as ``retry_backoff`` says); RETURNING says which rows moved, and so whose
+#: results are stored
 GUARDED_UPSERT = """
 INSERT INTO {stamps} AS s (listener, digest, source, stamp, at, error, attempts, failed_at, next_try)
 SELECT :listener, r.d, r.src, :stamp, {now}, r.e, CASE WHEN r.e IS NULL THEN 0 ELSE 1 END,
@@ -594,7 +596,8 @@ class SQLChangeFeed:
             if errors[d] is not None:
                 _, previous_error, attempts = current[d]
                 attempts = attempts + 1 if previous_error is not None else 1
-                failed.append({'d': d, 'e': errors[d], 'n': attempts, 'delay': self.retry_delay * 2 ** (attempts - 1)})
+                delay = retry_backoff(self.retry_delay, attempts)
+                failed.append({'d': d, 'e': errors[d], 'n': attempts, 'delay': delay})
         if failed:
             conn.execute(
                 t.stamps.update().where(s.listener == listener, s.digest == sa.bindparam('d')).values(
