@@ -36,7 +36,7 @@ from superduper.backends.base import COMPONENTS
 from superduper.base.keys import dump_key
 
 if TYPE_CHECKING:
-    from superduper.backends.mongodb.data_backend import MongoDataBackend, Writes
+    from superduper.backends.mongodb.protocol import MongoBackend, TrackedWrites
 
 log = logging.getLogger('superduper')
 STATE = '_superduper_change_streams'
@@ -64,7 +64,7 @@ class StreamPosition:
 class ChangeStreamFeed(InlineFeed):
     """API writes and queued work as ``InlineFeed``; writes by other clients from the change stream."""
 
-    def __init__(self, backend: 'MongoDataBackend', failures: Any):
+    def __init__(self, backend: 'MongoBackend', failures: Any):
         super().__init__(backend, failures)
         self._stream: Any = None
         self._watching: tuple[str, ...] = ()
@@ -100,7 +100,7 @@ class ChangeStreamFeed(InlineFeed):
 
     # ---- writes made here -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def writing(self, conn: 'Writes', table: str, key: Sequence[str]) -> Iterator[MongoWrites]:
+    def writing(self, conn: 'TrackedWrites', table: str, key: Sequence[str]) -> Iterator[MongoWrites]:
         conn.track = self.supported
         yield MongoWrites(table, conn=conn)
 
@@ -115,7 +115,7 @@ class ChangeStreamFeed(InlineFeed):
             yield conn
         self._acknowledge(conn)
 
-    def _acknowledge(self, conn: 'Writes') -> None:
+    def _acknowledge(self, conn: 'TrackedWrites') -> None:
         """Record that this process followed these writes (up to their operation time): a stream consumer skips
         their events."""
         if conn is None or conn.operation_time is None or not conn.written:

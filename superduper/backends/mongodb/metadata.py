@@ -21,11 +21,11 @@ from superduper.backends.logs import FailureLog, JobLog
 CHUNK = 1000
 
 if TYPE_CHECKING:
-    from superduper.backends.mongodb.data_backend import MongoDataBackend
+    from superduper.backends.mongodb.protocol import MongoBackend
 
 
 class MongoMetaDataStore:
-    def __init__(self, backend: 'MongoDataBackend'):
+    def __init__(self, backend: 'MongoBackend'):
         import pymongo
 
         self.backend = backend

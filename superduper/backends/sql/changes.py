@@ -60,7 +60,7 @@ from superduper.base import faults
 from superduper.base.background import stop_at_exit
 
 if TYPE_CHECKING:
-    from superduper.backends.sql.base import SQLDataBackend
+    from superduper.backends.sql.protocol import SQLBackend
 
 log = logging.getLogger('superduper')
 CHANGES, CLAIMS, STAMPS = '_superduper_change_log', '_superduper_claims', '_superduper_stamps'
@@ -116,7 +116,7 @@ def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
 class Tables:
     """The three tables of change capture, as SQLAlchemy Core tables."""
 
-    def __init__(self, backend: 'SQLDataBackend'):
+    def __init__(self, backend: 'SQLBackend'):
         meta = sa.MetaData()
         serial = sa.BigInteger().with_variant(sa.Integer, 'sqlite')  # SQLite's rowid is the AUTOINCREMENT key
         self.changes = sa.Table(
@@ -223,7 +223,7 @@ class SQLChangeFeed:
 
     durable = True
 
-    def __init__(self, backend: 'SQLDataBackend', lease: float = 60.0, retry_delay: float = 2.0):
+    def __init__(self, backend: 'SQLBackend', lease: float = 60.0, retry_delay: float = 2.0):
         self.backend = backend
         self.lease = lease
         self.retry_delay = retry_delay
