@@ -8,7 +8,8 @@ import datetime
 import uuid
 from typing import Any, Callable
 
-from superduper.backends.base import FAILURES, JOBS, Below, OneOf, Records
+from superduper.backends.base import FAILURES, JOBS, Below, OneOf, Records, Where
+from superduper.backends.feed import chunks
 from superduper.base.counts import RecentCounts
 from superduper.base.keys import dump_key, load_key
 
@@ -106,6 +107,14 @@ class FailureLog:
             return sorted(self.records.find(FAILURES, where), key=lambda r: str(r['source']))
         rows = self.records.find(FAILURES, where, order_by='source')  # by the stored JSON text
         return [{**r, 'source': load_key(r['source'])} for r in rows]
+
+
+def split_where(where: Where) -> list[Where]:
+    """``where`` cut into conditions whose ``OneOf`` (a ``Records`` store takes one) holds at most ``CHUNK`` values."""
+    many = next((column for column, value in where.items() if isinstance(value, OneOf)), None)
+    if many is None:
+        return [where]
+    return [{**where, many: OneOf(part)} for part in chunks(list(where[many].values))]
 
 
 def _same(key: Any) -> Any:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from superduper.backends.base import Batch, Change, Finished, Results
+from superduper.backends.feed import chunks
 from superduper.backends.inline import InlineFeed, InlineWrites
 from superduper.backends.base import COMPONENTS
 from superduper.base.keys import dump_key
@@ -132,8 +133,8 @@ class ChangeStreamFeed(InlineFeed):
                       upsert=True)
             for name, ids in conn.written.items() for key in ids
         ]
-        for i in range(0, len(updates), 1000):
-            acks.bulk_write(updates[i : i + 1000], ordered=False)
+        for part in chunks(updates):
+            acks.bulk_write(part, ordered=False)
 
     # ---- consuming ----------------------------------------------------------------------------------------------
     def claim(self, limit: int, listener: str | None = None) -> Batch | None:
@@ -198,8 +199,8 @@ class ChangeStreamFeed(InlineFeed):
         """The documents followed by the process that wrote them, at or after the time of their event here."""
         keys = [{'c': collection, 'k': k} for k in times]
         done = set()
-        for i in range(0, len(keys), 1000):
-            for ack in self.backend.database[ACKS].find({'_id': {'$in': keys[i : i + 1000]}}):
+        for part in chunks(keys):
+            for ack in self.backend.database[ACKS].find({'_id': {'$in': part}}):
                 key = ack['_id']['k']
                 if times[key] is not None and ack['t'] >= times[key]:
                     done.add(key)

@@ -15,10 +15,7 @@ from superduper.backends.base import (
     COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
 from superduper.backends.base import Below, OneOf, Where
-from superduper.backends.logs import FailureLog, JobLog
-
-#: the most values one ``$in`` of a delete holds
-CHUNK = 1000
+from superduper.backends.logs import FailureLog, JobLog, split_where
 
 if TYPE_CHECKING:
     from superduper.backends.mongodb.protocol import MongoBackend
@@ -176,13 +173,8 @@ class MongoRecords:
         self.database[name].update_many(self._filter(name, where), {'$set': values})
 
     def delete(self, name: str, where: Where) -> None:
-        many = next((column for column, value in where.items() if isinstance(value, OneOf)), None)
-        if many is None:
-            self.database[name].delete_many(self._filter(name, where))
-            return
-        values = list(where[many].values)
-        for i in range(0, len(values), CHUNK):
-            self.database[name].delete_many(self._filter(name, {**where, many: OneOf(values[i : i + CHUNK])}))
+        for part in split_where(where):
+            self.database[name].delete_many(self._filter(name, part))
 
     def count_up(self, name: str, where: Where, key: str, rows: list[dict[str, Any]], counter: str) -> None:
         for row in rows:  # each an atomic upsert

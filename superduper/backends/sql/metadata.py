@@ -13,10 +13,7 @@ from superduper.backends.base import (
     COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
 from superduper.backends.base import Below, OneOf, Where
-from superduper.backends.logs import FailureLog, JobLog
-
-#: the most values one ``IN (...)`` of a delete holds
-CHUNK = 1000
+from superduper.backends.logs import FailureLog, JobLog, split_where
 
 
 class SQLMetadataStore:
@@ -252,7 +249,7 @@ class SQLRecords:
     def delete(self, name: str, where: Where) -> None:
         table = self.tables[name]
         with self.engine.begin() as conn:
-            for part in _chunked(where):
+            for part in split_where(where):
                 conn.execute(table.delete().where(*_conditions(table, part)))
 
     def count_up(self, name: str, where: Where, key: str, rows: list[dict[str, Any]], counter: str) -> None:
@@ -274,12 +271,3 @@ def _conditions(table: sa.Table, where: Where) -> list[Any]:
         else:
             found.append(table.c[column] == value)
     return found
-
-
-def _chunked(where: Where) -> list[Where]:
-    """``where`` split so that a ``OneOf`` holds at most ``CHUNK`` values."""
-    many = next((column for column, value in where.items() if isinstance(value, OneOf)), None)
-    if many is None:
-        return [where]
-    values = list(where[many].values)
-    return [{**where, many: OneOf(values[i : i + CHUNK])} for i in range(0, len(values), CHUNK)]
