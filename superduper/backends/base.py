@@ -176,11 +176,12 @@ class MetadataStore(Protocol):
         """Who holds which artifact (component records, index states, tables' values)."""
 
     def job_log(self) -> Any:
-        """Jobs and their progress: ``start``, ``progress``, ``finish``, ``list``, ``delete``."""
+        """Jobs and their progress: ``start``, ``progress``, ``finish``, ``list``, ``delete``
+        (``superduper.backends.logs.JobLog`` over the store's ``Records``)."""
 
     def failure_log(self) -> Any:
         """Rows a listener failed on: ``count``, ``record``, ``clear``, ``due``, ``list``, ``invalidate`` (forget
-        cached counts)."""
+        cached counts) (``superduper.backends.logs.FailureLog`` over the store's ``Records``)."""
 
     def drop(self) -> None: ...
 
@@ -214,6 +215,50 @@ class ArtifactRefs(Protocol):
 def artifact_digest(key: str) -> str:
     """The unit an artifact store keeps and deletes: a key's content digest (``<digest>/<name>`` -> ``<digest>``)."""
     return key.partition('/')[0]
+
+
+# ---- the metadata's logs, written once over each store's rows (``superduper.backends.logs``) -------------------
+@dataclass(frozen=True)
+class OneOf:
+    """A ``Where`` value: the column holds one of ``values``."""
+
+    values: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Below:
+    """A ``Where`` value: the column holds less than ``value``."""
+
+    value: Any
+
+
+#: conditions on a table's rows, all to hold: per column a value (equal to it), a ``OneOf`` or a ``Below``
+Where = dict[str, Any]
+
+
+class Records(Protocol):
+    """Flat rows (dicts of plain values) in the metadata's named tables, collections on MongoDB: what the job log
+    and the failure log (``superduper.backends.logs``) need of a metadata store."""
+
+    #: keys of source rows are stored as they are (documents); if not, as their JSON text (``superduper.base.keys``)
+    native_keys: bool
+
+    def insert(self, name: str, row: dict[str, Any]) -> bool:
+        """Add one row; ``False``, having written nothing, if a row with its primary key exists."""
+
+    def find(self, name: str, where: Where, order_by: str | None = None) -> list[dict[str, Any]]:
+        """The rows ``where`` selects, sorted by ``order_by`` if given."""
+
+    def count(self, name: str, where: Where) -> int: ...
+
+    def update(self, name: str, where: Where, values: dict[str, Any]) -> None: ...
+
+    def delete(self, name: str, where: Where) -> None:
+        """Delete the rows ``where`` selects, in one transaction (however many values a ``OneOf`` holds)."""
+
+    def count_up(self, name: str, where: Where, key: str, rows: list[dict[str, Any]], counter: str) -> None:
+        """Write ``rows`` (each with the values of ``where``) in place of the rows ``where`` selects with the same
+        ``key``; a row's ``counter`` is one more than the replaced row's, 1 for a new row."""
 
 
 # ---- change capture ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from superduper.backends.base import Batch, Change, Finished, Results
+from superduper.backends.feed import write_outputs
 from superduper.base.keys import dump_key
 from superduper.base.query import Condition
 
@@ -137,12 +138,8 @@ class InlineFeed:
         with self._writes() as conn:
             for res in results:
                 removed = res.gone + [c for c, _ in res.failed]
-                if res.stored or removed:
-                    seq = log.advance(conn, res.outputs_table)
-                    if res.stored:
-                        columns = [list(col) for col in zip(*[row for _, row in res.stored])]
-                        log.store(conn, res.outputs_table, seq, res.keys, columns)
-                    log.remove(conn, res.outputs_table, seq, [c.output_key for c in removed])
+                write_outputs(log, conn, res.outputs_table, res.keys, [row for _, row in res.stored],
+                              [c.output_key for c in removed])
                 finished.stored[res.listener] = [c for c, _ in res.stored]
                 finished.gone[res.listener] = list(res.gone)
                 if res.outputs_table in followed:

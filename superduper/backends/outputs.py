@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from superduper.backends.base import OUTPUT_SEQ
+from superduper.backends.feed import chunks
 from superduper.base.query import Compare
 
 SOURCE = '_source'
-CHUNK = 1000
 
 
 class OutputRows:
@@ -20,5 +20,5 @@ class OutputRows:
         self.backend.insert(conn, table, [*keys, OUTPUT_SEQ], [*columns, [seq] * count], upsert_key=keys[0])
 
     def _delete_outputs(self, conn: Any, table: str, sources: Sequence[Any]) -> None:
-        for i in range(0, len(sources), CHUNK):
-            self.backend.delete(conn, table, Compare(SOURCE, 'in', tuple(sources[i : i + CHUNK])))
+        for part in chunks(sources):
+            self.backend.delete(conn, table, Compare(SOURCE, 'in', tuple(part)))

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from superduper.backends.base import Batch, Change, Finished, Results
+from superduper.backends.feed import chunks
 from superduper.backends.inline import InlineFeed, InlineWrites
 from superduper.backends.base import COMPONENTS
 from superduper.base.keys import dump_key
 
 if TYPE_CHECKING:
-    from superduper.backends.mongodb.data_backend import MongoDataBackend, Writes
+    from superduper.backends.mongodb.protocol import MongoBackend, TrackedWrites
 
 log = logging.getLogger('superduper')
 STATE = '_superduper_change_streams'
@@ -64,7 +65,7 @@ class StreamPosition:
 class ChangeStreamFeed(InlineFeed):
     """API writes and queued work as ``InlineFeed``; writes by other clients from the change stream."""
 
-    def __init__(self, backend: 'MongoDataBackend', failures: Any):
+    def __init__(self, backend: 'MongoBackend', failures: Any):
         super().__init__(backend, failures)
         self._stream: Any = None
         self._watching: tuple[str, ...] = ()
@@ -100,7 +101,7 @@ class ChangeStreamFeed(InlineFeed):
 
     # ---- writes made here -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def writing(self, conn: 'Writes', table: str, key: Sequence[str]) -> Iterator[MongoWrites]:
+    def writing(self, conn: 'TrackedWrites', table: str, key: Sequence[str]) -> Iterator[MongoWrites]:
         conn.track = self.supported
         yield MongoWrites(table, conn=conn)
 
@@ -115,7 +116,7 @@ class ChangeStreamFeed(InlineFeed):
             yield conn
         self._acknowledge(conn)
 
-    def _acknowledge(self, conn: 'Writes') -> None:
+    def _acknowledge(self, conn: 'TrackedWrites') -> None:
         """Record that this process followed these writes (up to their operation time): a stream consumer skips
         their events."""
         if conn is None or conn.operation_time is None or not conn.written:
@@ -132,8 +133,8 @@ class ChangeStreamFeed(InlineFeed):
                       upsert=True)
             for name, ids in conn.written.items() for key in ids
         ]
-        for i in range(0, len(updates), 1000):
-            acks.bulk_write(updates[i : i + 1000], ordered=False)
+        for part in chunks(updates):
+            acks.bulk_write(part, ordered=False)
 
     # ---- consuming ----------------------------------------------------------------------------------------------
     def claim(self, limit: int, listener: str | None = None) -> Batch | None:
@@ -198,8 +199,8 @@ class ChangeStreamFeed(InlineFeed):
         """The documents followed by the process that wrote them, at or after the time of their event here."""
         keys = [{'c': collection, 'k': k} for k in times]
         done = set()
-        for i in range(0, len(keys), 1000):
-            for ack in self.backend.database[ACKS].find({'_id': {'$in': keys[i : i + 1000]}}):
+        for part in chunks(keys):
+            for ack in self.backend.database[ACKS].find({'_id': {'$in': part}}):
                 key = ack['_id']['k']
                 if times[key] is not None and ack['t'] >= times[key]:
                     done.add(key)

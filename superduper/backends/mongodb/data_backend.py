@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 from superduper.backends.mongodb.connection import Connection, connect, redact
 from superduper.backends.mongodb.filters import to_filter
 from superduper.backends.base import Capabilities
+from superduper.backends.feed import chunks
 from superduper.base.exceptions import ConfigError, DatabaseError, QueryError
 from superduper.base.query import Condition
 
@@ -59,8 +60,8 @@ class Writes:
 
     def rollback(self) -> None:
         for name, ids in self.inserted.items():
-            for i in range(0, len(ids), 1000):
-                self.backend.database[name].delete_many({ID: {'$in': ids[i : i + 1000]}})
+            for part in chunks(ids):
+                self.backend.database[name].delete_many({ID: {'$in': part}})
         self.inserted = {}
 
     def end(self) -> None:

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 from superduper.backends.base import (
     COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
-from superduper.base.counts import RecentCounts
+from superduper.backends.base import Below, OneOf, Where
+from superduper.backends.logs import FailureLog, JobLog, split_where
 
 if TYPE_CHECKING:
-    from superduper.backends.mongodb.data_backend import MongoDataBackend
+    from superduper.backends.mongodb.protocol import MongoBackend
 
 
 class MongoMetaDataStore:
-    def __init__(self, backend: 'MongoDataBackend'):
+    def __init__(self, backend: 'MongoBackend'):
         import pymongo
 
         self.backend = backend
@@ -38,15 +39,16 @@ class MongoMetaDataStore:
             unique=True, name='uq_superduper_component_version',
         )
         self.failures.create_index([('listener_uuid', pymongo.ASCENDING)], name='ix_superduper_failures_listener')
+        self.records = MongoRecords(database, ids={JOBS: 'id'})
 
     def __repr__(self) -> str:
         return f'MongoMetaDataStore({self.backend.uri!r})'
 
-    def job_log(self) -> 'MongoJobLog':
-        return MongoJobLog(self)
+    def job_log(self) -> JobLog:
+        return JobLog(self.records)
 
-    def failure_log(self) -> 'MongoFailureLog':
-        return MongoFailureLog(self)
+    def failure_log(self) -> FailureLog:
+        return FailureLog(self.records)
 
     # ---- components ------------------------------------------------------------------------------------------
     def create(self, **row: Any) -> None:
@@ -164,93 +166,62 @@ def _decode(doc: dict) -> dict:
     return row
 
 
-class MongoJobLog:
-    """Jobs (backfills, training) and their progress, in ``_superduper_jobs``."""
+class MongoRecords:
+    """``superduper.backends.base.Records`` in MongoDB collections. Source keys are stored as they are; the field
+    ``ids`` names for a collection is kept as ``_id`` (a collection not named there has generated ids, never read)."""
 
-    def __init__(self, store: MongoMetaDataStore):
-        self.collection = store.jobs
+    native_keys = True
 
-    def start(self, kind: str, component: Any, total: int | None, job_id: str | None = None) -> str | None:
-        """A new running job; ``None`` if a job with ``job_id`` exists already (someone else started it)."""
+    def __init__(self, database: Any, ids: dict[str, str]):
+        self.database = database
+        self.ids = ids
+
+    def insert(self, name: str, row: dict[str, Any]) -> bool:
         import pymongo.errors
 
-        job_id = job_id or uuid.uuid4().hex
         try:
-            self.collection.insert_one({
-                '_id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
-                'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total,
-                'failed': 0, 'error': None, 'started_at': datetime.datetime.now(), 'finished_at': None,
-            })
+            self.database[name].insert_one(self._stored(name, row))
         except pymongo.errors.DuplicateKeyError:
-            return None
-        return job_id
+            return False
+        return True
 
-    def get(self, job_id: str) -> dict | None:
-        found = self.collection.find_one({'_id': job_id})
-        return None if found is None else {'id': found.pop('_id'), **found}
+    def find(self, name: str, where: Where, order_by: str | None = None) -> list[dict[str, Any]]:
+        rows = [self._loaded(name, doc) for doc in self.database[name].find(self._filter(name, where))]
+        return rows if order_by is None else sorted(rows, key=lambda r: r[order_by])
 
-    def progress(self, job_id: str, done: int, failed: int) -> None:
-        self.collection.update_one({'_id': job_id}, {'$set': {'done': done, 'failed': failed}})
+    def count(self, name: str, where: Where) -> int:
+        return self.database[name].count_documents(self._filter(name, where))
 
-    def finish(self, job_id: str, error: str | None = None) -> None:
-        values = {'status': 'failed' if error else 'success', 'error': error, 'finished_at': datetime.datetime.now()}
-        self.collection.update_one({'_id': job_id}, {'$set': values})
+    def update(self, name: str, where: Where, values: dict[str, Any]) -> None:
+        self.database[name].update_many(self._filter(name, where), {'$set': values})
 
-    def list(self, component_uuid: str | None = None) -> list[dict]:
-        query = {} if component_uuid is None else {'component_uuid': component_uuid}
-        jobs = [{'id': d.pop('_id'), **d} for d in self.collection.find(query)]
-        return sorted(jobs, key=lambda j: j['started_at'])
+    def delete(self, name: str, where: Where) -> None:
+        for part in split_where(where):
+            self.database[name].delete_many(self._filter(name, part))
 
-    def delete(self, component_uuid: str) -> None:
-        self.collection.delete_many({'component_uuid': component_uuid})
+    def count_up(self, name: str, where: Where, key: str, rows: list[dict[str, Any]], counter: str) -> None:
+        for row in rows:  # each an atomic upsert
+            values = {k: v for k, v in row.items() if k not in where and k != key}
+            self.database[name].update_one(self._filter(name, {**where, key: row[key]}),
+                                           {'$set': values, '$inc': {counter: 1}}, upsert=True)
+
+    def _filter(self, name: str, where: Where) -> dict[str, Any]:
+        return {self._field(name, column): _match(value) for column, value in where.items()}
+
+    def _field(self, name: str, column: str) -> str:
+        return '_id' if self.ids.get(name) == column else column
+
+    def _stored(self, name: str, row: dict[str, Any]) -> dict[str, Any]:
+        return {self._field(name, column): value for column, value in row.items()}
+
+    def _loaded(self, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+        found = doc.pop('_id')
+        return {self.ids[name]: found, **doc} if name in self.ids else doc
 
 
-class MongoFailureLog:
-    """Rows a listener's model failed on, with the error, in ``_superduper_failures`` (keys stored as they are)."""
-
-    def __init__(self, store: MongoMetaDataStore):
-        self.collection = store.failures
-        self._counts = RecentCounts()
-
-    def invalidate(self) -> None:
-        """Forget the counts kept: other processes (Dask workers) recorded or cleared failures just now."""
-        self._counts.forget()
-
-    def count(self, listener_uuid: str) -> int:
-        return self._counts.get(listener_uuid, lambda: self.collection.count_documents({'listener_uuid': listener_uuid}))
-
-    def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
-        if not failures:
-            return
-        now = datetime.datetime.now()
-        for source, error in failures:
-            self.collection.update_one(
-                {'listener_uuid': listener_uuid, 'source': source},
-                {'$set': {'error': error[:10000], 'failed_at': now}, '$inc': {'attempts': 1}},
-                upsert=True,
-            )
-        self._counts.forget(listener_uuid)
-
-    def clear(self, listener_uuid: str, sources: list[Any] | None = None) -> None:
-        if sources is not None and (not sources or not self.count(listener_uuid)):
-            return
-        if sources is None:
-            self.collection.delete_many({'listener_uuid': listener_uuid})
-        else:
-            for i in range(0, len(sources), 1000):
-                self.collection.delete_many({'listener_uuid': listener_uuid, 'source': {'$in': sources[i : i + 1000]}})
-        self._counts.forget(listener_uuid)
-
-    def due(self, listener_uuid: str, max_attempts: int, delay: float) -> list[Any]:
-        """Failed rows whose next try is due: fewer than ``max_attempts`` tries, ``delay * 2**(tries - 1)`` seconds
-        after the last."""
-        if not self.count(listener_uuid):
-            return []
-        now = datetime.datetime.now()
-        docs = self.collection.find({'listener_uuid': listener_uuid, 'attempts': {'$lt': max_attempts}})
-        return [d['source'] for d in docs
-                if (now - d['failed_at']).total_seconds() >= delay * 2 ** (d['attempts'] - 1)]
-
-    def list(self, listener_uuid: str) -> list[dict]:
-        docs = self.collection.find({'listener_uuid': listener_uuid}, {'_id': 0})
-        return sorted(docs, key=lambda d: str(d['source']))
+def _match(value: Any) -> Any:
+    if isinstance(value, OneOf):
+        return {'$in': list(value.values)}
+    if isinstance(value, Below):
+        return {'$lt': value.value}
+    return value

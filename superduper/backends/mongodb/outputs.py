@@ -16,14 +16,14 @@ from superduper.backends.outputs import OutputRows
 from superduper.base.keys import dump_key, load_key
 
 if TYPE_CHECKING:
-    from superduper.backends.mongodb.data_backend import MongoDataBackend
+    from superduper.backends.mongodb.protocol import MongoBackend
 
 
 
 class MongoOutputLog(OutputRows):
     ordered = False
 
-    def __init__(self, backend: 'MongoDataBackend'):
+    def __init__(self, backend: 'MongoBackend'):
         self.backend = backend
         self.counters = backend.database['_superduper_output_seq']
         self.deletes = backend.database['_superduper_output_deletes']

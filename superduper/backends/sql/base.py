@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from superduper.backends.base import Capabilities
+from superduper.backends.feed import chunks
 from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError, InvalidValue, UnknownTable
 from superduper.base.query import And, Compare, Condition, KeysIn, Not, Or
 from superduper.components.datatype import FieldType
@@ -292,9 +293,9 @@ class SQLDataBackend:
         columns = [source.c[k] for k in pk]
         found: dict[Any, str] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(keys), 1000):
+            for part in chunks(keys):
                 stmt = sa.select(*columns, self.key_text(columns))
-                stmt = stmt.where(self._where(source, key_in(tuple(pk), keys[i : i + 1000])))
+                stmt = stmt.where(self._where(source, key_in(tuple(pk), part)))
                 for row in conn.execute(stmt):
                     found[row[0] if len(pk) == 1 else tuple(row[:-1])] = row[-1]
         return found
@@ -397,8 +398,8 @@ class SQLDataBackend:
             if sql is None:  # a dialect with no upsert: delete, then insert, in the caller's transaction
                 table = self.table(name)
                 key_values = columns[list(keys).index(upsert_key)]
-                for i in range(0, len(key_values), 1000):
-                    conn.execute(table.delete().where(table.c[upsert_key].in_(key_values[i : i + 1000])))
+                for part in chunks(key_values):
+                    conn.execute(table.delete().where(table.c[upsert_key].in_(part)))
                 sql, arrange = self._compiled_insert(name, tuple(keys), None)
             conn.exec_driver_sql(sql, params)
 

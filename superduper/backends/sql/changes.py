@@ -55,15 +55,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
-from superduper.base import faults
+from superduper.backends.feed import CHUNK, chunks, write_outputs
+from superduper.backends.logs import retry_backoff
 from superduper.base.background import stop_at_exit
 
 if TYPE_CHECKING:
-    from superduper.backends.sql.base import SQLDataBackend
+    from superduper.backends.sql.protocol import SQLBackend
 
 log = logging.getLogger('superduper')
 CHANGES, CLAIMS, STAMPS = '_superduper_change_log', '_superduper_claims', '_superduper_stamps'
-CHUNK = 1000
 DEADLOCK_RETRIES = 5
 DELETIONS_KEPT = 24 * 3600.0  # seconds a removed output is remembered for readers (vector indexes) catching up
 
@@ -75,7 +75,8 @@ def digest(text: str) -> str:
 
 #: the guarded write of a batch's stamps in one statement (PostgreSQL, SQLite): a row's stamp moves to the batch's
 #: only where it is lower, with the row's error (none: it succeeded; attempts count consecutive failures and the
-#: next try backs off exponentially); RETURNING says which rows moved, and so whose results are stored
+#: next try backs off exponentially, as ``retry_backoff`` says); RETURNING says which rows moved, and so whose
+#: results are stored
 GUARDED_UPSERT = """
 INSERT INTO {stamps} AS s (listener, digest, source, stamp, at, error, attempts, failed_at, next_try)
 SELECT :listener, r.d, r.src, :stamp, {now}, r.e, CASE WHEN r.e IS NULL THEN 0 ELSE 1 END,
@@ -106,15 +107,10 @@ def _hex(value: str) -> str:
     return value
 
 
-def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 class Tables:
     """The three tables of change capture, as SQLAlchemy Core tables."""
 
-    def __init__(self, backend: 'SQLDataBackend'):
+    def __init__(self, backend: 'SQLBackend'):
         meta = sa.MetaData()
         serial = sa.BigInteger().with_variant(sa.Integer, 'sqlite')  # SQLite's rowid is the AUTOINCREMENT key
         self.changes = sa.Table(
@@ -221,7 +217,7 @@ class SQLChangeFeed:
 
     durable = True
 
-    def __init__(self, backend: 'SQLDataBackend', lease: float = 60.0, retry_delay: float = 2.0):
+    def __init__(self, backend: 'SQLBackend', lease: float = 60.0, retry_delay: float = 2.0):
         self.backend = backend
         self.lease = lease
         self.retry_delay = retry_delay
@@ -338,7 +334,7 @@ class SQLChangeFeed:
                 if not rows:
                     return None
                 new = self._new_claim(conn)  # after the read: the stamp is later than every change taken
-                for ids in _chunks([r.id for r in rows]):
+                for ids in chunks([r.id for r in rows]):
                     conn.execute(t.changes.update().where(_in(c.id, ids)).values(claim=new))
         self.keeper.hold(new)
         return Batch(stamp=new, changes=self._decode(rows), claim=new)
@@ -368,7 +364,7 @@ class SQLChangeFeed:
     def renew(self, claims: list[int]) -> None:
         t = self.tables
         with self.backend.begin() as conn:
-            for ids in _chunks(claims):
+            for ids in chunks(claims):
                 conn.execute(t.claims.update().where(t.claims.c.id.in_(ids))
                              .values(lease_until=self.now() + self.lease))
 
@@ -410,7 +406,7 @@ class SQLChangeFeed:
             stmt = stmt.with_for_update(skip_locked=True)  # a holder finishing right now keeps its claim
         with self.backend.begin() as conn:
             expired = list(conn.execute(stmt).scalars())
-            for ids in _chunks(expired):
+            for ids in chunks(expired):
                 conn.execute(t.claims.delete().where(_in(t.claims.c.id, ids)))
                 conn.execute(t.changes.update().where(_in(t.changes.c.claim, ids)).values(claim=None))
         if expired:
@@ -441,7 +437,7 @@ class SQLChangeFeed:
         for listener, d in found:
             by_listener.setdefault(listener, []).append(d)
         for listener, digests in by_listener.items():
-            for ds in _chunks(digests):
+            for ds in chunks(digests):
                 with self.backend.begin() as conn:  # checked again: a finish may have moved one meanwhile
                     conn.execute(t.stamps.delete().where(s.listener == listener, _in(s.digest, ds), old))
 
@@ -544,14 +540,9 @@ class SQLChangeFeed:
         won = self._stamp(conn, res.listener, entries, stamp)
         stored = [entries[d] for d in won if entries[d][0] == 'stored']
         removed = [entries[d] for d in won if entries[d][0] != 'stored']
-        if stored or removed:  # the outputs' counter is taken last: see ``superduper.backends.sql.outputs``
-            log = self.backend.output_log()
-            seq = log.advance(conn, res.outputs_table)
-            faults.point('holding_output_number')  # the counter locked, nothing committed yet
-            if stored:
-                columns = [list(col) for col in zip(*[row for _, _, row in stored])]
-                log.store(conn, res.outputs_table, seq, res.keys, columns)
-            log.remove(conn, res.outputs_table, seq, [c.output_key for _, c, _ in removed])
+        # the outputs' counter is taken last: see ``superduper.backends.sql.outputs``
+        write_outputs(self.backend.output_log(), conn, res.outputs_table, res.keys, [row for _, _, row in stored],
+                      [c.output_key for _, c, _ in removed])
         return [c for _, c, _ in stored], [c for _, c, _ in removed]
 
     def _stamp(self, conn: Any, listener: str, entries: dict[str, tuple[str, Change, Any]], stamp: int) -> list[str]:
@@ -577,7 +568,7 @@ class SQLChangeFeed:
                      [{'listener': listener, 'digest': d, 'source': text, 'stamp': 0, 'at': 0.0, 'attempts': 0}
                       for d, text, _ in rows])
         current: dict[str, tuple[int, str | None, int]] = {}
-        for ds in _chunks(digests):
+        for ds in chunks(digests):
             stmt = sa.select(s.digest, s.stamp, s.error, s.attempts).where(s.listener == listener, _in(s.digest, ds))
             stmt = stmt.order_by(s.digest)
             if self.backend.capabilities.skip_locked:
@@ -586,7 +577,7 @@ class SQLChangeFeed:
         errors = {d: e for d, _, e in rows}
         won = [d for d in digests if current[d][0] < stamp]
         ok = [d for d in won if errors[d] is None]
-        for ds in _chunks(ok):
+        for ds in chunks(ok):
             conn.execute(t.stamps.update().where(s.listener == listener, _in(s.digest, ds)).values(
                 stamp=stamp, at=self.now(), error=None, attempts=0, failed_at=None, next_try=None))
         failed = []
@@ -594,7 +585,8 @@ class SQLChangeFeed:
             if errors[d] is not None:
                 _, previous_error, attempts = current[d]
                 attempts = attempts + 1 if previous_error is not None else 1
-                failed.append({'d': d, 'e': errors[d], 'n': attempts, 'delay': self.retry_delay * 2 ** (attempts - 1)})
+                delay = retry_backoff(self.retry_delay, attempts)
+                failed.append({'d': d, 'e': errors[d], 'n': attempts, 'delay': delay})
         if failed:
             conn.execute(
                 t.stamps.update().where(s.listener == listener, s.digest == sa.bindparam('d')).values(
@@ -615,7 +607,7 @@ class SQLChangeFeed:
         with self.backend.begin() as conn:
             if texts is not None:
                 stmt = t.changes.insert().values(created=self.now())
-                for chunk in _chunks(list(texts)):
+                for chunk in chunks(list(texts)):
                     conn.execute(stmt, [{'tbl': table, 'source': text, 'listener': listener} for text in chunk])
                 return len(texts)
             source = self.backend.table(table)

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from superduper.backends.base import (
     COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
-from superduper.base.counts import RecentCounts
-from superduper.base.keys import dump_key, load_key
+from superduper.backends.base import Below, OneOf, Where
+from superduper.backends.logs import FailureLog, JobLog, split_where
 
 
 class SQLMetadataStore:
@@ -86,15 +86,16 @@ class SQLMetadataStore:
                 conn.execute(self.settings.insert(), {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex})
         except sa.exc.IntegrityError:
             pass
+        self.records = SQLRecords(engine, [self.jobs, self.failures])
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'
 
-    def job_log(self) -> 'JobLog':
-        return JobLog(self)
+    def job_log(self) -> JobLog:
+        return JobLog(self.records)
 
-    def failure_log(self) -> 'FailureLog':
-        return FailureLog(self)
+    def failure_log(self) -> FailureLog:
+        return FailureLog(self.records)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -234,123 +235,63 @@ def _decode(row: dict) -> dict:
     return row
 
 
-class JobLog:
-    """Jobs (backfills, training) and their progress, in ``_superduper_jobs``."""
+class SQLRecords:
+    """``superduper.backends.base.Records`` on SQL tables (keys of source rows stored as JSON text)."""
 
-    def __init__(self, store: SQLMetadataStore):
-        self.store = store
-        self.table = store.jobs
+    native_keys = False
 
-    def start(self, kind: str, component: Any, total: int | None, job_id: str | None = None) -> str | None:
-        """A new running job; ``None`` if a job with ``job_id`` exists already (someone else started it)."""
-        job_id = job_id or uuid.uuid4().hex
+    def __init__(self, engine: sa.Engine, tables: list[sa.Table]):
+        self.engine = engine
+        self.tables = {t.name: t for t in tables}
+
+    def insert(self, name: str, row: dict[str, Any]) -> bool:
         try:
-            with self.store.engine.begin() as conn:
-                conn.execute(self.table.insert(), {
-                    'id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
-                    'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total,
-                    'failed': 0, 'started_at': datetime.datetime.now(),
-                })
+            with self.engine.begin() as conn:
+                conn.execute(self.tables[name].insert(), row)
         except sa.exc.IntegrityError:
-            return None
-        return job_id
+            return False
+        return True
 
-    def get(self, job_id: str) -> dict | None:
-        with self.store.engine.connect() as conn:
-            found = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).mappings().first()
-        return None if found is None else dict(found)
-
-    def progress(self, job_id: str, done: int, failed: int) -> None:
-        with self.store.engine.begin() as conn:
-            conn.execute(self.table.update().where(self.table.c.id == job_id).values(done=done, failed=failed))
-
-    def finish(self, job_id: str, error: str | None = None) -> None:
-        values = {'status': 'failed' if error else 'success', 'error': error, 'finished_at': datetime.datetime.now()}
-        with self.store.engine.begin() as conn:
-            conn.execute(self.table.update().where(self.table.c.id == job_id).values(**values))
-
-    def list(self, component_uuid: str | None = None) -> list[dict]:
-        stmt = sa.select(self.table).order_by(self.table.c.started_at)
-        if component_uuid is not None:
-            stmt = stmt.where(self.table.c.component_uuid == component_uuid)
-        with self.store.engine.connect() as conn:
+    def find(self, name: str, where: Where, order_by: str | None = None) -> list[dict[str, Any]]:
+        table = self.tables[name]
+        stmt = sa.select(table).where(*_conditions(table, where))
+        if order_by is not None:
+            stmt = stmt.order_by(table.c[order_by])
+        with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def delete(self, component_uuid: str) -> None:
-        with self.store.engine.begin() as conn:
-            conn.execute(self.table.delete().where(self.table.c.component_uuid == component_uuid))
+    def count(self, name: str, where: Where) -> int:
+        stmt = sa.select(sa.func.count()).select_from(self.tables[name]).where(*_conditions(self.tables[name], where))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
+    def update(self, name: str, where: Where, values: dict[str, Any]) -> None:
+        table = self.tables[name]
+        with self.engine.begin() as conn:
+            conn.execute(table.update().where(*_conditions(table, where)).values(**values))
+
+    def delete(self, name: str, where: Where) -> None:
+        table = self.tables[name]
+        with self.engine.begin() as conn:
+            for part in split_where(where):
+                conn.execute(table.delete().where(*_conditions(table, part)))
+
+    def count_up(self, name: str, where: Where, key: str, rows: list[dict[str, Any]], counter: str) -> None:
+        table = self.tables[name]
+        same = _conditions(table, {**where, key: OneOf([row[key] for row in rows])})
+        with self.engine.begin() as conn:
+            counts = dict(conn.execute(sa.select(table.c[key], table.c[counter]).where(*same)).all())
+            conn.execute(table.delete().where(*same))
+            conn.execute(table.insert(), [{**row, counter: counts.get(row[key], 0) + 1} for row in rows])
 
 
-class FailureLog:
-    """Rows a listener's model failed on, with the error, in ``_superduper_failures``."""
-
-    def __init__(self, store: SQLMetadataStore):
-        self.store = store
-        self.table = store.failures
-        self._counts = RecentCounts()
-
-    def invalidate(self) -> None:
-        """Forget the counts kept: other processes (Dask workers) recorded or cleared failures just now."""
-        self._counts.forget()
-
-    def count(self, listener_uuid: str) -> int:
-        def fetch() -> int:
-            stmt = sa.select(sa.func.count()).where(self.table.c.listener_uuid == listener_uuid)
-            with self.store.engine.connect() as conn:
-                return conn.execute(stmt).scalar_one()
-
-        return self._counts.get(listener_uuid, fetch)
-
-    def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
-        if not failures:
-            return
-        keys = [dump_key(source) for source, _ in failures]
-        c = self.table.c
-        with self.store.engine.begin() as conn:
-            attempts = dict(conn.execute(
-                sa.select(c.source, c.attempts).where(c.listener_uuid == listener_uuid, c.source.in_(keys))
-            ).all())
-            conn.execute(self.table.delete().where(c.listener_uuid == listener_uuid, c.source.in_(keys)))
-            now = datetime.datetime.now()
-            conn.execute(self.table.insert(), [
-                {'listener_uuid': listener_uuid, 'source': key, 'error': error[:10000],
-                 'attempts': attempts.get(key, 0) + 1, 'failed_at': now}
-                for key, (_, error) in zip(keys, failures)
-            ])
-        self._counts.forget(listener_uuid)
-
-    def clear(self, listener_uuid: str, sources: list[Any] | None = None) -> None:
-        if sources is not None and (not sources or not self.count(listener_uuid)):
-            return
-        c = self.table.c
-        stmt = self.table.delete().where(c.listener_uuid == listener_uuid)
-        with self.store.engine.begin() as conn:
-            if sources is None:
-                conn.execute(stmt)
-            else:
-                keys = [dump_key(s) for s in sources]
-                for i in range(0, len(keys), 1000):
-                    conn.execute(stmt.where(c.source.in_(keys[i : i + 1000])))
-        self._counts.forget(listener_uuid)
-
-    def due(self, listener_uuid: str, max_attempts: int, delay: float) -> list[Any]:
-        """Failed rows whose next try is due: fewer than ``max_attempts`` tries, ``delay * 2**(tries - 1)`` seconds
-        after the last."""
-        if not self.count(listener_uuid):
-            return []
-        c = self.table.c
-        stmt = sa.select(c.source, c.attempts, c.failed_at).where(c.listener_uuid == listener_uuid,
-                                                                 c.attempts < max_attempts)
-        now = datetime.datetime.now()
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        return [load_key(source) for source, attempts, failed_at in rows
-                if (now - failed_at).total_seconds() >= delay * 2 ** (attempts - 1)]
-
-    def list(self, listener_uuid: str) -> list[dict]:
-        stmt = sa.select(self.table).where(self.table.c.listener_uuid == listener_uuid).order_by(self.table.c.source)
-        with self.store.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(stmt).mappings()]
-        for row in rows:
-            row['source'] = load_key(row['source'])
-        return rows
+def _conditions(table: sa.Table, where: Where) -> list[Any]:
+    found = []
+    for column, value in where.items():
+        if isinstance(value, OneOf):
+            found.append(table.c[column].in_(list(value.values)))
+        elif isinstance(value, Below):
+            found.append(table.c[column] < value.value)
+        else:
+            found.append(table.c[column] == value)
+    return found

@@ -27,7 +27,7 @@ from superduper.backends.outputs import OutputRows
 from superduper.base.keys import dump_key, load_key
 
 if TYPE_CHECKING:
-    from superduper.backends.sql.base import SQLDataBackend
+    from superduper.backends.sql.protocol import SQLBackend
 
 COUNTERS, DELETES = '_superduper_output_seq', '_superduper_output_deletes'
 
@@ -35,7 +35,7 @@ COUNTERS, DELETES = '_superduper_output_seq', '_superduper_output_deletes'
 class SQLOutputLog(OutputRows):
     ordered = True  # numbers are given in commit order
 
-    def __init__(self, backend: 'SQLDataBackend'):
+    def __init__(self, backend: 'SQLBackend'):
         self.backend = backend
         meta = sa.MetaData()
         self.counters = sa.Table(

@@ -1,0 +1,121 @@
+"""The job log and the failure log of every metadata store, written once over its ``Records``
+(``superduper.backends.base``): ``_superduper_jobs`` and ``_superduper_failures``, tables on SQL, collections on
+MongoDB."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any, Callable
+
+from superduper.backends.base import FAILURES, JOBS, Below, OneOf, Records, Where
+from superduper.backends.feed import chunks
+from superduper.base.counts import RecentCounts
+from superduper.base.keys import dump_key, load_key
+
+#: the longest error text kept for a failed row
+ERROR_LENGTH = 10000
+
+
+def retry_backoff(delay: float, attempts: int) -> float:
+    """Seconds from a row's last failure to its next try: ``delay`` after the first, doubling after each more."""
+    return delay * 2 ** (attempts - 1)
+
+
+class JobLog:
+    """Jobs (backfills, training) and their progress, in ``_superduper_jobs``."""
+
+    def __init__(self, records: Records):
+        self.records = records
+
+    def start(self, kind: str, component: Any, total: int | None, job_id: str | None = None) -> str | None:
+        """A new running job; ``None`` if a job with ``job_id`` exists already (someone else started it)."""
+        job_id = job_id or uuid.uuid4().hex
+        row = {
+            'id': job_id, 'kind': kind, 'type_id': component.type_id, 'identifier': component.identifier,
+            'component_uuid': component.ensure_uuid(), 'status': 'running', 'done': 0, 'total': total,
+            'failed': 0, 'error': None, 'started_at': datetime.datetime.now(), 'finished_at': None,
+        }
+        return job_id if self.records.insert(JOBS, row) else None
+
+    def get(self, job_id: str) -> dict | None:
+        found = self.records.find(JOBS, {'id': job_id})
+        return found[0] if found else None
+
+    def progress(self, job_id: str, done: int, failed: int) -> None:
+        self.records.update(JOBS, {'id': job_id}, {'done': done, 'failed': failed})
+
+    def finish(self, job_id: str, error: str | None = None) -> None:
+        values = {'status': 'failed' if error else 'success', 'error': error, 'finished_at': datetime.datetime.now()}
+        self.records.update(JOBS, {'id': job_id}, values)
+
+    def list(self, component_uuid: str | None = None) -> list[dict]:
+        where = {} if component_uuid is None else {'component_uuid': component_uuid}
+        return self.records.find(JOBS, where, order_by='started_at')
+
+    def delete(self, component_uuid: str) -> None:
+        self.records.delete(JOBS, {'component_uuid': component_uuid})
+
+
+class FailureLog:
+    """Rows a listener's model failed on, with the error and the number of tries, in ``_superduper_failures``."""
+
+    def __init__(self, records: Records):
+        self.records = records
+        self._counts = RecentCounts()
+        self._store_key: Callable[[Any], Any] = _same if records.native_keys else dump_key
+        self._load_key: Callable[[Any], Any] = _same if records.native_keys else load_key
+
+    def invalidate(self) -> None:
+        """Forget the counts kept: other processes (Dask workers) recorded or cleared failures just now."""
+        self._counts.forget()
+
+    def count(self, listener_uuid: str) -> int:
+        return self._counts.get(listener_uuid, lambda: self.records.count(FAILURES, {'listener_uuid': listener_uuid}))
+
+    def record(self, listener_uuid: str, failures: list[tuple[Any, str]]) -> None:
+        if not failures:
+            return
+        now = datetime.datetime.now()
+        rows = [{'listener_uuid': listener_uuid, 'source': self._store_key(source), 'error': error[:ERROR_LENGTH],
+                 'failed_at': now} for source, error in failures]
+        self.records.count_up(FAILURES, {'listener_uuid': listener_uuid}, 'source', rows, 'attempts')
+        self._counts.forget(listener_uuid)
+
+    def clear(self, listener_uuid: str, sources: list[Any] | None = None) -> None:
+        if sources is not None and (not sources or not self.count(listener_uuid)):
+            return
+        where: dict[str, Any] = {'listener_uuid': listener_uuid}
+        if sources is not None:
+            where['source'] = OneOf([self._store_key(s) for s in sources])
+        self.records.delete(FAILURES, where)
+        self._counts.forget(listener_uuid)
+
+    def due(self, listener_uuid: str, max_attempts: int, delay: float) -> list[Any]:
+        """Failed rows whose next try is due: fewer than ``max_attempts`` tries, ``retry_backoff`` seconds after
+        the last."""
+        if not self.count(listener_uuid):
+            return []
+        now = datetime.datetime.now()
+        rows = self.records.find(FAILURES, {'listener_uuid': listener_uuid, 'attempts': Below(max_attempts)})
+        return [self._load_key(r['source']) for r in rows
+                if (now - r['failed_at']).total_seconds() >= retry_backoff(delay, r['attempts'])]
+
+    def list(self, listener_uuid: str) -> list[dict]:
+        where = {'listener_uuid': listener_uuid}
+        if self.records.native_keys:  # keys of any type: ordered by their text
+            return sorted(self.records.find(FAILURES, where), key=lambda r: str(r['source']))
+        rows = self.records.find(FAILURES, where, order_by='source')  # by the stored JSON text
+        return [{**r, 'source': load_key(r['source'])} for r in rows]
+
+
+def split_where(where: Where) -> list[Where]:
+    """``where`` cut into conditions whose ``OneOf`` (a ``Records`` store takes one) holds at most ``CHUNK`` values."""
+    many = next((column for column, value in where.items() if isinstance(value, OneOf)), None)
+    if many is None:
+        return [where]
+    return [{**where, many: OneOf(part)} for part in chunks(list(where[many].values))]
+
+
+def _same(key: Any) -> Any:
+    return key
