@@ -7,7 +7,17 @@ that cannot be reached skips its tests on a developer's machine and fails them i
 
 MongoDB: ``mongomock`` runs in process; a real server (for change streams and GridFS on a server) is used only
 when ``SUPERDUPER_TEST_MONGODB_URI`` names one (e.g. ``mongodb://localhost:27017``), since none can be installed
-on the development and CI machines. A test that needs SQL says so with ``@pytest.mark.sql_only('reason')``.
+on the development and CI machines.
+
+One shared suite (as in ibis): ``BACKENDS`` below is the one list of backends, and a test asks for the ``backend``
+fixture (or ``db``/``db_uri``) to run on each of them. A test narrows that only by what it means, never by a list of
+its own: ``@pytest.mark.backends('sql')`` (a family in ``FAMILIES``: 'all', 'sql', 'server', 'mongo', 'any'; or one named
+backend for a test of that backend itself, e.g. 'pgvector'); ``@pytest.mark.sql_only('reason')`` is
+``backends('sql')`` with its reason. What a test needs from a backend it states with
+``@pytest.mark.requires(field=value, reason=...)`` (or ``requires('field', ...)``: the field is truthy), read
+against the ``Capabilities`` each backend declares; on a backend that does not declare it the test still runs, as a
+strict expected failure, so a backend that gains the capability fails the suite (XPASS) until its declaration says
+so. Skips are only for the environment (a server not reachable, no MongoDB server named).
 """
 
 from __future__ import annotations
@@ -30,7 +40,20 @@ SERVERS = {
 MONGODB_URI = os.environ.get('SUPERDUPER_TEST_MONGODB_URI')
 #: a MongoDB server cannot be installed on these machines: the suite runs on one only when it is named
 BACKENDS = ['sqlite', 'postgresql', 'mariadb', 'duckdb', 'mongomock'] + (['mongodb'] if MONGODB_URI else [])
+#: every backend the suite can run on: ``BACKENDS`` and PostgreSQL with pgvector (a server of its own, started from
+#: the ``pgserver`` wheel), which runs only the tests that name it
+ALL_BACKENDS = BACKENDS + ['pgvector']
 SQL_BACKENDS = ('sqlite', 'postgresql', 'mariadb', 'duckdb', 'pgvector')
+#: the named groups a test may pick (``@pytest.mark.backends(...)``)
+FAMILIES = {
+    'all': BACKENDS,
+    'sql': [b for b in BACKENDS if b in SQL_BACKENDS],  # SQLAlchemy engines: plain SQL from other clients, DDL
+    'server': [b for b in BACKENDS if b in SERVERS],  # SQL servers: many connections writing at once
+    'mongo': [b for b in BACKENDS if b.startswith('mongo')],
+    'any': ['sqlite'],  # one database, the cheapest: for tests where which one does not matter
+}
+#: the test environment's PostgreSQL has no pgvector extension: it cannot store vectors natively (``pgvector`` can)
+ENVIRONMENT = {'postgresql': {'native_vectors': False}}
 SCRATCH = f'sd_test_{uuid.uuid4().hex[:8]}'
 
 
@@ -178,27 +201,67 @@ def drop_mongo_database(uri: str) -> None:
         found.client.close()
 
 
-def skip_if_marked(request, backend: str) -> None:
-    """Honour ``@pytest.mark.sql_only(reason)`` and ``@pytest.mark.skip_backends(*names, reason=...)``."""
-    marker = request.node.get_closest_marker('sql_only')
-    if marker is not None and backend not in SQL_BACKENDS:
-        pytest.skip(f'SQL only: {marker.args[0]}')
-    for marker in request.node.iter_markers('skip_backends'):
-        if backend in marker.args:
-            pytest.skip(f'not on {backend}: {marker.kwargs["reason"]}')
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line('markers', "backends(*names): the backends a test runs on: families of FAMILIES ('all', "
+                                       "'sql', 'server', 'mongo', 'any') or named backends (default: all of BACKENDS)")
 
 
-@pytest.fixture(autouse=True)
-def _backend_markers(request) -> None:
-    """Applies to every parametrisation of ``backend``, including modules that override the fixture."""
-    callspec = getattr(request.node, 'callspec', None)
-    if callspec is not None and 'backend' in callspec.params:
-        skip_if_marked(request, callspec.params['backend'])
+def backends_for(node) -> list[str]:
+    """The backends a test runs on: the families and names of its closest ``backends`` mark (``sql_only``: 'sql'),
+    every one of ``BACKENDS`` without."""
+    marker = node.get_closest_marker('backends')
+    if marker is None and node.get_closest_marker('sql_only') is not None:
+        return FAMILIES['sql']
+    chosen: list[str] = []
+    for name in marker.args if marker is not None else ('all',):
+        if name not in FAMILIES and name not in ALL_BACKENDS:
+            raise ValueError(f'unknown backend or family {name!r}: one of {sorted(FAMILIES)} or {ALL_BACKENDS}')
+        chosen += [b for b in FAMILIES.get(name, [name]) if b not in chosen]
+    return chosen
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    return request.param
+_capabilities: dict = {}
+
+
+def declared_capabilities(backend: str):
+    """What ``backend`` declares (``superduper.backends.base.Capabilities``), as the suite connects to it (a file,
+    a scratch database), without connecting; with what the test environment lacks (``ENVIRONMENT``) taken away."""
+    import dataclasses
+
+    if backend not in _capabilities:
+        from superduper.backends.registry import data_backends
+
+        if backend == 'mongomock':  # declared per instance: an in-process client, cheap to make
+            found = data_backends.create('mongomock', 'mongomock://sd_capabilities').capabilities
+        else:
+            found = data_backends.load({'pgvector': 'postgresql'}.get(backend, backend)).capabilities
+        _capabilities[backend] = dataclasses.replace(found, **ENVIRONMENT.get(backend, {}))
+    return _capabilities[backend]
+
+
+def missing_capabilities(node, backend: str) -> list[str]:
+    """The reasons of the ``requires`` marks ``backend`` does not declare."""
+    capabilities = declared_capabilities(backend)
+    missing = []
+    for marker in node.iter_markers('requires'):
+        wanted = [f'{k}={v!r}' for k, v in marker.kwargs.items() if k != 'reason' and getattr(capabilities, k) != v]
+        wanted += [k for k in marker.args if not getattr(capabilities, k)]
+        if wanted:
+            missing.append(f'{backend} does not declare {", ".join(wanted)}: {marker.kwargs["reason"]}')
+    return missing
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs every test that asks for ``backend`` on the backends it picks; where one of them does not declare what
+    the test ``requires``, the test is a strict expected failure there."""
+    if 'backend' not in metafunc.fixturenames:
+        return
+    params = []
+    for backend in backends_for(metafunc.definition):
+        missing = missing_capabilities(metafunc.definition, backend)
+        marks = [pytest.mark.xfail(reason='; '.join(missing), strict=True)] if missing else []
+        params.append(pytest.param(backend, marks=marks, id=backend))
+    metafunc.parametrize('backend', params, scope='function')
 
 
 @pytest.fixture
@@ -219,26 +282,10 @@ def pk(backend) -> str:
 
 
 @pytest.fixture
-def db(backend, db_uri, tmp_path, request):
+def db(backend, db_uri, tmp_path):
     datalayer = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'))
-    try:
-        skip_without_capabilities(request, datalayer.databackend.capabilities, backend)
-    except BaseException:
-        datalayer.close()
-        raise
     yield datalayer
     datalayer.close()
-
-
-def skip_without_capabilities(request, capabilities, backend: str) -> None:
-    """Honour ``@pytest.mark.requires(field=value, reason=...)``: the backend declares what it can do
-    (``superduper.backends.base.Capabilities``); a test of a capability is skipped, with its reason, where it is
-    not declared."""
-    for marker in request.node.iter_markers('requires'):
-        wanted = {k: v for k, v in marker.kwargs.items() if k != 'reason'}
-        missing = [f'{k}={v!r}' for k, v in wanted.items() if getattr(capabilities, k) != v]
-        if missing:
-            pytest.skip(f'{backend} does not declare {", ".join(missing)}: {marker.kwargs["reason"]}')
 
 
 @pytest.fixture

@@ -165,7 +165,7 @@ def test_filter_errors_name_the_filter_not_a_row(items):
         items.filter(items['qty'] == 'many').execute()
 
 
-@pytest.mark.parametrize('backend', ['mariadb'])
+@pytest.mark.backends('mariadb')  # MariaDB's max_allowed_packet
 def test_a_value_larger_than_a_statement_can_carry_is_named(db, backend):
     limit = db.databackend.statement_limit()
     db.apply(Table('blobs', fields={'data': 'bytes'}))

@@ -28,9 +28,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 CLI = [sys.executable, '-m', 'superduper.cli']
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
-def backend(request) -> str:
-    return request.param
+pytestmark = [pytest.mark.sql_only('other clients write with plain SQL; the outputs are counted with SQL'),
+              pytest.mark.requires(change_capture='triggers', shared=True,
+                                   reason='writes by other clients and processes are recorded by triggers')]
 
 
 def connect(uri: str, tmp_path, **overrides):
@@ -115,7 +115,7 @@ def test_an_older_change_never_overwrites_a_newer_result(db_uri, tmp_path, monke
         b.close()
 
 
-@pytest.mark.skip_backends('sqlite', reason='SQLite has one writer: another transaction cannot commit around ours')
+@pytest.mark.requires(serialized_writes=False, reason='another transaction commits around ours: not with one writer')
 def test_a_writer_acknowledges_only_its_own_changes(db_uri, tmp_path):
     """Another client's insert takes a change id below ours and commits while we write: it must still be computed."""
     db = connect(db_uri, tmp_path)
@@ -352,7 +352,7 @@ NO_CLOSE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize('backend', ['sqlite'])
+@pytest.mark.backends('any')  # the threads exit alike on every database
 def test_a_script_that_never_closes_exits_cleanly(db_uri, env):
     """The change-following thread and the lease thread stop at interpreter exit: no abort from a model's threads
     killed mid-batch (the seen failure: 'terminate called without an active exception', exit code 134)."""

@@ -59,9 +59,8 @@ def _datalayer_file() -> str:
     return superduper.runtime.datalayer.__file__
 
 
-@pytest.fixture(params=['sqlite', 'postgresql'])
-def backend(request) -> str:
-    return request.param
+pytestmark = [pytest.mark.sql_only('other clients write with plain SQL'),
+              pytest.mark.requires(shared=True, reason='the Dask workers open the database themselves')]
 
 
 def connect(db_uri, tmp_path, cluster, **overrides):
@@ -253,7 +252,7 @@ class MeanClassifier:
         return (np.asarray(X).reshape(len(X)) > self.threshold_).astype(int)
 
 
-@pytest.mark.parametrize('backend', ['sqlite'])
+@pytest.mark.backends('any')
 def test_training_runs_on_a_worker(ddb, cluster):
     db = ddb
     db.apply(Table('points', fields={'x': 'float', 'label': 'int'}))
@@ -273,7 +272,7 @@ def embed(text: str) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=8).astype(np.float32)
 
 
-@pytest.mark.parametrize('backend', ['sqlite'])
+@pytest.mark.backends('any')
 def test_a_vector_index_follows_the_outputs_the_workers_write(ddb):
     db = ddb
     db.apply(Table('items', fields={'txt': 'str'}, folds=False))
@@ -287,7 +286,7 @@ def test_a_vector_index_follows_the_outputs_the_workers_write(ddb):
     assert [r['id'] for r in items.like({'txt': 'a zebra crossing'}, vector_index='idx', n=3).execute()] != ['new']
 
 
-@pytest.mark.parametrize('backend', ['sqlite'])
+@pytest.mark.backends('any')
 def test_backfill_tasks_carry_keys_covering_every_selected_row_once(ddb, monkeypatch):
     sent = []
     original = DaskComputeBackend._send

@@ -215,7 +215,7 @@ def test_predict_and_custom_model_class(db):
     assert Doubler('d').predict_batches([1, 2]) == [2, 4]
 
 
-@pytest.mark.skip_backends('mongomock', reason='mongomock keeps its data inside one process')
+@pytest.mark.requires(persistent=True, reason='another process opens the database after this one')
 def test_component_with_a_lambda_reloads_in_a_new_process(db, db_uri, tmp_path, docs, pk):
     factor = 3
     db.apply(ObjectModel('times', object=lambda s: s * factor).to_listener('docs', key='txt', identifier='times'))

@@ -13,11 +13,8 @@ from superduper.base.exceptions import ComponentError
 ODD = ["it's", 'back\\slash', 'per%cent', 'dollar$sd$tag', 'données', '"quoted"', 'semi;colon', 'x' * 60]
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
-def backend(request) -> str:
-    return request.param
-
-
+@pytest.mark.sql_only('another client writes with plain SQL')
+@pytest.mark.requires(change_capture='triggers', reason="other clients' writes are recorded by triggers")
 def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path):
     db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, follow_changes=False)
     other = sa.create_engine(db.databackend.engine.url)
@@ -44,7 +41,7 @@ def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path):
         db.close()
 
 
-@pytest.mark.skip_backends('sqlite', reason='SQLite has no limit on the length of a name')
+@pytest.mark.requires('identifier_limit', reason='a database with a limit on the length of a name')
 def test_a_name_too_long_for_the_database_is_refused_by_name(db):
     name = 'n' * 70
     with pytest.raises(ComponentError, match=rf"table name '{name}' is 70 \w+ long; \w+ takes at most 6[34]"):

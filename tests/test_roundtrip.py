@@ -1,5 +1,5 @@
 """Property-based round trips (hypothesis): any value of any field type is read back exactly as written, or refused
-with ``InvalidValue`` and nothing stored. SQLite and PostgreSQL. Equal means equal as the type defines it: a JSON
+with ``InvalidValue`` and nothing stored, on every backend. Equal means equal as the type defines it: a JSON
 number is its decimal value (``1.0`` and ``1`` are one JSON number), and ``-0.0 == 0.0`` (SQLite keeps no sign on
 a zero)."""
 
@@ -38,9 +38,12 @@ TYPES = {
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(params=['sqlite', 'postgresql'])
-def backend(request) -> str:
-    return request.param
+#: bugs these round trips found, not capabilities: expected to fail (strictly: a fix is noticed) until fixed
+BUGS = {
+    ('mariadb', 'uuid'): "MariaDB's UUID column refuses some uuid.UUID values (seen: variant 0; error 1292)",
+    ('mongomock', 'uuid'): 'a uuid.UUID is handed to BSON with no UUID representation configured',
+    ('mongomock', 'datetime'): 'MongoDB keeps milliseconds: microseconds are cut, not refused',
+}
 
 
 def same(a, b, json_numbers: bool = False) -> bool:
@@ -61,7 +64,9 @@ def same(a, b, json_numbers: bool = False) -> bool:
 
 
 @pytest.mark.parametrize('ftype', TYPES)
-def test_values_round_trip_exactly_or_are_refused(db, ftype):
+def test_values_round_trip_exactly_or_are_refused(db, ftype, backend, request):
+    if (backend, ftype) in BUGS:
+        request.applymarker(pytest.mark.xfail(reason=f'bug: {BUGS[backend, ftype]}', strict=True))
     db.apply(Table('values', fields={'x': ftype}, folds=False))
     t = db['values']
 

@@ -225,7 +225,7 @@ def test_one_argument_encoders_work(db, pk):
     assert db['one_arg'].get(**{pk: row_id}).execute()['s'] == 'ABC'
 
 
-@pytest.mark.skip_backends('mongomock', reason='mongomock keeps its data inside one process')
+@pytest.mark.requires(persistent=True, reason='another process opens the database after this one')
 def test_datatype_survives_a_new_process(db, db_uri, tmp_path, backend, pk):
     """A table's DataType (with lambdas) is stored declaratively and rebuilt by another process."""
     import subprocess

@@ -16,11 +16,8 @@ from superduper.runtime.vector_indexes import VectorIndexes
 DIM = 16
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'pgvector', 'mariadb', 'duckdb', 'mongomock']
-                + (['mongodb'] if os.environ.get('SUPERDUPER_TEST_MONGODB_URI') else []))
-def backend(request) -> str:
-    """Every backend, plus PostgreSQL with pgvector (search pushed down to the database)."""
-    return request.param
+#: every backend, plus PostgreSQL with pgvector (search pushed down to the database)
+pytestmark = pytest.mark.backends('all', 'pgvector')
 
 
 def embed(text: str) -> np.ndarray:
@@ -102,7 +99,7 @@ def test_follows_inserts_updates_deletes(items, pk):
     assert new_id not in [r[pk] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
 
 
-@pytest.mark.skip_backends('pgvector', reason='pgvector searches the outputs table itself: nothing to keep current')
+@pytest.mark.requires(native_vectors=False, reason='an index of its own to keep current (pgvector searches the outputs table)')
 def test_an_index_update_that_fails_is_shown_and_caught_up(db, items, pk):
     t, _, index = items
     loaded = db.vector_indexes.get('idx')
@@ -166,7 +163,6 @@ def test_reopened_index_catches_up_with_what_changed_without_recomputing(db, db_
         again.close()
 
 
-@pytest.mark.skip_backends('pgvector', reason='pgvector searches the outputs table itself: nothing to keep current')
 def test_a_searcher_behind_forgotten_deletions_compares_with_the_whole_table(db, db_uri, tmp_path, items, pk):
     t, texts, _ = items
     away = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, poll_interval=0.01)
@@ -197,7 +193,8 @@ def test_compatible_listener_encodes_the_other_key(db):
     assert best['caption'] == 'picture 12'
 
 
-@pytest.mark.parametrize('backend', ['pgvector'])
+@pytest.mark.backends('postgresql', 'pgvector')
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
 def test_pgvector_stores_and_searches_natively(db, backend):
     db.apply(Table('nat', fields={'txt': 'str', 'v': f'vector[float32:{DIM}]'}))
     db['nat'].insert([{'txt': 'a', 'v': embed('a')}]).execute()

@@ -19,9 +19,10 @@ from conftest import pending_changes, wait_for
 CLI = [sys.executable, '-m', 'superduper.cli']
 
 
-@pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
-def backend(request) -> str:
-    return request.param
+pytestmark = pytest.mark.sql_only('other clients write with plain SQL')
+#: the tests with worker processes
+workers = pytest.mark.requires(change_capture='triggers', shared=True,
+                               reason='worker processes follow the changes the database records')
 
 
 def connect(uri: str, tmp_path, **overrides):
@@ -32,6 +33,13 @@ def count(db, table: str) -> int:
     return db.databackend.count(table)
 
 
+def running(process: subprocess.Popen) -> bool:
+    """For a wait on what ``process`` does: it must still be running."""
+    assert process.poll() is None, f'the process exited with {process.returncode}'
+    return True
+
+
+@workers
 def test_worker_killed_mid_backfill_is_finished_by_another(db_uri, tmp_path, env):
     db = connect(db_uri, tmp_path, follow_changes=False)
     db.apply(Table('docs', fields={'n': 'int'}, folds=False))
@@ -44,7 +52,8 @@ def test_worker_killed_mid_backfill_is_finished_by_another(db_uri, tmp_path, env
         db.apply(slow.to_listener('docs', key='n', identifier='slow'))
     """)], env=env)
     try:
-        wait_for(lambda: 'slow' in db.show('Listener') and count(db, db.load('Listener', 'slow').outputs) > 1000, 60)
+        wait_for(lambda: running(applier) and 'slow' in db.show('Listener')
+                 and count(db, db.load('Listener', 'slow').outputs) > 1000, 60)
     finally:
         applier.send_signal(signal.SIGKILL)
         applier.wait()
@@ -58,7 +67,8 @@ def test_worker_killed_mid_backfill_is_finished_by_another(db_uri, tmp_path, env
     db.close()
 
 
-@pytest.mark.parametrize('backend', ['postgresql', 'mariadb'])
+@pytest.mark.backends('server')
+@workers
 def test_concurrent_writers_and_two_workers(db_uri, tmp_path, env, backend):
     db = connect(db_uri, tmp_path, follow_changes=False)
     db.apply(Table('events', fields={'n': 'int'}, folds=False))
@@ -152,7 +162,8 @@ def restart_postgresql() -> None:
     raise AssertionError('PostgreSQL did not come back')
 
 
-@pytest.mark.parametrize('backend', ['postgresql'])
+@pytest.mark.backends('postgresql')
+@workers
 def test_worker_survives_a_database_restart(db_uri, tmp_path, env, backend):
     if not os.path.isdir('/etc/postgresql') or os.geteuid() != 0:
         if os.environ.get('CI'):
@@ -184,7 +195,8 @@ def test_worker_survives_a_database_restart(db_uri, tmp_path, env, backend):
     db.close()
 
 
-@pytest.mark.parametrize('backend', ['sqlite'])
+@pytest.mark.backends('any')
+@workers
 def test_cli_status_show_retry_and_errors(db_uri, tmp_path, env, backend):
     db = connect(db_uri, tmp_path, follow_changes=False)
     db.apply(Table('docs', fields={'n': 'int'}, folds=False))
@@ -208,7 +220,7 @@ def test_cli_status_show_retry_and_errors(db_uri, tmp_path, env, backend):
     assert cli('frobnicate').returncode == 2
 
 
-@pytest.mark.parametrize('backend', ['sqlite', 'postgresql'])
+@workers
 def test_worker_learns_listeners_applied_after_it_started(db_uri, tmp_path, env, backend):
     db = connect(db_uri, tmp_path, follow_changes=False)
     db.apply(Table('early', fields={'n': 'int'}, folds=False))
@@ -222,7 +234,7 @@ def test_worker_learns_listeners_applied_after_it_started(db_uri, tmp_path, env,
         with engine.begin() as conn:
             conn.execute(sa.text('INSERT INTO late (id, n) VALUES (:id, :n)'), [{'id': 'x', 'n': 4}])
         engine.dispose()
-        wait_for(lambda: count(db, late.outputs) == 1, 60)
+        wait_for(lambda: running(worker) and count(db, late.outputs) == 1, 60)
     finally:
         worker.terminate()
         worker.wait(timeout=60)

@@ -46,6 +46,8 @@ class Capabilities:
     identifier_limit: int | None = None
     #: other processes (workers, a CLI) can open the same database at the same time
     shared: bool = True
+    #: the data outlives the process: another process opening the same URI later finds it (not an in-memory database)
+    persistent: bool = True
     #: why ``shared`` is False, for the error that refuses a distributed setup
     unshared_reason: str = ''
 

@@ -85,7 +85,7 @@ class MongoDataBackend:
         self._output_log: Any = None
         if self.is_mock:
             self.capabilities = dataclasses.replace(
-                self.capabilities, change_capture='none', shared=False,
+                self.capabilities, change_capture='none', shared=False, persistent=False,
                 unshared_reason=f'mongomock keeps {uri!r} inside one process; use mongodb://')
 
     @classmethod

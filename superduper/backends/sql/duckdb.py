@@ -16,7 +16,8 @@ from superduper.base.exceptions import ConfigError
 
 class DuckDBDataBackend(SQLDataBackend):
     scheme = 'duckdb'
-    capabilities = Capabilities(change_capture='none', upsert=True, shared=False,
+    # names: duckdb-engine's dialect (PostgreSQL's) refuses identifiers over 63 characters
+    capabilities = Capabilities(change_capture='none', upsert=True, shared=False, identifier_limit=63,
                                 unshared_reason='DuckDB opens a database file in one process at a time')
     epoch_sql = 'epoch(current_timestamp)'
     # a DuckDB connection invalidates an open result when it runs another statement: read results whole

@@ -52,7 +52,7 @@ class SQLiteDataBackend(SQLDataBackend):
         super().__init__(uri)
         if path is None:  # one connection, this process only: writes are followed as they are made here
             self.capabilities = dataclasses.replace(
-                self.capabilities, change_capture='none', shared=False,
+                self.capabilities, change_capture='none', shared=False, persistent=False,
                 unshared_reason=f'the in-memory database {uri!r} lives in one process')
 
     def configure_engine(self) -> None:
