@@ -118,7 +118,7 @@ def test_blobs_of_an_insert_the_database_refused_are_collected(db):
     assert db['docs'].select().execute().tolist()[0]['body'] == 'first'
 
 
-@pytest.mark.requires(shared=True, reason='two datalayers open the same database')
+@pytest.mark.backends('any', 'server', 'mongo')  # two datalayers on one database (DuckDB: one per file)
 def test_a_collection_never_takes_a_blob_an_apply_is_storing(db, db_uri, tmp_path):
     """Process A removes model 'a' and deletes its blob while process B applies model 'b' with the same code:
     B's hold waits for A's collection to end, then B writes the bytes again; 'b' loads."""
