@@ -14,7 +14,6 @@ import json
 import math
 import os
 import threading
-import uuid
 import zlib
 from typing import Any, ClassVar, Iterator, Sequence
 
@@ -23,8 +22,10 @@ from sqlalchemy.engine import Connection
 
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
+from superduper.backends.sql.column_types import convert_columns, key_parser, storage_of
+from superduper.backends.sql.filters import where_clause
 from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError, InvalidValue, UnknownTable
-from superduper.base.query import And, Compare, Condition, KeysIn, Not, Or
+from superduper.base.query import Condition
 from superduper.components.datatype import FieldType
 
 ID_LENGTH = 255
@@ -223,7 +224,7 @@ class SQLDataBackend:
 
     def decode_keys(self, name: str, texts: Sequence[str]) -> list:
         """Primary-key values from their ``key_text`` renderings."""
-        parsers = [_key_parser(c.type) for c in self.table(name).primary_key.columns]
+        parsers = [key_parser(c.type) for c in self.table(name).primary_key.columns]
         if len(parsers) == 1:
             parse = parsers[0]
             return [parse(t) for t in texts]
@@ -269,15 +270,14 @@ class SQLDataBackend:
 
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
         """``INSERT`` that skips rows whose key exists (``executemany`` parameters)."""
-        dialect = self.dialect.name
-        if dialect in ('mysql', 'mariadb'):
-            from sqlalchemy.dialects.mysql import insert
+        return self.conflict_insert(table).on_conflict_do_nothing(index_elements=key)
 
-            stmt = insert(table)
-            return stmt.on_duplicate_key_update({key[0]: stmt.inserted[key[0]]})
-        module = 'sqlite' if dialect == 'sqlite' else 'postgresql'
-        insert = __import__(f'sqlalchemy.dialects.{module}', fromlist=['insert']).insert
-        return insert(table).on_conflict_do_nothing(index_elements=key)
+    def conflict_insert(self, table: sa.Table) -> Any:
+        """The dialect's ``INSERT`` with an ``ON CONFLICT`` clause (PostgreSQL's form, which DuckDB shares; SQLite
+        has its own)."""
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(table)
 
     def is_deadlock(self, error: sa.exc.DBAPIError) -> bool:
         """Whether the database aborted the transaction to break a deadlock (worth running it again)."""
@@ -295,7 +295,7 @@ class SQLDataBackend:
         with self.engine.connect() as conn:
             for part in chunks(keys):
                 stmt = sa.select(*columns, self.key_text(columns))
-                stmt = stmt.where(self._where(source, key_in(tuple(pk), part)))
+                stmt = stmt.where(where_clause(source, key_in(tuple(pk), part)))
                 for row in conn.execute(stmt):
                     found[row[0] if len(pk) == 1 else tuple(row[:-1])] = row[-1]
         return found
@@ -362,7 +362,7 @@ class SQLDataBackend:
         for field in types:
             self.check_name(field, what=f'column of table {name!r}:')
         if not self.has_table(name):
-            with self._errors('create', name):
+            with self.errors('create', name):
                 self._build(name, types, primary_key).create(self.engine)
         else:
             existing = {c.name for c in self._reflect(name).columns}
@@ -394,7 +394,7 @@ class SQLDataBackend:
         self._check_sizes(name, keys, columns)
         sql, arrange = self._compiled_insert(name, tuple(keys), upsert_key)
         params = arrange(columns)
-        with self._errors('insert into', name):
+        with self.errors('insert into', name):
             if sql is None:  # a dialect with no upsert: delete, then insert, in the caller's transaction
                 table = self.table(name)
                 key_values = columns[list(keys).index(upsert_key)]
@@ -442,7 +442,7 @@ class SQLDataBackend:
         """Insert letting the database generate the primary key (tables with autoincrement keys)."""
         table = self.table(name)
         stmt = table.insert().returning(*table.primary_key.columns, sort_by_parameter_order=True)
-        with self._errors('insert into', name):
+        with self.errors('insert into', name):
             return [tuple(r) for r in conn.execute(stmt, rows)]
 
     def upsert_suffix(self, keys: Sequence[str], key: str) -> str | None:
@@ -451,15 +451,10 @@ class SQLDataBackend:
         return None
 
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any | None:
-        """``INSERT ... ON CONFLICT`` for this dialect, or ``None`` where there is none."""
-        dialect = self.dialect.name
-        if dialect == 'sqlite':
-            from sqlalchemy.dialects.sqlite import insert
-        elif dialect in ('postgresql', 'duckdb'):
-            from sqlalchemy.dialects.postgresql import insert
-        else:  # MySQL: ``upsert_suffix``
+        """``INSERT ... ON CONFLICT`` for this dialect, or ``None`` where it is ``upsert_suffix`` or there is none."""
+        if not self.capabilities.upsert:
             return None
-        stmt = insert(table)
+        stmt = self.conflict_insert(table)
         updates = {k: stmt.excluded[k] for k in keys if k != key}
         if not updates:
             return stmt.on_conflict_do_nothing(index_elements=[key])
@@ -502,16 +497,16 @@ class SQLDataBackend:
         table = self.table(name)
         stmt = table.update().values(**values)
         if where is not None:
-            stmt = stmt.where(self._where(table, where))
-        with self._errors('update', name):
+            stmt = stmt.where(where_clause(table, where))
+        with self.errors('update', name):
             return conn.execute(stmt).rowcount
 
     def delete(self, conn: Connection, name: str, where: Condition | None) -> int:
         table = self.table(name)
         stmt = table.delete()
         if where is not None:
-            stmt = stmt.where(self._where(table, where))
-        with self._errors('delete from', name):
+            stmt = stmt.where(where_clause(table, where))
+        with self.errors('delete from', name):
             return conn.execute(stmt).rowcount
 
     # ---- reads ----------------------------------------------------------------------------------------------
@@ -543,7 +538,7 @@ class SQLDataBackend:
                 source = source.outerjoin(other, table.c[on] == other.c[key])
         stmt = sa.select(*selected).select_from(source)
         if where is not None:
-            stmt = stmt.where(self._where(table, where))
+            stmt = stmt.where(where_clause(table, where))
         for column, descending in order_by:
             stmt = stmt.order_by(table.c[column].desc() if descending else table.c[column])
         if limit is not None:
@@ -565,7 +560,7 @@ class SQLDataBackend:
                 cursor.close()
                 cursor = None
             if cursor is not None:
-                with self._errors('select from', name):
+                with self.errors('select from', name):
                     try:
                         cursor.execute(*driver_query)
                         yield from self._read_cursor(cursor, stmt, batch_size)
@@ -594,7 +589,7 @@ class SQLDataBackend:
     def _fetch(
         self, conn: Connection, stmt: Any, name: str, batch_size: int, server_side: bool = False
     ) -> Iterator[list]:
-        with self._errors('select from', name):
+        with self.errors('select from', name):
             result = conn.execute(stmt)
             try:
                 if server_side:  # SQLAlchemy buffers a server-side cursor: read through it
@@ -618,7 +613,7 @@ class SQLDataBackend:
             rows = cursor.fetchall()
             batches = (rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
         for batch in batches:
-            yield _convert(batch, convert) if convert else batch
+            yield convert_columns(batch, convert) if convert else batch
 
     def rows_by_key(self, name: str, columns: Sequence[str], key: str, values: Sequence[Any]) -> list:
         """The rows whose ``key`` is one of ``values`` (a few, such as vector search hits), through SQL compiled once
@@ -627,14 +622,14 @@ class SQLDataBackend:
             return []
         sql, names, convert = self._by_key_sql(name, tuple(columns), key, len(values))
         params: Any = tuple(values) if names is None else dict(zip(names, values))
-        with self._read_connection() as dbapi_connection, self._errors('select from', name):
+        with self._read_connection() as dbapi_connection, self.errors('select from', name):
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(sql, params)
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
-        return _convert(rows, convert) if convert and rows else rows
+        return convert_columns(rows, convert) if convert and rows else rows
 
     @contextlib.contextmanager
     def _read_connection(self) -> Iterator[Any]:
@@ -679,40 +674,17 @@ class SQLDataBackend:
         table = self.table(name)
         stmt = sa.select(sa.func.count()).select_from(table)
         if where is not None:
-            stmt = stmt.where(self._where(table, where))
-        with self.engine.connect() as conn, self._errors('count', name):
+            stmt = stmt.where(where_clause(table, where))
+        with self.engine.connect() as conn, self.errors('count', name):
             return conn.execute(stmt).scalar_one()
 
     # ---- filters --------------------------------------------------------------------------------------------
     def compile_condition(self, table: sa.Table, cond: Condition) -> Any:
         """A condition tree as a SQLAlchemy expression on ``table``."""
-        return self._where(table, cond)
-
-    def _where(self, table: sa.Table, cond: Condition) -> Any:
-        if isinstance(cond, KeysIn):
-            if not cond.values:
-                return sa.false()
-            return sa.tuple_(*[table.c[f] for f in cond.fields_]).in_([tuple(v) for v in cond.values])
-        if isinstance(cond, Compare):
-            col = table.c[cond.field]
-            value = cond.value
-            if cond.op == '==':
-                return col.is_(None) if value is None else col == value
-            if cond.op == '!=':
-                return col.is_not(None) if value is None else col != value
-            if cond.op == 'in':
-                return col.in_(list(value))
-            return {'<': col.__lt__, '<=': col.__le__, '>': col.__gt__, '>=': col.__ge__}[cond.op](value)
-        if isinstance(cond, And):
-            return sa.and_(*[self._where(table, c) for c in cond.parts])
-        if isinstance(cond, Or):
-            return sa.or_(*[self._where(table, c) for c in cond.parts])
-        if isinstance(cond, Not):
-            return sa.not_(self._where(table, cond.part))
-        raise TypeError(f'not a condition: {cond!r}')
+        return where_clause(table, cond)
 
     @contextlib.contextmanager
-    def _errors(self, action: str, name: str) -> Iterator[None]:
+    def errors(self, action: str, name: str) -> Iterator[None]:
         try:
             yield
         except sa.exc.DBAPIError as e:
@@ -721,61 +693,6 @@ class SQLDataBackend:
         except self.dialect.loaded_dbapi.Error as e:  # from a driver cursor used directly
             reason = str(e).strip().splitlines()[0]
             raise DatabaseError(f'{action} table {name!r} failed: {reason}') from e
-
-
-def _convert(batch: list, convert: list) -> list:
-    columns = list(zip(*batch))
-    for i, proc in convert:
-        columns[i] = list(map(proc, columns[i]))
-    return list(zip(*columns))
-
-
-def storage_of(sa_type: Any) -> str:
-    """The storage kind of a reflected column type; ``'any'`` passes values through unchecked."""
-    if isinstance(sa_type, sa.Boolean):
-        return 'bool'
-    if isinstance(sa_type, sa.Uuid):
-        return 'uuid'
-    if isinstance(sa_type, sa.Integer):
-        return 'int'
-    if isinstance(sa_type, sa.Float):
-        return 'float'
-    if isinstance(sa_type, sa.JSON):
-        return 'json'
-    if isinstance(sa_type, (sa.String, sa.Enum)):
-        return 'str'
-    if isinstance(sa_type, sa.LargeBinary) or isinstance(sa_type, sa.types._Binary):
-        return 'bytes'
-    if isinstance(sa_type, sa.DateTime):
-        return 'datetime'
-    return 'any'
-
-
-def _key_parser(sa_type: Any) -> Any:
-    """Turns one key column's text rendering (or JSON value, in a composite key) back into its Python value."""
-    try:
-        python_type = sa_type.python_type
-    except NotImplementedError:
-        return lambda v: v
-    if python_type is int:
-        return int
-    if python_type is uuid.UUID:
-        as_uuid = getattr(sa_type, 'as_uuid', True)
-        return (lambda v: uuid.UUID(str(v))) if as_uuid else str
-    if python_type is str:
-        return str
-    if python_type in (float, bool):
-        return lambda v: python_type(json.loads(v) if isinstance(v, str) else v)
-    import datetime
-    import decimal
-
-    if python_type is datetime.datetime:
-        return lambda v: datetime.datetime.fromisoformat(str(v).replace('T', ' '))
-    if python_type is datetime.date:
-        return lambda v: datetime.date.fromisoformat(str(v))
-    if python_type is decimal.Decimal:
-        return lambda v: decimal.Decimal(str(v))
-    return lambda v: v
 
 
 def _unknown_table_message(name: str, existing: list[str], uri: str) -> str:

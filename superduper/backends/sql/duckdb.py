@@ -59,7 +59,7 @@ class DuckDBDataBackend(SQLDataBackend):
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
         table = self.table(name)
         stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
-        with self._errors('insert into', name):
+        with self.errors('insert into', name):
             conn.execute(stmt, rows)
 
     def _reflect(self, name: str) -> sa.Table:

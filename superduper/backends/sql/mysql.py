@@ -41,6 +41,15 @@ class MySQLDataBackend(SQLDataBackend):
         if len(name) > 64:  # characters, not bytes
             raise ComponentError(f'{what} name {name!r} is {len(name)} characters long; MySQL takes at most 64')
 
+    def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
+        from sqlalchemy.dialects.mysql import insert
+
+        stmt = insert(table)
+        return stmt.on_duplicate_key_update({key[0]: stmt.inserted[key[0]]})
+
+    def upsert_statement(self, table: sa.Table, keys: Any, key: str) -> None:
+        return None  # the plain insert with ``upsert_suffix``
+
     def upsert_suffix(self, keys: Any, key: str) -> str | None:
         # SQLAlchemy doubles the % of a name twice inside VALUES(...) here: the clause is written with one escaping
         columns = [k for k in keys if k != key] or [key]

@@ -91,6 +91,6 @@ class PgVectorSearcher:
             key = src.c[primary_key[0]] if len(primary_key) == 1 else backend.key_text([src.c[k] for k in primary_key])
             stmt = stmt.select_from(out.join(src, key == out.c._source))
             stmt = stmt.where(backend.compile_condition(src, where)).order_by(distance + 0)
-        with backend.engine.connect() as conn, backend._errors('vector search on', self.source):
+        with backend.engine.connect() as conn, backend.errors('vector search on', self.source):
             rows = conn.execute(stmt.limit(n)).all()
         return [(source, score(float(d))) for source, d in rows]

@@ -55,6 +55,11 @@ class SQLiteDataBackend(SQLDataBackend):
                 self.capabilities, change_capture='none', shared=False, persistent=False,
                 unshared_reason=f'the in-memory database {uri!r} lives in one process')
 
+    def conflict_insert(self, table: sa.Table) -> Any:
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert(table)
+
     def configure_engine(self) -> None:
         sa.event.listen(self.engine, 'connect', _configure_connection)
 
