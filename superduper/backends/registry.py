@@ -6,6 +6,7 @@ a missing driver becomes one ``MissingDependency`` error naming the extra to ins
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from superduper.base.exceptions import ConfigError
@@ -99,6 +100,17 @@ def connect_compute(uri: str, cfg: Any = None, databackend: Any = None) -> Any:
     distributed backend refuses a ``databackend`` other processes cannot open."""
     scheme = uri.split('://', 1)[0].lower() if '://' in uri else uri
     return compute_backends.create(scheme, uri, cfg, databackend)
+
+
+def shareable_store_uri(uri: str, base_dir: str) -> str:
+    """An artifact store's URI as another process reaches the same store (a folder made absolute from
+    ``base_dir``); ``ConfigError`` for the in-memory store, which only this process sees."""
+    scheme = scheme_of(uri)
+    if scheme == 'memory':
+        raise ConfigError(f'the in-memory artifact store {uri!r} lives in this process only')
+    if scheme == 'filesystem':
+        return 'filesystem://' + os.path.normpath(os.path.join(base_dir, uri[len('filesystem://') :]))
+    return uri
 
 
 def shareable_uri(uri: str, base_dir: str) -> str:

@@ -233,7 +233,7 @@ def _option(text: str) -> Any:
 def worker_settings(cfg: 'Config', base_dir: str) -> dict[str, Any]:
     """The settings workers connect with: the client's, with local paths made absolute (from ``base_dir``), computing
     in the worker, with no background thread or progress bar. Refuses databases that other processes cannot open."""
-    from superduper.backends.registry import shareable_uri
+    from superduper.backends.registry import shareable_store_uri, shareable_uri
 
     def absolute(path: str) -> str:
         return os.path.normpath(os.path.join(base_dir, path))
@@ -245,11 +245,11 @@ def worker_settings(cfg: 'Config', base_dir: str) -> dict[str, Any]:
                 settings[key] = shareable_uri(settings[key], base_dir)
             except ConfigError as e:
                 raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the database: {e}') from None
-    store = settings['artifact_store']
-    if store and store.startswith('memory://'):
-        raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the in-memory artifact store {store!r}')
-    if store and store.startswith('filesystem://'):
-        settings['artifact_store'] = 'filesystem://' + absolute(store[len('filesystem://') :])
+    if settings['artifact_store']:
+        try:
+            settings['artifact_store'] = shareable_store_uri(settings['artifact_store'], base_dir)
+        except ConfigError as e:
+            raise ConfigError(f'compute={cfg.compute!r}: Dask workers cannot share the artifact store: {e}') from None
     settings['home'] = absolute(settings['home'])
     return settings
 
