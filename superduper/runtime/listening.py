@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from superduper.backends.base import OUTPUT_SEQ, Batch, Change, Finished, LeaseLost, Results
 from superduper.base import faults
@@ -339,9 +339,14 @@ class Listening:
         if self.db.compute.distributed:
             yield from self.db.compute.backfill(self.db, listener, total)
             return
-        while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener.uuid)) is not None:
-            faults.point('after_claim')
+        for batch in self._claimed(listener.uuid):
             yield len(batch.changes), self.follow_up(batch)
+
+    def _claimed(self, listener_uuid: str) -> Iterator[Batch]:
+        """The changes queued for one listener, claimed a batch at a time until none is left here."""
+        while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener_uuid)) is not None:
+            faults.point('after_claim')
+            yield batch
 
     def finish_job_if_done(self, listener_uuid: str) -> None:
         """Mark the listener's backfill job done once nothing of it is queued (whoever computed the last rows; a
@@ -374,10 +379,7 @@ class Listening:
 
     def drain(self, listener_uuid: str) -> int:
         """Compute every change queued for one listener (a retry); returns how many rows failed."""
-        failed = 0
-        while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener_uuid)) is not None:
-            failed += self.follow_up(batch)
-        return failed
+        return sum(self.follow_up(batch) for batch in self._claimed(listener_uuid))
 
     def follow_up(self, batch: Batch) -> int:
         """Compute a batch, then the batches its output writes cause (listeners on outputs); returns how many rows
