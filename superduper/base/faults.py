@@ -5,7 +5,9 @@ an operator's ``kill -9`` would.
 Points: ``after_metadata_commit`` (a component's record is stored, nothing it sets up has run yet; tagged with
 the component's type: ``after_metadata_commit.Listener``),
 ``after_claim`` (a batch of changes is leased, nothing computed), ``before_finish`` (outputs computed, not
-stored), ``after_finish`` (outputs stored, the chain not taken over). Unset, a point costs one dictionary lookup.
+stored), ``after_finish`` (outputs stored, the chain not taken over), ``holding_artifacts`` (artifacts held, their
+bytes not written; tagged ``component``, ``table`` or ``index``), ``collecting_artifact`` (an artifact's bytes
+deleted, its collection not committed). Unset, a point costs one dictionary lookup.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import time
 from typing import Any, Iterable, Iterator
 
 from superduper.backends.artifacts import file_key
+from superduper.base import faults
 from superduper.base.protocols import Runtime
 from superduper.components.component import artifact_keys
 from superduper.components.datatype import BLOB_PREFIX, FILE_PREFIX, DataType
@@ -74,6 +75,7 @@ class HeldArtifacts:
         if not self._blobs and not self._files:
             return
         self.refs.hold(self.holder, [*self._blobs, *self._files])
+        faults.point('holding_artifacts', self.holder.partition(':')[0])
         for data in self._blobs.values():
             self.store.put_bytes(data)
         for local_path in self._files.values():
@@ -118,7 +120,11 @@ class ArtifactCollector:
 
     def collect(self, keys: Iterable[str]) -> list[str]:
         """Delete the artifacts among ``keys`` that nothing holds."""
-        return self.refs.collect(keys, self.db.artifact_store.delete)
+        return self.refs.collect(keys, self._delete)
+
+    def _delete(self, digest: str) -> None:
+        self.db.artifact_store.delete(digest)
+        faults.point('collecting_artifact')  # deleted, the collection not yet committed
 
     def adopt(self) -> None:
         """Hold what component records and saved index states made before refs existed refer to (once per

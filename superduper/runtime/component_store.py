@@ -94,6 +94,7 @@ class ComponentStore:
             return component
         holder = component_holder(uuid, os.urandom(8).hex())
         self.collector.hold(holder, blobs)  # before the bytes: a concurrent collection keeps them
+        faults.point('holding_artifacts', 'component')
         try:
             for data in blobs.values():
                 self.artifact_store.put_bytes(data)
