@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -267,3 +268,41 @@ def test_a_listener_that_cannot_load_blocks_nothing_else(db_uri, backend, tmp_pa
         assert again[broken.outputs].get(_source=row).execute()[broken.outputs] == 'waits!'
     finally:
         again.close()
+
+
+def test_a_consumer_stopping_cannot_start_itself_again():
+    """A consumer thread that, mid-work, asks for the consumer to be started (as a listener list reloaded then does)
+    while it is being stopped does not leave a thread running."""
+    import threading
+
+    from superduper.base.background import BackgroundConsumer
+
+    working, release = threading.Event(), threading.Event()
+
+    def consume() -> int:
+        working.set()
+        release.wait(5)
+        consumer.start(0.01)  # what Listening does when it sees listeners while working
+        return 1
+
+    consumer = BackgroundConsumer('superduper-test-consumer', consume, lambda: 0)
+    consumer.start(0.01)
+    assert working.wait(5)
+    stopper = threading.Thread(target=consumer.stop)
+    stopper.start()
+    release.set()
+    stopper.join(10)
+    time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name == 'superduper-test-consumer']
+
+
+def test_a_closed_datalayer_starts_no_thread(sqlite_db):
+    import threading
+
+    sqlite_db.apply(Table('docs', fields={'txt': 'str'}))
+    sqlite_db.apply(ObjectModel('up', object=str.upper).to_listener('docs', key='txt', identifier='up'))
+    listening = sqlite_db.listening
+    sqlite_db.close()
+    listening.records(fresh=True)  # a reload after close (a late write, a save) must not start the consumer again
+    listening._start_consumer()
+    assert not [t for t in threading.enumerate() if t.name == 'superduper-changes' and t.is_alive()]

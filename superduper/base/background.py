@@ -80,7 +80,8 @@ class BackgroundConsumer:
 
     def stop(self) -> None:
         self._stop.set()
-        thread, self._thread = self._thread, None
+        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+            thread.join(timeout=30)  # meanwhile ``start`` sees it alive: the stopping thread cannot start another
+        self._thread = None
         _running.discard(self)

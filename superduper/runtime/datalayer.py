@@ -74,7 +74,7 @@ class Datalayer:
 
     def close(self) -> None:
         if self._listening is not None:
-            self._listening.consumer.stop()
+            self._listening.close()
         if self._changes is not None:
             self._changes.close()
         if self._vector_indexes is not None:

@@ -68,6 +68,7 @@ class Listening:
         #: what cannot run now and why (a listener that cannot be loaded, a hook that failed), for ``db.status()``
         self.problems: dict[str, str] = {}
         self.consumer = BackgroundConsumer('superduper-changes', self.work, self.retry_due)
+        self._closed = False
         self.feed.attach(lambda: [(table, r['uuid']) for table, rs in self.records().items() for r in rs])
 
     # ---- which listeners follow which table ----------------------------------------------------------------
@@ -153,10 +154,17 @@ class Listening:
 
     def _start_consumer(self) -> None:
         """Follow other clients' writes in a thread here; not with ``outputs='async'`` (that process loads no
-        model: workers compute)."""
+        model: workers compute), and never once the datalayer is closed."""
+        if self._closed:
+            return
         if self.db.cfg.follow_changes and self.db.cfg.outputs == 'sync' and (self.feed.durable or self.db.databackend.capabilities.change_capture
                                            == 'change_stream'):
             self.consumer.start(self.db.cfg.poll_interval)
+
+    def close(self) -> None:
+        """Stop the background consumer for good (a closed datalayer starts no thread again)."""
+        self._closed = True
+        self.consumer.stop()
 
     def active(self, identifier: str) -> 'Listener':
         for records in self.records().values():

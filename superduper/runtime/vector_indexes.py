@@ -277,6 +277,8 @@ class VectorIndexes:
 
     def _flush_if_due(self, loaded: LoadedIndex) -> None:
         """Add the vectors waiting outside an ANN graph once enough wait that scanning them costs searches time."""
+        if loaded.searcher is None:  # no vectors yet
+            return
         pending = getattr(loaded.searcher, 'pending', ())
         if len(pending) >= max(FLUSH_AT, len(loaded.searcher) // 100):
             with loaded.lock:
