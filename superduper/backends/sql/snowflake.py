@@ -51,7 +51,6 @@ def _json_text(element: Any, compiler: Any, **kw: Any) -> str:
 
 class SnowflakeDataBackend(SQLDataBackend):
     scheme = 'snowflake'
-    needs_database_name = True
     # no triggers, no SKIP LOCKED; transactions (explicit, autocommit off); MERGE upserts; 255-character names
     capabilities = Capabilities(change_capture='none', skip_locked=False, transactions=True, upsert=True,
                                 identifier_limit=255)
@@ -88,7 +87,10 @@ class SnowflakeDataBackend(SQLDataBackend):
         if not parsed.host:
             raise ConfigError(f'{_redact(uri)!r} names no Snowflake account; write '
                               'snowflake://user:password@<account>/<database>/<schema>?warehouse=<warehouse>')
-        if parsed.database and parsed.database.count('/') > 1:
+        if not parsed.database:
+            raise ConfigError(f'{_redact(uri)!r} names no database; write '
+                              'snowflake://user:password@<account>/<database>/<schema>?warehouse=<warehouse>')
+        if parsed.database.count('/') > 1:
             raise ConfigError(f'{_redact(uri)!r}: the path is <database>/<schema>, not {parsed.database!r}')
         return url, connect
 
@@ -98,6 +100,10 @@ class SnowflakeDataBackend(SQLDataBackend):
             # a server reached at its own host (an emulator, a proxy): no telemetry sent elsewhere
             connect.setdefault('session_parameters', {'CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED': False})
         return {'connect_args': connect, 'pool_pre_ping': True}
+
+    def configure_engine(self) -> None:
+        # words Snowflake reserves that the dialect's list lacks (``AT``, ``BEFORE``: time travel clauses)
+        self.dialect.identifier_preparer.reserved_words |= {'at', 'before', 'changes', 'match_recognize', 'qualify'}
 
     def where(self) -> str:
         url = self.engine.url
@@ -131,6 +137,10 @@ class SnowflakeDataBackend(SQLDataBackend):
         table = self.table(name)
         processors = [table.c[k].type._cached_bind_processor(self.dialect) for k in keys]
         columns = [list(map(p, c)) if p else c for p, c in zip(processors, columns)]
+        # binary values travel as hex text and are converted in the MERGE's SELECT (a hex literal in VALUES is read
+        # as a number by some SQL engines)
+        binary = [isinstance(table.c[k].type, sa.LargeBinary) for k in keys]
+        columns = [[None if v is None else bytes(v).hex() for v in c] if b else c for b, c in zip(binary, columns)]
         rows = list(zip(*columns))
         with self.errors('insert into', name):
             for part in chunks(rows, MERGE_ROWS):
@@ -142,7 +152,10 @@ class SnowflakeDataBackend(SQLDataBackend):
         the connector's ``pyformat`` parameters."""
         q = self.sql_name
         placeholders = '(' + ', '.join(['%s'] * len(keys)) + ')'
-        source = f'(SELECT * FROM (VALUES {", ".join([placeholders] * len(rows))}) AS v ({", ".join(q(k) for k in keys)}))'
+        selected = ', '.join(f"TO_BINARY(v.{q(k)}, 'HEX') AS {q(k)}" if isinstance(table.c[k].type, sa.LargeBinary)
+                             else f'v.{q(k)}' for k in keys)
+        source = (f'(SELECT {selected} FROM (VALUES {", ".join([placeholders] * len(rows))}) '
+                  f'AS v ({", ".join(q(k) for k in keys)}))')
         others = [k for k in keys if k != key]
         sql = f'MERGE INTO {q(table.name)} AS t USING {source} AS s ON t.{q(key)} = s.{q(key)}'
         if others:
