@@ -39,11 +39,17 @@ SERVERS = {
 }
 MONGODB_URI = os.environ.get('SUPERDUPER_TEST_MONGODB_URI')
 #: a MongoDB server cannot be installed on these machines: the suite runs on one only when it is named
-BACKENDS = ['sqlite', 'postgresql', 'mariadb', 'duckdb', 'mongomock'] + (['mongodb'] if MONGODB_URI else [])
+#: the snowflake backend on fakesnow runs only when asked (SUPERDUPER_TEST_FAKESNOW=1): not yet green on the whole suite
+FAKESNOW = bool(os.environ.get('SUPERDUPER_TEST_FAKESNOW'))
+BACKENDS = (['sqlite', 'postgresql', 'mariadb', 'duckdb'] + (['fakesnow'] if FAKESNOW else []) + ['mongomock']
+            + (['mongodb'] if MONGODB_URI else []))
 #: every backend the suite can run on: ``BACKENDS`` and PostgreSQL with pgvector (a server of its own, started from
 #: the ``pgserver`` wheel), which runs only the tests that name it
 ALL_BACKENDS = BACKENDS + ['pgvector']
-SQL_BACKENDS = ('sqlite', 'postgresql', 'mariadb', 'duckdb', 'pgvector')
+SQL_BACKENDS = ('sqlite', 'postgresql', 'mariadb', 'duckdb', 'fakesnow', 'pgvector')
+#: backends that are another backend's implementation pointed at an emulator: 'fakesnow' is the snowflake backend
+#: on fakesnow's server (Snowflake's SQL on DuckDB, spoken to over HTTP by the real connector and dialect)
+IMPLEMENTED_BY = {'pgvector': 'postgresql', 'fakesnow': 'snowflake'}
 #: the named groups a test may pick (``@pytest.mark.backends(...)``)
 FAMILIES = {
     'all': BACKENDS,
@@ -103,18 +109,67 @@ def _start_pgserver() -> tuple[str, str, str]:
     return f'postgresql+psycopg://{base.split("://", 1)[1]}/{{db}}?{query}', 'postgres', f'{base}/{{db}}?{query}'
 
 
-_servers: dict[str, Server | Exception] = {}
+class Fakesnow:
+    """fakesnow's HTTP server in a process of its own (so that workers and other clients reach it too), started once
+    per test session; each test works in a database of its own on it, dropped after the test."""
+
+    def __init__(self, name: str):
+        import socket
+        import subprocess
+        import sys
+
+        import fakesnow  # noqa: F401  (not installed: the environment skips)
+        import snowflake.sqlalchemy  # noqa: F401
+
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            self.port = sock.getsockname()[1]
+        self.process = subprocess.Popen([sys.executable, '-m', 'fakesnow', '-s', '--port', str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.time() > deadline:
+                    self.process.kill()
+                    raise RuntimeError(f'fakesnow server did not start on port {self.port}') from None
+                time.sleep(0.2)
+        self.name = name
+
+    def uri_for(self, database: str) -> str:
+        return (f'snowflake://fake:snow@fakesnow/{database}/public?warehouse=wh'
+                f'&host=127.0.0.1&port={self.port}&protocol=http')
+
+    @property
+    def uri(self) -> str:
+        return self.uri_for(SCRATCH)
+
+    def drop_database(self, uri: str) -> None:
+        """Nothing: fakesnow's server cannot ``DROP DATABASE`` (a parser error); its databases are in memory and go
+        with it at the end of the session."""
+
+    def reset(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+_servers: dict[str, Server | Fakesnow | Exception] = {}
 
 
 def server(name: str) -> Server:
     if name not in _servers:
         try:
-            _servers[name] = Server(name)
+            _servers[name] = Fakesnow(name) if name == 'fakesnow' else Server(name)
         except (sa.exc.OperationalError, ImportError, OSError, RuntimeError) as e:
             _servers[name] = e
     found = _servers[name]
     if isinstance(found, Exception):
-        message = f'{name} server not reachable on 127.0.0.1: {str(found).splitlines()[0]}'
+        message = f'{name} server not reachable on 127.0.0.1: {(str(found) or repr(found)).splitlines()[0]}'
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -123,7 +178,7 @@ def server(name: str) -> Server:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for found in _servers.values():
-        if isinstance(found, Server):
+        if isinstance(found, (Server, Fakesnow)):
             found.drop()
 
 
@@ -131,7 +186,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _isolated(tmp_path, monkeypatch):
     """Each test runs in an empty folder with no SUPERDUPER_* settings from the outside."""
     for key in list(os.environ):
-        if key.startswith('SUPERDUPER_') and key != 'SUPERDUPER_TEST_MONGODB_URI':
+        if key.startswith('SUPERDUPER_') and key not in ('SUPERDUPER_TEST_MONGODB_URI', 'SUPERDUPER_TEST_FAKESNOW'):
             monkeypatch.delenv(key)
     # subprocesses import this checkout, not whichever superduper is installed
     monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
@@ -162,7 +217,7 @@ def pending_changes(db) -> int:
 
 def plain_sql(db, *statements: tuple[str, dict]) -> None:
     """Another client: its own engine, plain SQL, no superduper."""
-    engine = sa.create_engine(db.databackend.engine.url)
+    engine = sa.create_engine(db.databackend.engine.url, **db.databackend.engine_options())
     try:
         with engine.begin() as conn:
             for sql, params in statements:
@@ -189,6 +244,8 @@ def backend_uri(name: str, tmp_path) -> str:
         return f'mongomock://{SCRATCH}_{uuid.uuid4().hex[:8]}'
     if name == 'mongodb':
         return mongodb_uri(f'{SCRATCH}_{uuid.uuid4().hex[:8]}')
+    if name == 'fakesnow':
+        return server(name).uri_for(f'{SCRATCH}_{uuid.uuid4().hex[:8]}')
     return server(name).uri
 
 
@@ -234,7 +291,7 @@ def declared_capabilities(backend: str):
         if backend == 'mongomock':  # declared per instance: an in-process client, cheap to make
             found = data_backends.create('mongomock', 'mongomock://sd_capabilities').capabilities
         else:
-            found = data_backends.load({'pgvector': 'postgresql'}.get(backend, backend)).capabilities
+            found = data_backends.load(IMPLEMENTED_BY.get(backend, backend)).capabilities
         _capabilities[backend] = dataclasses.replace(found, **ENVIRONMENT.get(backend, {}))
     return _capabilities[backend]
 
@@ -271,6 +328,8 @@ def db_uri(backend, tmp_path):
     yield uri
     if backend in SERVERS or backend == 'pgvector':
         server(backend).reset()
+    if backend == 'fakesnow':
+        server(backend).drop_database(uri)
     if backend in ('mongomock', 'mongodb'):
         drop_mongo_database(uri)
 

@@ -94,6 +94,24 @@ def test_missing_driver_names_scheme_and_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, 'pymysql', None)
     with pytest.raises(MissingDependency, match=r"superduper\[mysql\]"):
         superduper('mysql://root@127.0.0.1/test')
+    monkeypatch.setitem(sys.modules, 'snowflake.sqlalchemy', None)
+    monkeypatch.delitem(sys.modules, 'superduper.backends.sql.snowflake', raising=False)
+    with pytest.raises(MissingDependency, match=r"'snowflake://' needs the snowflake-sqlalchemy package.*"
+                                                r"pip install 'superduper\[snowflake\]'"):
+        superduper('snowflake://user:password@account/db/public')
+
+
+def test_bad_snowflake_uris_name_what_is_missing():
+    pytest.importorskip('snowflake.sqlalchemy', reason='the snowflake extra is not installed')
+    usage = r'snowflake://user:password@<account>/<database>/<schema>'
+    with pytest.raises(ConfigError, match=r"'snowflake:///db/public' names no Snowflake account; write " + usage):
+        superduper('snowflake:///db/public')
+    with pytest.raises(ConfigError, match=r"'snowflake://u:\*\*\*@acct' names no database; write " + usage):
+        superduper('snowflake://u:secret@acct')
+    with pytest.raises(ConfigError, match=r"the path is <database>/<schema>, not 'a/b/c'"):
+        superduper('snowflake://u:p@acct/a/b/c')
+    with pytest.raises(ConfigError, match=r"port 'x' is not a number"):
+        superduper('snowflake://u:p@acct/db/s?host=127.0.0.1&port=x')
 
 
 def test_other_sqlalchemy_urls_pass_through(tmp_path):

@@ -19,6 +19,8 @@ for _scheme in ('postgresql', 'postgres'):
 for _scheme in ('mysql', 'mariadb'):
     data_backends.register(_scheme, 'superduper.backends.sql.mysql:MySQLDataBackend', 'mysql', 'pymysql')
 data_backends.register('duckdb', 'superduper.backends.sql.duckdb:DuckDBDataBackend', 'duckdb', 'duckdb-engine')
+data_backends.register('snowflake', 'superduper.backends.sql.snowflake:SnowflakeDataBackend', 'snowflake',
+                       'snowflake-sqlalchemy')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
 #: any other SQLAlchemy URL (``mssql+pyodbc://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
