@@ -1,5 +1,6 @@
 """Components in the metadata: apply (a new version only when the declaration changed, all or nothing), load (once
-per process and version), show, remove with what they set up, and the artifacts no remaining record refers to."""
+per process and version), show, and remove with what they set up. A version holds its artifacts from before their
+bytes are written until it is removed (``runtime.artifact_gc``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from typing import Any
 
 from superduper.base import faults
 from superduper.base.exceptions import ComponentError, NotFound
-from superduper.components.component import (
-    Component, decode_record, encode_component, import_class, ordered_references,
-    references,
-)
 from superduper.base.protocols import Runtime
+from superduper.components.component import (
+    Component, decode_record, encode_component, import_class, ordered_references, references,
+)
 from superduper.runtime.artifact_gc import ArtifactCollector, component_holder, table_holder
 from superduper.runtime.tables import Tables
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from superduper.base.exceptions import QueryError, UnknownTable
+from superduper.base.protocols import Runtime
 from superduper.base.query import And, Compare, Condition, Cursor, Query, key_in
 from superduper.components.listener import outputs_table
 from superduper.runtime.inserts import Inserter, as_rows
-from superduper.base.protocols import Runtime
 from superduper.runtime.tables import TableInfo, Tables, encode_condition
 
 
