@@ -39,7 +39,7 @@ SERVERS = {
 }
 MONGODB_URI = os.environ.get('SUPERDUPER_TEST_MONGODB_URI')
 #: a MongoDB server cannot be installed on these machines: the suite runs on one only when it is named
-BACKENDS = ['sqlite', 'postgresql', 'mariadb', 'duckdb', 'mongomock'] + (['mongodb'] if MONGODB_URI else [])
+BACKENDS = ['sqlite', 'postgresql', 'mariadb', 'duckdb', 'chdb', 'mongomock'] + (['mongodb'] if MONGODB_URI else [])
 #: every backend the suite can run on: ``BACKENDS`` and PostgreSQL with pgvector (a server of its own, started from
 #: the ``pgserver`` wheel), which runs only the tests that name it
 ALL_BACKENDS = BACKENDS + ['pgvector']
@@ -185,6 +185,8 @@ def backend_uri(name: str, tmp_path) -> str:
         return f'sqlite://{tmp_path}/data.db'
     if name == 'duckdb':
         return f'duckdb://{tmp_path}/data.duckdb'
+    if name == 'chdb':
+        return f'chdb://{tmp_path}/data.chdb'
     if name == 'mongomock':
         return f'mongomock://{SCRATCH}_{uuid.uuid4().hex[:8]}'
     if name == 'mongodb':
