@@ -38,6 +38,7 @@ from superduper.backends.feed import chunks
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.sqlite import file_path, missing_file
 from superduper.base.exceptions import ConfigError, DatabaseError
+from superduper.base.query import Compare
 
 #: settings of every connection (see the module's docstring)
 SETTINGS = {'final': 1, 'mutations_sync': 2, 'lightweight_deletes_sync': 2, 'join_use_nulls': 1}
@@ -54,18 +55,7 @@ class JSONText(sa.types.TypeDecorator):
         return None if value is None else json.dumps(value)
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else json.loads(_text(value))
-
-
-class Text(sa.String):
-    """Text columns: every connection reads ``String`` as bytes (so binary values arrive whole), decoded here."""
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        return _text
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else value
+        return None if value is None else json.loads(value)
 
 
 class UUIDValue(sa.types.TypeDecorator):
@@ -83,7 +73,17 @@ class UUIDValue(sa.types.TypeDecorator):
         return None if value is None else str(value)
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None or isinstance(value, uuid.UUID) else uuid.UUID(_text(value))
+        return None if value is None or isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+#: the comment marking a ``String`` column that holds bytes (read as bytes, not decoded as UTF-8)
+BYTES = 'superduper:bytes'
+
+
+def _is_bytes(type_: Any) -> bool:
+    if isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.impl_instance
+    return isinstance(type_, sa.LargeBinary)
 
 
 def _type_name(type_: Any, dialect: Any) -> str:
@@ -135,6 +135,9 @@ class _DDLCompiler(ChDDLCompiler):
         name = _type_name(column.type, self.dialect)
         if column.nullable and not column.primary_key:
             name = f'Nullable({name})'
+        if _is_bytes(column.type):
+            self.dialect.bytes_columns.setdefault(column.table.name, set()).add(column.name)
+            name += f" COMMENT '{BYTES}'"
         return f'{quote_identifier(column.name)} {name}'
 
     def visit_create_index(self, create: Any, **kw: Any) -> str:
@@ -178,7 +181,6 @@ class SuperduperClickHouseDialect(ClickHouseDialect):
     supports_statement_cache = False
     ddl_compiler = _DDLCompiler
     statement_compiler = _StatementCompiler
-    colspecs = {**ClickHouseDialect.colspecs, sa.String: Text}
     update_returning = False
     delete_returning = False
     insert_returning = False
@@ -187,8 +189,43 @@ class SuperduperClickHouseDialect(ClickHouseDialect):
     def import_dbapi(cls) -> Any:
         return ch_dbapi
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        #: per table, its columns holding bytes (marked ``BYTES`` in the database)
+        self.bytes_columns: dict[str, set[str]] = {}
+
     def connect(self, *cargs: Any, **cparams: Any) -> Any:
         return _connect(*cargs, **cparams)
+
+    def load_bytes_columns(self, connection: Any) -> None:
+        rows = connection.exec_driver_sql(
+            'SELECT table, name FROM system.columns WHERE database = currentDatabase() AND comment = %(c)s',
+            {'c': BYTES}).all()
+        for table, name in rows:
+            self.bytes_columns.setdefault(table, set()).add(name)
+
+    def _bytes_read(self, cursor: Any, context: Any) -> None:
+        """Tell the connection which result columns of a ``SELECT`` hold bytes."""
+        compiled = getattr(context, 'compiled', None)
+        if compiled is None or not getattr(compiled, '_result_columns', None):
+            return
+        stmt = compiled.statement
+        if not isinstance(stmt, sa.sql.Select):
+            return
+        froms = [f for f in stmt.get_final_froms() if isinstance(f, sa.sql.expression.TableClause)]
+        only = froms[0].name if len(froms) == 1 else None
+        names = []
+        for keyname, name, objects, type_ in compiled._result_columns:
+            if _is_bytes(type_):
+                names.append(keyname)
+                continue
+            for obj in objects:
+                table = getattr(getattr(obj, 'table', None), 'name', None) or only
+                if isinstance(obj, sa.sql.ColumnElement) and getattr(obj, 'name', None) in self.bytes_columns.get(table, ()):
+                    names.append(keyname)
+                    break
+        if names:
+            cursor.client._sd_bytes = names
 
     def has_index(self, connection: Any, table_name: str, index_name: str, schema: str | None = None, **kw: Any) -> bool:
         return False  # ``ADD INDEX IF NOT EXISTS``
@@ -229,6 +266,7 @@ class SuperduperClickHouseDialect(ClickHouseDialect):
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
         self._before(cursor, context, parameters)
+        self._bytes_read(cursor, context)
         super().do_execute(cursor, statement, parameters, context)
 
     def do_executemany(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
@@ -237,6 +275,7 @@ class SuperduperClickHouseDialect(ClickHouseDialect):
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
         self._before(cursor, context, {})
+        self._bytes_read(cursor, context)
         super().do_execute_no_params(cursor, statement, context)
 
 
@@ -263,17 +302,19 @@ def _existing(dialect: Any, cursor: Any, table: sa.Table, key: list, values: lis
 
 
 def _connect(*args: Any, **kwargs: Any) -> Any:
-    """A DB-API connection whose queries read ``String`` columns as bytes unless told otherwise."""
+    """A DB-API connection whose next query can be told which columns to read as bytes (``_sd_bytes``)."""
     connection = ch_dbapi.connect(*args, **kwargs)
     client = connection.client
     query = client.query
+    client._sd_bytes = None
 
-    def bytes_query(*args: Any, query_formats: Any = None, **kw: Any) -> Any:
-        if query_formats is None and kw.get('context') is None:
-            query_formats = {'String': 'bytes'}
-        return query(*args, query_formats=query_formats, **kw)
+    def query_with_formats(*args: Any, **kw: Any) -> Any:
+        columns, client._sd_bytes = client._sd_bytes, None
+        if columns and kw.get('context') is None:
+            kw['column_formats'] = dict.fromkeys(columns, 'bytes')
+        return query(*args, **kw)
 
-    client.query = bytes_query
+    client.query = query_with_formats
     return connection
 
 
@@ -299,6 +340,17 @@ class ClickHouseDataBackend(SQLDataBackend):
             query += '&secure=true'
         return url + ('&' if '?' in url else '?') + query
 
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        with self.engine.connect() as conn:
+            self.dialect.load_bytes_columns(conn)
+
+    def rows_by_key(self, name: str, columns: Sequence[str], key: str, values: Sequence[Any]) -> list:
+        # through SQLAlchemy, which tells the driver which columns hold bytes
+        if not values:
+            return []
+        return [row for batch in self.select(name, columns, Compare(key, 'in', list(values))) for row in batch]
+
     def column_type(self, storage: str) -> Any:
         if storage == 'json':
             return JSONText()
@@ -316,7 +368,7 @@ class ClickHouseDataBackend(SQLDataBackend):
         with self.engine.connect() as conn:
             names = conn.exec_driver_sql(
                 'SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name').scalars()
-            return [_text(name) for name in names]
+            return list(names)
 
     def has_table(self, name: str) -> bool:
         with self.engine.connect() as conn:
@@ -330,7 +382,6 @@ class ClickHouseDataBackend(SQLDataBackend):
             key = conn.exec_driver_sql(
                 'SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = %(n)s',
                 {'n': name}).scalar() or ''
-        key = _text(key)
         keys = [k.strip().strip('`') for k in key.split(',') if k.strip()]
         for column in table.columns:
             column.primary_key = column.name in keys
