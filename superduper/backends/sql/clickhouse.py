@@ -17,6 +17,7 @@ ClickHouse is not a transactional row store, so this dialect adapts it where the
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import uuid
@@ -37,9 +38,11 @@ from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.sqlite import file_path, missing_file
-from superduper.base.exceptions import ConfigError, DatabaseError
+from superduper.base.exceptions import ConfigError, DatabaseError, InvalidValue
 from superduper.base.query import Compare
 
+#: the dates ``DateTime64`` holds
+FIRST_DATE, LAST_DATE = datetime.datetime(1900, 1, 1), datetime.datetime(2299, 12, 31, 23, 59, 59, 999999)
 #: settings of every connection (see the module's docstring)
 SETTINGS = {'final': 1, 'mutations_sync': 2, 'lightweight_deletes_sync': 2, 'join_use_nulls': 1}
 
@@ -73,7 +76,7 @@ class UUIDValue(sa.types.TypeDecorator):
         return None if value is None else str(value)
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None or isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        return value if value is None or isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 #: the comment marking a ``String`` column that holds bytes (read as bytes, not decoded as UTF-8)
@@ -392,8 +395,23 @@ class ClickHouseDataBackend(SQLDataBackend):
         stmt._superduper_upsert = True  # the dialect lets it replace existing rows
         return stmt
 
+    def _check_dates(self, name: str, keys: Sequence[str], columns: list[list]) -> None:
+        """Refuse datetimes ``DateTime64`` cannot hold (it would store another date, silently)."""
+        table = self.table(name)
+        for key, values in zip(keys, columns):
+            if isinstance(table.c[key].type, sa.DateTime):
+                for i, v in enumerate(values):
+                    if isinstance(v, datetime.datetime) and not FIRST_DATE <= v.replace(tzinfo=None) <= LAST_DATE:
+                        raise InvalidValue(f'table {name!r}, field {key!r}, row {i}: {v!r} is outside the dates '
+                                           f'ClickHouse stores ({FIRST_DATE.year} to {LAST_DATE.year})')
+
+    def update(self, conn: Any, name: str, values: dict[str, Any], where: Any) -> int:
+        self._check_dates(name, list(values), [[v] for v in values.values()])
+        return super().update(conn, name, values, where)
+
     def insert(self, conn: Any, name: str, keys: Sequence[str], columns: list[list],
                upsert_key: str | None = None) -> None:
+        self._check_dates(name, keys, columns)
         table = self.table(name)
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
         if not rows:
