@@ -348,6 +348,20 @@ class ClickHouseDataBackend(SQLDataBackend):
         with self.engine.connect() as conn:
             self.dialect.load_bytes_columns(conn)
 
+    def create_table(self, name: str, types: dict[str, Any], primary_key: str) -> None:
+        if self.has_table(name):  # columns added later are Nullable (and marked if they hold bytes), as at creation
+            existing = {c.name for c in self._reflect(name).columns}
+            built = self._build(name, {f: t for f, t in types.items() if f not in existing or f == primary_key},
+                                primary_key)
+            compiler = self.dialect.ddl_compiler(self.dialect, None)
+            with self.begin() as conn:
+                for column in built.columns:
+                    if column.name not in existing:
+                        self.check_name(column.name, what=f'column of table {name!r}:')
+                        self.run_sql(conn, f'ALTER TABLE {self.sql_name(name)} ADD COLUMN '
+                                           f'{compiler.get_column_specification(column)}')
+        super().create_table(name, types, primary_key)
+
     def rows_by_key(self, name: str, columns: Sequence[str], key: str, values: Sequence[Any]) -> list:
         # through SQLAlchemy, which tells the driver which columns hold bytes
         if not values:
