@@ -17,6 +17,7 @@ ClickHouse is not a transactional row store, so this dialect adapts it where the
 from __future__ import annotations
 
 import dataclasses
+import gc
 import datetime
 import json
 import os
@@ -457,7 +458,18 @@ class ChdbDataBackend(ClickHouseDataBackend):
                 raise ConfigError(f'{uri!r}: {os.path.abspath(path)} is a file; chDB keeps a database in a folder')
             os.makedirs(path, exist_ok=True)
         self._path = None if path is None else os.path.abspath(path)
-        super().__init__(uri)
+        try:
+            super().__init__(uri)
+        except ConfigError as e:
+            if 'already initialized' not in str(e):
+                raise
+            # chDB opens one folder per process: a datalayer dropped without ``close()`` may still hold another
+            gc.collect()
+            try:
+                super().__init__(uri)
+            except ConfigError:
+                raise ConfigError(f'cannot open {uri!r}: chDB opens one database folder per process, and another '
+                                  'is open in this one (close its datalayer first)') from None
         if path is None:
             self.capabilities = dataclasses.replace(self.capabilities, persistent=False,
                                                     unshared_reason=f'the in-memory database {uri!r} lives in one process')
