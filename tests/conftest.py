@@ -41,7 +41,7 @@ MONGODB_URI = os.environ.get('SUPERDUPER_TEST_MONGODB_URI')
 #: a MongoDB server cannot be installed on these machines: the suite runs on one only when it is named
 #: the snowflake backend on fakesnow runs only when asked (SUPERDUPER_TEST_FAKESNOW=1): not yet green on the whole suite
 FAKESNOW = bool(os.environ.get('SUPERDUPER_TEST_FAKESNOW'))
-BACKENDS = (['sqlite', 'postgresql', 'mariadb', 'duckdb'] + (['fakesnow'] if FAKESNOW else []) + ['mongomock']
+BACKENDS = (['sqlite', 'postgresql', 'mariadb', 'duckdb', 'chdb'] + (['fakesnow'] if FAKESNOW else []) + ['mongomock']
             + (['mongodb'] if MONGODB_URI else []))
 #: every backend the suite can run on: ``BACKENDS`` and PostgreSQL with pgvector (a server of its own, started from
 #: the ``pgserver`` wheel), which runs only the tests that name it
@@ -240,6 +240,8 @@ def backend_uri(name: str, tmp_path) -> str:
         return f'sqlite://{tmp_path}/data.db'
     if name == 'duckdb':
         return f'duckdb://{tmp_path}/data.duckdb'
+    if name == 'chdb':
+        return f'chdb://{tmp_path}/data.chdb'
     if name == 'mongomock':
         return f'mongomock://{SCRATCH}_{uuid.uuid4().hex[:8]}'
     if name == 'mongodb':

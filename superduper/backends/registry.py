@@ -21,6 +21,10 @@ for _scheme in ('mysql', 'mariadb'):
 data_backends.register('duckdb', 'superduper.backends.sql.duckdb:DuckDBDataBackend', 'duckdb', 'duckdb-engine')
 data_backends.register('snowflake', 'superduper.backends.sql.snowflake:SnowflakeDataBackend', 'snowflake',
                        'snowflake-sqlalchemy')
+data_backends.register('chdb', 'superduper.backends.sql.clickhouse:ChdbDataBackend', 'clickhouse', 'chdb')
+for _scheme in ('clickhouse', 'clickhouses'):
+    data_backends.register(_scheme, 'superduper.backends.sql.clickhouse:ClickHouseDataBackend', 'clickhouse',
+                           'clickhouse_connect')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
 #: any other SQLAlchemy URL (``mssql+pyodbc://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
