@@ -331,7 +331,11 @@ class ClickHouseDataBackend(SQLDataBackend):
     ``clickhouses://`` for HTTPS)."""
 
     scheme = 'clickhouse'
-    capabilities = Capabilities(change_capture='none', transactions=False, upsert=True, identifier_limit=None)
+    # no transactions or row locks: the metadata's compare-and-set writes (index states, output numbers, artifact
+    # refs) are safe for one process at a time, so workers are refused until they are made safe here
+    capabilities = Capabilities(change_capture='none', transactions=False, upsert=True, identifier_limit=None,
+                                shared=False, unshared_reason='superduper writes ClickHouse from one process at a '
+                                'time (no transactions or row locks to coordinate several)')
     epoch_sql = 'toUnixTimestamp64Micro(now64(6)) / 1e6'
     needs_database_name = True
 
