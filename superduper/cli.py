@@ -72,6 +72,14 @@ def _table(rows: list[tuple], header: tuple) -> None:
 
 
 @app.command()
+def backends() -> None:
+    """What each kind of database can do here (capabilities each backend declares), as a Markdown table."""
+    from superduper.backends.registry import capability_table
+
+    typer.echo(capability_table())
+
+
+@app.command()
 def start(
     uri: str = typer.Argument(..., help='database URI, e.g. postgresql://user@host/db'),
     batch: int = typer.Option(1000, help='changes taken per round'),

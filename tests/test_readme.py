@@ -64,3 +64,21 @@ def test_examples_can_be_run_twice(example, tmp_path):
         outputs.append(done.stdout)
     if example == 'sklearn_training.py':  # the same rows, not twice as many
         assert outputs[0].splitlines()[-1] == outputs[1].splitlines()[-1] == 'predictions kept next to the data: 301 rows'
+
+
+def test_the_capability_table_is_what_the_backends_declare():
+    """The README's table (between the capabilities markers) has a row for every kind of database, and each row of a
+    backend installed here says what that backend declares (``superduper backends`` prints it)."""
+    from superduper.backends.registry import capability_table
+
+    text = README.read_text()
+    shown = text.split('<!-- capabilities -->\n', 1)[1].split('\n<!-- /capabilities -->', 1)[0].splitlines()
+    generated = capability_table().splitlines()
+    assert shown[:2] == generated[:2]
+    by_uri = {line.split('|')[1].strip(): line for line in shown[2:]}
+    for line in generated[2:]:
+        uri = line.split('|')[1].strip()
+        assert uri in by_uri, f'{uri} is missing from the README table'
+        if '| ? |' not in line:  # a backend whose driver is installed here
+            assert by_uri[uri] == line
+    assert len(by_uri) == len(generated) - 2

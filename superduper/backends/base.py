@@ -55,6 +55,7 @@ class Capabilities:
 class DataBackend(Protocol):
     uri: str
     capabilities: Capabilities
+    tested: str  # what the project's tests run it against
     #: rows may hold fields nobody declared (MongoDB collections); reads may ask for whole rows
     schemaless: bool
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from superduper.base.exceptions import ConfigError
+from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.base.registry import Registry
 
 data_backends = Registry('database')
@@ -70,6 +70,38 @@ def _sqlalchemy_scheme(uri: str, scheme: str) -> str:
     except ImportError:
         pass  # the dialect exists, its driver does not: reported when connecting
     return 'sqlalchemy'
+
+
+#: the columns of the capability table: (heading, what a backend class declares)
+CAPABILITY_COLUMNS = (
+    ('other clients\' writes', lambda c: {'triggers': 'triggers', 'change_stream': 'change stream',
+                                          'polling': 'polling'}.get(c.change_capture, 'not seen')),
+    ('transactions', lambda c: 'yes' if c.transactions else 'no'),
+    ('upsert', lambda c: 'yes' if c.upsert else 'no'),
+    ('vectors searched in the database', lambda c: 'yes' if c.native_vectors else 'no'),
+    ('several processes', lambda c: 'yes' if c.shared else 'no'),
+)
+
+
+def capability_table() -> str:
+    """A Markdown table of what each kind of database declares (one row per implementation, its first scheme),
+    and what the project's tests run it against; a backend whose driver is not installed says how to install it."""
+    heading = ['URI', *[name for name, _ in CAPABILITY_COLUMNS], 'tested against']
+    lines = ['| ' + ' | '.join(heading) + ' |', '|' + '---|' * len(heading)]
+    seen: set[str] = set()
+    for scheme in data_backends.schemes():
+        impl = data_backends.get(scheme)
+        if impl.path in seen or scheme == 'sqlalchemy':
+            continue
+        seen.add(impl.path)
+        try:
+            cls = data_backends.load(scheme)
+        except MissingDependency as e:
+            lines.append(f'| `{scheme}://` | ' + ' | '.join(['?'] * len(CAPABILITY_COLUMNS)) + f' | {e} |')
+            continue
+        cells = [show(cls.capabilities) for _, show in CAPABILITY_COLUMNS]
+        lines.append(f'| `{getattr(cls, "scheme", scheme)}://` | ' + ' | '.join(cells) + f' | {cls.tested} |')
+    return '\n'.join(lines)
 
 
 def connect_data_backend(uri: str) -> Any:

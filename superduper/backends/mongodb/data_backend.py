@@ -74,6 +74,7 @@ class MongoDataBackend:
 
     scheme: ClassVar[str] = 'mongodb'
     schemaless: ClassVar[bool] = True
+    tested = 'the shared suite on mongomock, in CI; on a server when SUPERDUPER_TEST_MONGODB_URI names one'
     capabilities: Capabilities = Capabilities(change_capture='change_stream', transactions=False, upsert=True,
                                               pipelines=True)
 

@@ -37,6 +37,8 @@ class SQLDataBackend:
 
     scheme: ClassVar[str] = 'sqlalchemy'
     capabilities: ClassVar[Capabilities] = Capabilities(change_capture='none', upsert=False)
+    #: what the project's test suite runs this backend against (shown in the README's capability table)
+    tested: ClassVar[str] = 'not tested'
     #: whether results can be streamed through a server-side cursor while other statements run
     streams_results: ClassVar[bool] = True
     #: every column is declared (see ``superduper.backends.base.DataBackend``)

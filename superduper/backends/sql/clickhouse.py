@@ -331,6 +331,7 @@ class ClickHouseDataBackend(SQLDataBackend):
     ``clickhouses://`` for HTTPS)."""
 
     scheme = 'clickhouse'
+    tested = 'not run against a server yet'
     # no transactions or row locks: the metadata's compare-and-set writes (index states, output numbers, artifact
     # refs) are safe for one process at a time, so workers are refused until they are made safe here
     capabilities = Capabilities(change_capture='none', transactions=False, upsert=True, identifier_limit=None,
@@ -450,6 +451,7 @@ class ChdbDataBackend(ClickHouseDataBackend):
     """ClickHouse embedded in this process by chDB: ``chdb://path/to/folder`` or ``chdb://:memory:``."""
 
     scheme = 'chdb'
+    tested = 'the shared suite (ClickHouse 26.9 in process), in CI'
     capabilities = Capabilities(change_capture='none', transactions=False, upsert=True, identifier_limit=None,
                                 shared=False,
                                 unshared_reason='chDB runs ClickHouse inside one process, which holds its folder')

@@ -16,6 +16,7 @@ from superduper.base.exceptions import ConfigError
 
 class DuckDBDataBackend(SQLDataBackend):
     scheme = 'duckdb'
+    tested = 'the shared suite, in CI'
     # names: duckdb-engine's dialect (PostgreSQL's) refuses identifiers over 63 characters
     capabilities = Capabilities(change_capture='none', upsert=True, shared=False, identifier_limit=63,
                                 unshared_reason='DuckDB opens a database file in one process at a time')

@@ -19,6 +19,7 @@ SESSION_CLAIM = '@superduper_claim'  # the claim a superduper write gives its ch
 
 class MySQLDataBackend(SQLDataBackend):
     scheme = 'mysql'
+    tested = 'the shared suite on a MariaDB server, in CI'
     needs_database_name = True
     # SKIP LOCKED: MariaDB 10.6+, MySQL 8+
     capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, identifier_limit=64)

@@ -21,6 +21,7 @@ from superduper.components.datatype import FieldType, Vector
 
 class PostgresDataBackend(SQLDataBackend):
     scheme = 'postgresql'
+    tested = 'the shared suite on a PostgreSQL server (pgvector on PostgreSQL 16 from pgserver), in CI'
     needs_database_name = True
     capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, native_vectors=True,
                                 identifier_limit=63)

@@ -51,6 +51,7 @@ def _json_text(element: Any, compiler: Any, **kw: Any) -> str:
 
 class SnowflakeDataBackend(SQLDataBackend):
     scheme = 'snowflake'
+    tested = 'fakesnow, on request (SUPERDUPER_TEST_FAKESNOW=1), not all green'
     # no triggers, no SKIP LOCKED; transactions (explicit, autocommit off); MERGE upserts; 255-character names
     capabilities = Capabilities(change_capture='none', skip_locked=False, transactions=True, upsert=True,
                                 identifier_limit=255)

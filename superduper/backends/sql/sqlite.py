@@ -36,6 +36,7 @@ def missing_file(uri: str, engine: str) -> str | None:
 
 class SQLiteDataBackend(SQLDataBackend):
     scheme = 'sqlite'
+    tested = 'the shared suite, in CI'
     # one writer at a time: a write transaction holds the database, so claims need no row locks
     capabilities = Capabilities(change_capture='triggers', upsert=True, serialized_writes=True)
     stores_nan = False
