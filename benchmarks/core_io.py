@@ -2,7 +2,7 @@
 
     python benchmarks/core_io.py [--rows 100000] [--repeats 5] [--backends sqlite,postgresql]
 
-Backends: sqlite, postgresql (postgres@127.0.0.1/test), mysql (root@127.0.0.1/test, MariaDB too) and duckdb;
+Backends: sqlite, postgresql (postgres@127.0.0.1/test), mysql (root@127.0.0.1/test, MariaDB too), duckdb and chdb;
 SQLite and DuckDB files go in a temporary folder, and a server database that does not exist is created for the
 run and dropped after it. What is measured (the median of --repeats runs of each, then superduper / Core):
 
@@ -42,6 +42,7 @@ URIS = {
     'postgresql': 'postgresql://postgres@127.0.0.1/test',
     'mysql': 'mysql://root@127.0.0.1/test',
     'duckdb': 'duckdb:///{tmp}/bench.duckdb',
+    'chdb': 'chdb://{tmp}/bench.chdb',  # ClickHouse in process; Core goes through the same clickhouse-connect dialect
 }
 # how to reach a server without the benchmark database, to create it when missing: (driver, database)
 ADMIN = {'postgresql': ('postgresql+psycopg', 'postgres'), 'mysql': ('mysql+pymysql', 'information_schema')}
