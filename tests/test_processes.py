@@ -51,6 +51,19 @@ def connect(uri: str, tmp_path, **overrides):
                       poll_interval=POLL, **overrides)
 
 
+def write_elsewhere(app, live: dict, inserts: range, updates: range, deletes: range) -> None:
+    """Another program inserts, updates and deletes rows ``d<i>`` of ``docs`` with plain SQL; ``live`` follows."""
+    for i in inserts:
+        plain_sql(app, ('INSERT INTO docs (id, txt) VALUES (:id, :txt)', {'id': f'd{i}', 'txt': f'doc {i}'}))
+        live[f'd{i}'] = f'doc {i}'
+    for i in updates:
+        plain_sql(app, ('UPDATE docs SET txt = :txt WHERE id = :id', {'id': f'd{i}', 'txt': f'changed {i}'}))
+        live[f'd{i}'] = f'changed {i}'
+    for i in deletes:
+        plain_sql(app, ('DELETE FROM docs WHERE id = :id', {'id': f'd{i}'}))
+        del live[f'd{i}']
+
+
 def embedding_index(identifier: str = 'idx') -> VectorIndex:
     model = ObjectModel('emb', object=make_embed(), datatype=f'vector[float32:{DIM}]')
     return VectorIndex(identifier, indexing_listener=model.to_listener('docs', key='txt', identifier='emb'))
@@ -90,15 +103,7 @@ def test_searches_follow_outputs_written_by_workers_and_other_clients(db_uri, tm
     searcher = threading.Thread(target=search_all_along)
     searcher.start()
     try:
-        for i in range(40, 70):  # another program inserts, updates and deletes with plain SQL
-            plain_sql(app, ('INSERT INTO docs (id, txt) VALUES (:id, :txt)', {'id': f'd{i}', 'txt': f'doc {i}'}))
-            live[f'd{i}'] = f'doc {i}'
-        for i in range(0, 10):
-            plain_sql(app, ('UPDATE docs SET txt = :txt WHERE id = :id', {'id': f'd{i}', 'txt': f'changed {i}'}))
-            live[f'd{i}'] = f'changed {i}'
-        for i in range(10, 20):
-            plain_sql(app, ('DELETE FROM docs WHERE id = :id', {'id': f'd{i}'}))
-            del live[f'd{i}']
+        write_elsewhere(app, live, inserts=range(40, 70), updates=range(0, 10), deletes=range(10, 20))
         app['docs'].insert([{'id': f'a{i}', 'txt': f'api {i}'} for i in range(10)]).execute()  # only recorded
         live.update({f'a{i}': f'api {i}' for i in range(10)})
         wait_for(lambda: pending_changes(app) == 0, 120)
@@ -233,15 +238,7 @@ def test_a_worker_killed_while_writing_outputs_leaves_searches_exact(db_uri, tmp
     index = app.apply(embedding_index())
     live = {f'd{i}': f'doc {i}' for i in range(20)}
     app['docs'].like(embed('doc 1'), vector_index='idx', n=1).execute()  # the index is open here
-    for i in range(20, 60):
-        plain_sql(app, ('INSERT INTO docs (id, txt) VALUES (:id, :txt)', {'id': f'd{i}', 'txt': f'doc {i}'}))
-        live[f'd{i}'] = f'doc {i}'
-    for i in range(0, 10):
-        plain_sql(app, ('UPDATE docs SET txt = :txt WHERE id = :id', {'id': f'd{i}', 'txt': f'changed {i}'}))
-        live[f'd{i}'] = f'changed {i}'
-    for i in range(10, 15):
-        plain_sql(app, ('DELETE FROM docs WHERE id = :id', {'id': f'd{i}'}))
-        del live[f'd{i}']
+    write_elsewhere(app, live, inserts=range(20, 60), updates=range(0, 10), deletes=range(10, 15))
     doomed = subprocess.run(CLI + ['start', db_uri, '--batch', '10', '--once'],
                             env={**env, 'SUPERDUPER_FAULT': fault}, timeout=300)
     assert doomed.returncode == -9  # killed at the fault point

@@ -11,6 +11,7 @@ died; a holder clears it.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -86,7 +87,8 @@ class MongoArtifactRefs:
         return sorted(d['digest'] for d in self.refs.find({'holder': holder}, {'digest': 1}))
 
     def holders(self, prefix: str = '') -> list[str]:
-        return sorted(h for h in self.refs.distinct('holder') if h != LOCK and h.startswith(prefix))
+        named = {'$regex': '^' + re.escape(prefix)} if prefix else {'$ne': LOCK}
+        return sorted(h for h in self.refs.distinct('holder', {'holder': named}) if h != LOCK)
 
     def collect(self, keys: Iterable[str], delete: Callable[[str], None]) -> list[str]:
         return [d for d in sorted({artifact_digest(k) for k in keys}) if self._collect_one(d, delete)]

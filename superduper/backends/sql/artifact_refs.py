@@ -97,9 +97,9 @@ class SQLArtifactRefs:
 
     def holders(self, prefix: str = '') -> list[str]:
         c = self.table.c
+        named = sa.func.substr(c.holder, 1, len(prefix)) == prefix if prefix else sa.true()  # no LIKE: no escaping
         with self.engine.connect() as conn:
-            found = conn.execute(sa.select(c.holder).distinct().where(c.holder != LOCK)).scalars()
-            return sorted(h for h in found if h.startswith(prefix))
+            return sorted(conn.execute(sa.select(c.holder).distinct().where(c.holder != LOCK, named)).scalars())
 
     def collect(self, keys: Iterable[str], delete: Callable[[str], None]) -> list[str]:
         return [d for d in sorted({artifact_digest(k) for k in keys}) if self._collect_one(d, delete)]
