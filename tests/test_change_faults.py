@@ -29,8 +29,10 @@ CLI = [sys.executable, '-m', 'superduper.cli']
 
 
 pytestmark = [pytest.mark.sql_only('other clients write with plain SQL; the outputs are counted with SQL'),
-              pytest.mark.requires(change_capture='triggers', shared=True,
-                                   reason='writes by other clients and processes are recorded by triggers')]
+              pytest.mark.requires('follows_other_writers', reason='writes by other clients reach listeners')]
+
+
+processes = pytest.mark.requires(shared=True, reason='other processes (workers, writers) open the database meanwhile')
 
 
 def connect(uri: str, tmp_path, **overrides):
@@ -103,7 +105,10 @@ def test_an_older_change_never_overwrites_a_newer_result(db_uri, tmp_path, monke
             plain_sql(a, ("UPDATE docs SET txt = 'fast v2' WHERE id = 'r'", {}))
         else:
             plain_sql(a, ("DELETE FROM docs WHERE id = 'r'", {}))
-        assert b.listening.work() == 1  # the newer change, while A still holds the older one
+        # the newer change, while A still holds the older one; polling compares rows as they are with the last
+        # rows seen, and a row inserted and deleted between two polls was never seen: nothing to compute
+        polled = a.databackend.capabilities.change_capture == 'polling'
+        assert b.listening.work() == (0 if then == 'delete' and polled else 1)
         gate.unlink()
         first.join(timeout=60)
         drain(a, b)
@@ -186,6 +191,7 @@ def _docs(db, n: int) -> None:
     db['docs'].insert([{'id': f'r{i:05d}', 'txt': f'text {i}'} for i in range(n)]).execute()
 
 
+@processes
 @pytest.mark.parametrize('recovery', ['apply again', 'a worker'])
 def test_killed_after_the_metadata_commit(db_uri, tmp_path, env, recovery):
     """The applying process dies after storing the listener, before following its table or queueing its backfill."""
@@ -210,6 +216,7 @@ def test_killed_after_the_metadata_commit(db_uri, tmp_path, env, recovery):
         db.close()
 
 
+@processes
 def test_killed_mid_backfill_holding_a_lease(db_uri, tmp_path, env):
     """The applying process dies holding a claimed batch: its lease runs out and a worker finishes the backfill."""
     db = connect(db_uri, tmp_path, read_batch_size=100)
@@ -228,6 +235,7 @@ def test_killed_mid_backfill_holding_a_lease(db_uri, tmp_path, env):
         db.close()
 
 
+@processes
 def test_a_worker_killed_mid_batch_loses_nothing(db_uri, tmp_path, env):
     db = connect(db_uri, tmp_path)
     try:
@@ -298,6 +306,7 @@ def slow_upper(x: str) -> str:
     return x.upper()
 
 
+@processes
 def test_writers_workers_and_kills_leave_exactly_one_current_output_per_row(db_uri, tmp_path, env, backend):
     """2 API writers and 2 plain-SQL writers (inserts, updates, deletes, key changes) in their own processes, 2
     workers with a 1 ms/row model, one of them killed with SIGKILL twice and restarted."""

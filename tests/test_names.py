@@ -14,7 +14,7 @@ ODD = ["it's", 'back\\slash', 'per%cent', 'dollar$sd$tag', 'données', '"quoted"
 
 
 @pytest.mark.sql_only('another client writes with plain SQL')
-@pytest.mark.requires(change_capture='triggers', reason="other clients' writes are recorded by triggers")
+@pytest.mark.requires('follows_other_writers', reason="other clients' writes reach listeners")
 def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path):
     db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, follow_changes=False)
     other = sa.create_engine(db.databackend.engine.url)

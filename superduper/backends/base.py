@@ -28,8 +28,9 @@ class Capabilities:
     probes a backend with ``hasattr`` or compares URI schemes."""
 
     #: how writes by other clients are seen: 'triggers' (recorded in the database, in the writer's transaction),
-    #: 'change_stream' (MongoDB), or 'none' (only writes made through superduper are followed)
-    change_capture: Literal['triggers', 'change_stream', 'none'] = 'none'
+    #: 'change_stream' (MongoDB), 'polling' (row hashes compared with those last seen, by the process that has
+    #: the database open), or 'none' (only writes made through superduper are followed)
+    change_capture: Literal['triggers', 'change_stream', 'polling', 'none'] = 'none'
     #: workers can take pending changes with ``FOR UPDATE SKIP LOCKED`` instead of queueing behind each other
     skip_locked: bool = False
     #: several statements commit together or not at all
@@ -50,6 +51,17 @@ class Capabilities:
     persistent: bool = True
     #: why ``shared`` is False, for the error that refuses a distributed setup
     unshared_reason: str = ''
+
+    @property
+    def follows_other_writers(self) -> bool:
+        """Writes by other clients (plain SQL, another program) reach listeners."""
+        return self.change_capture != 'none'
+
+    @property
+    def workers_follow(self) -> bool:
+        """Workers (``superduper start``) find the changes in the database, whoever wrote them; with polling, only
+        the process that has the database open follows them."""
+        return self.change_capture in ('triggers', 'change_stream')
 
 
 class DataBackend(Protocol):

@@ -136,6 +136,7 @@ class InlineFeed:
         for res in results:
             log.prepare(res.outputs_table)
         with self._writes() as conn:
+            results = self._current(conn, batch, results)
             for res in results:
                 removed = res.gone + [c for c, _ in res.failed]
                 write_outputs(log, conn, res.outputs_table, res.keys, [row for _, row in res.stored],
@@ -144,6 +145,7 @@ class InlineFeed:
                 finished.gone[res.listener] = list(res.gone)
                 if res.outputs_table in followed:
                     chained.setdefault(res.outputs_table, []).extend(c.key for c in finished.stored[res.listener] + removed)
+            self._seen(conn, batch)
         for res in results:
             if res.failed:
                 self.failures.log.record(res.listener, [(c.key, error) for c, error in res.failed])
@@ -153,6 +155,14 @@ class InlineFeed:
         changes = [Change(table, k, None, dump_key(k)) for table, keys in chained.items() for k in dict.fromkeys(keys)]
         finished.chained = Batch(stamp=next(self._stamps), changes=changes) if changes else None
         return finished
+
+    def _current(self, conn: Any, batch: Batch, results: list[Results]) -> list[Results]:
+        """The results to store, in the finishing transaction: all of them here (a feed that can tell may leave
+        out rows written again since the batch was made)."""
+        return results
+
+    def _seen(self, conn: Any, batch: Batch) -> None:
+        """Record, in the finishing transaction, what the batch's results cover (nothing to record here)."""
 
     @contextlib.contextmanager
     def _writes(self) -> Iterator[Any]:

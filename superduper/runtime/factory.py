@@ -36,7 +36,7 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
                              f'estimator, got {type(uri).__name__}')
     cfg = load_config(data_backend=uri, **overrides)
     databackend = databackend or connect_data_backend(cfg.data_backend)
-    if cfg.outputs == 'async' and databackend.capabilities.change_capture == 'none':
+    if cfg.outputs == 'async' and not databackend.capabilities.workers_follow:
         databackend.close()
         raise ConfigError(f"outputs='async' leaves outputs to workers, which follow the changes the database "
                           f'records; {databackend!r} records none: use outputs=\'sync\'')

@@ -157,8 +157,9 @@ class Listening:
         model: workers compute), and never once the datalayer is closed."""
         if self._closed:
             return
-        if self.db.cfg.follow_changes and self.db.cfg.outputs == 'sync' and (self.feed.durable or self.db.databackend.capabilities.change_capture
-                                           == 'change_stream'):
+        capture = self.db.databackend.capabilities.change_capture
+        if self.db.cfg.follow_changes and self.db.cfg.outputs == 'sync' and (self.feed.durable or capture in
+                                                                             ('change_stream', 'polling')):
             self.consumer.start(self.db.cfg.poll_interval)
 
     def close(self) -> None:
@@ -188,7 +189,7 @@ class Listening:
                 f'Listener {listener.identifier!r}: collection {listener.source!r} does not exist; collections: '
                 f'{", ".join(existing) or "(none)"} (insert documents, or apply a Table, first)'
             )
-        if listener.sync is False and self.db.databackend.capabilities.change_capture == 'none':
+        if listener.sync is False and not self.db.databackend.capabilities.workers_follow:
             raise ComponentError(
                 f'Listener {listener.identifier!r}: sync=False leaves its outputs to workers, which follow the '
                 f'changes the database records; {self.db.databackend!r} records none'

@@ -114,6 +114,10 @@ class SQLDataBackend:
             from superduper.backends.sql.changes import SQLChangeFeed
 
             return SQLChangeFeed(self, lease=cfg.lease_seconds, retry_delay=cfg.retry_delay)
+        if self.capabilities.change_capture == 'polling':
+            from superduper.backends.sql.polling import PollingFeed
+
+            return PollingFeed(self, metadata.failure_log())
         from superduper.backends.inline import InlineFeed
 
         return InlineFeed(self, metadata.failure_log())
@@ -200,6 +204,11 @@ class SQLDataBackend:
 
     def unmark_writes(self, conn: Connection, claim: int, mark: Any, changes: sa.Table) -> None:
         pass
+
+    def row_hash(self, table: sa.Table) -> Any:
+        """An expression hashing a whole row of ``table`` (every column, NULLs included) to text, for change capture
+        by polling (``superduper.backends.sql.polling``)."""
+        raise NotImplementedError(f'{type(self).__name__} does not hash rows: it cannot poll for changes')
 
     @staticmethod
     def trigger_name(table: str, event: str) -> str:
@@ -452,15 +461,17 @@ class SQLDataBackend:
         escapes it wrongly), that clause."""
         return None
 
-    def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any | None:
-        """``INSERT ... ON CONFLICT`` for this dialect, or ``None`` where it is ``upsert_suffix`` or there is none."""
+    def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str | Sequence[str]) -> Any | None:
+        """``INSERT ... ON CONFLICT`` on ``key`` (a column, or the columns of a composite key) for this dialect, or
+        ``None`` where it is ``upsert_suffix`` or there is none."""
         if not self.capabilities.upsert:
             return None
         stmt = self.conflict_insert(table)
-        updates = {k: stmt.excluded[k] for k in keys if k != key}
+        index = [key] if isinstance(key, str) else list(key)
+        updates = {k: stmt.excluded[k] for k in keys if k not in index}
         if not updates:
-            return stmt.on_conflict_do_nothing(index_elements=[key])
-        return stmt.on_conflict_do_update(index_elements=[key], set_=updates)
+            return stmt.on_conflict_do_nothing(index_elements=index)
+        return stmt.on_conflict_do_update(index_elements=index, set_=updates)
 
     def _compiled_insert(self, name: str, keys: tuple[str, ...], upsert_key: str | None) -> tuple[str | None, Any]:
         cached = self._insert_sql.get((name, keys, upsert_key))

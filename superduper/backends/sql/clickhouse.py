@@ -6,11 +6,12 @@ ClickHouse is not a transactional row store, so this dialect adapts it where the
 
 - every table is a ``ReplacingMergeTree`` ordered by its primary key, and every read runs with the setting
   ``final = 1``: an insert of an existing key replaces the row (that is the upsert), and reads see one row per key;
+  the tables superduper makes take a plain ``UPDATE`` from other clients (lightweight updates are enabled on them);
 - a plain insert (not an upsert) first looks for the keys it writes and fails as a duplicate key does elsewhere;
 - ``UPDATE`` is the mutation ``ALTER TABLE ... UPDATE`` and ``DELETE`` the lightweight delete, both waited for
   (``mutations_sync``); their row counts are counted before they run (nothing else writes in between on chDB);
-- there are no multi-statement transactions (``transactions=False``), triggers or row locks: only writes through
-  superduper are followed (``change_capture='none'``, as on DuckDB);
+- there are no multi-statement transactions (``transactions=False``), triggers or row locks: writes by other
+  clients are found by polling row hashes (``change_capture='polling'``, as on DuckDB: ``sql/polling.py``);
 - ``LEFT JOIN`` fills unmatched columns with NULL (``join_use_nulls = 1``), as SQL does.
 """
 
@@ -33,7 +34,7 @@ from clickhouse_connect.cc_sqlalchemy.sql.compiler import ChStatementCompiler
 from clickhouse_connect.cc_sqlalchemy.sql.ddlcompiler import ChDDLCompiler
 from clickhouse_connect.driver.binding import quote_identifier
 from sqlalchemy.dialects import registry
-from sqlalchemy.pool import StaticPool
+from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
@@ -44,6 +45,8 @@ from superduper.base.query import Compare
 
 #: the dates ``DateTime64`` holds
 FIRST_DATE, LAST_DATE = datetime.datetime(1900, 1, 1), datetime.datetime(2299, 12, 31, 23, 59, 59, 999999)
+#: table settings that let other clients change rows with a plain ``UPDATE`` (ClickHouse's lightweight updates)
+LIGHTWEIGHT_UPDATES = 'enable_block_number_column = 1, enable_block_offset_column = 1'
 #: settings of every connection (see the module's docstring)
 SETTINGS = {'final': 1, 'mutations_sync': 2, 'lightweight_deletes_sync': 2, 'join_use_nulls': 1}
 
@@ -129,6 +132,7 @@ class _DDLCompiler(ChDDLCompiler):
             return super().visit_create_table(create, **kw)
         key = [quote_identifier(c.name) for c in table.primary_key.columns]
         engine = f'ReplacingMergeTree ORDER BY ({", ".join(key)})' if key else 'MergeTree ORDER BY tuple()'
+        engine += f' SETTINGS {LIGHTWEIGHT_UPDATES}'
         columns = ', '.join(self.get_column_specification(c.element) for c in create.columns)
         exists = ' IF NOT EXISTS' if getattr(create, 'if_not_exists', False) else ''
         return f'CREATE TABLE{exists} {self.preparer.format_table(table)} ({columns}) ENGINE = {engine}'
@@ -334,7 +338,7 @@ class ClickHouseDataBackend(SQLDataBackend):
     tested = 'not run against a server yet'
     # no transactions or row locks: the metadata's compare-and-set writes (index states, output numbers, artifact
     # refs) are safe for one process at a time, so workers are refused until they are made safe here
-    capabilities = Capabilities(change_capture='none', transactions=False, upsert=True, identifier_limit=None,
+    capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, identifier_limit=None,
                                 shared=False, unshared_reason='superduper writes ClickHouse from one process at a '
                                 'time (no transactions or row locks to coordinate several)')
     epoch_sql = 'toUnixTimestamp64Micro(now64(6)) / 1e6'
@@ -405,7 +409,7 @@ class ClickHouseDataBackend(SQLDataBackend):
             key = conn.exec_driver_sql(
                 'SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = %(n)s',
                 {'n': name}).scalar() or ''
-        keys = [k.strip().strip('`') for k in key.split(',') if k.strip()]
+        keys = [k.strip().strip('()` ') for k in key.split(',') if k.strip('() ')]
         for column in table.columns:
             column.primary_key = column.name in keys
         return sa.Table(name, sa.MetaData(), *[c._copy() for c in table.columns])
@@ -440,6 +444,9 @@ class ClickHouseDataBackend(SQLDataBackend):
         with self.errors('insert into', name):
             conn.execute(stmt, rows)
 
+    def row_hash(self, table: sa.Table) -> Any:
+        return sa.func.toString(sa.func.cityHash64(sa.func.tuple(*table.columns)))
+
     def insert_returning(self, conn: Any, name: str, rows: list[dict]) -> list[tuple]:
         raise DatabaseError(f'ClickHouse does not generate keys: rows inserted into {name!r} need their key')
 
@@ -453,7 +460,7 @@ class ChdbDataBackend(ClickHouseDataBackend):
     scheme = 'chdb'
     tested = 'the shared suite (ClickHouse 26.9 in process), in CI'
     # names: a table is a folder named after it; measured with chDB 4.4 (database 'default'): 206 bytes
-    capabilities = Capabilities(change_capture='none', transactions=False, upsert=True, identifier_limit=206,
+    capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, identifier_limit=206,
                                 shared=False,
                                 unshared_reason='chDB runs ClickHouse inside one process, which holds its folder')
     needs_database_name = False
@@ -478,7 +485,7 @@ class ChdbDataBackend(ClickHouseDataBackend):
                 raise ConfigError(f'cannot open {uri!r}: chDB opens one database folder per process, and another '
                                   'is open in this one (close its datalayer first)') from None
         if path is None:
-            self.capabilities = dataclasses.replace(self.capabilities, persistent=False,
+            self.capabilities = dataclasses.replace(self.capabilities, persistent=False, change_capture='none',
                                                     unshared_reason=f'the in-memory database {uri!r} lives in one process')
 
     @classmethod
@@ -489,7 +496,7 @@ class ChdbDataBackend(ClickHouseDataBackend):
         dsn = 'chdb://memory' if self._path is None else 'chdb://' + self._path
         settings = {f'ch_{k}': v for k, v in SETTINGS.items()}
         # one connection for the process: chDB's engine is one per process and path
-        return {'poolclass': StaticPool, 'creator': lambda: _connect(dsn=dsn, **settings)}
+        return {'poolclass': SerialPool, 'creator': lambda: _connect(dsn=dsn, **settings)}
 
     def where(self) -> str:
         return f'chDB database {self._path or "(in memory)"!r}'

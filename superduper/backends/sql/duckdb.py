@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.pool import StaticPool
+from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend
@@ -18,7 +19,7 @@ class DuckDBDataBackend(SQLDataBackend):
     scheme = 'duckdb'
     tested = 'the shared suite, in CI'
     # names: duckdb-engine's dialect (PostgreSQL's) refuses identifiers over 63 characters
-    capabilities = Capabilities(change_capture='none', upsert=True, shared=False, identifier_limit=63,
+    capabilities = Capabilities(change_capture='polling', upsert=True, shared=False, identifier_limit=63,
                                 unshared_reason='DuckDB opens a database file in one process at a time')
     epoch_sql = 'epoch(current_timestamp)'
     # a DuckDB connection invalidates an open result when it runs another statement: read results whole
@@ -29,6 +30,8 @@ class DuckDBDataBackend(SQLDataBackend):
         if path is not None and os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         super().__init__(uri)
+        if path is None:  # nobody else can write an in-memory database: nothing to poll
+            self.capabilities = dataclasses.replace(self.capabilities, change_capture='none', persistent=False)
         # duckdb-engine quotes by PostgreSQL's keyword list; DuckDB reserves more words (``by``, ...)
         with self.engine.connect() as conn:
             keywords = conn.exec_driver_sql(
@@ -51,7 +54,7 @@ class DuckDBDataBackend(SQLDataBackend):
 
     def engine_options(self) -> dict[str, Any]:
         # one process-wide connection: DuckDB allows a single writer, and ':memory:' is per connection
-        return {'poolclass': StaticPool}
+        return {'poolclass': SerialPool}
 
     def insert(
         self, conn: Any, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
@@ -62,6 +65,9 @@ class DuckDBDataBackend(SQLDataBackend):
         stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
         with self.errors('insert into', name):
             conn.execute(stmt, rows)
+
+    def row_hash(self, table: sa.Table) -> Any:
+        return sa.cast(sa.func.hash(*table.columns), sa.String)
 
     def _reflect(self, name: str) -> sa.Table:
         # SQLAlchemy's PostgreSQL reflection, which duckdb-engine reuses, queries catalogs DuckDB lacks
@@ -89,7 +95,7 @@ _DUCKDB_TYPES = {
     'SMALLINT': sa.SmallInteger, 'TINYINT': sa.SmallInteger, 'HUGEINT': sa.BigInteger, 'UBIGINT': sa.BigInteger,
     'UINTEGER': sa.BigInteger, 'DOUBLE': sa.Double, 'FLOAT': sa.Float, 'REAL': sa.Float, 'BOOLEAN': sa.Boolean,
     'BLOB': sa.LargeBinary, 'JSON': lambda: sa.JSON(none_as_null=True), 'TIMESTAMP': sa.DateTime,
-    'DATE': sa.Date, 'TIME': sa.Time,
+    'DATE': sa.Date, 'TIME': sa.Time, 'UUID': sa.Uuid,
 }
 
 

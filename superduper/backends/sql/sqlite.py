@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.pool import StaticPool
+from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend
@@ -119,7 +119,7 @@ class SQLiteDataBackend(SQLDataBackend):
 
     def engine_options(self) -> dict[str, Any]:
         if file_path(self.uri) is None:
-            return {'poolclass': StaticPool, 'connect_args': {'check_same_thread': False}}
+            return {'poolclass': SerialPool, 'connect_args': {'check_same_thread': False}}
         return {'connect_args': {'check_same_thread': False, 'timeout': 30}}
 
 
