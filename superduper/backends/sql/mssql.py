@@ -112,7 +112,7 @@ class MSSQLDataBackend(SQLDataBackend):
         return f'ALTER TABLE {self.sql_name(name)} ADD {self.sql_name(field)} {ddl}'
 
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any:
-        return merge_row(table, keys, key, self.sql_name, f'SELECT {{param}} AS {{key}}', ' WITH (HOLDLOCK)', ';')
+        return merge_row(table, keys, key, self.sql_name, 'SELECT {param} AS {key}', ' WITH (HOLDLOCK)', ';')
 
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
         columns = [c.name for c in table.columns if not c.nullable]  # what the caller's rows give
