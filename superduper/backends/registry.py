@@ -32,7 +32,7 @@ data_backends.register('druid', 'superduper.backends.sql.druid:DruidDataBackend'
 data_backends.register('impala', 'superduper.backends.sql.impala:ImpalaDataBackend', 'impala', 'impyla')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
-#: any other SQLAlchemy URL (``mssql+pyodbc://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
+#: any other SQLAlchemy URL (``firebird://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
 data_backends.register('sqlalchemy', 'superduper.backends.sql.base:SQLDataBackend')
 
 #: artifact stores kept in a database; any other scheme is an fsspec protocol (``superduper.backends.artifacts``)
