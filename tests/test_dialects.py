@@ -20,7 +20,7 @@ from sqlglot import exp  # noqa: E402
 
 from superduper.backends.registry import _data_scheme, data_backends  # noqa: E402
 from superduper.backends.sql.statements import FIELDS, FILTERS, OUTPUTS, TABLE, Statement, catalogue  # noqa: E402
-from superduper.base.exceptions import ComponentError, MissingDependency  # noqa: E402
+from superduper.base.exceptions import ComponentError, ConfigError, MissingDependency  # noqa: E402
 
 #: engine -> (a URI, the SQLAlchemy dialect and driver it must reach, sqlglot's name for the dialect)
 ENGINES = {
@@ -166,6 +166,18 @@ def test_every_statement_parses_in_its_dialect(engine):
     assert checked >= (len(READS) if engine == 'druid' else 80)
     listed = {shape for e, shape in SQLGLOT_GAPS if e == engine}
     assert gaps == listed, f'sqlglot reads these now: remove them from SQLGLOT_GAPS: {sorted(listed - gaps)}'
+
+
+def test_mssql_takes_pymssql_or_pyodbc():
+    cls = backend_class('mssql')
+    url = cls.sqlalchemy_url('mssql+pyodbc://sa:secret@host/docs?driver=ODBC+Driver+18+for+SQL+Server')
+    assert (sa.engine.make_url(url).get_dialect().driver, sa.engine.make_url(url).query['driver']) == \
+        ('pyodbc', 'ODBC Driver 18 for SQL Server')
+    backend = cls.offline('mssql+pyodbc://sa:secret@host/docs')
+    claim = sa.select(sa.table('t', sa.column('id'))).with_for_update(skip_locked=True)
+    assert 'WITH (UPDLOCK, ROWLOCK, READPAST)' in str(claim.compile(dialect=backend.dialect))
+    with pytest.raises(ConfigError, match='pymssql'):
+        cls.sqlalchemy_url('mssql+aioodbc://sa:secret@host/docs')
 
 
 def test_mssql_composite_keys_are_json_arrays():

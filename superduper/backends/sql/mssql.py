@@ -21,15 +21,16 @@ from typing import Any, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, registry
+from sqlalchemy.dialects.mssql.base import MSSQLCompiler
 from sqlalchemy.dialects.mssql.pymssql import MSDialect_pymssql
 from sqlalchemy.dialects.mssql.pyodbc import MSDialect_pyodbc
 from sqlalchemy.engine import Connection
 
 from superduper.backends.base import Capabilities
-from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.sql.base import SQLDataBackend, _redact
 from superduper.backends.sql.changes import CHANGES
 from superduper.backends.sql.text_types import JSONText, merge_row
-from superduper.base.exceptions import ComponentError
+from superduper.base.exceptions import ComponentError, ConfigError
 
 SESSION_CLAIM = 'superduper_claim'  # the session context key a superduper write puts its claim under
 CLAIM_SQL = f"CAST(SESSION_CONTEXT(N'{SESSION_CLAIM}') AS BIGINT)"
@@ -39,14 +40,14 @@ def _lock_hint(lock: Any) -> str:
     return 'WITH (UPDLOCK, ROWLOCK, READPAST)' if lock.skip_locked else 'WITH (UPDLOCK, ROWLOCK)'
 
 
-class _LockingCompiler(MSDialect_pymssql.statement_compiler):
+class _LockingCompiler(MSSQLCompiler):
     """SQL Server's compiler with ``SELECT ... FOR UPDATE [SKIP LOCKED]`` as table hints on what it reads."""
 
     def visit_select(self, select_stmt: Any, **kw: Any) -> str:
         lock = select_stmt._for_update_arg
         if lock is not None:
             for table in select_stmt.get_final_froms():
-                if isinstance(table, sa.Table):
+                if isinstance(table, sa.TableClause):  # a table (not a subquery) takes hints
                     select_stmt = select_stmt.with_hint(table, _lock_hint(lock), 'mssql')
         return super().visit_select(select_stmt, **kw)
 
@@ -77,7 +78,10 @@ class MSSQLDataBackend(SQLDataBackend):
     def sqlalchemy_url(cls, uri: str) -> str:
         scheme, _, rest = uri.partition('://')
         driver = scheme.partition('+')[2] or 'pymssql'
-        return f'mssql+{DRIVERS.get(driver, driver)}://{rest}'
+        if driver not in DRIVERS:  # another driver's dialect would take no lock hints (see ``_LockingCompiler``)
+            raise ConfigError(f'{_redact(uri)!r}: SQL Server is reached through pymssql (mssql://) or pyodbc '
+                              f'(mssql+pyodbc://), not {driver}')
+        return f'mssql+{DRIVERS[driver]}://{rest}'
 
     def assume_server(self, dialect: Any) -> None:
         dialect._setup_version_attributes()
