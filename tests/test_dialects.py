@@ -204,6 +204,29 @@ def test_every_shape_is_sent(engine):
         assert {'change feed: create tables', 'change feed: triggers', 'change feed: claim'} <= shapes
 
 
+def table_named(engine: str, sql: str) -> str:
+    """The first table a statement names, as the database resolves the name (unquoted names folded to the case
+    the dialect folds them to)."""
+    from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+    if sql.startswith('BEGIN EXECUTE IMMEDIATE'):  # Oracle's PL/SQL around a DROP
+        sql = re.search(r"EXECUTE IMMEDIATE '(.*?)';", sql).group(1)
+    if sql.startswith('UPSERT'):
+        sql = 'INSERT' + sql[len('UPSERT'):]
+    parsed = normalize_identifiers(sqlglot.parse_one(sql, read=ENGINES[engine][2]), dialect=ENGINES[engine][2])
+    return parsed.find(exp.Table).name
+
+
+@ALL
+def test_sql_written_by_hand_names_tables_as_sqlalchemy_does(engine):
+    """Statements written here (upserts, ALTER, DROP) and SQLAlchemy's name the same table: on Oracle a quoted
+    lowercase name would be another table than the unquoted one SQLAlchemy writes."""
+    shapes = ['select', 'count'] if engine == 'druid' else \
+        ['select', 'update', 'delete', 'add column', 'drop table', 'upsert', 'insert']
+    names = {shape: table_named(engine, sent(engine, shape)[0]) for shape in shapes}
+    assert len(set(names.values())) == 1, names
+
+
 @ALL
 @pytest.mark.parametrize('op', list(FILTERS))
 def test_each_filter_is_its_operator(engine, op):

@@ -98,7 +98,7 @@ class ImpalaDataBackend(SQLDataBackend):
         change_capture='none', skip_locked=False, transactions=False, upsert=True, identifier_limit=128,
         shared=False, unshared_reason='Kudu keeps the first row of a key and only warns: the metadata\'s '
                                       'insert-if-absent writes are safe for one process at a time')
-    epoch_sql = 'CAST(unix_micros_to_utc_timestamp(utc_to_unix_micros(utc_timestamp())) AS DOUBLE)'
+    epoch_sql = 'CAST(unix_timestamp() AS DOUBLE)'
 
     @classmethod
     def sqlalchemy_url(cls, uri: str) -> str:

@@ -64,6 +64,11 @@ class OracleDataBackend(SQLDataBackend):
 
         return SQLMetadataStore(self.engine, artifact_lock=ARTIFACT_LOCK)
 
+    def sql_name(self, name: str) -> str:
+        # quoted only where needed, as SQLAlchemy names tables: a lowercase name unquoted is Oracle's uppercase one,
+        # quoted it would be another table
+        return self.dialect.identifier_preparer.quote(name)
+
     def is_deadlock(self, error: sa.exc.DBAPIError) -> bool:
         args = getattr(error.orig, 'args', None) or (None,)
         return getattr(args[0], 'code', None) == DEADLOCK
