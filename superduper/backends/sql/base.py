@@ -2,8 +2,10 @@
 
 Statements are built and compiled by SQLAlchemy (quoting, dialect, bound parameters); bulk inserts then go to
 the driver's ``executemany`` with positional tuples, skipping Core's per-row parameter processing, which costs
-more than the database itself on SQLite. Dialect modules (``sqlite``, ``postgres``, ``mysql``, ``duckdb``)
-override URL translation, engine options and column types.
+more than the database itself on SQLite. Dialect modules (``sqlite``, ``postgres``, ``mysql``, ``duckdb``,
+``mssql``, ``oracle``, ``trino``, ``druid``, ``impala`` ...) override URL translation, engine options, column types
+and the statements written by hand. ``SQLDataBackend.offline`` builds a backend that compiles its statements without
+a server (``superduper.backends.sql.statements`` lists them all).
 """
 
 from __future__ import annotations

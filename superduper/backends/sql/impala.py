@@ -8,6 +8,7 @@ tables have them, so tables superduper creates are Kudu tables (``PRIMARY KEY (.
 STORED AS KUDU``, the key columns first, as Kudu requires) and upserts are Impala's ``UPSERT INTO`` (one statement,
 a row replaced whole). Kudu has no ``JSON``, ``UUID`` or ``CHAR`` columns: those are ``STRING``.
 
+- a plain ``INSERT`` of a key already stored keeps the stored row (Kudu warns instead of failing);
 - there are no multi-statement transactions (``transactions=False``) and no triggers (``change_capture='none'``);
 - Kudu keeps the first of two rows with one key and only warns, so the metadata's insert-if-absent writes cannot
   tell they lost a race: safe for one process at a time (``shared=False``);

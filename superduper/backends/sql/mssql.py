@@ -12,7 +12,8 @@ Compile-level only: every statement superduper sends is compiled for SQL Server 
 - ``FOR UPDATE SKIP LOCKED`` is the table hint ``WITH (UPDLOCK, ROWLOCK, READPAST)`` (SQLAlchemy's dialect renders
   no locking at all), so workers claim changes without queueing behind each other.
 - A composite primary key's text is ``JSON_ARRAY`` (SQL Server 2022 and Azure SQL).
-- Metadata tables keep their ``String`` columns as ``VARCHAR``: names of components in the database's code page.
+- The tables every SQL database shares (metadata, change log, output log) keep their ``String`` columns as
+  ``VARCHAR``: component names, and the key texts of followed tables, in the database's code page.
 """
 
 from __future__ import annotations
