@@ -299,6 +299,20 @@ def test_column_types(engine):
 
 
 @ALL
+def test_values_are_written_as_the_dialect_reads_them(engine):
+    if engine == 'druid':
+        pytest.skip('Druid takes no inserts (test_druid_reads_only)')
+    (sql,) = sent(engine, 'insert with literals')
+    insert = parse(engine, sql)
+    assert [c.name for c in insert.this.expressions] == list(FIELDS)
+    (row,) = insert.expression.expressions
+    values = dict(zip(FIELDS, row.expressions))
+    assert values['txt'].name == "it's" and values['n'].name == '7'  # a quote in a string is escaped
+    assert values['doc'].name == '{"k": [1, "two"]}'
+    assert '2024-05-06 07:08:09.123456' in values['at'].sql(ENGINES[engine][2])  # microseconds kept
+
+
+@ALL
 def test_upsert_is_one_statement_where_declared(engine):
     cls = backend_class(engine)
     if engine == 'druid':

@@ -24,6 +24,7 @@ import impala.sqlalchemy as impala_sa
 import sqlalchemy as sa
 from sqlalchemy.dialects import registry
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
 from superduper.backends.base import Capabilities
@@ -82,7 +83,15 @@ class _TypeCompiler(impala_sa.Impala4TypeCompiler):
         return 'INT'
 
 
+class _Compiler(SQLCompiler):
+    def render_literal_value(self, value: Any, type_: Any) -> str:
+        if isinstance(value, str):  # Impala escapes with backslashes; '' would end one string and start another
+            return "'" + value.replace('\\', '\\\\').replace("'", "\\'") + "'"
+        return super().render_literal_value(value, type_)
+
+
 class KuduDialect(impala_sa.Impala4Dialect):
+    statement_compiler = _Compiler
     ddl_compiler = _KuduDDLCompiler
     type_compiler_cls = _TypeCompiler
     type_compiler = _TypeCompiler

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -133,10 +134,25 @@ def render(sent: Sent, dialect: Any) -> str:
     if params:
         statement = _with_values(statement, params)
     try:
-        compiled = statement.compile(dialect=dialect, compile_kwargs={'literal_binds': True})
+        return str(statement.compile(dialect=dialect, compile_kwargs={'literal_binds': True})).strip()
     except sa.exc.CompileError:  # a value the dialect writes no literal for (bytes on Oracle): a placeholder
-        compiled = statement.compile(dialect=dialect)
-    return str(compiled).strip()
+        return _some_literals(statement, dialect)
+
+
+def _some_literals(statement: Any, dialect: Any) -> str:
+    """The statement with the values the dialect can write as literals written in, placeholders for the others."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={'render_postcompile': True})
+    sql, values = str(compiled), compiled.construct_params()
+    for key, bind in compiled.binds.items():
+        if key not in values or isinstance(values[key], (bytes, bytearray, memoryview)):
+            continue  # bytes: a dialect without a binary literal writes them as text, which they are not
+        try:
+            literal = compiled.render_literal_value(values[key], bind.type)
+        except (sa.exc.CompileError, NotImplementedError):
+            continue
+        name = re.escape(compiled.escaped_bind_names.get(key, key))
+        sql = re.sub(rf':"?{name}"?(?![\w"])', lambda _: literal, sql)
+    return sql.strip()
 
 
 def _with_values(statement: Any, params: dict) -> Any:

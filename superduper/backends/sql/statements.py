@@ -129,6 +129,8 @@ def _reads(c: Catalogue, backend: Any) -> None:
 def _writes(c: Catalogue, backend: Any) -> None:
     keys, columns = list(ROW), [[v] for v in ROW.values()]
     c.sent('insert', lambda: backend.insert(c.engine, TABLE, keys, columns))
+    # the same row with its values written in: how the dialect writes a literal of each type
+    c.built('insert with literals', lambda: backend.table(TABLE).insert().values(ROW))
     c.sent('upsert', lambda: backend.insert(c.engine, TABLE, keys, columns, upsert_key='id'))
     c.sent('upsert key only', lambda: backend.insert(c.engine, TABLE, ['id'], [['a1']], upsert_key='id'))
     c.sent('update', lambda: backend.update(c.engine, TABLE, {'txt': 'b', 'n': 8}, FILTERS['in']))
