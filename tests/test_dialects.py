@@ -32,6 +32,8 @@ ENGINES = {
     'impala': ('impala://impala.example:21050/docs', ('impala4', 'impala4'), 'hive'),
 }
 COMPILE_ONLY = 'compile-level only (not tested against a server)'
+# the Trino dialect warns that it leaves keys out of CREATE TABLE: Trino has none (see superduper.backends.sql.trino)
+pytestmark = pytest.mark.filterwarnings('ignore:Trino does not support:sqlalchemy.exc.SAWarning')
 
 
 def check_trigger(sql: str, read: str) -> None:
@@ -295,7 +297,8 @@ TYPES = {
 def test_column_types(engine):
     (sql,) = sent(engine, 'create table')
     for field, type_ in TYPES[engine].items():
-        assert re.search(rf'(^|[\s(,])[`"\[]?{re.escape(field)}[`"\]]? {re.escape(type_)}[\s,]', sql), (field, type_, sql)
+        column = rf'(^|[\s(,])[`"\[]?{re.escape(field)}[`"\]]? {re.escape(type_)}[\s,]'  # quoted or not
+        assert re.search(column, sql), (field, type_, sql)
 
 
 @ALL
