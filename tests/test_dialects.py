@@ -332,6 +332,12 @@ def test_upsert_is_one_statement_where_declared(engine):
         assert whens == [True, False]  # replace the row with the key, else insert it
         (only_key,) = sent(engine, 'upsert key only')
         assert [w.args.get('matched') for w in parse(engine, only_key).args['whens'].expressions] == [False]
+    (store,) = sent(engine, 'output log: store')  # the outputs column has the listener's name, hyphen and all
+    if store.startswith('UPSERT'):
+        store = 'INSERT' + store[len('UPSERT'):]
+    stored = parse(engine, store)
+    inserted = stored.find(exp.Insert) if isinstance(stored, exp.Merge) else stored
+    assert {c.name for c in inserted.this.expressions} == {'_source', '_seq', OUTPUTS}, store
 
 
 @ALL

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend, _redact
 from superduper.backends.sql.changes import CHANGES
-from superduper.backends.sql.text_types import JSONText, merge_row
+from superduper.backends.sql.text_types import JSONText, MergeRow
 from superduper.base.exceptions import ComponentError, ConfigError
 
 SESSION_CLAIM = 'superduper_claim'  # the session context key a superduper write puts its claim under
@@ -117,17 +117,11 @@ class MSSQLDataBackend(SQLDataBackend):
         return f'ALTER TABLE {self.sql_name(name)} ADD {self.sql_name(field)} {ddl}'
 
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any:
-        return merge_row(table, keys, key, self.sql_name, 'SELECT {param} AS {key}', ' WITH (HOLDLOCK)', ';')
+        return MergeRow(table, keys, [key], target_hint=' WITH (HOLDLOCK)', terminator=';')
 
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
         columns = [c.name for c in table.columns if not c.nullable]  # what the caller's rows give
-        q = self.sql_name
-        source = ', '.join(f':{k} AS {q(k)}' for k in key)
-        on = ' AND '.join(f'tgt.{q(k)} = src.{q(k)}' for k in key)
-        sql = (f'MERGE INTO {q(table.name)} WITH (HOLDLOCK) AS tgt USING (SELECT {source}) AS src ON ({on}) '
-               f'WHEN NOT MATCHED THEN INSERT ({", ".join(q(c) for c in columns)}) '
-               f'VALUES ({", ".join(f":{c}" for c in columns)});')
-        return sa.text(sql).bindparams(*[sa.bindparam(c, type_=table.c[c].type) for c in columns])
+        return MergeRow(table, columns, key, update=False, target_hint=' WITH (HOLDLOCK)', terminator=';')
 
     def key_text(self, columns: Sequence[Any]) -> Any:
         if len(columns) == 1:

@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.sql import dml
 
+from superduper.backends.sql.text_types import MergeRow
+
 #: the key ``inserted_primary_key`` gives (a row the database numbered)
 GENERATED_KEY = 1
 
@@ -127,10 +129,10 @@ def render(sent: Sent, dialect: Any) -> str:
     literals where the dialect can write them, so that the text is a whole statement a SQL parser can read. SQL
     given to the driver as it is keeps its placeholders."""
     statement, params = sent.statement, sent.parameters
-    if isinstance(statement, str):
-        return statement
     if isinstance(params, list):
         params = params[0] if params else None
+    if isinstance(statement, str):
+        return _fill(statement, params, dialect) if isinstance(params, dict) else statement
     if params:
         statement = _with_values(statement, params)
     try:
@@ -155,7 +157,24 @@ def _some_literals(statement: Any, dialect: Any) -> str:
     return sql.strip()
 
 
+def _fill(sql: str, params: dict, dialect: Any) -> str:
+    """SQL given to the driver as it is, its ``:name`` placeholders replaced by the values' literals (``:p<n>``
+    where the dialect has none: bytes, or a name a parser would read as an expression)."""
+    for i, name in enumerate(sorted(params, key=len, reverse=True)):
+        value = params[name]
+        try:
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                raise sa.exc.CompileError('no literal')
+            literal = str(sa.literal(value).compile(dialect=dialect, compile_kwargs={'literal_binds': True}))
+        except (sa.exc.CompileError, NotImplementedError):
+            literal = f':p{i}'
+        sql = re.sub(rf':"?{re.escape(name)}"?(?![\w"-])', lambda _: literal, sql)
+    return sql
+
+
 def _with_values(statement: Any, params: dict) -> Any:
+    if isinstance(statement, MergeRow):
+        return statement.with_values(params)
     if isinstance(statement, dml.Insert) and statement.select is None:
         return statement.values(**params)
     if isinstance(statement, sa.TextClause):

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
 from superduper.backends.sql.base import SQLDataBackend
-from superduper.backends.sql.text_types import JSONText, merge_row
+from superduper.backends.sql.text_types import JSONText, MergeRow
 
 #: Oracle's error number for a deadlock its server broke
 DEADLOCK = 60
@@ -96,7 +96,7 @@ class OracleDataBackend(SQLDataBackend):
                 f'EXCEPTION WHEN OTHERS THEN IF SQLCODE != {NO_TABLE} THEN RAISE; END IF; END;')
 
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any:
-        return merge_row(table, keys, key, self.sql_name, 'SELECT {param} AS {key} FROM dual', alias=' ')
+        return MergeRow(table, keys, [key], from_dual=' FROM dual', alias=' ')
 
     def insert(self, conn: Connection, name: str, keys: Sequence[str], columns: list[list],
                upsert_key: str | None = None) -> None:

@@ -32,7 +32,7 @@ FIELDS = {'id': 'str', 'txt': 'str', 'n': 'int', 'x': 'float', 'ok': 'bool', 'ra
           'at': 'datetime', 'ref': 'uuid', 'v': 'vector[float32:3]'}
 ROW = {'id': 'a1', 'txt': "it's", 'n': 7, 'x': 0.5, 'ok': True, 'raw': b'\x00\xff', 'doc': {'k': [1, 'two']},
        'at': datetime.datetime(2024, 5, 6, 7, 8, 9, 123456), 'ref': uuid.UUID(int=42), 'v': b'\x00' * 12}
-OUTPUTS = '_outputs__upper__0123456789abcdef'
+OUTPUTS = '_outputs__my-upper__0123456789abcdef'  # a listener's name may have a hyphen
 PAIRS = 'pairs'  # a table with a composite key
 OUTPUT_FIELDS = {'_source': 'str', OUTPUT_SEQ: 'int', OUTPUTS: 'json'}
 #: each filter operator, as ``select().filter(...)`` compiles it

@@ -24,7 +24,7 @@ from trino.sqlalchemy import datatype as trino_types
 
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend
-from superduper.backends.sql.text_types import JSONText, merge_row
+from superduper.backends.sql.text_types import JSONText, MergeRow
 
 # the dialect warns, at every CREATE TABLE, that it leaves keys and unique constraints out: known, and said above
 warnings.filterwarnings('ignore', 'Trino does not support (PRIMARY KEY|UNIQUE) constraints', sa.exc.SAWarning)
@@ -54,7 +54,7 @@ class TrinoDataBackend(SQLDataBackend):
         return super().column_type(storage)  # VARCHAR, BIGINT, DOUBLE, BOOLEAN, VARBINARY
 
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str) -> Any:
-        return merge_row(table, keys, key, self.sql_name, 'SELECT {param} AS {key}')
+        return MergeRow(table, keys, [key])
 
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
         raise NotImplementedError('Trino records no changes here (change_capture is none)')
