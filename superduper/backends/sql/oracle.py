@@ -12,9 +12,12 @@ Compile-level only: every statement superduper sends is compiled for Oracle Data
 - Upserts are one ``MERGE`` a row; rows go through SQLAlchemy's ``executemany`` so that long text and bytes are
   bound as LOBs.
 - ``DROP TABLE IF EXISTS`` is a PL/SQL block before 23ai.
-- Other clients' writes are not seen (``change_capture='none'``): Oracle has row triggers, but the change log's
-  numbered ids, the claim a superduper write gives its change rows and ``FOR UPDATE SKIP LOCKED`` together with
-  a row limit (which Oracle refuses) are not written for it yet.
+- Other clients' writes are not seen (``change_capture='none'``). Oracle has row triggers, but the change feed
+  around them needs more than trigger DDL here: the change log's and claims' ids are numbered by the database
+  (SQLAlchemy writes no ``IDENTITY`` for Oracle unless asked), workers claim with ``FOR UPDATE SKIP LOCKED`` and
+  a row limit (Oracle refuses the two together, ORA-02014) and the guarded write of stamps locks its rows only
+  where ``skip_locked`` is declared. Until those are written for Oracle, only writes through superduper are
+  followed.
 """
 
 from __future__ import annotations
