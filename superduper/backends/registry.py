@@ -25,9 +25,14 @@ data_backends.register('chdb', 'superduper.backends.sql.clickhouse:ChdbDataBacke
 for _scheme in ('clickhouse', 'clickhouses'):
     data_backends.register(_scheme, 'superduper.backends.sql.clickhouse:ClickHouseDataBackend', 'clickhouse',
                            'clickhouse_connect')
+data_backends.register('trino', 'superduper.backends.sql.trino:TrinoDataBackend', 'trino', 'trino')
+data_backends.register('mssql', 'superduper.backends.sql.mssql:MSSQLDataBackend', 'mssql', 'pymssql')
+data_backends.register('oracle', 'superduper.backends.sql.oracle:OracleDataBackend', 'oracle', 'oracledb')
+data_backends.register('druid', 'superduper.backends.sql.druid:DruidDataBackend', 'druid', 'pydruid')
+data_backends.register('impala', 'superduper.backends.sql.impala:ImpalaDataBackend', 'impala', 'impyla')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
-#: any other SQLAlchemy URL (``mssql+pyodbc://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
+#: any other SQLAlchemy URL (``firebird://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
 data_backends.register('sqlalchemy', 'superduper.backends.sql.base:SQLDataBackend')
 
 #: artifact stores kept in a database; any other scheme is an fsspec protocol (``superduper.backends.artifacts``)

@@ -22,8 +22,9 @@ ATTEMPTS = 5  # a holder that lost a race to create a lock row, or a deadlock vi
 
 
 class SQLArtifactRefs:
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, lock: str = LOCK):
         self.engine = engine
+        self.lock = lock  # another holder name where the database stores '' as NULL (Oracle)
         meta = sa.MetaData()
         self.table = sa.Table(
             ARTIFACT_REFS,
@@ -52,11 +53,11 @@ class SQLArtifactRefs:
 
     def _lock(self, conn: sa.Connection, digests: Sequence[str], now: float) -> None:
         c = self.table.c
-        conn.execute(self.table.update().where(c.holder == LOCK, c.digest.in_(digests)).values(held_at=now))
-        present = set(conn.execute(sa.select(c.digest).where(c.holder == LOCK, c.digest.in_(digests))).scalars())
+        conn.execute(self.table.update().where(c.holder == self.lock, c.digest.in_(digests)).values(held_at=now))
+        present = set(conn.execute(sa.select(c.digest).where(c.holder == self.lock, c.digest.in_(digests))).scalars())
         absent = [d for d in digests if d not in present]
         if absent:
-            conn.execute(self.table.insert(), [{'digest': d, 'holder': LOCK, 'held_at': now} for d in absent])
+            conn.execute(self.table.insert(), [{'digest': d, 'holder': self.lock, 'held_at': now} for d in absent])
 
     def _record(self, conn: sa.Connection, holder: str, digests: Sequence[str], now: float) -> None:
         c = self.table.c
@@ -99,7 +100,7 @@ class SQLArtifactRefs:
         c = self.table.c
         named = sa.func.substr(c.holder, 1, len(prefix)) == prefix if prefix else sa.true()  # no LIKE: no escaping
         with self.engine.connect() as conn:
-            return sorted(conn.execute(sa.select(c.holder).distinct().where(c.holder != LOCK, named)).scalars())
+            return sorted(conn.execute(sa.select(c.holder).distinct().where(c.holder != self.lock, named)).scalars())
 
     def collect(self, keys: Iterable[str], delete: Callable[[str], None]) -> list[str]:
         return [d for d in sorted({artifact_digest(k) for k in keys}) if self._collect_one(d, delete)]
@@ -107,13 +108,13 @@ class SQLArtifactRefs:
     def _collect_one(self, digest: str, delete: Callable[[str], None]) -> bool:
         c = self.table.c
         with self.engine.begin() as conn:
-            locked = conn.execute(self.table.update().where(c.holder == LOCK, c.digest == digest)
+            locked = conn.execute(self.table.update().where(c.holder == self.lock, c.digest == digest)
                                   .values(held_at=time.time())).rowcount
-            held = conn.execute(sa.select(sa.func.count()).where(c.digest == digest, c.holder != LOCK)).scalar()
+            held = conn.execute(sa.select(sa.func.count()).where(c.digest == digest, c.holder != self.lock)).scalar()
             if not locked or held:  # still held, or never recorded here (nothing says it is free)
                 return False
             delete(digest)  # under the lock: a new holder of this digest writes the bytes after this commits
-            conn.execute(self.table.delete().where(c.holder == LOCK, c.digest == digest))
+            conn.execute(self.table.delete().where(c.holder == self.lock, c.digest == digest))
         return True
 
     def drop(self) -> None:

@@ -2,8 +2,10 @@
 
 Statements are built and compiled by SQLAlchemy (quoting, dialect, bound parameters); bulk inserts then go to
 the driver's ``executemany`` with positional tuples, skipping Core's per-row parameter processing, which costs
-more than the database itself on SQLite. Dialect modules (``sqlite``, ``postgres``, ``mysql``, ``duckdb``)
-override URL translation, engine options and column types.
+more than the database itself on SQLite. Dialect modules (``sqlite``, ``postgres``, ``mysql``, ``duckdb``,
+``mssql``, ``oracle``, ``trino``, ``druid``, ``impala`` ...) override URL translation, engine options, column types
+and the statements written by hand. ``SQLDataBackend.offline`` builds a backend that compiles its statements without
+a server (``superduper.backends.sql.statements`` lists them all).
 """
 
 from __future__ import annotations
@@ -66,10 +68,37 @@ class SQLDataBackend:
         self.dialect = self.engine.dialect
         self.configure_engine()
         self._check_reachable()
+        self._init_state()
+
+    def _init_state(self) -> None:
         self._meta = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
         self._insert_sql: dict[tuple, tuple[str, Any]] = {}
         self._local = threading.local()
+
+    #: the server version ``offline`` compiles for (a dialect adapts its SQL to the version it connects to)
+    offline_server_version: ClassVar[tuple[int, ...] | None] = None
+
+    @classmethod
+    def offline(cls, uri: str) -> 'SQLDataBackend':
+        """This backend without a server: statements are built and compiled for the dialect ``uri`` names, as for a
+        server of ``offline_server_version``, and kept, not sent (``self.engine.sent``; see
+        ``superduper.backends.sql.offline``). The metadata store, output log and change feed made from it send
+        their statements there too."""
+        from superduper.backends.sql.offline import RecordingEngine
+
+        self = cls.__new__(cls)
+        self.uri = uri
+        self.engine = RecordingEngine(cls.sqlalchemy_url(uri))
+        self.dialect = self.engine.dialect
+        if cls.offline_server_version is not None:
+            self.dialect.server_version_info = cls.offline_server_version
+        self.assume_server(self.dialect)
+        self._init_state()
+        return self
+
+    def assume_server(self, dialect: Any) -> None:
+        """Set what the dialect learns from a server when it first connects (``offline`` has none)."""
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({_redact(self.uri)!r})'
@@ -382,14 +411,25 @@ class SQLDataBackend:
             missing = [f for f in types if f not in existing]
             with self.begin() as conn:
                 for field in missing:
-                    ddl = self.field_type(types[field]).compile(dialect=self.dialect)
-                    self.run_sql(conn, f'ALTER TABLE {self.sql_name(name)} ADD COLUMN {self.sql_name(field)} {ddl}')
+                    self.run_sql(conn, self.add_column_sql(name, field, types[field]))
         self.bind_table(name, types, primary_key)
+
+    def create_statement(self, name: str, types: dict[str, FieldType], primary_key: str) -> sa.schema.CreateTable:
+        """The ``CREATE TABLE`` that ``create_table`` runs for a new table."""
+        return sa.schema.CreateTable(self._build(name, types, primary_key))
+
+    def add_column_sql(self, name: str, field: str, ftype: FieldType) -> str:
+        """The statement adding a declared column to an existing table."""
+        ddl = self.field_type(ftype).compile(dialect=self.dialect)
+        return f'ALTER TABLE {self.sql_name(name)} ADD COLUMN {self.sql_name(field)} {ddl}'
 
     def drop_table(self, name: str) -> None:
         with self.begin() as conn:
-            self.run_sql(conn, f'DROP TABLE IF EXISTS {self.sql_name(name)}')
+            self.run_sql(conn, self.drop_table_sql(name))
         self.forget(name)
+
+    def drop_table_sql(self, name: str) -> str:
+        return f'DROP TABLE IF EXISTS {self.sql_name(name)}'
 
     def _quote(self, identifier: str) -> str:
         return self.dialect.identifier_preparer.quote(identifier)
@@ -507,20 +547,21 @@ class SQLDataBackend:
         if not self.stores_nan:
             self._check_finite(name, list(values), [[v] for v in values.values()])
         self._check_sizes(name, list(values), [[v] for v in values.values()])
+        with self.errors('update', name):
+            return conn.execute(self.update_statement(name, values, where)).rowcount
+
+    def update_statement(self, name: str, values: dict[str, Any], where: Condition | None) -> Any:
         table = self.table(name)
         stmt = table.update().values(**values)
-        if where is not None:
-            stmt = stmt.where(where_clause(table, where))
-        with self.errors('update', name):
-            return conn.execute(stmt).rowcount
+        return stmt if where is None else stmt.where(where_clause(table, where))
 
     def delete(self, conn: Connection, name: str, where: Condition | None) -> int:
-        table = self.table(name)
-        stmt = table.delete()
-        if where is not None:
-            stmt = stmt.where(where_clause(table, where))
         with self.errors('delete from', name):
-            return conn.execute(stmt).rowcount
+            return conn.execute(self.delete_statement(name, where)).rowcount
+
+    def delete_statement(self, name: str, where: Condition | None) -> Any:
+        table = self.table(name)
+        return table.delete() if where is None else table.delete().where(where_clause(table, where))
 
     # ---- reads ----------------------------------------------------------------------------------------------
     def select(
@@ -539,25 +580,7 @@ class SQLDataBackend:
 
         ``joins`` are ``(table, column, on, key)``: a left join adding ``table.column`` where ``name.on ==
         table.key`` (a listener's outputs next to their source rows)."""
-        table = self.table(name)
-        selected = [table.c[c] for c in columns]
-        source: Any = table
-        for other_name, column, on, key in joins:
-            other = self.table(other_name)
-            selected.append(other.c[column])
-            if isinstance(on, tuple):  # a composite key: the outputs hold its text rendering
-                source = source.outerjoin(other, self.key_text([table.c[c] for c in on]) == other.c[key])
-            else:
-                source = source.outerjoin(other, table.c[on] == other.c[key])
-        stmt = sa.select(*selected).select_from(source)
-        if where is not None:
-            stmt = stmt.where(where_clause(table, where))
-        for column, descending in order_by:
-            stmt = stmt.order_by(table.c[column].desc() if descending else table.c[column])
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        if offset:
-            stmt = stmt.offset(offset)
+        stmt = self.select_statement(name, columns, where, order_by, limit, offset, joins)
         if conn is not None:
             yield from self._fetch(conn, stmt, name, batch_size)
             return
@@ -584,6 +607,38 @@ class SQLDataBackend:
                 if server_side:
                     own = own.execution_options(stream_results=True, yield_per=batch_size)
                 yield from self._fetch(own, stmt, name, batch_size, server_side)
+
+    def select_statement(
+        self,
+        name: str,
+        columns: Sequence[str],
+        where: Condition | None = None,
+        order_by: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        joins: Sequence[tuple[str, str, Any, str]] = (),
+    ) -> Any:
+        """The ``SELECT`` that ``select`` runs."""
+        table = self.table(name)
+        selected = [table.c[c] for c in columns]
+        source: Any = table
+        for other_name, column, on, key in joins:
+            other = self.table(other_name)
+            selected.append(other.c[column])
+            if isinstance(on, tuple):  # a composite key: the outputs hold its text rendering
+                source = source.outerjoin(other, self.key_text([table.c[c] for c in on]) == other.c[key])
+            else:
+                source = source.outerjoin(other, table.c[on] == other.c[key])
+        stmt = sa.select(*selected).select_from(source)
+        if where is not None:
+            stmt = stmt.where(where_clause(table, where))
+        for column, descending in order_by:
+            stmt = stmt.order_by(table.c[column].desc() if descending else table.c[column])
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        return stmt
 
     def server_side_cursor(self, dbapi_connection: Any) -> Any | None:
         """A driver cursor that streams rows from the server, for dialects that know how to make one."""

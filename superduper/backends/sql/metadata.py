@@ -17,9 +17,10 @@ from superduper.backends.logs import FailureLog, JobLog, split_where
 
 
 class SQLMetadataStore:
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, artifact_lock: str = ''):
         self.engine = engine
         self._artifact_refs: Any = None
+        self._artifact_lock = artifact_lock  # the holder name of artifact lock rows (``SQLArtifactRefs``)
         self._meta = sa.MetaData()
         self.components = sa.Table(
             COMPONENTS,
@@ -222,7 +223,7 @@ class SQLMetadataStore:
         if self._artifact_refs is None:
             from superduper.backends.sql.artifact_refs import SQLArtifactRefs
 
-            self._artifact_refs = SQLArtifactRefs(self.engine)
+            self._artifact_refs = SQLArtifactRefs(self.engine, self._artifact_lock)
         return self._artifact_refs
 
     def drop(self) -> None:
