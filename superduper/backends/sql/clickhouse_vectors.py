@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.sql import operators
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 
 from superduper.backends.sql.vector_pushdown import SQLVectorSearcher, vector_bytes, vector_values
