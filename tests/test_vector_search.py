@@ -295,3 +295,148 @@ def test_hnsw_searcher_follows_updates_and_deletes_before_and_after_a_flush(tmp_
     assert len(again) == 2800 and agreement(again) >= 0.95
     again.upsert(['new'], vectors[:1] * 2)
     assert again.search(vectors[0], 1)[0][0] == 'new'  # v0 itself was moved
+
+
+# ---- search inside the database (pgvector, ClickHouse, DuckDB) -------------------------------------------------
+def identity(v):
+    return v
+
+
+def numpy_nearest(vectors: dict, query: np.ndarray, n: int, measure: str, allowed=None) -> list:
+    """(id, score) of the ``n`` nearest, computed here in float64: nearest first, equal scores by id."""
+    q = query.astype(np.float64)
+    scored = []
+    for id_, v in vectors.items():
+        if allowed is not None and id_ not in allowed:
+            continue
+        v = v.astype(np.float64)
+        if measure == 'cosine':
+            norms = np.linalg.norm(v) * np.linalg.norm(q)
+            score = float(v @ q / norms) if norms else 0.0  # a zero vector has no direction: orthogonal
+        elif measure == 'dot':
+            score = float(v @ q)
+        else:
+            score = -float(((v - q) ** 2).sum())
+        scored.append((-score, id_))
+    return [(id_, -s) for s, id_ in sorted(scored)[:n]]
+
+
+def assert_nearest(got: list, ranked: list, n: int, eps: float = 1e-5) -> None:
+    """``got`` are the ``n`` nearest of ``ranked`` (every allowed id with its score, nearest first), up to the
+    float32 arithmetic of the database: its scores equal ours, it is in our order except among scores within
+    ``eps`` of each other, and rows at exactly the same place come by id."""
+    scores = dict(ranked)
+    assert len(got) == min(n, len(ranked)) and len({i for i, _ in got}) == len(got)
+    assert [s for _, s in got] == pytest.approx([scores[i] for i, _ in got], rel=1e-4, abs=1e-4)
+    cutoff = ranked[min(n, len(ranked)) - 1][1] if ranked else None
+    assert all(scores[i] >= cutoff - eps for i, _ in got)  # none of the rows beyond the n nearest
+    for (a, _), (b, _) in zip(got, got[1:]):
+        assert scores[a] >= scores[b] - eps and (scores[a] != scores[b] or a < b)
+
+
+@pytest.fixture
+def vectors_table(db):
+    return make_vectors_table(db)
+
+
+def make_vectors_table(db):
+    """300 rows with a vector field, duplicated vectors (ties) and a zero vector among them."""
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(size=(300, DIM)).astype(np.float32)
+    matrix[10:14] = matrix[3]  # five rows at exactly the same place
+    matrix[20] = 0.0
+    db.apply(Table('vecs', fields={'v': f'vector[float32:{DIM}]', 'cat': 'int', 'price': 'int'}))
+    rows = [{'v': matrix[i], 'cat': i % 10, 'price': i} for i in range(300)]
+    ids = db['vecs'].insert(rows).execute()
+    return db['vecs'], dict(zip(ids, matrix)), rows
+
+
+def native_index(db, name: str, measure: str = 'cosine') -> str:
+    listener = ObjectModel(f'ident-{measure}', object=identity, datatype=f'vector[float32:{DIM}]').to_listener(
+        'vecs', key='v', identifier=f'ident-{measure}')
+    db.apply(VectorIndex(name, indexing_listener=listener, measure=measure))
+    loaded = db.vector_indexes.get(name)
+    assert loaded.native and db.databackend.native_vectors(listener.outputs, listener.outputs)
+    return listener.outputs
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+@pytest.mark.parametrize('measure', ['cosine', 'dot', 'l2'])
+def test_native_search_is_exact_with_and_without_filters(db, vectors_table, measure, pk):
+    t, vectors, rows = vectors_table
+    native_index(db, 'nat', measure)
+    ids = list(vectors)
+    by_id = dict(zip(ids, rows))
+    rng = np.random.default_rng(1)
+    queries = [rng.normal(size=DIM).astype(np.float32), vectors[ids[3]], vectors[ids[20]], vectors[ids[42]] * 3]
+    filters = [
+        (None, None),
+        (t['cat'] == 1, {i for i in ids if by_id[i]['cat'] == 1}),  # 10%
+        (t['cat'].isin([0, 1, 2, 3, 4]), {i for i in ids if by_id[i]['cat'] < 5}),  # 50%
+        (t['price'] < 4, {i for i in ids if by_id[i]['price'] < 4}),  # fewer rows than asked for
+        ((t['price'] >= 10) & (t['price'] < 14), {i for i in ids if 10 <= by_id[i]['price'] < 14}),  # all tied
+        (t['cat'] == 99, set()),
+    ]
+    for query in queries:
+        for cond, allowed in filters:
+            for n in (1, 10, 400):
+                like = t.like(query, vector_index='nat', n=n)
+                got = [(r[pk], r['_score']) for r in (like if cond is None else like.filter(cond)).execute()]
+                assert_nearest(got, numpy_nearest(vectors, query, len(vectors), measure, allowed), n)
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+def test_native_search_sees_writes_at_once_in_one_query(db, vectors_table, pk):
+    t, vectors, _ = vectors_table
+    outputs = native_index(db, 'nat')
+    db.cfg.poll_interval = 3600  # nothing to catch up with: the search reads the table
+    far = -vectors[next(iter(vectors))]
+    (new_id,) = t.insert([{'v': far, 'cat': 5, 'price': 1000}]).execute()
+    assert [r[pk] for r in t.like(far, vector_index='nat', n=1).filter(t['cat'] == 5).execute()] == [new_id]
+    moved = np.ones(DIM, dtype=np.float32)
+    t.filter(t[pk] == new_id).update({'v': moved}).execute()
+    assert [r[pk] for r in t.like(moved, vector_index='nat', n=1).execute()] == [new_id]
+    assert t.like(far, vector_index='nat', n=1).execute().tolist()[0][pk] != new_id
+    t.filter(t[pk] == new_id).update({'cat': 6}).execute()  # a filtered column changed: the filter sees it
+    assert new_id not in [r[pk] for r in t.like(moved, vector_index='nat', n=50).filter(t['cat'] == 5).execute()]
+    t.filter(t[pk] == new_id).delete().execute()
+    assert new_id not in [r[pk] for r in t.like(moved, vector_index='nat', n=400).execute()]
+
+    statements = []
+    record = lambda *args: statements.append(args[2])  # noqa: E731
+    sa.event.listen(db.databackend.engine, 'before_cursor_execute', record)
+    try:
+        t.like(moved, vector_index='nat', n=10).filter(t['cat'] == 5).execute().tolist()
+    finally:
+        sa.event.remove(db.databackend.engine, 'before_cursor_execute', record)
+    assert len([s for s in statements if outputs in s]) == 1  # the search; then the rows are fetched by key
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+def test_vectors_stored_as_bytes_by_an_older_version_keep_working(db, db_uri, tmp_path, pk, monkeypatch):
+    """A database whose vectors an earlier version stored as bytes is searched in process; new ones are native."""
+    backend = type(db.databackend)
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, 'field_type', lambda self, ftype: self.column_type(ftype.storage))
+        t, vectors, _ = make_vectors_table(db)
+        listener = ObjectModel('old', object=identity, datatype=f'vector[float32:{DIM}]').to_listener(
+            'vecs', key='v', identifier='old')
+        db.apply(VectorIndex('old-idx', indexing_listener=listener))
+    db.close()
+    again = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
+    try:
+        t = again['vecs']
+        query = np.random.default_rng(2).normal(size=DIM).astype(np.float32)
+        (new_id,) = t.insert([{'v': query, 'cat': 1, 'price': 0}]).execute()
+        vectors[new_id] = query
+        loaded = again.vector_indexes.get('old-idx')
+        assert not loaded.native and not again.databackend.native_vectors(listener.outputs, listener.outputs)
+        got = [r[pk] for r in t.like(query, vector_index='old-idx', n=10).filter(t['cat'] == 1).execute()]
+        allowed = {i for i in vectors if i == new_id or i in {r[pk] for r in t.filter(t['cat'] == 1).execute()}}
+        assert got == [i for i, _ in numpy_nearest(vectors, query, 10, 'cosine', allowed)]
+        assert np.array_equal(again[listener.outputs].select().execute().tolist()[0][listener.outputs].dtype,
+                              np.float32)
+        native_index(again, 'new-idx')  # a new listener's outputs are stored natively beside the old ones
+        assert [r[pk] for r in t.like(query, vector_index='new-idx', n=10).filter(t['cat'] == 1).execute()] == got
+    finally:
+        again.close()

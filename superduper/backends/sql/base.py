@@ -362,9 +362,16 @@ class SQLDataBackend:
         if native and self.has_table(name):
             stored = self._reflect(name).columns
             for field in native:
-                if field in stored and storage_of(stored[field].type) in ('bytes', 'str'):
+                if field in stored and not self._same_type(stored[field].type, table.c[field].type):
                     table.c[field].type = self.column_type(types[field].storage)
         self._tables[name] = table
+
+    def _same_type(self, stored: Any, declared: Any) -> bool:
+        """Whether a reflected column has the declared type, as the database names it."""
+        try:
+            return stored.compile(dialect=self.dialect).lower() == declared.compile(dialect=self.dialect).lower()
+        except sa.exc.CompileError:  # reflected as a type SQLAlchemy does not know (pgvector's): not bytes
+            return True
 
     def create_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
         """Create the table, or add the declared columns an existing one lacks."""

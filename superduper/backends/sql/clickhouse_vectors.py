@@ -58,7 +58,7 @@ class ChVector(sa.types.UserDefinedType):
 
 #: the expression ordering nearest first, and its value as a score (higher is nearer, as in-process)
 DISTANCES = {
-    'cosine': lambda v, q: sa.func.cosineDistance(v, q),
+    'cosine': lambda v, q: sa.func.ifNotFinite(sa.func.cosineDistance(v, q), 1.0),  # a zero vector: score 0
     'dot': lambda v, q: -sa.func.dotProduct(v, q),
     'l2': lambda v, q: sa.func.L2SquaredDistance(v, q),
 }

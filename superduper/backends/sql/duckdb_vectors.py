@@ -41,9 +41,14 @@ class DuckVector(sa.types.UserDefinedType):
         return process
 
 
+def _zero_is_orthogonal(distance: Any) -> Any:
+    """A zero vector has no direction (NaN): score 0, as the in-process searchers give it."""
+    return sa.case((sa.func.isnan(distance), 1.0), else_=distance)
+
+
 #: the expression ordering nearest first, and its value as a score (higher is nearer, as in-process)
 DISTANCES = {
-    'cosine': lambda v, q: sa.func.array_cosine_distance(v, q),
+    'cosine': lambda v, q: _zero_is_orthogonal(sa.func.array_cosine_distance(v, q)),
     'dot': lambda v, q: sa.func.array_negative_inner_product(v, q),
     'l2': lambda v, q: sa.func.array_distance(v, q),
 }
