@@ -452,3 +452,17 @@ def test_vectors_stored_as_bytes_by_an_older_version_keep_working(db, db_uri, tm
         assert [r[pk] for r in t.like(query, vector_index='new-idx', n=10).filter(t['cat'] == 1).execute()] == got
     finally:
         again.close()
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+def test_an_index_made_before_any_vector_searches_natively_once_they_are_stored(db, pk):
+    db.apply(Table('vecs', fields={'v': f'vector[float32:{DIM}]', 'cat': 'int', 'price': 'int'}))
+    listener = ObjectModel('ident', object=identity, datatype=f'vector[float32:{DIM}]').to_listener(
+        'vecs', key='v', identifier='ident')
+    db.apply(VectorIndex('early', indexing_listener=listener))
+    assert db['vecs'].like(np.ones(DIM, dtype=np.float32), vector_index='early', n=3).execute().tolist() == []
+    matrix = np.random.default_rng(3).normal(size=(50, DIM)).astype(np.float32)
+    ids = db['vecs'].insert([{'v': v, 'cat': 0, 'price': 0} for v in matrix]).execute()
+    got = [(r[pk], r['_score']) for r in db['vecs'].like(matrix[7], vector_index='early', n=5).execute()]
+    assert_nearest(got, numpy_nearest(dict(zip(ids, matrix)), matrix[7], 50, 'cosine'), 5)
+    assert db.vector_indexes.get('early').native

@@ -97,8 +97,15 @@ class VectorIndexes:
         return head[0] if head is not None else 0
 
     def _pushdown(self, index: 'VectorIndex') -> bool:
-        """Search inside the database where it stores the vectors natively (pgvector, ClickHouse, DuckDB): nothing
-        to load, save or follow."""
+        searcher = self._native_searcher(index)
+        if searcher is None:
+            return False
+        self._loaded[index.identifier] = LoadedIndex(index, searcher, native=True)
+        return True
+
+    def _native_searcher(self, index: 'VectorIndex') -> Any:
+        """The database's own search where it stores the index's vectors natively (pgvector, ClickHouse, DuckDB):
+        nothing to load, save or follow; ``None`` where it does not, or the index asks for an in-process one."""
         outputs = index.indexing_listener.outputs
         self.db.table_info(outputs)  # binds the declared column types
         native = index.dimension(self.db) is not None and self.db.databackend.native_vectors(outputs, outputs)
@@ -108,11 +115,10 @@ class VectorIndexes:
                 'database (PostgreSQL with the vector extension, ClickHouse, DuckDB)'
             )
         if not native or index.searcher not in ('auto', *NATIVE):
-            return False
+            return None
         searcher = self.db.databackend.native_searcher(self.db, index)
         searcher.build()
-        self._loaded[index.identifier] = LoadedIndex(index, searcher, native=True)
-        return True
+        return searcher
 
     def _new_searcher(self, index: 'VectorIndex', count: int, kind: str | None = None) -> Any:
         """A searcher of the index's kind; ``None`` while the listener has stored no output to give the vectors'
@@ -282,7 +288,7 @@ class VectorIndexes:
 
     def _flush_if_due(self, loaded: LoadedIndex) -> None:
         """Add the vectors waiting outside an ANN graph once enough wait that scanning them costs searches time."""
-        if loaded.searcher is None:  # no vectors yet
+        if loaded.searcher is None or loaded.native:  # no vectors yet, or none here
             return
         pending = getattr(loaded.searcher, 'pending', ())
         if len(pending) >= max(FLUSH_AT, len(loaded.searcher) // 100):
@@ -330,6 +336,14 @@ class VectorIndexes:
     def _first_vectors(self, loaded: LoadedIndex) -> bool:
         """The index was made before its listener stored an output: make its searcher once outputs are typed."""
         self.db.forget_table(loaded.outputs)
+        native = self._native_searcher(loaded.component)
+        if native is not None:  # stored natively: the database searches them from now on
+            with loaded.lock:
+                if loaded.searcher is not None:
+                    return False
+                loaded.searcher, loaded.native = native, True
+            self._detach(loaded)
+            return True
         searcher = self._new_searcher(loaded.component, 0)
         if searcher is None:
             return True
