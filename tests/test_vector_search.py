@@ -466,3 +466,28 @@ def test_an_index_made_before_any_vector_searches_natively_once_they_are_stored(
     got = [(r[pk], r['_score']) for r in db['vecs'].like(matrix[7], vector_index='early', n=5).execute()]
     assert_nearest(got, numpy_nearest(dict(zip(ids, matrix)), matrix[7], 50, 'cosine'), 5)
     assert db.vector_indexes.get('early').native
+
+
+#: the type a float32 vector field has in the database, as the database names it
+NATIVE_TYPES = {
+    'chdb': ("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'nat' AND name = 'v'",
+             'Array(Float32)'),
+    'duckdb': ("SELECT data_type FROM information_schema.columns WHERE table_name = 'nat' AND column_name = 'v'",
+               f'FLOAT[{DIM}]'),
+}
+
+
+@pytest.mark.backends('chdb', 'duckdb')
+def test_warehouse_vectors_are_the_engines_own_arrays(db, backend):
+    db.apply(Table('nat', fields={'txt': 'str', 'v': f'vector[float32:{DIM}]', 'w': 'vector[float64:2]'}))
+    db['nat'].insert([{'txt': 'a', 'v': embed('a'), 'w': [0.1, 0.2]}, {'txt': 'b'}]).execute()
+    sql, expected = NATIVE_TYPES[backend]
+    with db.databackend.engine.connect() as conn:
+        assert conn.exec_driver_sql(sql).scalar() == expected
+    got = db['nat'].get(txt='a').execute()
+    assert got['v'].dtype == np.float32 and np.array_equal(got['v'], embed('a'))
+    assert db['nat'].get(txt='b').execute().get('v') is None
+    t = db['nat']
+    assert [r['txt'] for r in t.filter(t['v'] == None).execute()] == ['b']  # noqa: E711
+    assert [r['txt'] for r in t.filter(t['v'] != None).execute()] == ['a']  # noqa: E711
+    assert db.databackend.native_vectors('nat', 'v') and not db.databackend.native_vectors('nat', 'w')
