@@ -99,7 +99,7 @@ def test_follows_inserts_updates_deletes(items, pk):
     assert new_id not in [r[pk] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
 
 
-@pytest.mark.requires(native_vectors=False, reason='an index of its own to keep current (a native search reads the outputs table)')
+@pytest.mark.requires(native_vectors=False, reason='an index of its own to keep current (native: the database searches)')
 def test_an_index_update_that_fails_is_shown_and_caught_up(db, items, pk):
     t, _, index = items
     loaded = db.vector_indexes.get('idx')

@@ -69,4 +69,4 @@ class ClickHouseVectorSearcher(SQLVectorSearcher):
     kind = 'clickhouse'
     distances = DISTANCES
     scores = SCORES
-    vector_type = ChVector
+    vector_type = ChVector  # its comparator makes ``IS NOT NULL`` ``notEmpty``

@@ -21,9 +21,9 @@ from superduper.base.query import Condition
 class SQLVectorSearcher:
     """The interface of ``superduper.backends.sql.pgvector.PgVectorSearcher``: ``build``, ``len``, ``search``.
 
-    A subclass gives ``kind``, ``vector_type`` and ``distances``: per measure, the expression that orders nearest first (ascending)
-    and the function turning its value into the score the in-process searchers give (higher is nearer: cosine
-    similarity, inner product, negated squared L2 distance)."""
+    A subclass gives ``kind``, the column's ``vector_type``, and per measure its ``distances`` (the expression that
+    orders nearest first, ascending) and ``scores`` (that value as the score the in-process searchers give, higher
+    is nearer: cosine similarity, inner product, negated squared L2 distance)."""
 
     kind = 'sql'
     vector_type: Callable[[int], Any]  # the column type (of a dimension)
