@@ -157,8 +157,9 @@ def test_identical_indexes_share_their_saved_state_safely(db):
     db.apply(Table('docs', fields={'txt': 'str'}))
     db['docs'].insert([{'txt': f'doc {i}'} for i in range(20)]).execute()
     listener = ObjectModel('emb', object=embed).to_listener('docs', key='txt')
-    db.apply(VectorIndex('one', indexing_listener=listener))
-    db.apply(VectorIndex('two', indexing_listener=listener))
+    # in process, so that they save state (where the database stores vectors natively, 'auto' saves none)
+    db.apply(VectorIndex('one', indexing_listener=listener, searcher='exact'))
+    db.apply(VectorIndex('two', indexing_listener=listener, searcher='exact'))
     for name in ('one', 'two'):
         db.vector_indexes.save(db.vector_indexes.get(name))
     states = {db.metadata.index_state(db.load('VectorIndex', n).uuid) for n in ('one', 'two')}
@@ -176,7 +177,8 @@ def test_two_processes_saving_one_index_orphan_no_state(db):
     """A saver that lost the race (another saved after it read the previous state) releases its own state."""
     db.apply(Table('docs', fields={'txt': 'str'}))
     db['docs'].insert([{'txt': f'doc {i}'} for i in range(20)]).execute()
-    db.apply(VectorIndex('idx', indexing_listener=ObjectModel('emb', object=embed).to_listener('docs', key='txt')))
+    db.apply(VectorIndex('idx', indexing_listener=ObjectModel('emb', object=embed).to_listener('docs', key='txt'),
+                         searcher='exact'))  # in process: it saves state
     indexes = db.vector_indexes
     loaded = indexes.get('idx')
     uuid = loaded.component.uuid

@@ -99,7 +99,7 @@ def test_follows_inserts_updates_deletes(items, pk):
     assert new_id not in [r[pk] for r in t.like({'txt': 'brand new'}, vector_index='idx', n=50).execute()]
 
 
-@pytest.mark.requires(native_vectors=False, reason='an index of its own to keep current (pgvector searches the outputs table)')
+@pytest.mark.requires(native_vectors=False, reason='an index of its own to keep current (native: the database searches)')
 def test_an_index_update_that_fails_is_shown_and_caught_up(db, items, pk):
     t, _, index = items
     loaded = db.vector_indexes.get('idx')
@@ -295,3 +295,199 @@ def test_hnsw_searcher_follows_updates_and_deletes_before_and_after_a_flush(tmp_
     assert len(again) == 2800 and agreement(again) >= 0.95
     again.upsert(['new'], vectors[:1] * 2)
     assert again.search(vectors[0], 1)[0][0] == 'new'  # v0 itself was moved
+
+
+# ---- search inside the database (pgvector, ClickHouse, DuckDB) -------------------------------------------------
+def identity(v):
+    return v
+
+
+def numpy_nearest(vectors: dict, query: np.ndarray, n: int, measure: str, allowed=None) -> list:
+    """(id, score) of the ``n`` nearest, computed here in float64: nearest first, equal scores by id."""
+    q = query.astype(np.float64)
+    scored = []
+    for id_, v in vectors.items():
+        if allowed is not None and id_ not in allowed:
+            continue
+        v = v.astype(np.float64)
+        if measure == 'cosine':
+            norms = np.linalg.norm(v) * np.linalg.norm(q)
+            score = float(v @ q / norms) if norms else 0.0  # a zero vector has no direction: orthogonal
+        elif measure == 'dot':
+            score = float(v @ q)
+        else:
+            score = -float(((v - q) ** 2).sum())
+        scored.append((-score, id_))
+    return [(id_, -s) for s, id_ in sorted(scored)[:n]]
+
+
+def assert_nearest(got: list, ranked: list, n: int, eps: float = 1e-5, ties_by_id: bool = False) -> None:
+    """``got`` are the ``n`` nearest of ``ranked`` (every allowed id with its score, nearest first), up to the
+    float32 arithmetic of the database: its scores equal ours, it is in our order except among scores within
+    ``eps`` of each other (and with ``ties_by_id``, rows at exactly the same place come by id)."""
+    scores = dict(ranked)
+    assert len(got) == min(n, len(ranked)) and len({i for i, _ in got}) == len(got)
+    assert [s for _, s in got] == pytest.approx([scores[i] for i, _ in got], rel=1e-4, abs=1e-4)
+    cutoff = ranked[min(n, len(ranked)) - 1][1] if ranked else None
+    assert all(scores[i] >= cutoff - eps for i, _ in got)  # none of the rows beyond the n nearest
+    for (a, _), (b, _) in zip(got, got[1:]):
+        assert scores[a] >= scores[b] - eps and (not ties_by_id or scores[a] != scores[b] or a < b)
+
+
+@pytest.fixture
+def vectors_table(db):
+    return make_vectors_table(db)
+
+
+def make_vectors_table(db, zero: bool = False):
+    """300 rows with a vector field, duplicated vectors (ties) among them, and with ``zero`` a zero vector."""
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(size=(300, DIM)).astype(np.float32)
+    matrix[10:14] = matrix[3]  # five rows at exactly the same place
+    if zero:
+        matrix[20] = 0.0
+    db.apply(Table('vecs', fields={'v': f'vector[float32:{DIM}]', 'cat': 'int', 'price': 'int'}))
+    rows = [{'v': matrix[i], 'cat': i % 10, 'price': i} for i in range(300)]
+    ids = db['vecs'].insert(rows).execute()
+    return db['vecs'], dict(zip(ids, matrix)), rows
+
+
+def native_index(db, name: str, measure: str = 'cosine') -> str:
+    listener = ObjectModel(f'ident-{measure}', object=identity, datatype=f'vector[float32:{DIM}]').to_listener(
+        'vecs', key='v', identifier=f'ident-{measure}')
+    db.apply(VectorIndex(name, indexing_listener=listener, measure=measure))
+    loaded = db.vector_indexes.get(name)
+    assert loaded.native and db.databackend.native_vectors(listener.outputs, listener.outputs)
+    return listener.outputs
+
+
+def check_native_search(db, measure: str, pk: str, zero: bool = False, ties_by_id: bool = False) -> None:
+    t, vectors, rows = make_vectors_table(db, zero)
+    native_index(db, 'nat', measure)
+    ids = list(vectors)
+    by_id = dict(zip(ids, rows))
+    rng = np.random.default_rng(1)
+    queries = [rng.normal(size=DIM).astype(np.float32), vectors[ids[3]], vectors[ids[20]], vectors[ids[42]] * 3]
+    filters = [
+        (None, None),
+        (t['cat'] == 1, {i for i in ids if by_id[i]['cat'] == 1}),  # 10%
+        (t['cat'].isin([0, 1, 2, 3, 4]), {i for i in ids if by_id[i]['cat'] < 5}),  # 50%
+        (t['price'] < 4, {i for i in ids if by_id[i]['price'] < 4}),  # fewer rows than asked for
+        ((t['price'] >= 10) & (t['price'] < 14), {i for i in ids if 10 <= by_id[i]['price'] < 14}),  # all tied
+        (t['cat'] == 99, set()),
+    ]
+    for query in queries:
+        for cond, allowed in filters:
+            for n in (1, 10, 400):
+                like = t.like(query, vector_index='nat', n=n)
+                got = [(r[pk], r['_score']) for r in (like if cond is None else like.filter(cond)).execute()]
+                assert_nearest(got, numpy_nearest(vectors, query, len(vectors), measure, allowed), n,
+                               ties_by_id=ties_by_id)
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+@pytest.mark.parametrize('measure', ['cosine', 'dot', 'l2'])
+def test_native_search_is_exact_with_and_without_filters(db, measure, pk):
+    check_native_search(db, measure, pk)
+
+
+@pytest.mark.backends('chdb', 'duckdb')  # the search of vector_pushdown.py (pgvector: NaN, ties in any order)
+@pytest.mark.parametrize('measure', ['cosine', 'dot', 'l2'])
+def test_warehouse_search_orders_ties_by_key_and_a_zero_vector_as_in_process(db, measure, pk):
+    check_native_search(db, measure, pk, zero=True, ties_by_id=True)
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+def test_native_search_sees_writes_at_once_in_one_query(db, vectors_table, pk):
+    t, vectors, _ = vectors_table
+    outputs = native_index(db, 'nat')
+    db.cfg.poll_interval = 3600  # nothing to catch up with: the search reads the table
+    far = -vectors[next(iter(vectors))]
+    (new_id,) = t.insert([{'v': far, 'cat': 5, 'price': 1000}]).execute()
+    assert [r[pk] for r in t.like(far, vector_index='nat', n=1).filter(t['cat'] == 5).execute()] == [new_id]
+    moved = np.ones(DIM, dtype=np.float32)
+    t.filter(t[pk] == new_id).update({'v': moved}).execute()
+    assert [r[pk] for r in t.like(moved, vector_index='nat', n=1).execute()] == [new_id]
+    assert t.like(far, vector_index='nat', n=1).execute().tolist()[0][pk] != new_id
+    t.filter(t[pk] == new_id).update({'cat': 6}).execute()  # a filtered column changed: the filter sees it
+    assert new_id not in [r[pk] for r in t.like(moved, vector_index='nat', n=50).filter(t['cat'] == 5).execute()]
+    t.filter(t[pk] == new_id).delete().execute()
+    assert new_id not in [r[pk] for r in t.like(moved, vector_index='nat', n=400).execute()]
+
+    statements = []
+    record = lambda *args: statements.append(args[2])  # noqa: E731
+    sa.event.listen(db.databackend.engine, 'before_cursor_execute', record)
+    try:
+        t.like(moved, vector_index='nat', n=10).filter(t['cat'] == 5).execute().tolist()
+    finally:
+        sa.event.remove(db.databackend.engine, 'before_cursor_execute', record)
+    assert len([s for s in statements if outputs in s]) == 1  # the search; then the rows are fetched by key
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+def test_vectors_stored_as_bytes_by_an_older_version_keep_working(db, db_uri, tmp_path, pk, monkeypatch):
+    """A database whose vectors an earlier version stored as bytes is searched in process; new ones are native."""
+    backend = type(db.databackend)
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, 'field_type', lambda self, ftype: self.column_type(ftype.storage))
+        t, vectors, _ = make_vectors_table(db)
+        listener = ObjectModel('old', object=identity, datatype=f'vector[float32:{DIM}]').to_listener(
+            'vecs', key='v', identifier='old')
+        db.apply(VectorIndex('old-idx', indexing_listener=listener))
+    db.close()
+    again = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
+    try:
+        t = again['vecs']
+        query = np.random.default_rng(2).normal(size=DIM).astype(np.float32)
+        (new_id,) = t.insert([{'v': query, 'cat': 1, 'price': 0}]).execute()
+        vectors[new_id] = query
+        loaded = again.vector_indexes.get('old-idx')
+        assert not loaded.native and not again.databackend.native_vectors(listener.outputs, listener.outputs)
+        got = [r[pk] for r in t.like(query, vector_index='old-idx', n=10).filter(t['cat'] == 1).execute()]
+        allowed = {i for i in vectors if i == new_id or i in {r[pk] for r in t.filter(t['cat'] == 1).execute()}}
+        assert got == [i for i, _ in numpy_nearest(vectors, query, 10, 'cosine', allowed)]
+        assert np.array_equal(again[listener.outputs].select().execute().tolist()[0][listener.outputs].dtype,
+                              np.float32)
+        native_index(again, 'new-idx')  # a new listener's outputs are stored natively beside the old ones
+        assert [r[pk] for r in t.like(query, vector_index='new-idx', n=10).filter(t['cat'] == 1).execute()] == got
+    finally:
+        again.close()
+
+
+@pytest.mark.requires(native_vectors=True, reason='vectors stored and searched natively')
+def test_an_index_made_before_any_vector_searches_natively_once_they_are_stored(db, pk):
+    db.apply(Table('vecs', fields={'v': f'vector[float32:{DIM}]', 'cat': 'int', 'price': 'int'}))
+    listener = ObjectModel('ident', object=identity, datatype=f'vector[float32:{DIM}]').to_listener(
+        'vecs', key='v', identifier='ident')
+    db.apply(VectorIndex('early', indexing_listener=listener))
+    assert db['vecs'].like(np.ones(DIM, dtype=np.float32), vector_index='early', n=3).execute().tolist() == []
+    matrix = np.random.default_rng(3).normal(size=(50, DIM)).astype(np.float32)
+    ids = db['vecs'].insert([{'v': v, 'cat': 0, 'price': 0} for v in matrix]).execute()
+    got = [(r[pk], r['_score']) for r in db['vecs'].like(matrix[7], vector_index='early', n=5).execute()]
+    assert_nearest(got, numpy_nearest(dict(zip(ids, matrix)), matrix[7], 50, 'cosine'), 5)
+    assert db.vector_indexes.get('early').native
+
+
+#: the type a float32 vector field has in the database, as the database names it
+NATIVE_TYPES = {
+    'chdb': ("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'nat' AND name = 'v'",
+             'Array(Float32)'),
+    'duckdb': ("SELECT data_type FROM information_schema.columns WHERE table_name = 'nat' AND column_name = 'v'",
+               f'FLOAT[{DIM}]'),
+}
+
+
+@pytest.mark.backends('chdb', 'duckdb')
+def test_warehouse_vectors_are_the_engines_own_arrays(db, backend):
+    db.apply(Table('nat', fields={'txt': 'str', 'v': f'vector[float32:{DIM}]', 'w': 'vector[float64:2]'}))
+    db['nat'].insert([{'txt': 'a', 'v': embed('a'), 'w': [0.1, 0.2]}, {'txt': 'b'}]).execute()
+    sql, expected = NATIVE_TYPES[backend]
+    with db.databackend.engine.connect() as conn:
+        assert conn.exec_driver_sql(sql).scalar() == expected
+    got = db['nat'].get(txt='a').execute()
+    assert got['v'].dtype == np.float32 and np.array_equal(got['v'], embed('a'))
+    assert db['nat'].get(txt='b').execute().get('v') is None
+    t = db['nat']
+    assert [r['txt'] for r in t.filter(t['v'] == None).execute()] == ['b']  # noqa: E711
+    assert [r['txt'] for r in t.filter(t['v'] != None).execute()] == ['a']  # noqa: E711
+    assert db.databackend.native_vectors('nat', 'v') and not db.databackend.native_vectors('nat', 'w')

@@ -11,7 +11,7 @@ from superduper.components.datatype import Vector
 from superduper.components.listener import Listener
 from superduper.vector_search.exact import MEASURES
 
-SEARCHERS = ('auto', 'exact', 'hnsw', 'pgvector')
+SEARCHERS = ('auto', 'exact', 'hnsw', 'native', 'pgvector')
 
 
 @dataclass(eq=False)
@@ -19,8 +19,9 @@ class VectorIndex(Component):
     """``VectorIndex('my-index', indexing_listener=model.to_listener(select=t.select(), key='txt'))``.
 
     ``compatible_listener`` encodes queries on another key into the same space (text-to-image search);
-    ``searcher`` is ``'exact'``, ``'hnsw'``, ``'pgvector'`` (search inside PostgreSQL) or ``'auto'``: pgvector where
-    the vectors are stored natively, else HNSW from 10,000 vectors when hnswlib is installed, else exact.
+    ``searcher`` is ``'exact'``, ``'hnsw'``, ``'native'`` (search inside the database: pgvector on PostgreSQL,
+    ClickHouse's or DuckDB's vector functions; ``'pgvector'`` names it too) or ``'auto'``: native where the vectors
+    are stored natively, else HNSW from 10,000 vectors when hnswlib is installed, else exact.
     """
 
     type_id: ClassVar[str] = 'VectorIndex'

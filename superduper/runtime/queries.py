@@ -129,9 +129,10 @@ class QueryExecutor:
             columns = wanted if wanted is None or pk[0] in wanted else [pk[0]] + wanted
             found = self.databackend.rows_by_key(info.name, columns, pk[0], list(scores))
             rows = info.schema.row_decoder(columns, self.artifact_store)(found)
+        rank = {i: r for r, i in enumerate(scores)}  # the searcher's order: equal scores stay as it gave them
         for row in rows:
             row['_score'] = scores[index_id[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)]]
-        rows.sort(key=lambda r: -r['_score'])
+        rows.sort(key=lambda r: rank[index_id[r[pk[0]] if len(pk) == 1 else tuple(r[k] for k in pk)]])
         for k in pk:
             if wanted is not None and k not in wanted:
                 for row in rows:

@@ -35,6 +35,7 @@ OVERSAMPLE = 6
 
 log = logging.getLogger('superduper')
 AUTO_HNSW_FROM = 10_000
+NATIVE = ('native', 'pgvector')  # the searcher names asking for the database's own search
 SOURCE = '_source'
 STATE_FORMAT = 3
 LOOKS = 3  # tries of one look when other threads move the index meanwhile
@@ -43,9 +44,11 @@ SAVE_AFTER = 1000  # rows changed since the saved state that make a closing proc
 
 
 class LoadedIndex:
-    def __init__(self, component: 'VectorIndex', searcher: Any, seen: int | None = None):
+    def __init__(self, component: 'VectorIndex', searcher: Any, seen: int | None = None, native: bool = False):
         self.component = component
         self.searcher = searcher
+        #: the database searches the outputs table itself: nothing to read, follow or save here
+        self.native = native
         #: the index holds the outputs table as of this write number (``None``: not known, read it all)
         self.seen = seen
         self.low = seen  # an unordered log: where the next look starts (the previous look's start)
@@ -94,20 +97,28 @@ class VectorIndexes:
         return head[0] if head is not None else 0
 
     def _pushdown(self, index: 'VectorIndex') -> bool:
-        """Use pgvector where the vectors are stored natively in PostgreSQL (nothing to load, save or follow)."""
+        searcher = self._native_searcher(index)
+        if searcher is None:
+            return False
+        self._loaded[index.identifier] = LoadedIndex(index, searcher, native=True)
+        return True
+
+    def _native_searcher(self, index: 'VectorIndex') -> Any:
+        """The database's own search where it stores the index's vectors natively (pgvector, ClickHouse, DuckDB):
+        nothing to load, save or follow; ``None`` where it does not, or the index asks for an in-process one."""
         outputs = index.indexing_listener.outputs
         self.db.table_info(outputs)  # binds the declared column types
         native = index.dimension(self.db) is not None and self.db.databackend.native_vectors(outputs, outputs)
-        if index.searcher == 'pgvector' and not native:
+        if index.searcher in NATIVE and not native:
             raise ComponentError(
-                f'VectorIndex {index.identifier!r}: searcher="pgvector" needs PostgreSQL with the vector extension'
+                f'VectorIndex {index.identifier!r}: searcher={index.searcher!r} needs vectors stored natively by the '
+                'database (PostgreSQL with the vector extension, ClickHouse, DuckDB)'
             )
-        if not native or index.searcher not in ('auto', 'pgvector'):
-            return False
+        if not native or index.searcher not in ('auto', *NATIVE):
+            return None
         searcher = self.db.databackend.native_searcher(self.db, index)
         searcher.build()
-        self._loaded[index.identifier] = LoadedIndex(index, searcher)
-        return True
+        return searcher
 
     def _new_searcher(self, index: 'VectorIndex', count: int, kind: str | None = None) -> Any:
         """A searcher of the index's kind; ``None`` while the listener has stored no output to give the vectors'
@@ -157,7 +168,7 @@ class VectorIndexes:
     def save(self, loaded: LoadedIndex) -> None:
         """Store the index's files and the write number they are current to, held by this state; the previous
         state is released (another process that saved meanwhile keeps its own state instead)."""
-        if loaded.searcher is None or loaded.searcher.kind == 'pgvector':
+        if loaded.searcher is None or loaded.native:
             return
         index_uuid = loaded.component.uuid
         previous = self.db.metadata.index_state(index_uuid)
@@ -192,7 +203,7 @@ class VectorIndexes:
         saving (a few rows are read back cheaply by the next process that opens the index)."""
         for loaded in self._loaded.values():
             searcher = loaded.searcher
-            if searcher is not None and loaded.changed >= max(SAVE_AFTER, len(searcher) // 100):
+            if searcher is not None and not loaded.native and loaded.changed >= max(SAVE_AFTER, len(searcher) // 100):
                 self.save(loaded)
 
     def get(self, identifier: str) -> LoadedIndex:
@@ -255,7 +266,7 @@ class VectorIndexes:
     def follow(self, loaded: LoadedIndex) -> None:
         """Bring the index up to date with its outputs table, if it was last looked at a poll interval ago or a
         write through this process changed the outputs since."""
-        if loaded.searcher is not None and loaded.searcher.kind == 'pgvector':
+        if loaded.native:
             return
         now = time.monotonic()
         if not loaded.stale and now - loaded.checked < self.db.cfg.poll_interval:
@@ -277,7 +288,7 @@ class VectorIndexes:
 
     def _flush_if_due(self, loaded: LoadedIndex) -> None:
         """Add the vectors waiting outside an ANN graph once enough wait that scanning them costs searches time."""
-        if loaded.searcher is None:  # no vectors yet
+        if loaded.searcher is None or loaded.native:  # no vectors yet, or none here
             return
         pending = getattr(loaded.searcher, 'pending', ())
         if len(pending) >= max(FLUSH_AT, len(loaded.searcher) // 100):
@@ -325,6 +336,14 @@ class VectorIndexes:
     def _first_vectors(self, loaded: LoadedIndex) -> bool:
         """The index was made before its listener stored an output: make its searcher once outputs are typed."""
         self.db.forget_table(loaded.outputs)
+        native = self._native_searcher(loaded.component)
+        if native is not None:  # stored natively: the database searches them from now on
+            with loaded.lock:
+                if loaded.searcher is not None:
+                    return False
+                loaded.searcher, loaded.native = native, True
+            self._detach(loaded)
+            return True
         searcher = self._new_searcher(loaded.component, 0)
         if searcher is None:
             return True
@@ -412,7 +431,7 @@ class VectorIndexes:
         searcher = loaded.searcher
         if searcher is None:  # nothing indexed yet
             return []
-        if searcher.kind == 'pgvector':
+        if loaded.native:
             return searcher.search(vector, n, where, primary_key)
 
         def nearest(k: int, candidates: list | None = None) -> list[tuple[Any, float]]:

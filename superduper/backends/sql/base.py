@@ -392,9 +392,24 @@ class SQLDataBackend:
         return sa.Table(name, sa.MetaData(), *columns)
 
     def bind_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
-        """Use the declared types (not reflection) for a table superduper created."""
+        """Use the declared types (not reflection) for a table superduper created; a field the dialect stores
+        natively (vectors) keeps the bytes column an older version created for it."""
         self.forget(name)
-        self._tables[name] = self._build(name, types, primary_key)
+        table = self._build(name, types, primary_key)
+        native = [f for f, t in types.items() if type(self.field_type(t)) is not type(self.column_type(t.storage))]
+        if native and self.has_table(name):
+            stored = self._reflect(name).columns
+            for field in native:
+                if field in stored and not self._same_type(stored[field].type, table.c[field].type):
+                    table.c[field].type = self.column_type(types[field].storage)
+        self._tables[name] = table
+
+    def _same_type(self, stored: Any, declared: Any) -> bool:
+        """Whether a reflected column has the declared type, as the database names it."""
+        try:
+            return stored.compile(dialect=self.dialect).lower() == declared.compile(dialect=self.dialect).lower()
+        except sa.exc.CompileError:  # reflected as a type SQLAlchemy does not know (pgvector's): not bytes
+            return True
 
     def create_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
         """Create the table, or add the declared columns an existing one lacks."""

@@ -39,9 +39,11 @@ from superduper.backends.sql.serial_pool import SerialPool
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
 from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.sql.clickhouse_vectors import ChVector, ClickHouseVectorSearcher
 from superduper.backends.sql.sqlite import file_path, missing_file
 from superduper.base.exceptions import ConfigError, DatabaseError, InvalidValue
 from superduper.base.query import Compare
+from superduper.components.datatype import FieldType, Vector
 
 #: the dates ``DateTime64`` holds
 FIRST_DATE, LAST_DATE = datetime.datetime(1900, 1, 1), datetime.datetime(2299, 12, 31, 23, 59, 59, 999999)
@@ -95,6 +97,8 @@ def _is_bytes(type_: Any) -> bool:
 
 def _type_name(type_: Any, dialect: Any) -> str:
     """The ClickHouse type of a column type (SQLAlchemy's generic ones included)."""
+    if isinstance(type_, ChVector):
+        return type_.get_col_spec()
     if isinstance(type_, UUIDValue):
         return 'UUID'
     if isinstance(type_, sa.types.TypeDecorator):
@@ -141,7 +145,7 @@ class _DDLCompiler(ChDDLCompiler):
         if isinstance(column.type, ChSqlaType):
             return super().get_column_specification(column, **kw)
         name = _type_name(column.type, self.dialect)
-        if column.nullable and not column.primary_key:
+        if column.nullable and not column.primary_key and not isinstance(column.type, ChVector):  # no Nullable(Array)
             name = f'Nullable({name})'
         if _is_bytes(column.type):
             self.dialect.bytes_columns.setdefault(column.table.name, set()).add(column.name)
@@ -338,7 +342,8 @@ class ClickHouseDataBackend(SQLDataBackend):
     tested = 'not run against a server yet'
     # no transactions or row locks: the metadata's compare-and-set writes (index states, output numbers, artifact
     # refs) are safe for one process at a time, so workers are refused until they are made safe here
-    capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, identifier_limit=None,
+    capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, native_vectors=True,
+                                identifier_limit=None,
                                 shared=False, unshared_reason='superduper writes ClickHouse from one process at a '
                                 'time (no transactions or row locks to coordinate several)')
     epoch_sql = 'toUnixTimestamp64Micro(now64(6)) / 1e6'
@@ -386,6 +391,18 @@ class ClickHouseDataBackend(SQLDataBackend):
         if storage == 'datetime':
             return DateTime64(6)
         return super().column_type(storage)
+
+    def field_type(self, ftype: FieldType) -> Any:
+        if isinstance(ftype, Vector) and ftype.dtype == 'float32':
+            return ChVector(ftype.dim)
+        return super().field_type(ftype)
+
+    def native_vectors(self, table: str, field: str) -> bool:
+        return isinstance(self.table(table).c[field].type, ChVector)
+
+    def native_searcher(self, db: Any, index: Any) -> Any:
+        """ClickHouse's own exact search over the index's outputs (where ``native_vectors``)."""
+        return ClickHouseVectorSearcher(db, index)
 
     def where(self) -> str:
         url = self.engine.url
@@ -460,7 +477,8 @@ class ChdbDataBackend(ClickHouseDataBackend):
     scheme = 'chdb'
     tested = 'the shared suite (ClickHouse 26.9 in process), in CI'
     # names: a table is a folder named after it; measured with chDB 4.4 (database 'default'): 206 bytes
-    capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, identifier_limit=206,
+    capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, native_vectors=True,
+                                identifier_limit=206,
                                 shared=False,
                                 unshared_reason='chDB runs ClickHouse inside one process, which holds its folder')
     needs_database_name = False

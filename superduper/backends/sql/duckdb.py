@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Sequence
 
 import sqlalchemy as sa
@@ -11,15 +12,18 @@ from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
 from superduper.backends.sql.base import SQLDataBackend
+from superduper.backends.sql.duckdb_vectors import DuckDBVectorSearcher, DuckVector
 from superduper.backends.sql.sqlite import file_path, missing_file
 from superduper.base.exceptions import ConfigError
+from superduper.components.datatype import FieldType, Vector
 
 
 class DuckDBDataBackend(SQLDataBackend):
     scheme = 'duckdb'
     tested = 'the shared suite, in CI'
     # names: duckdb-engine's dialect (PostgreSQL's) refuses identifiers over 63 characters
-    capabilities = Capabilities(change_capture='polling', upsert=True, shared=False, identifier_limit=63,
+    capabilities = Capabilities(change_capture='polling', upsert=True, native_vectors=True, shared=False,
+                                identifier_limit=63,
                                 unshared_reason='DuckDB opens a database file in one process at a time')
     epoch_sql = 'epoch(current_timestamp)'
     # a DuckDB connection invalidates an open result when it runs another statement: read results whole
@@ -55,6 +59,18 @@ class DuckDBDataBackend(SQLDataBackend):
     def engine_options(self) -> dict[str, Any]:
         # one process-wide connection: DuckDB allows a single writer, and ':memory:' is per connection
         return {'poolclass': SerialPool}
+
+    def field_type(self, ftype: FieldType) -> Any:
+        if isinstance(ftype, Vector) and ftype.dtype == 'float32':
+            return DuckVector(ftype.dim)
+        return super().field_type(ftype)
+
+    def native_vectors(self, table: str, field: str) -> bool:
+        return isinstance(self.table(table).c[field].type, DuckVector)
+
+    def native_searcher(self, db: Any, index: Any) -> Any:
+        """DuckDB's own exact search over the index's outputs (where ``native_vectors``)."""
+        return DuckDBVectorSearcher(db, index)
 
     def insert(
         self, conn: Any, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
@@ -100,6 +116,9 @@ _DUCKDB_TYPES = {
 
 
 def _duckdb_type(name: str) -> Any:
+    vector = re.fullmatch(r'FLOAT\[(\d+)\]', name.strip().upper())
+    if vector:
+        return DuckVector(int(vector.group(1)))
     base = name.split('(', 1)[0].strip().upper()
     if base == 'DECIMAL':
         return sa.Numeric()
