@@ -51,7 +51,10 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     except Exception:
         compute.close()
         raise
-    return Datalayer(databackend, metadata, artifact_store, compute, cfg)
+    db = Datalayer(databackend, metadata, artifact_store, compute, cfg)
+    if cfg.follow_changes and cfg.outputs == 'sync' and databackend.capabilities.follows_other_writers:
+        db.listening.records()  # following starts on opening: changes made meanwhile by others are computed now
+    return db
 
 
 def _artifact_store(cfg: Config, databackend: Any, metadata: Any) -> Any:
