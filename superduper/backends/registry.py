@@ -27,6 +27,8 @@ for _scheme in ('clickhouse', 'clickhouses'):
                            'clickhouse_connect')
 data_backends.register('trino', 'superduper.backends.sql.trino:TrinoDataBackend', 'trino', 'trino')
 data_backends.register('mssql', 'superduper.backends.sql.mssql:MSSQLDataBackend', 'mssql', 'pymssql')
+# the other driver SQL Server's dialect takes: its own package, named in the error when missing
+data_backends.register('mssql+pyodbc', 'superduper.backends.sql.mssql:MSSQLDataBackend', None, 'pyodbc')
 data_backends.register('oracle', 'superduper.backends.sql.oracle:OracleDataBackend', 'oracle', 'oracledb')
 data_backends.register('druid', 'superduper.backends.sql.druid:DruidDataBackend', 'druid', 'pydruid')
 data_backends.register('impala', 'superduper.backends.sql.impala:ImpalaDataBackend', 'impala', 'impyla')
@@ -54,6 +56,8 @@ def scheme_of(uri: str) -> str:
 
 def _data_scheme(uri: str) -> str:
     scheme = scheme_of(uri)
+    if scheme in data_backends:
+        return scheme
     base, _, driver = scheme.partition('+')
     if base in data_backends and (not driver or base not in ('sqlite', 'duckdb')):
         return base

@@ -368,6 +368,12 @@ class SQLDataBackend:
             table = self._tables[name] = self._reflect(name)
         return table
 
+    def reflect(self, name: str) -> sa.Table:
+        """The table as the database describes it now (not cached, and not the declared types ``table`` keeps)."""
+        if not self.has_table(name):
+            raise UnknownTable(_unknown_table_message(name, self.table_names(), self.uri))
+        return self._reflect(name)
+
     def _reflect(self, name: str) -> sa.Table:
         return sa.Table(name, sa.MetaData(), autoload_with=self.engine)
 

@@ -86,9 +86,11 @@ class PollingFeed(InlineFeed):
         self._turn = itertools.count()  # which followed table a poll looks at first (each in turn)
         self._ready: set[str] = set()  # tables whose seen table exists
         self._making = threading.Lock()  # one thread makes a seen table (taken outside any transaction)
+        self._sources: dict[str, sa.Table] = {}
 
     # ---- which tables are followed ---------------------------------------------------------------------------
     def follow(self, table: str, key: Sequence[str]) -> None:
+        self._sources.pop(table, None)  # columns may have been added since
         self._ensure_seen(table)
 
     def unfollow(self, table: str) -> None:
@@ -111,10 +113,11 @@ class PollingFeed(InlineFeed):
                 if table not in self._ready and not self.backend.has_table(name):
                     self._make_seen(table, name)
                 self._ready.add(table)
+        self._source(table)
         return self.backend.table(name)
 
     def _make_seen(self, table: str, name: str) -> None:
-        source = self.backend.table(table)
+        source = self._source(table)
         key = self._key_columns(source)
         columns = [sa.Column(f'k{i}', c.type, primary_key=True) for i, c in enumerate(key)]
         seen = sa.Table(name, sa.MetaData(), *columns, sa.Column('h', sa.String(40), nullable=False))
@@ -122,6 +125,14 @@ class PollingFeed(InlineFeed):
             seen.create(conn)
             conn.execute(sa.insert(seen).from_select([c.name for c in columns] + ['h'],
                                                      sa.select(*key, self._row_hash(source))))
+
+    def _source(self, table: str) -> sa.Table:
+        """The followed table's columns, reflected here once: the backend's own cache keeps the types superduper
+        declared (a native vector column is read as one), which a reflection must not replace."""
+        source = self._sources.get(table)
+        if source is None:
+            source = self._sources[table] = self.backend.reflect(table)
+        return source
 
     def _key_columns(self, source: sa.Table) -> list[sa.Column]:
         return list(source.primary_key.columns)
@@ -139,12 +150,14 @@ class PollingFeed(InlineFeed):
     def writing(self, conn: Any, table: str, key: Sequence[str]) -> Iterator[PolledWrites]:
         handle = PolledWrites(table)
         yield handle
-        if self._polled(table) and handle.keys:  # in the writer's transaction: the rows as it wrote them
+        # in the writer's transaction: the rows as it wrote them (a table not looked at yet in this process cannot
+        # be reflected inside a transaction: its rows are then computed unverified and polled again)
+        if table in self._sources and handle.keys:
             handle.hashes = self._hashes(conn, table, handle.keys)
 
     def written(self, handle: PolledWrites) -> Batch | None:
         batch = super().written(handle)
-        if batch is not None and self._ensure_seen(handle.table) is not None:
+        if batch is not None and handle.hashes and self._ensure_seen(handle.table) is not None:
             batch.claim = Hashes(handle.table, handle.hashes, every_listener=True, writer=True)
             self._hold(batch.claim)
         return batch
@@ -204,7 +217,7 @@ class PollingFeed(InlineFeed):
     def _difference_query(self, table: str) -> Any:
         """The rows of ``table`` inserted, updated or deleted since they were seen: (hash now or None, *key)."""
         seen = self._ensure_seen(table)
-        source = self.backend.table(table)
+        source = self._source(table)
         key = self._key_columns(source)
         now = sa.select(*[c.label(f'k{i}') for i, c in enumerate(key)], self._row_hash(source)).subquery('now')
         was = seen.alias('was')
@@ -221,7 +234,7 @@ class PollingFeed(InlineFeed):
 
     def _hashes(self, conn: Any, table: str, keys: Sequence[Any]) -> dict[str, str | None]:
         """The row hash of each key now (``None``: no such row), by key text."""
-        source = self.backend.table(table)
+        source = self._source(table)
         key = self._key_columns(source)
         column = key[0] if len(key) == 1 else sa.tuple_(*key)
         found: dict[str, str | None] = {dump_key(k): None for k in keys}
