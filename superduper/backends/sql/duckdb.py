@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import re
 from typing import Any, Sequence
@@ -75,12 +76,59 @@ class DuckDBDataBackend(SQLDataBackend):
     def insert(
         self, conn: Any, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
     ) -> None:
+        arrow = self._arrow_rows(name, keys, columns)
+        if arrow is not None:  # one statement reading the batch in place, as DuckDB users insert
+            sql = self._insert_from_rows(name, tuple(keys), upsert_key)
+            with self.errors('insert into', name):
+                conn.exec_driver_sql('register', (ROWS_VIEW, arrow))
+                try:
+                    conn.exec_driver_sql(sql)
+                finally:
+                    conn.connection.dbapi_connection.unregister(ROWS_VIEW)
+            return
         # the driver's executemany runs one statement a row on DuckDB; SQLAlchemy batches rows into VALUES lists
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
         table = self.table(name)
         stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
         with self.errors('insert into', name):
             conn.execute(stmt, rows)
+
+    def _arrow_rows(self, name: str, keys: Sequence[str], columns: list[list]) -> Any | None:
+        """The rows as a pyarrow table, or ``None`` where a column holds values DuckDB would bind otherwise than
+        Arrow converts them (other Python types, aware datetimes) or pyarrow is not installed."""
+        try:
+            import pyarrow as pa
+        except ImportError:
+            return None
+        table = self.table(name)
+        arrays = {}
+        for key, values in zip(keys, columns):
+            column_type = table.c[key].type
+            process = column_type._cached_bind_processor(self.dialect)
+            values = list(map(process, values)) if process else values
+            kind = _arrow_kind(column_type)
+            if kind is None or not set(map(type, values)) <= kind[0]:
+                return None
+            if kind[0] == _DATETIMES and any(v is not None and v.tzinfo is not None for v in values):
+                return None
+            try:
+                arrays[key] = pa.array(values, getattr(pa, kind[1])() if kind[1] != 'timestamp' else pa.timestamp('us'))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. an int a double cannot hold exactly
+                return None
+        return pa.table(arrays) if arrays and columns[0] else None
+
+    def _insert_from_rows(self, name: str, keys: tuple[str, ...], upsert_key: str | None) -> str:
+        """``INSERT INTO name (keys) SELECT ... FROM`` the registered rows, upserting on ``upsert_key``."""
+        cache_key = (name, keys, upsert_key, ROWS_VIEW)
+        if cache_key not in self._insert_sql:
+            source = sa.select(*[sa.column(k) for k in keys]).select_from(sa.table(ROWS_VIEW))
+            stmt = self.conflict_insert(self.table(name)).from_select(list(keys), source)
+            if upsert_key is not None:
+                updates = {k: stmt.excluded[k] for k in keys if k != upsert_key}
+                stmt = (stmt.on_conflict_do_update(index_elements=[upsert_key], set_=updates) if updates
+                        else stmt.on_conflict_do_nothing(index_elements=[upsert_key]))
+            self._insert_sql[cache_key] = (str(stmt.compile(dialect=self.dialect)), None)
+        return self._insert_sql[cache_key][0]
 
     def row_hash(self, table: sa.Table) -> Any:
         return sa.cast(sa.func.hash(*table.columns), sa.String)
@@ -104,6 +152,28 @@ class DuckDBDataBackend(SQLDataBackend):
             sa.MetaData(),
             *[sa.Column(c, _duckdb_type(t), primary_key=c in primary) for c, t in columns],
         )
+
+
+#: the name the rows of an insert are registered under while it runs (one statement at a time: ``SerialPool``)
+ROWS_VIEW = '_superduper_insert_rows'
+_DATETIMES = frozenset({datetime.datetime, type(None)})
+#: column types inserted through Arrow: the Python types (after bind processing) taken as they are, the Arrow type
+_ARROW_KINDS: list[tuple[type, frozenset, str]] = [
+    (sa.Boolean, frozenset({bool, type(None)}), 'bool_'),
+    (sa.Integer, frozenset({int, type(None)}), 'int64'),
+    (sa.Float, frozenset({float, int, type(None)}), 'float64'),
+    (sa.String, frozenset({str, type(None)}), 'string'),
+    (sa.JSON, frozenset({str, type(None)}), 'string'),
+    (sa.LargeBinary, frozenset({bytes, type(None)}), 'binary'),
+    (sa.DateTime, _DATETIMES, 'timestamp'),
+]
+
+
+def _arrow_kind(column_type: Any) -> tuple[frozenset, str] | None:
+    for sa_type, python_types, arrow_type in _ARROW_KINDS:
+        if isinstance(column_type, sa_type):
+            return python_types, arrow_type
+    return None
 
 
 _DUCKDB_TYPES = {
