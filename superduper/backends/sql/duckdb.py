@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import re
 from typing import Any, Sequence
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
+from superduper.backends.sql.arrow_rows import arrow_table
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.duckdb_vectors import DuckDBVectorSearcher, DuckVector
 from superduper.backends.sql.sqlite import file_path, missing_file
@@ -94,28 +94,11 @@ class DuckDBDataBackend(SQLDataBackend):
             conn.execute(stmt, rows)
 
     def _arrow_rows(self, name: str, keys: Sequence[str], columns: list[list]) -> Any | None:
-        """The rows as a pyarrow table, or ``None`` where a column holds values DuckDB would bind otherwise than
-        Arrow converts them (other Python types, aware datetimes) or pyarrow is not installed."""
-        try:
-            import pyarrow as pa
-        except ImportError:
-            return None
         table = self.table(name)
-        arrays = {}
-        for key, values in zip(keys, columns):
-            column_type = table.c[key].type
-            process = column_type._cached_bind_processor(self.dialect)
-            values = list(map(process, values)) if process else values
-            kind = _arrow_kind(column_type)
-            if kind is None or not set(map(type, values)) <= kind[0]:
-                return None
-            if kind[0] == _DATETIMES and any(v is not None and v.tzinfo is not None for v in values):
-                return None
-            try:
-                arrays[key] = pa.array(values, getattr(pa, kind[1])() if kind[1] != 'timestamp' else pa.timestamp('us'))
-            except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. an int a double cannot hold exactly
-                return None
-        return pa.table(arrays) if arrays and columns[0] else None
+        types = [table.c[k].type for k in keys]
+        processed = [list(map(p, values)) if (p := t._cached_bind_processor(self.dialect)) else values
+                     for t, values in zip(types, columns)]
+        return arrow_table(keys, processed, [_arrow_kind(t) for t in types])
 
     def _insert_from_rows(self, name: str, keys: tuple[str, ...], upsert_key: str | None) -> str:
         """``INSERT INTO name (keys) SELECT ... FROM`` the registered rows, upserting on ``upsert_key``."""
@@ -156,24 +139,15 @@ class DuckDBDataBackend(SQLDataBackend):
 
 #: the name the rows of an insert are registered under while it runs (one statement at a time: ``SerialPool``)
 ROWS_VIEW = '_superduper_insert_rows'
-_DATETIMES = frozenset({datetime.datetime, type(None)})
-#: column types inserted through Arrow: the Python types (after bind processing) taken as they are, the Arrow type
-_ARROW_KINDS: list[tuple[type, frozenset, str]] = [
-    (sa.Boolean, frozenset({bool, type(None)}), 'bool_'),
-    (sa.Integer, frozenset({int, type(None)}), 'int64'),
-    (sa.Float, frozenset({float, int, type(None)}), 'float64'),
-    (sa.String, frozenset({str, type(None)}), 'string'),
-    (sa.JSON, frozenset({str, type(None)}), 'string'),
-    (sa.LargeBinary, frozenset({bytes, type(None)}), 'binary'),
-    (sa.DateTime, _DATETIMES, 'timestamp'),
+#: the Arrow kind (``superduper.backends.sql.arrow_rows``) of each column type inserted through Arrow
+_ARROW_KINDS: list[tuple[type, str]] = [
+    (sa.Boolean, 'bool_'), (sa.Integer, 'int64'), (sa.Float, 'float64'), (sa.String, 'string'), (sa.JSON, 'string'),
+    (sa.LargeBinary, 'binary'), (sa.DateTime, 'timestamp'),
 ]
 
 
-def _arrow_kind(column_type: Any) -> tuple[frozenset, str] | None:
-    for sa_type, python_types, arrow_type in _ARROW_KINDS:
-        if isinstance(column_type, sa_type):
-            return python_types, arrow_type
-    return None
+def _arrow_kind(column_type: Any) -> str | None:
+    return next((kind for sa_type, kind in _ARROW_KINDS if isinstance(column_type, sa_type)), None)
 
 
 _DUCKDB_TYPES = {
