@@ -21,8 +21,11 @@ interleaved, then superduper / engine):
    the engine's table is the one superduper creates (the same ``CREATE TABLE``), under another name.
 2. read all N rows back as Python dicts:
    - superduper: ``list(db[t].select().execute())`` (``Document``s, ``meta`` decoded, ``ts`` a ``datetime``);
-   - the engine's cursor: ``SELECT * FROM t`` (chDB: ``FINAL``, as superduper reads its ReplacingMergeTree tables)
-     and ``fetchall()``, then ``dict(zip(names, row))`` per row with ``meta`` decoded by ``json.loads``.
+   - DuckDB: the cursor's ``SELECT * FROM t`` and ``fetchall()`` (tuples);
+   - chDB: ``connection.query('SELECT * FROM t FINAL', 'ArrowTable')`` (``FINAL``, as superduper reads its
+     ReplacingMergeTree tables), ``ts`` cast to a naive timestamp, ``to_pydict()`` and the columns zipped into
+     tuples (2.5x faster here than chDB's cursor ``fetchall()``, which the script used at first);
+   then, on both, ``dict(zip(names, row))`` per row with ``meta`` decoded by ``json.loads``.
 
 Target: <= 1.3x. Snowflake (fakesnow) is benchmarked only when ``fakesnow`` is installed. The machine may be shared
 and noisy: the script reports medians and ratios and never fails on a time; "over" only flags a ratio above target.
@@ -130,10 +133,13 @@ class ChdbClient:
             inserter.finish()
 
     def read(self) -> list[dict]:
-        cursor = self.con.cursor()
-        cursor.execute(f'SELECT * FROM {RAW} FINAL')
-        names = list(cursor.column_names())
-        return as_dicts(names, cursor.fetchall())
+        import pyarrow as pa
+
+        table = self.con.query(f'SELECT * FROM {RAW} FINAL', 'ArrowTable')
+        ts = table.schema.get_field_index('ts')  # chDB tags it with the server's zone; the values are naive
+        table = table.set_column(ts, 'ts', table.column(ts).cast(pa.timestamp('us')))
+        columns = table.to_pydict()
+        return as_dicts(list(columns), list(zip(*columns.values())))
 
     def clear(self) -> None:
         self.con.query(f'TRUNCATE TABLE {RAW}')
