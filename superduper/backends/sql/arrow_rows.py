@@ -39,6 +39,6 @@ def arrow_table(keys: Sequence[str], columns: list[list], kinds: Sequence[str | 
         arrow_type = pa.timestamp('us') if kind == 'timestamp' else getattr(pa, kind)()
         try:
             arrays[key] = pa.array(values, arrow_type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. an int a double cannot hold exactly
+        except (ValueError, TypeError, OverflowError):  # an int a double cannot hold exactly, a lone surrogate...
             return None
     return pa.table(arrays)
