@@ -528,18 +528,16 @@ class ClickHouseDataBackend(SQLDataBackend):
         table = self.table(name)
         if not columns or not columns[0]:
             return
+        client = conn.connection.dbapi_connection.client
         processed = [_bind(table.c[k].type, self.dialect, values) for k, values in zip(keys, columns)]
         literal_keys = _key_literals(table, keys, processed)
-        if literal_keys is not None:  # the batch goes as columns to the driver's native insert
-            client = conn.connection.dbapi_connection.client
+        kinds = [_arrow_kind(table.c[k].type, self.dialect, client) for k in keys]
+        arrow = arrow_table(keys, processed, kinds) if literal_keys is not None else None
+        if arrow is not None:  # the batch goes whole, as ClickHouse's Arrow input
             with self.errors('insert into', name):
                 if upsert_key is None:
                     _refuse_existing(client, name, table, literal_keys)
-                arrow = arrow_table(keys, processed, [_arrow_kind(table.c[k].type, self.dialect, client) for k in keys])
-                if arrow is not None:
-                    client.insert_arrow(quote_identifier(name), arrow)
-                else:
-                    client.insert(quote_identifier(name), processed, column_names=list(keys), column_oriented=True)
+                client.insert_arrow(quote_identifier(name), arrow)
             return
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
         stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)

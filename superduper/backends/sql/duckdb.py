@@ -81,10 +81,9 @@ class DuckDBDataBackend(SQLDataBackend):
             sql = self._insert_from_rows(name, tuple(keys), upsert_key)
             with self.errors('insert into', name):
                 conn.exec_driver_sql('register', (ROWS_VIEW, arrow))
-                try:
-                    conn.exec_driver_sql(sql)
-                finally:
-                    conn.connection.dbapi_connection.unregister(ROWS_VIEW)
+                conn.exec_driver_sql(sql)
+            # not after a failure: DuckDB refuses it in the aborted transaction (the next insert replaces the view)
+            conn.connection.dbapi_connection.unregister(ROWS_VIEW)
             return
         # the driver's executemany runs one statement a row on DuckDB; SQLAlchemy batches rows into VALUES lists
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
