@@ -122,6 +122,8 @@ class Json(FieldType):
     expected = 'a JSON-serialisable value'
 
     def encode(self, values: list, artifacts: 'Artifacts') -> list:
+        if self._all_fine(values):
+            return values
         for i, v in enumerate(values):
             if v is None:
                 continue
@@ -134,6 +136,17 @@ class Json(FieldType):
                     raise BadValue(i, v, f'the string {text!r} holds a NUL character or a lone surrogate, '
                                          'which JSON in a database cannot hold')
         return values
+
+    @staticmethod
+    def _all_fine(values: list) -> bool:
+        """Whether the whole column is surely valid, checked by one ``json.dumps`` in C: NUL is always written
+        escaped (``\\u0000``) and lone surrogates as they are. ``False`` sends it to the value-by-value check, which
+        finds the bad value (or none: a string holding a backslash and ``u0000`` lands there too)."""
+        try:
+            text = json.dumps(values, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            return False
+        return '\\u0000' not in text and (text.isascii() or not _SURROGATE.search(text))
 
 
 def _strings_in(value: Any) -> Iterable[str]:

@@ -108,7 +108,7 @@ def as_rows(documents: Any, table: str) -> list[dict]:
     if isinstance(documents, Mapping):
         raise QueryError(f'insert into {table!r} takes a list of rows; use insert_one for a single row')
     rows = documents if isinstance(documents, list) else list(documents)
-    if not all(isinstance(row, dict) for row in rows):  # fast check first; Mapping's isinstance is slow
+    if set(map(type, rows)) != {dict} and not all(isinstance(row, dict) for row in rows):  # fast checks first
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise QueryError(f'row {i} of an insert into {table!r} is a {type(row).__name__}, not a dict')

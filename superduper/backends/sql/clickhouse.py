@@ -38,6 +38,7 @@ from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
+from superduper.backends.sql.arrow_rows import arrow_table
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.clickhouse_vectors import ChVector, ClickHouseVectorSearcher
 from superduper.backends.sql.sqlite import file_path, missing_file
@@ -313,6 +314,75 @@ def _existing(dialect: Any, cursor: Any, table: sa.Table, key: list, values: lis
     return found
 
 
+def _naive_within(values: list) -> bool:
+    """Whether every value is ``None`` or a naive datetime ``DateTime64`` holds (two comparisons in C)."""
+    present = [v for v in values if v is not None]
+    if not present or set(map(type, present)) != {datetime.datetime} or any(v.tzinfo for v in present):
+        return not present
+    return FIRST_DATE <= min(present) and max(present) <= LAST_DATE
+
+
+def _bind(column_type: Any, dialect: Any, values: list) -> list:
+    process = column_type._cached_bind_processor(dialect)
+    return list(map(process, values)) if process else values
+
+
+#: the Arrow kind (``superduper.backends.sql.arrow_rows``) of each ClickHouse type inserted through Arrow
+ARROW_KINDS = {'String': 'string', 'Int64': 'int64', 'Float64': 'float64', 'Bool': 'bool_',
+               'DateTime64(6)': 'timestamp'}
+
+
+def _arrow_kind(column_type: Any, dialect: Any, client: Any) -> str | None:
+    if isinstance(column_type, (UUIDValue, ChVector)) or _is_bytes(column_type):
+        return None
+    try:
+        kind = ARROW_KINDS.get(_type_name(column_type, dialect))
+    except sa.exc.CompileError:
+        return None
+    # Arrow's naive timestamps are UTC; the driver reads naive datetimes in the server's zone
+    if kind == 'timestamp' and str(client.server_tz) not in ('UTC', 'Etc/UTC'):
+        return None
+    return kind
+
+
+#: the most characters of key literals in one query looking for existing keys (ClickHouse parses at most
+#: ``max_query_size``, 256 KiB by default)
+KEY_QUERY_CHARS = 200_000
+
+
+def _key_literals(table: sa.Table, keys: Sequence[str], columns: list[list]) -> list[str] | None:
+    """The single-column primary key's values as SQL literals, where they are all text or integers; ``None``
+    otherwise (the insert then goes through SQLAlchemy, whose dialect checks the keys with bound parameters)."""
+    key = [c.name for c in table.primary_key.columns]
+    if len(key) != 1 or key[0] not in keys:
+        return None
+    values = columns[list(keys).index(key[0])]
+    types = set(map(type, values))
+    if types == {str}:
+        return ["'" + v.replace('\\', '\\\\').replace("'", "\\'") + "'" for v in values]
+    if types == {int}:
+        return list(map(str, values))
+    return None
+
+
+def _refuse_existing(client: Any, name: str, table: sa.Table, literals: list[str]) -> None:
+    """Fail as a duplicate key does elsewhere: on a key given twice, or one the table holds already."""
+    if len(set(literals)) < len(literals):
+        raise ch_dbapi.IntegrityError(f'duplicate key in the rows inserted into {name!r}')
+    column = quote_identifier(table.primary_key.columns[0].name)
+    start = 0
+    while start < len(literals):
+        end, size = start, 0
+        while end < len(literals) and (size < KEY_QUERY_CHARS or end == start):
+            size += len(literals[end]) + 1
+            end += 1
+        found = client.query(f'SELECT {column} FROM {quote_identifier(name)} '
+                             f'WHERE {column} IN ({",".join(literals[start:end])}) LIMIT 1').result_rows
+        if found:
+            raise ch_dbapi.IntegrityError(f'duplicate key {tuple(found[0])!r} in table {name!r}')
+        start = end
+
+
 def _connect(*args: Any, **kwargs: Any) -> Any:
     """A DB-API connection whose next query can be told which columns to read as bytes (``_sd_bytes``)."""
     connection = ch_dbapi.connect(*args, **kwargs)
@@ -441,6 +511,8 @@ class ClickHouseDataBackend(SQLDataBackend):
         table = self.table(name)
         for key, values in zip(keys, columns):
             if isinstance(table.c[key].type, sa.DateTime):
+                if _naive_within(values):
+                    continue
                 for i, v in enumerate(values):
                     if isinstance(v, datetime.datetime) and not FIRST_DATE <= v.replace(tzinfo=None) <= LAST_DATE:
                         raise InvalidValue(f'table {name!r}, field {key!r}, row {i}: {v!r} is outside the dates '
@@ -454,9 +526,20 @@ class ClickHouseDataBackend(SQLDataBackend):
                upsert_key: str | None = None) -> None:
         self._check_dates(name, keys, columns)
         table = self.table(name)
-        rows = [dict(zip(keys, values)) for values in zip(*columns)]
-        if not rows:
+        if not columns or not columns[0]:
             return
+        client = conn.connection.dbapi_connection.client
+        processed = [_bind(table.c[k].type, self.dialect, values) for k, values in zip(keys, columns)]
+        literal_keys = _key_literals(table, keys, processed)
+        kinds = [_arrow_kind(table.c[k].type, self.dialect, client) for k in keys]
+        arrow = arrow_table(keys, processed, kinds) if literal_keys is not None else None
+        if arrow is not None:  # the batch goes whole, as ClickHouse's Arrow input
+            with self.errors('insert into', name):
+                if upsert_key is None:
+                    _refuse_existing(client, name, table, literal_keys)
+                client.insert_arrow(quote_identifier(name), arrow)
+            return
+        rows = [dict(zip(keys, values)) for values in zip(*columns)]
         stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
         with self.errors('insert into', name):
             conn.execute(stmt, rows)

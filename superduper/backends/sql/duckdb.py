@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from superduper.backends.sql.serial_pool import SerialPool
 
 from superduper.backends.base import Capabilities
+from superduper.backends.sql.arrow_rows import arrow_table
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.duckdb_vectors import DuckDBVectorSearcher, DuckVector
 from superduper.backends.sql.sqlite import file_path, missing_file
@@ -75,12 +76,41 @@ class DuckDBDataBackend(SQLDataBackend):
     def insert(
         self, conn: Any, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
     ) -> None:
+        arrow = self._arrow_rows(name, keys, columns)
+        if arrow is not None:  # one statement reading the batch in place, as DuckDB users insert
+            sql = self._insert_from_rows(name, tuple(keys), upsert_key)
+            with self.errors('insert into', name):
+                conn.exec_driver_sql('register', (ROWS_VIEW, arrow))
+                conn.exec_driver_sql(sql)
+            # not after a failure: DuckDB refuses it in the aborted transaction (the next insert replaces the view)
+            conn.connection.dbapi_connection.unregister(ROWS_VIEW)
+            return
         # the driver's executemany runs one statement a row on DuckDB; SQLAlchemy batches rows into VALUES lists
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
         table = self.table(name)
         stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
         with self.errors('insert into', name):
             conn.execute(stmt, rows)
+
+    def _arrow_rows(self, name: str, keys: Sequence[str], columns: list[list]) -> Any | None:
+        table = self.table(name)
+        types = [table.c[k].type for k in keys]
+        processed = [list(map(p, values)) if (p := t._cached_bind_processor(self.dialect)) else values
+                     for t, values in zip(types, columns)]
+        return arrow_table(keys, processed, [_arrow_kind(t) for t in types])
+
+    def _insert_from_rows(self, name: str, keys: tuple[str, ...], upsert_key: str | None) -> str:
+        """``INSERT INTO name (keys) SELECT ... FROM`` the registered rows, upserting on ``upsert_key``."""
+        cache_key = (name, keys, upsert_key, ROWS_VIEW)
+        if cache_key not in self._insert_sql:
+            source = sa.select(*[sa.column(k) for k in keys]).select_from(sa.table(ROWS_VIEW))
+            stmt = self.conflict_insert(self.table(name)).from_select(list(keys), source)
+            if upsert_key is not None:
+                updates = {k: stmt.excluded[k] for k in keys if k != upsert_key}
+                stmt = (stmt.on_conflict_do_update(index_elements=[upsert_key], set_=updates) if updates
+                        else stmt.on_conflict_do_nothing(index_elements=[upsert_key]))
+            self._insert_sql[cache_key] = (str(stmt.compile(dialect=self.dialect)), None)
+        return self._insert_sql[cache_key][0]
 
     def row_hash(self, table: sa.Table) -> Any:
         return sa.cast(sa.func.hash(*table.columns), sa.String)
@@ -104,6 +134,19 @@ class DuckDBDataBackend(SQLDataBackend):
             sa.MetaData(),
             *[sa.Column(c, _duckdb_type(t), primary_key=c in primary) for c, t in columns],
         )
+
+
+#: the name the rows of an insert are registered under while it runs (one statement at a time: ``SerialPool``)
+ROWS_VIEW = '_superduper_insert_rows'
+#: the Arrow kind (``superduper.backends.sql.arrow_rows``) of each column type inserted through Arrow
+_ARROW_KINDS: list[tuple[type, str]] = [
+    (sa.Boolean, 'bool_'), (sa.Integer, 'int64'), (sa.Float, 'float64'), (sa.String, 'string'), (sa.JSON, 'string'),
+    (sa.LargeBinary, 'binary'), (sa.DateTime, 'timestamp'),
+]
+
+
+def _arrow_kind(column_type: Any) -> str | None:
+    return next((kind for sa_type, kind in _ARROW_KINDS if isinstance(column_type, sa_type)), None)
 
 
 _DUCKDB_TYPES = {
