@@ -95,6 +95,8 @@ def catalogue(backend_class: Any, uri: str) -> list[Statement]:
         _output_log(c, log)
     if backend.capabilities.change_capture == 'triggers':
         _change_feed(c, backend)
+    if backend.capabilities.change_capture == 'polling':
+        _polling(c, backend)
     return c.statements
 
 
@@ -214,6 +216,25 @@ def _change_feed(c: Catalogue, backend: Any) -> None:
     stamp = {'listener': 'l1', 'digest': 'ab' * 20, 'source': 'a1', 'stamp': 0, 'at': 0.0, 'attempts': 0}
     c.sent('change feed: insert stamps if absent',
            lambda: c.engine.execute(backend.insert_ignore(t.stamps, ['listener', 'digest']), [stamp]))
+
+
+def _polling(c: Catalogue, backend: Any) -> None:
+    from superduper.backends.base import Batch, Change
+    from superduper.backends.sql.polling import Hashes, PollingFeed, seen_table_name
+
+    feed = PollingFeed(backend, None)
+    seen = seen_table_name(TABLE)
+    c.sent('polling: create seen table', lambda: feed._make_seen(TABLE, seen))
+    key = backend.table(TABLE).c.id
+    backend._tables[seen] = sa.Table(seen, sa.MetaData(), sa.Column('k0', key.type, primary_key=True),
+                                     sa.Column('h', sa.String(40), nullable=False))  # as made above
+    feed._ready.add(TABLE)
+    c.built('polling: row hashes', lambda: sa.select(backend.row_hash(backend.table(TABLE)).label('h'), key))
+    c.sent('polling: differences', lambda: feed._differences(TABLE, 100))
+    c.sent('polling: hashes of rows', lambda: feed._hashes(c.engine, TABLE, ['a1', 'b2']))
+    batch = Batch(stamp=1, changes=[Change(TABLE, 'a1', None, '"a1"'), Change(TABLE, 'b2', None, '"b2"')],
+                  claim=Hashes(TABLE, {'"a1"': '123', '"b2"': None}, every_listener=True))
+    c.sent('polling: mark seen', lambda: feed._seen(c.engine, batch))
 
 
 def main(argv: list[str]) -> None:
