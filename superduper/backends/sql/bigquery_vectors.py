@@ -80,7 +80,7 @@ class BigQueryVectorSearcher(SQLVectorSearcher):
         self.distances = {
             'cosine': lambda v, q: sa.func.coalesce(sa.func.SAFE.COSINE_DISTANCE(v, q), 1.0),
             'dot': lambda v, q: (_squared(sa.func.EUCLIDEAN_DISTANCE(v, q)) - _squared(sa.func.EUCLIDEAN_DISTANCE(v, zero))
-                                 - _squared(sa.func.EUCLIDEAN_DISTANCE(q, zero))) / 2,
+                                 - _squared(sa.func.EUCLIDEAN_DISTANCE(q, zero))) * 0.5,
             'l2': lambda v, q: sa.func.EUCLIDEAN_DISTANCE(v, q),
         }
         self.scores = {'cosine': lambda d: 1.0 - d, 'dot': lambda d: -d, 'l2': lambda d: -d * d}

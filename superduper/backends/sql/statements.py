@@ -97,6 +97,8 @@ def catalogue(backend_class: Any, uri: str) -> list[Statement]:
         _change_feed(c, backend)
     if backend.capabilities.change_capture == 'polling':
         _polling(c, backend)
+    if backend.capabilities.native_vectors:
+        _vector_search(c, backend)
     return c.statements
 
 
@@ -216,6 +218,30 @@ def _change_feed(c: Catalogue, backend: Any) -> None:
     stamp = {'listener': 'l1', 'digest': 'ab' * 20, 'source': 'a1', 'stamp': 0, 'at': 0.0, 'attempts': 0}
     c.sent('change feed: insert stamps if absent',
            lambda: c.engine.execute(backend.insert_ignore(t.stamps, ['listener', 'digest']), [stamp]))
+
+
+VECTORS = '_outputs__embed__0123456789abcdef'
+MEASURES = ('cosine', 'dot', 'l2')
+
+
+def _vector_search(c: Catalogue, backend: Any) -> None:
+    """The one query of a search inside the database (``native_searcher``), for each measure, unfiltered and
+    filtered through a join to the source table."""
+    import types
+
+    import numpy as np
+
+    fields = {'_source': 'str', OUTPUT_SEQ: 'int', VECTORS: 'vector[float32:3]'}
+    backend.bind_table(VECTORS, {k: resolve_type(v) for k, v in fields.items()}, '_source')
+    db = types.SimpleNamespace(databackend=backend)
+    query = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    for measure in MEASURES:
+        index = types.SimpleNamespace(indexing_listener=types.SimpleNamespace(outputs=VECTORS), source=TABLE,
+                                      dimension=lambda db: 3, measure=measure)
+        searcher = backend.native_searcher(db, index)
+        c.sent(f'vector search {measure}', lambda: searcher.search(query, 10, None, ('id',)))
+        c.sent(f'vector search {measure} where and/or',
+               lambda: searcher.search(query, 10, FILTERS['and/or'], ('id',)))
 
 
 def _polling(c: Catalogue, backend: Any) -> None:
