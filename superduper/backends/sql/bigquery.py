@@ -22,13 +22,14 @@ and answers this dialect's reads, writes and reflection, but needs Python 3.13 a
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode
 
 import sqlalchemy as sa
 import sqlalchemy_bigquery  # noqa: F401  (the dialect: an ImportError names the extra to install)
 from sqlalchemy.dialects import registry
-from sqlalchemy_bigquery.base import BigQueryDDLCompiler, BigQueryDialect
+from sqlalchemy_bigquery.base import BigQueryCompiler, BigQueryDDLCompiler, BigQueryDialect
 
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
@@ -42,6 +43,14 @@ from superduper.components.datatype import FieldType, Vector
 ENDPOINT = 'api_endpoint'
 
 
+class _Compiler(BigQueryCompiler):
+    # a query parameter's name ends at a hyphen (``@_outputs__my-listener__...``): escaped like SQLAlchemy's others
+    bindname_escape_characters = {**BigQueryCompiler.bindname_escape_characters, '-': '_'}
+
+
+_Compiler._init_bind_translate()
+
+
 class _DDLCompiler(BigQueryDDLCompiler):
     def visit_primary_key_constraint(self, constraint: Any, **kw: Any) -> str | None:
         if not constraint.columns:
@@ -51,9 +60,12 @@ class _DDLCompiler(BigQueryDDLCompiler):
 
 
 class Dialect(BigQueryDialect):
-    """sqlalchemy-bigquery's dialect with primary keys declared (``NOT ENFORCED``) and reflected."""
+    """sqlalchemy-bigquery's dialect with primary keys declared (``NOT ENFORCED``) and reflected, and parameters
+    named after any column."""
 
     ddl_compiler = _DDLCompiler
+    statement_compiler = _Compiler
+    supports_statement_cache = False  # as sqlalchemy-bigquery's own (said, so SQLAlchemy does not warn)
 
     def get_pk_constraint(self, connection: Any, table_name: str, schema: str | None = None, **kw: Any) -> dict:
         constraints = self._get_table(connection, table_name, schema).table_constraints
@@ -153,6 +165,15 @@ class BigQueryDataBackend(SQLDataBackend):
         with self.errors('insert into', name):
             for part in chunks(rows):
                 conn.execute(table.insert().values(part))
+
+    @contextlib.contextmanager
+    def _read_connection(self) -> Iterator[Any]:
+        # the DB-API connection has no rollback (no transactions): a pooled connection for each read
+        with self.engine.connect() as conn:
+            yield conn.connection.dbapi_connection
+
+    def by_key_parameters(self, names: list[str] | None, values: Sequence[Any]) -> Any:
+        return {'keys': list(values)}  # the dialect writes ``IN UNNEST(@keys)``: one array parameter
 
     def upsert_statement(self, table: sa.Table, keys: Sequence[str], key: str | Sequence[str]) -> Any:
         return MergeRow(table, keys, [key] if isinstance(key, str) else list(key))
