@@ -23,6 +23,7 @@ from superduper.backends.registry import _data_scheme, data_backends  # noqa: E4
 from superduper.backends.sql.base import SQLDataBackend  # noqa: E402
 from superduper.backends.sql.statements import FIELDS, FILTERS, OUTPUTS, TABLE, Statement, catalogue  # noqa: E402
 from superduper.base.exceptions import ComponentError, ConfigError, MissingDependency  # noqa: E402
+from superduper.components.datatype import resolve_type  # noqa: E402
 
 #: engine -> (a URI, the SQLAlchemy dialect and driver it must reach, sqlglot's name for the dialect)
 ENGINES = {
@@ -528,3 +529,22 @@ def test_bigquery_vectors_are_arrays_and_none_is_empty():
     assert processor(None) == [] and processor(np.float32([1, 2, 3]).tobytes()) == [1.0, 2.0, 3.0]
     read = BqVector(3).result_processor(backend.dialect, None)
     assert read([]) is None and read([1.0, 2.0, 3.0]) == np.float32([1, 2, 3]).tobytes()
+
+
+def test_bigquery_parameters_are_named_as_the_server_reads_them():
+    """A query parameter's name ends at a hyphen on BigQuery: the outputs column of a listener has one."""
+    from superduper.backends.sql.statements import OUTPUT_FIELDS, OUTPUTS
+
+    backend = backend_class('bigquery').offline(ENGINES['bigquery'][0])
+    backend.bind_table(OUTPUTS, {k: resolve_type(v) for k, v in OUTPUT_FIELDS.items()}, '_source')
+    backend.bind_table(TABLE, {k: resolve_type(v) for k, v in FIELDS.items()}, 'id')
+    for upsert_key in (None, '_source'):
+        sql, arrange = backend._compiled_insert(OUTPUTS, tuple(OUTPUT_FIELDS), upsert_key)
+        names = [a or b for a, b in re.findall(r'(?<![\w`]):([\w-]+)|%\(([^):]+)', sql)]  # :name, %(name:TYPE)s
+        assert names and all(re.fullmatch(r'\w+', n) for n in names), sql
+        (row,) = arrange([['a1'], [3], [{'y': 1}]])
+        assert set(row) == set(names)  # every parameter the statement names is given
+    # rows by key: one array parameter (``IN UNNEST``), given the list of keys
+    sql, names, _ = backend._by_key_sql(TABLE, ('id', 'txt'), 'id', 3)
+    assert re.search(r'IN UNNEST\((:keys|%\(keys(:[^)]*)?\)s)\)', sql), sql
+    assert backend.by_key_parameters(names, ['a', 'b', 'c']) == {'keys': ['a', 'b', 'c']}
