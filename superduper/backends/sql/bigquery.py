@@ -38,7 +38,7 @@ from superduper.backends.feed import chunks
 from superduper.backends.sql.base import SQLDataBackend, _redact
 from superduper.backends.sql.bigquery_vectors import BigQueryVectorSearcher, BqVector
 from superduper.backends.sql.text_types import JSONText, MergeRow, UUIDText
-from superduper.base.exceptions import ConfigError
+from superduper.base.exceptions import ConfigError, DatabaseError
 from superduper.components.datatype import FieldType, Vector
 
 #: the query parameter naming an emulator's endpoint (taken out of the dialect's URL)
@@ -144,6 +144,22 @@ class BigQueryDataBackend(SQLDataBackend):
         if isinstance(ftype, Vector) and ftype.dtype == 'float32':
             return BqVector(ftype.dim)
         return super().field_type(ftype)
+
+    def _reflect(self, name: str) -> sa.Table:
+        table = super()._reflect(name)
+        for column in table.columns:  # a vector column read back as one (its length is not part of the type)
+            if isinstance(column.type, sa.ARRAY) and isinstance(column.type.item_type, sa.Float):
+                column.type = BqVector(0)
+        return table
+
+    def run_sql(self, conn: Any, sql: str) -> None:
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)  # no parameters: the driver refuses an empty sequence of them
+        except self.dialect.loaded_dbapi.Error as e:
+            raise DatabaseError(f'{sql.split("(", 1)[0][:80]} failed: {str(e).strip().splitlines()[0]}') from e
+        finally:
+            cursor.close()
 
     def native_vectors(self, table: str, field: str) -> bool:
         return isinstance(self.table(table).c[field].type, BqVector)
