@@ -31,6 +31,8 @@ data_backends.register('mssql', 'superduper.backends.sql.mssql:MSSQLDataBackend'
 data_backends.register('mssql+pyodbc', 'superduper.backends.sql.mssql:MSSQLDataBackend', None, 'pyodbc')
 data_backends.register('oracle', 'superduper.backends.sql.oracle:OracleDataBackend', 'oracle', 'oracledb')
 data_backends.register('druid', 'superduper.backends.sql.druid:DruidDataBackend', 'druid', 'pydruid')
+data_backends.register('bigquery', 'superduper.backends.sql.bigquery:BigQueryDataBackend', 'bigquery',
+                       'sqlalchemy-bigquery')
 data_backends.register('impala', 'superduper.backends.sql.impala:ImpalaDataBackend', 'impala', 'impyla')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')

@@ -710,7 +710,7 @@ class SQLDataBackend:
         if not values:
             return []
         sql, names, convert = self._by_key_sql(name, tuple(columns), key, len(values))
-        params: Any = tuple(values) if names is None else dict(zip(names, values))
+        params = self.by_key_parameters(names, values)
         with self._read_connection() as dbapi_connection, self.errors('select from', name):
             cursor = dbapi_connection.cursor()
             try:
@@ -719,6 +719,10 @@ class SQLDataBackend:
             finally:
                 cursor.close()
         return convert_columns(rows, convert) if convert and rows else rows
+
+    def by_key_parameters(self, names: list[str] | None, values: Sequence[Any]) -> Any:
+        """The driver's parameters of ``_by_key_sql``'s statement: one per key value (named, or in order)."""
+        return tuple(values) if names is None else dict(zip(names, values))
 
     @contextlib.contextmanager
     def _read_connection(self) -> Iterator[Any]:

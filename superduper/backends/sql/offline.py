@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import sqlalchemy as sa
+from sqlalchemy import inspection
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.sql import dml
 
@@ -122,6 +123,21 @@ class RecordingEngine(MockConnection):
         """What was sent since the last ``take``."""
         sent, self.sent = self.sent, []
         return sent
+
+
+class NoTables:
+    """What an inspector finds on an engine that never connects: no tables (so a table is built as declared)."""
+
+    def has_table(self, name: str, schema: str | None = None) -> bool:
+        return False
+
+    def get_table_names(self, schema: str | None = None) -> list[str]:
+        return []
+
+
+@inspection._inspects(RecordingEngine)
+def _no_tables(engine: RecordingEngine) -> NoTables:
+    return NoTables()
 
 
 def render(sent: Sent, dialect: Any) -> str:

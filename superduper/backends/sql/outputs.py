@@ -70,9 +70,11 @@ class SQLOutputLog(OutputRows):
             index.create(self.backend.engine, checkfirst=True)
         except sa.exc.DBAPIError:  # made by another process meanwhile
             pass
+        c = self.counters.c
         try:
-            with self.backend.begin() as conn:
-                conn.execute(self.counters.insert(), {'tbl': table, 'n': 0, 'floor': 0})
+            with self.backend.begin() as conn:  # read first: some databases enforce no primary key (BigQuery, Trino)
+                if conn.execute(sa.select(c.tbl).where(c.tbl == table)).first() is None:
+                    conn.execute(self.counters.insert(), {'tbl': table, 'n': 0, 'floor': 0})
         except sa.exc.IntegrityError:  # there already
             pass
         with self._lock:

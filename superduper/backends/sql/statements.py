@@ -95,6 +95,10 @@ def catalogue(backend_class: Any, uri: str) -> list[Statement]:
         _output_log(c, log)
     if backend.capabilities.change_capture == 'triggers':
         _change_feed(c, backend)
+    if backend.capabilities.change_capture == 'polling':
+        _polling(c, backend)
+    if backend.capabilities.native_vectors:
+        _vector_search(c, backend)
     return c.statements
 
 
@@ -214,6 +218,49 @@ def _change_feed(c: Catalogue, backend: Any) -> None:
     stamp = {'listener': 'l1', 'digest': 'ab' * 20, 'source': 'a1', 'stamp': 0, 'at': 0.0, 'attempts': 0}
     c.sent('change feed: insert stamps if absent',
            lambda: c.engine.execute(backend.insert_ignore(t.stamps, ['listener', 'digest']), [stamp]))
+
+
+VECTORS = '_outputs__embed__0123456789abcdef'
+MEASURES = ('cosine', 'dot', 'l2')
+
+
+def _vector_search(c: Catalogue, backend: Any) -> None:
+    """The one query of a search inside the database (``native_searcher``), for each measure, unfiltered and
+    filtered through a join to the source table."""
+    import types
+
+    import numpy as np
+
+    fields = {'_source': 'str', OUTPUT_SEQ: 'int', VECTORS: 'vector[float32:3]'}
+    backend.bind_table(VECTORS, {k: resolve_type(v) for k, v in fields.items()}, '_source')
+    db = types.SimpleNamespace(databackend=backend)
+    query = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    for measure in MEASURES:
+        index = types.SimpleNamespace(indexing_listener=types.SimpleNamespace(outputs=VECTORS), source=TABLE,
+                                      dimension=lambda db: 3, measure=measure)
+        searcher = backend.native_searcher(db, index)
+        c.sent(f'vector search {measure}', lambda: searcher.search(query, 10, None, ('id',)))
+        c.sent(f'vector search {measure} where and/or',
+               lambda: searcher.search(query, 10, FILTERS['and/or'], ('id',)))
+
+
+def _polling(c: Catalogue, backend: Any) -> None:
+    from superduper.backends.base import Batch, Change
+    from superduper.backends.sql.polling import Hashes, PollingFeed, seen_table_name
+
+    feed = PollingFeed(backend, None)
+    seen = seen_table_name(TABLE)
+    c.sent('polling: create seen table', lambda: feed._make_seen(TABLE, seen))
+    key = backend.table(TABLE).c.id
+    backend._tables[seen] = sa.Table(seen, sa.MetaData(), sa.Column('k0', key.type, primary_key=True),
+                                     sa.Column('h', sa.String(40), nullable=False))  # as made above
+    feed._ready.add(TABLE)
+    c.built('polling: row hashes', lambda: sa.select(backend.row_hash(backend.table(TABLE)).label('h'), key))
+    c.sent('polling: differences', lambda: feed._differences(TABLE, 100))
+    c.sent('polling: hashes of rows', lambda: feed._hashes(c.engine, TABLE, ['a1', 'b2']))
+    batch = Batch(stamp=1, changes=[Change(TABLE, 'a1', None, '"a1"'), Change(TABLE, 'b2', None, '"b2"')],
+                  claim=Hashes(TABLE, {'"a1"': '123', '"b2"': None}, every_listener=True))
+    c.sent('polling: mark seen', lambda: feed._seen(c.engine, batch))
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,109 @@
+"""BigQuery on the local emulator, when ``SUPERDUPER_TEST_BIGQUERY_EMULATOR`` names one (``http://127.0.0.1:9050``).
+
+Not in CI: the emulator (``local-bigquery`` 0.3.2) needs Python 3.13, so it runs from a venv of its own; see the
+README's BigQuery paragraph for how to start it. Each test works in a dataset of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+ENDPOINT = os.environ.get('SUPERDUPER_TEST_BIGQUERY_EMULATOR')  # read before the tests clear SUPERDUPER_* settings
+PROJECT = 'test-project'
+pytestmark = [pytest.mark.skipif(not ENDPOINT, reason='SUPERDUPER_TEST_BIGQUERY_EMULATOR names no emulator'),
+              pytest.mark.filterwarnings('ignore::UserWarning')]  # no BigQuery Storage client
+
+
+@pytest.fixture
+def client():
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    return bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=ENDPOINT))
+
+
+@pytest.fixture
+def dataset(client):
+    name = 'sd' + uuid.uuid4().hex[:10]
+    client.create_dataset(name)
+    yield name
+    client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+
+
+def open_db(dataset: str):
+    from superduper import superduper
+
+    return superduper(f'bigquery://{PROJECT}/{dataset}?api_endpoint={ENDPOINT}')
+
+
+def wait_until(check, seconds: float = 120.0) -> None:
+    deadline = time.time() + seconds
+    while not check():
+        assert time.time() < deadline, 'not reached in time'
+        time.sleep(1)
+
+
+def test_tables_keys_and_reads(dataset):
+    from superduper import Table
+
+    db = open_db(dataset)
+    db.apply(Table('docs', fields={'id': 'str', 'n': 'int', 'doc': 'json', 'v': 'vector[float32:3]'}))
+    t = db['docs']
+    t.insert([{'id': 'a', 'n': 1, 'doc': {'k': [1]}, 'v': np.float32([1, 2, 3])},
+              {'id': 'b', 'n': 2, 'doc': None, 'v': None}]).execute()
+    got = {r['id']: r for r in t.filter(t['n'] >= 1).execute()}
+    assert got['a']['doc'] == {'k': [1]} and np.array_equal(got['a']['v'], np.float32([1, 2, 3]))
+    assert got['b']['v'] is None and got['b']['doc'] is None
+    reopened = open_db(dataset).databackend
+    assert reopened._reflect('docs').primary_key.columns.keys() == ['id']  # declared NOT ENFORCED, read back
+
+
+def test_other_clients_writes_are_polled(dataset, client):
+    from superduper import ObjectModel, Table
+
+    db = open_db(dataset)
+    db.cfg.poll_interval = 1
+    db.apply(Table('docs', fields={'id': 'str', 'txt': 'str'}))
+    db['docs'].insert([{'id': 'a', 'txt': 'one'}]).execute()
+    listener = ObjectModel('upper', object=str.upper).to_listener('docs', key='txt', identifier='upper')
+    db.apply(listener)
+
+    def outputs():
+        return {r['_source']: r[listener.outputs] for r in db[listener.outputs].select().execute()}
+
+    client.query(f"INSERT INTO {dataset}.docs (id, txt) VALUES ('b', 'two')").result()
+    client.query(f"UPDATE {dataset}.docs SET txt = 'uno' WHERE id = 'a'").result()
+    wait_until(lambda: outputs() == {'a': 'UNO', 'b': 'TWO'})
+    client.query(f"DELETE FROM {dataset}.docs WHERE id = 'b'").result()
+    wait_until(lambda: outputs() == {'a': 'UNO'})
+
+
+@pytest.mark.parametrize('measure', ['cosine', 'dot', 'l2'])
+def test_filtered_search_in_the_warehouse_is_exact(dataset, measure):
+    from superduper import ObjectModel, Table, VectorIndex
+
+    db = open_db(dataset)
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(size=(12, 4)).astype(np.float32)
+    db.apply(Table('vecs', fields={'v': 'vector[float32:4]', 'cat': 'int'}))
+    ids = db['vecs'].insert([{'v': matrix[i], 'cat': i % 3} for i in range(12)]).execute()
+    listener = ObjectModel('ident', object=lambda v: v, datatype='vector[float32:4]').to_listener(
+        'vecs', key='v', identifier='ident')
+    db.apply(VectorIndex('nat', indexing_listener=listener, measure=measure))
+    assert db.vector_indexes.get('nat').native
+    q = rng.normal(size=4).astype(np.float32)
+    t = db['vecs']
+    got = [(r['id'], r['_score']) for r in t.like(q, vector_index='nat', n=3).filter(t['cat'] == 1).execute()]
+    v = matrix[1::3].astype(np.float64)
+    scores = {'cosine': v @ q / np.linalg.norm(v, axis=1) / np.linalg.norm(q), 'dot': v @ q,
+              'l2': -((v - q) ** 2).sum(axis=1)}[measure]
+    expected = sorted(zip(ids[1::3], scores), key=lambda p: -p[1])[:3]
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=1e-4, abs=1e-4)
