@@ -368,8 +368,12 @@ class SQLDataBackend:
             table = self._tables[name] = self._reflect(name)
         return table
 
-    def reflect(self, name: str) -> sa.Table:
-        """The table as the database describes it now (not cached, and not the declared types ``table`` keeps)."""
+    def current_table(self, name: str) -> sa.Table:
+        """The table as superduper declared it, where it did; else as the database describes it now, a reflection
+        not kept (unlike ``table``'s: types declared later must not be replaced by reflected ones)."""
+        declared = self._tables.get(name)
+        if declared is not None:
+            return declared
         if not self.has_table(name):
             raise UnknownTable(_unknown_table_message(name, self.table_names(), self.uri))
         return self._reflect(name)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import datetime
-import json
 import os
-import uuid
 from typing import Any, Sequence
 
 import sqlalchemy as sa
@@ -42,6 +40,7 @@ from superduper.backends.sql.arrow_rows import arrow_table
 from superduper.backends.sql.base import SQLDataBackend
 from superduper.backends.sql.clickhouse_vectors import ChVector, ClickHouseVectorSearcher
 from superduper.backends.sql.sqlite import file_path, missing_file
+from superduper.backends.sql.text_types import JSONText, UUIDText
 from superduper.base.exceptions import ConfigError, DatabaseError, InvalidValue
 from superduper.base.query import Compare
 from superduper.components.datatype import FieldType, Vector
@@ -55,35 +54,10 @@ SETTINGS = {'final': 1, 'mutations_sync': 2, 'lightweight_deletes_sync': 2, 'joi
 
 
 # ---- column types ---------------------------------------------------------------------------------------------
-class JSONText(sa.types.TypeDecorator):
-    """JSON values in a ``String`` column (ClickHouse's ``JSON`` type reorders and retypes what it stores)."""
+class UUIDValue(UUIDText):
+    """``UUID`` values as ``uuid.UUID`` both ways, in ClickHouse's own ``UUID`` column (the driver returns them so)."""
 
-    impl = sa.Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else json.dumps(value)
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else json.loads(value)
-
-
-class UUIDValue(sa.types.TypeDecorator):
-    """``UUID`` values as ``uuid.UUID`` both ways (the driver returns them so already)."""
-
-    impl = sa.Text
-    cache_ok = True
     as_uuid = True
-
-    @property
-    def python_type(self) -> type:
-        return uuid.UUID
-
-    def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else str(value)
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return value if value is None or isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 #: the comment marking a ``String`` column that holds bytes (read as bytes, not decoded as UTF-8)

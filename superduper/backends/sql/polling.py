@@ -127,11 +127,11 @@ class PollingFeed(InlineFeed):
                                                      sa.select(*key, self._row_hash(source))))
 
     def _source(self, table: str) -> sa.Table:
-        """The followed table's columns, reflected here once: the backend's own cache keeps the types superduper
-        declared (a native vector column is read as one), which a reflection must not replace."""
+        """The followed table's columns, looked up once (``current_table``: a reflection here must not replace the
+        types superduper declared in the backend's cache, such as a native vector column's)."""
         source = self._sources.get(table)
         if source is None:
-            source = self._sources[table] = self.backend.reflect(table)
+            source = self._sources[table] = self.backend.current_table(table)
         return source
 
     def _key_columns(self, source: sa.Table) -> list[sa.Column]:
