@@ -196,6 +196,28 @@ def test_a_polled_result_never_overwrites_a_newer_write(db_uri, tmp_path, monkey
         db.close()
 
 
+def test_a_row_written_again_while_its_writer_computes_is_polled(db_uri, tmp_path, monkeypatch):
+    """An API write runs a slow model; another client changes the row meanwhile. The write's result is left out
+    (the row moved on) and the next poll computes the row as it is."""
+    gate = tmp_path / 'gate'
+    monkeypatch.setenv('SD_TEST_GATE', str(gate))
+    db = connect(db_uri, tmp_path)
+    try:
+        listener = follow_docs(db, model=gated)
+        gate.touch()
+        writer = threading.Thread(target=db['docs'].insert([{'id': 'c', 'txt': 'slow v1'}]).execute)
+        writer.start()
+        wait_for(lambda: os.path.exists(str(gate) + '.entered'))
+        plain_sql(db, ("UPDATE docs SET txt = 'fast v2' WHERE id = 'c'", {}))
+        gate.unlink()
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+        drain(db)
+        assert outputs(db, listener)['c'] == 'FAST V2' and faults(db, listener) == CLEAN
+    finally:
+        db.close()
+
+
 def test_removing_the_last_listener_stops_polling_its_table(db_uri, tmp_path):
     db = connect(db_uri, tmp_path)
     try:

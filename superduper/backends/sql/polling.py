@@ -69,6 +69,7 @@ class Hashes:
     hashes: dict[str, str | None]
     every_listener: bool
     writer: bool = False  # a write through this process: its keys are skipped by polls until it finishes
+    held: list[str] = field(default_factory=list)  # the keys skipped by polls meanwhile (all of the write's)
 
 
 @dataclass
@@ -163,8 +164,9 @@ class PollingFeed(InlineFeed):
         return batch
 
     def _hold(self, claim: Hashes) -> None:
+        claim.held = list(claim.hashes)  # ``hashes`` loses the rows written again meanwhile; all are let go
         with self._computing_lock:
-            self._computing.setdefault(claim.table, collections.Counter()).update(list(claim.hashes))
+            self._computing.setdefault(claim.table, collections.Counter()).update(claim.held)
 
     def _let_go(self, claim: Any) -> None:
         if not (isinstance(claim, Hashes) and claim.writer):
@@ -172,7 +174,8 @@ class PollingFeed(InlineFeed):
         with self._computing_lock:
             held = self._computing.get(claim.table)
             if held is not None:
-                held.subtract(list(claim.hashes))
+                held.subtract(claim.held)
+                claim.held = []
                 for text in [t for t, n in held.items() if n <= 0]:
                     del held[text]
 
