@@ -21,38 +21,20 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.sql import operators
 
-from superduper.backends.sql.vector_pushdown import SQLVectorSearcher, vector_bytes, vector_values
+from superduper.backends.sql.vector_pushdown import EmptyArrayVector, SQLVectorSearcher, vector_values
 
 TYPE = 'ARRAY<FLOAT64>'
 
 
-class BqVector(sa.types.UserDefinedType):
+class BqVector(EmptyArrayVector):
     """``ARRAY<FLOAT64>``: values travel as the float32 bytes every backend uses; ``None`` is the empty array."""
 
-    cache_ok = True
-
-    def __init__(self, dim: int):
-        self.dim = dim
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return TYPE
-
-    def bind_processor(self, dialect: Any) -> Any:
-        def process(value: Any) -> Any:
-            return [] if value is None else vector_values(value)
-
-        return process
+    type_name = TYPE
 
     def literal_processor(self, dialect: Any) -> Any:
         def process(value: Any) -> str:
             values = [] if value is None else vector_values(value) if isinstance(value, bytes) else list(value)
             return '[' + ', '.join(repr(float(v)) for v in values) + ']' if values else f'CAST([] AS {TYPE})'
-
-        return process
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        def process(value: Any) -> Any:
-            return vector_bytes(value) if value is not None and len(value) else None
 
         return process
 

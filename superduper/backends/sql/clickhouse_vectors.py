@@ -19,33 +19,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql import operators
 
-from superduper.backends.sql.vector_pushdown import SQLVectorSearcher, vector_bytes, vector_values
+from superduper.backends.sql.vector_pushdown import EmptyArrayVector, SQLVectorSearcher
 
 TYPE = 'Array(Float32)'
 
 
-class ChVector(sa.types.UserDefinedType):
+class ChVector(EmptyArrayVector):
     """``Array(Float32)``: values travel as the float32 bytes every backend uses; ``None`` is the empty array."""
 
-    cache_ok = True
-
-    def __init__(self, dim: int):
-        self.dim = dim
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return TYPE
-
-    def bind_processor(self, dialect: Any) -> Any:
-        def process(value: Any) -> Any:
-            return [] if value is None else vector_values(value)
-
-        return process
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        def process(value: Any) -> Any:
-            return vector_bytes(value) if value is not None and len(value) else None
-
-        return process
+    type_name = TYPE
 
     class comparator_factory(sa.types.UserDefinedType.Comparator):
         def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:

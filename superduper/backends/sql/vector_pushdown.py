@@ -80,3 +80,29 @@ def vector_bytes(values: Any) -> bytes:
 def vector_values(data: bytes) -> list[float]:
     """The float32 bytes of an encoded vector as numbers a driver binds (each float32 exactly, as a double)."""
     return np.frombuffer(data, dtype=np.float32).tolist()
+
+
+class EmptyArrayVector(sa.types.UserDefinedType):
+    """A float array column (``type_name``) holding a vector: values travel as the float32 bytes every backend
+    uses; ``None`` is stored as the empty array (ClickHouse and BigQuery have no NULL array)."""
+
+    cache_ok = True
+    type_name = ''
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return self.type_name
+
+    def bind_processor(self, dialect: Any) -> Any:
+        def process(value: Any) -> Any:
+            return [] if value is None else vector_values(value)
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        def process(value: Any) -> Any:
+            return vector_bytes(value) if value is not None and len(value) else None
+
+        return process
