@@ -14,9 +14,12 @@ the table, as it must to see any change).
    - engine alone: the engine's own client (``duckdb`` / chDB's session) runs the least any row-hash comparison
      must do: hash every row and sum the hashes (``SELECT sum(hash(...))``), no join, no seen table. The ratio says
      what the join and the seen table add to that floor.
+   - superduper with ``poll_by={'docs': 'n'}`` (``n`` playing a version every write raises): one ``max(n)``, the
+     rows with ``n`` at least the mark (none) hashed and joined with the seen table, and the seen keys anti-joined
+     with the table's keys (deletes); the same engine floor, and the ratio to the full poll above.
 2. Lag: with the background consumer polling every ``poll_interval`` (0.5 s, the default, and 0.1 s), another
    connection inserts one row with plain SQL ``--writes`` times, one at a time; the time from its commit until
-   the row's output can be read, median and max.
+   the row's output can be read, median and max; again with ``poll_by`` at 0.1 s.
 
 Times are never asserted on; the machine is shared, so read the ratios and medians.
 """
@@ -84,21 +87,27 @@ def idle_poll(db, repeats: int, backend: str) -> dict:
         theirs = median_time(floor, repeats)
     finally:
         raw.close()
-    return {'idle poll (s)': ours, 'engine hashing every row (s)': theirs, 'ratio': ours / theirs}
+    feed._poll_by, feed._lookback = {'docs': 'n'}, 1e-9  # every poll uses the mark the one before recorded
+    assert feed._polled_differences('docs', 1000) == [] and feed._polled_differences('docs', 1000) == []
+    by_column = median_time(lambda: feed._polled_differences('docs', 1000), repeats)
+    feed._poll_by = {}
+    return {'idle poll (s)': ours, 'engine hashing every row (s)': theirs, 'ratio': ours / theirs,
+            'idle poll with poll_by (s)': by_column, 'poll_by ratio to the engine': by_column / theirs,
+            'poll_by ratio to the full poll': by_column / ours}
 
 
-def lag(uri: str, folder: str, writes: int, interval: float) -> dict:
+def lag(uri: str, folder: str, writes: int, interval: float, **settings) -> dict:
     db = superduper(uri, artifact_store=f'filesystem://{folder}/artifacts', progress=False, follow_changes=True,
-                    poll_interval=interval)
+                    poll_interval=interval, **settings)
     other = sa.create_engine(db.databackend.engine.url, **db.databackend.engine_options())
     listener = db.load('Listener', 'double')
     lags = []
     try:
         for i in range(writes):
-            key = f'lag{interval}-{i}'
+            key = f'lag{interval}{"-by" * bool(settings)}-{i}'
             with other.begin() as conn:
                 conn.execute(sa.text('INSERT INTO docs (id, n, txt) VALUES (:id, :n, :t)'),
-                             {'id': key, 'n': FIRST_LAG_ID + i, 't': 'new'})
+                             {'id': key, 'n': FIRST_LAG_ID + i + 1000 * bool(settings), 't': 'new'})
             committed = time.perf_counter()
             while db[listener.outputs].get(_source=key).execute() is None:
                 time.sleep(0.005)
@@ -109,8 +118,8 @@ def lag(uri: str, folder: str, writes: int, interval: float) -> dict:
     finally:
         other.dispose()
         db.close()
-    return {f'lag at poll_interval={interval} s: median (s)': statistics.median(lags),
-            f'lag at poll_interval={interval} s: max (s)': max(lags)}
+    how = f'poll_interval={interval} s' + (', poll_by' if settings else '')
+    return {f'lag at {how}: median (s)': statistics.median(lags), f'lag at {how}: max (s)': max(lags)}
 
 
 def main() -> None:
@@ -131,9 +140,10 @@ def main() -> None:
             db.close()
         for interval in (0.5, 0.1):
             figures.update(lag(uri, folder, args.writes, interval))
+        figures.update(lag(uri, folder, args.writes, 0.1, poll_by={'docs': 'n'}, poll_lookback=0.5))
         print(f'{backend}, {args.rows:,} rows')
         for name, value in figures.items():
-            print(f'  {name:<48} {value:8.4f}')
+            print(f'  {name:<52} {value:8.4f}')
 
 
 if __name__ == '__main__':

@@ -229,3 +229,112 @@ def test_removing_the_last_listener_stops_polling_its_table(db_uri, tmp_path):
         assert db.listening.work() == 0
     finally:
         db.close()
+
+
+# ---- polling by a column every writer raises (poll_by) ----------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def follow_versioned(db):
+    """docs(id, txt, v): ``v`` a version every write raises; the listener upper-cases ``txt``."""
+    db.apply(Table('docs', fields={'txt': 'str', 'v': 'int'}, folds=False))
+    db['docs'].insert([{'id': 'a', 'txt': 'first', 'v': 1}, {'id': 'b', 'txt': 'second', 'v': 2}]).execute()
+    return db.apply(ObjectModel('upper', object=str.upper, datatype='str').to_listener('docs', key='txt',
+                                                                                      identifier='upper'))
+
+
+def versioned_db(db_uri, tmp_path):
+    db = connect(db_uri, tmp_path, poll_by={'docs': 'v'}, poll_lookback=10)
+    clock = db.listening.feed.clock = Clock()
+    return db, clock
+
+
+def test_poll_by_finds_inserts_updates_deletes_and_writes_committed_within_the_lookback(db_uri, tmp_path):
+    db, clock = versioned_db(db_uri, tmp_path)
+    try:
+        listener = follow_versioned(db)
+        assert db.listening.work() == 0  # the first polls hash every row (no mark yet) and record marks
+        clock.now += 20  # from here on polls read the rows from the mark (v >= 2) on, and the keys for deletes
+        plain_sql(db, ("INSERT INTO docs (id, txt, v) VALUES ('c', 'third', 3)", {}),
+                  ("UPDATE docs SET txt = 'changed', v = 4 WHERE id = 'a'", {}), ("DELETE FROM docs WHERE id = 'b'", {}),
+                  ("INSERT INTO docs (id, txt, v) VALUES ('n', 'no version', NULL)", {}))
+        assert db.listening.work() == 4
+        assert outputs(db, listener) == {'a': 'CHANGED', 'c': 'THIRD', 'n': 'NO VERSION'}
+        clock.now += 5
+        # committed late: its version (3) is below the largest seen (4), but a poll less than poll_lookback ago saw
+        # that largest, so the mark in use is still an older, smaller one
+        plain_sql(db, ("INSERT INTO docs (id, txt, v) VALUES ('d', 'late', 3)", {}))
+        assert db.listening.work() == 1 and outputs(db, listener)['d'] == 'LATE'
+        assert faults(db, listener) == CLEAN
+    finally:
+        db.close()
+
+
+def test_poll_by_reads_only_rows_past_the_mark(db_uri, tmp_path):
+    """A write that does not raise the column, or that commits more than poll_lookback after setting it, is past
+    what polls read (the contract of poll_by); status still counts it, and a process opening the database finds it."""
+    db, clock = versioned_db(db_uri, tmp_path)
+    try:
+        listener = follow_versioned(db)
+        db.listening.work()
+        clock.now += 20
+        db.listening.work()
+        clock.now += 20  # the mark is now the largest version seen, 2
+        plain_sql(db, ("UPDATE docs SET txt = 'unversioned' WHERE id = 'a'", {}))
+        assert db.listening.work() == 0 and outputs(db, listener)['a'] == 'FIRST'
+        assert db.status()[0]['pending'] == 1
+    finally:
+        db.close()
+    db = connect(db_uri, tmp_path, poll_by={'docs': 'v'})
+    try:
+        assert db.listening.work() == 1 and outputs(db, listener)['a'] == 'UNVERSIONED'
+    finally:
+        db.close()
+
+
+def test_a_batch_given_back_undone_makes_polls_hash_every_row_again(db_uri, tmp_path, monkeypatch):
+    db, clock = versioned_db(db_uri, tmp_path)
+    try:
+        listener = follow_versioned(db)
+        db.listening.work()
+        clock.now += 20
+        plain_sql(db, ("INSERT INTO docs (id, txt, v) VALUES ('g', 'seventh', 11), ('h', 'eighth', 12)", {}))
+        feed = db.listening.feed
+
+        def storing_fails(conn, batch):
+            raise RuntimeError('the database went away while storing')
+
+        monkeypatch.setattr(feed, '_seen', storing_fails)
+        with pytest.raises(RuntimeError, match='went away'):
+            db.listening.work()  # that poll saw 12 as the largest version; its batch is given back
+        monkeypatch.undo()
+        clock.now += 20  # a mark of 12 would now pass 'g' (11), which was never stored
+        assert db.listening.work() == 2
+        assert faults(db, listener) == CLEAN
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize('column, message', [
+    ('missing', "poll_by names column 'missing' of table 'docs', which has no such column; its columns: id, txt, v"),
+    ('doc', "poll_by names column 'doc' of table 'docs', of type .*: a polled column holds numbers, times or text"),
+])
+def test_a_poll_by_column_that_cannot_be_polled_is_refused_and_nothing_is_applied(db_uri, tmp_path, column, message):
+    from superduper.base.exceptions import ConfigError
+
+    db = connect(db_uri, tmp_path, poll_by={'docs': column})
+    try:
+        db.apply(Table('docs', fields={'txt': 'str', 'v': 'int'} | ({'doc': 'json'} if column == 'doc' else {}),
+                       folds=False))
+        message = message.replace('id, txt, v', 'id, txt, v, doc') if column == 'doc' else message
+        with pytest.raises(ConfigError, match=message):
+            db.apply(ObjectModel('upper', object=str.upper, datatype='str').to_listener('docs', key='txt',
+                                                                                       identifier='upper'))
+        assert db.show('Listener') == [] and db.status() == []
+    finally:
+        db.close()

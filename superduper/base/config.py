@@ -49,6 +49,16 @@ class Config(BaseSettings):
         default=True, description='follow writes by other clients in a background thread (embedded/local mode)'
     )
     poll_interval: float = Field(default=0.5, gt=0, description='seconds between looks for new changes when idle')
+    poll_by: dict[str, str] = Field(
+        default_factory=dict, description="databases followed by polling: per table, a column every writer sets to a "
+        "larger value on each insert and update (an updated_at timestamp, a version number); polls then compare only "
+        "the rows past the last value seen (and all keys, for deletes) instead of hashing every row"
+    )
+    poll_lookback: float = Field(
+        default=300.0, gt=0, description="with poll_by: how long another client's transaction may run between setting "
+        "the column and committing and still be seen (polls reread the rows set since the largest value seen that "
+        "long ago)"
+    )
     lease_seconds: float = Field(
         default=60.0, gt=0, description='how long a claimed batch of changes stays with its consumer without news '
         'from it (renewed while it computes); a dead consumer\'s batch goes to another after that'

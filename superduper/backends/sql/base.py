@@ -146,7 +146,7 @@ class SQLDataBackend:
         if self.capabilities.change_capture == 'polling':
             from superduper.backends.sql.polling import PollingFeed
 
-            return PollingFeed(self, metadata.failure_log())
+            return PollingFeed(self, metadata.failure_log(), poll_by=cfg.poll_by, lookback=cfg.poll_lookback)
         from superduper.backends.inline import InlineFeed
 
         return InlineFeed(self, metadata.failure_log())

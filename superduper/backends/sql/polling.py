@@ -25,6 +25,15 @@ poller, computes them). One interleaving is not seen: a row changed and changed 
 hashed, while that batch read the row in between (its results then describe the intermediate values). Databases
 with triggers record every write instead and have no such window.
 
+A table named in the ``poll_by`` setting has a column every writer sets to a larger value on each insert and
+update (an ``updated_at`` timestamp, a version number). Its polls compare only the rows whose value is at least a
+*mark* (and those with none) with the seen table, and find deletes by the keys alone (seen keys with no row), so an
+idle poll hashes only the rows set recently. A mark is the largest value a poll saw ``poll_lookback`` seconds ago or
+more, recorded only by polls that found everything past their own mark (not cut short by their limit), and forgotten
+when a batch of the table's is given back undone: every row not yet computed then has a value at least the mark,
+unless a transaction ran longer than ``poll_lookback`` between setting the column and committing. Until a process
+has such a mark (its first ``poll_lookback`` seconds), its polls hash every row.
+
 A table followed for the first time has its seen table filled from its rows as they are (the listener's backfill
 computes those), and a table's seen table is dropped when its last listener goes. Tables superduper alone writes
 (listeners' outputs) are followed through the writes themselves and never polled.
@@ -34,15 +43,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
+import decimal
 import hashlib
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Results
+from superduper.base.exceptions import ConfigError
 from superduper.backends.feed import chunks
 from superduper.backends.inline import InlineFeed, InlineWrites
 from superduper.base.keys import dump_key
@@ -80,8 +93,14 @@ class PolledWrites(InlineWrites):
 class PollingFeed(InlineFeed):
     """Writes through superduper and queued work as ``InlineFeed``; writes by other clients by polling."""
 
-    def __init__(self, backend: 'SQLBackend', failures: Any):
+    clock = staticmethod(time.monotonic)  # when polls happen, for the marks of ``poll_by`` tables
+
+    def __init__(self, backend: 'SQLBackend', failures: Any, poll_by: dict[str, str] | None = None,
+                 lookback: float = 300.0):
         super().__init__(backend, failures)
+        self._poll_by = dict(poll_by or {})  # table -> the column its writers raise on every write
+        self._lookback = lookback
+        self._marks: dict[str, collections.deque] = {}  # table -> (time, largest value) of its complete polls
         self._computing: dict[str, collections.Counter] = {}  # table -> key texts a write here is computing
         self._computing_lock = threading.Lock()
         self._turn = itertools.count()  # which followed table a poll looks at first (each in turn)
@@ -92,7 +111,8 @@ class PollingFeed(InlineFeed):
     # ---- which tables are followed ---------------------------------------------------------------------------
     def follow(self, table: str, key: Sequence[str]) -> None:
         self._sources.pop(table, None)  # columns may have been added since
-        self._ensure_seen(table)
+        if self._ensure_seen(table) is not None:
+            self._changed_column(table)  # a poll_by naming no such column is refused here, not at each poll
 
     def unfollow(self, table: str) -> None:
         self._ready.discard(table)
@@ -134,6 +154,21 @@ class PollingFeed(InlineFeed):
         if source is None:
             source = self._sources[table] = self.backend.current_table(table)
         return source
+
+    def _changed_column(self, table: str) -> sa.Column | None:
+        """The column ``poll_by`` names for ``table``, if any."""
+        name = self._poll_by.get(table)
+        if name is None:
+            return None
+        source = self._source(table)
+        if name not in source.c:
+            raise ConfigError(f'poll_by names column {name!r} of table {table!r}, which has no such column; its '
+                              f'columns: {", ".join(source.c.keys())}')
+        column = source.c[name]
+        if _python_type(column) not in (int, float, str, datetime.datetime, datetime.date, decimal.Decimal):
+            raise ConfigError(f'poll_by names column {name!r} of table {table!r}, of type {column.type}: a polled '
+                              'column holds numbers, times or text that each write makes larger')
+        return column
 
     def _key_columns(self, source: sa.Table) -> list[sa.Column]:
         return list(source.primary_key.columns)
@@ -205,7 +240,7 @@ class PollingFeed(InlineFeed):
         start = next(self._turn) % len(tables)
         for table in tables[start:] + tables[:start]:
             skipped = self._skipped(table)
-            found = self._differences(table, limit + len(skipped))
+            found = self._polled_differences(table, limit + len(skipped))
             changes, hashes = [], {}
             for key, h in found:
                 text = dump_key(key)
@@ -216,6 +251,35 @@ class PollingFeed(InlineFeed):
                 return Batch(stamp=next(self._stamps), changes=changes,
                              claim=Hashes(table, hashes, every_listener=True))
         return None
+
+    def _polled_differences(self, table: str, limit: int) -> list[tuple[Any, str | None]]:
+        """What one poll of ``table`` finds: every difference, or with a ``poll_by`` column, the differences among
+        rows set since the mark and the deletes; a poll that found all of them records a mark."""
+        column = self._changed_column(table)
+        if column is None:
+            return self._differences(table, limit)
+        polled_at = self.clock()
+        with self.backend.begin() as conn:
+            largest = conn.execute(sa.select(sa.func.max(column))).scalar()  # before the rows: a mark never passes one
+        found = self._differences(table, limit, since=self._mark(table, polled_at))
+        if len(found) < limit and largest is not None:
+            self._marks.setdefault(table, collections.deque()).append((polled_at, largest))
+        return found
+
+    def _mark(self, table: str, now: float) -> Any:
+        """The largest value a complete poll saw ``lookback`` seconds ago or more (older marks are dropped), or
+        ``None``: none yet."""
+        marks = self._marks.get(table)
+        while marks and len(marks) > 1 and marks[1][0] <= now - self._lookback:
+            marks.popleft()
+        if marks and marks[0][0] <= now - self._lookback:
+            return marks[0][1]
+        return None
+
+    def _forget_marks(self, claim: Any) -> None:
+        """A batch given back undone: its rows may lie below the marks, so polls hash every row until new ones."""
+        if isinstance(claim, Hashes):
+            self._marks.pop(claim.table, None)
 
     def _difference_query(self, table: str) -> Any:
         """The rows of ``table`` inserted, updated or deleted since they were seen: (hash now or None, *key)."""
@@ -230,10 +294,58 @@ class PollingFeed(InlineFeed):
                 .select_from(now.outerjoin(was, sa.and_(*[now.c[n] == was.c[n] for n in names]), full=True))
                 .where(sa.or_(was.c.k0.is_(None), deleted, now.c.h != was.c.h)))
 
-    def _differences(self, table: str, limit: int) -> list[tuple[Any, str | None]]:
-        query = self._difference_query(table).limit(limit)
+    def _differences(self, table: str, limit: int, since: Any = None) -> list[tuple[Any, str | None]]:
+        """(key, hash now or None) of at most ``limit`` rows inserted, updated or deleted since they were seen;
+        ``since``: only among the rows whose ``poll_by`` column is at least this (or NULL), and the deleted."""
+        if since is not None:
+            return self._differences_since(table, limit, since)
+        query = self._difference_query(table).limit(limit)  # before the transaction: it may make the seen table
         with self.backend.begin() as conn:
             return [(self._key_of(row[1:]), row[0]) for row in conn.execute(query)]
+
+    def _differences_since(self, table: str, limit: int, since: Any) -> list[tuple[Any, str | None]]:
+        """The rows set since ``since`` that differ from the seen ones, then the deleted ones, looked for (seen keys
+        anti-joined with the table's, the costly part) only when the counts show some: seen rows, less rows, plus the
+        new rows among those set since. Counted in this order (rows, rows set since, seen rows), a write or a stored
+        batch between two counts can only show deletes that are not there, or hide one until the next poll."""
+        changed_since = self._changed_since_query(table, since).limit(limit)  # before the transaction, as above
+        deleted = self._deleted_query(table)
+        count_rows = sa.select(sa.func.count()).select_from(self._source(table))
+        count_seen = sa.select(sa.func.count()).select_from(self._ensure_seen(table))
+        with self.backend.begin() as conn:
+            rows = conn.execute(count_rows).scalar_one()
+            changed = list(conn.execute(changed_since))
+            found = [(self._key_of(row[2:]), row[0]) for row in changed]
+            if len(found) < limit and conn.execute(count_seen).scalar_one() - rows + sum(r[1] for r in changed) != 0:
+                found += [(self._key_of(row), None) for row in conn.execute(deleted.limit(limit - len(found)))]
+        return found
+
+    def _changed_since_query(self, table: str, since: Any) -> Any:
+        """The rows set since ``since`` that are new or differ from the seen ones: (hash now, 1 if new, *key)."""
+        seen = self._ensure_seen(table)
+        source = self._source(table)
+        column = self._changed_column(table)
+        key = self._key_columns(source)
+        now = (sa.select(*[c.label(f'k{i}') for i, c in enumerate(key)], self._row_hash(source))
+               .where(sa.or_(column >= since, column.is_(None))).subquery('now'))
+        was = seen.alias('was')
+        names = [f'k{i}' for i in range(len(key))]
+        new = sa.case((was.c.k0.is_(None), 1), else_=0).label('new')
+        return (sa.select(now.c.h, new, *[now.c[n] for n in names])
+                .select_from(now.outerjoin(was, sa.and_(*[now.c[n] == was.c[n] for n in names])))
+                .where(sa.or_(was.c.k0.is_(None), now.c.h != was.c.h)))
+
+    def _deleted_query(self, table: str) -> Any:
+        """The seen keys with no row any more."""
+        seen = self._ensure_seen(table)
+        source = self._source(table)
+        key = self._key_columns(source)
+        was = seen.alias('was')
+        names = [f'k{i}' for i in range(len(key))]
+        present = sa.select(*[c.label(n) for c, n in zip(key, names)]).subquery('present')
+        return (sa.select(*[was.c[n] for n in names])
+                .select_from(was.outerjoin(present, sa.and_(*[present.c[n] == was.c[n] for n in names])))
+                .where(present.c.k0.is_(None)))
 
     def _hashes(self, conn: Any, table: str, keys: Sequence[Any]) -> dict[str, str | None]:
         """The row hash of each key now (``None``: no such row), by key text."""
@@ -295,6 +407,7 @@ class PollingFeed(InlineFeed):
         """A batch of every listener is found again by the next poll (its rows were not marked seen); a backfill's
         or retry's goes back to the queue."""
         self._let_go(batch.claim)
+        self._forget_marks(batch.claim)
         if not (isinstance(batch.claim, Hashes) and batch.claim.every_listener):
             super().release(batch)
 
@@ -308,3 +421,10 @@ class PollingFeed(InlineFeed):
         with self.backend.begin() as conn:
             waiting = conn.execute(query).scalar()
         return (queued or 0) + int(waiting), None
+
+
+def _python_type(column: sa.Column) -> type | None:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return None

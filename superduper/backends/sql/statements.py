@@ -248,7 +248,7 @@ def _polling(c: Catalogue, backend: Any) -> None:
     from superduper.backends.base import Batch, Change
     from superduper.backends.sql.polling import Hashes, PollingFeed, seen_table_name
 
-    feed = PollingFeed(backend, None)
+    feed = PollingFeed(backend, None, poll_by={TABLE: 'at'})
     seen = seen_table_name(TABLE)
     c.sent('polling: create seen table', lambda: feed._make_seen(TABLE, seen))
     key = backend.table(TABLE).c.id
@@ -257,6 +257,9 @@ def _polling(c: Catalogue, backend: Any) -> None:
     feed._ready.add(TABLE)
     c.built('polling: row hashes', lambda: sa.select(backend.row_hash(backend.table(TABLE)).label('h'), key))
     c.sent('polling: differences', lambda: feed._differences(TABLE, 100))
+    since = datetime.datetime(2026, 1, 1)
+    c.sent('polling: differences since a poll_by value', lambda: feed._differences(TABLE, 100, since=since))
+    c.built('polling: deleted keys', lambda: feed._deleted_query(TABLE).limit(100))
     c.sent('polling: hashes of rows', lambda: feed._hashes(c.engine, TABLE, ['a1', 'b2']))
     batch = Batch(stamp=1, changes=[Change(TABLE, 'a1', None, '"a1"'), Change(TABLE, 'b2', None, '"b2"')],
                   claim=Hashes(TABLE, {'"a1"': '123', '"b2"': None}, every_listener=True))
