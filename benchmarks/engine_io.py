@@ -9,8 +9,9 @@ interleaved, then superduper / engine):
 
 1. insert N rows in batches of --batch, into an empty table (emptied with TRUNCATE outside the timed region):
    - superduper: ``db[t].insert(rows[i:i + batch]).execute()`` into ``Table(t, fields=..., folds=False)``: it
-     checks and encodes every value, and on ClickHouse first looks for the keys it inserts (a plain insert of an
-     existing key fails there as it does elsewhere);
+     checks and encodes every value, and on ClickHouse first refuses keys given twice in the batch or stored
+     already (a plain insert of an existing key fails there as it does elsewhere; ClickHouse itself enforces no
+     key): one query per batch, the batch's keys read from an Arrow file by ClickHouse's ``file`` table function;
    - DuckDB: per batch, a ``pyarrow`` table built from the dicts (``meta`` as ``json.dumps`` text), then
      ``INSERT INTO t SELECT * FROM batch`` (DuckDB scans the Arrow table in place; ``executemany`` of a prepared
      INSERT runs one statement a row and is not what a DuckDB user does), on a connection of ``duckdb.connect``
@@ -18,7 +19,9 @@ interleaved, then superduper / engine):
    - chDB: per batch, the same ``pyarrow`` table written as an Arrow IPC stream and sent with
      ``connection.send_insert('INSERT INTO t', 'ArrowStream')``, on ``chdb.connect`` of superduper's folder
      (chDB runs one engine per process: both clients share it);
-   the engine's table is the one superduper creates (the same ``CREATE TABLE``), under another name.
+   the engine's table is the one superduper creates (the same ``CREATE TABLE``), under another name. The engine
+   side looks for no existing or repeated keys (DuckDB enforces its primary key itself; on chDB its client would
+   replace the rows silently): superduper's time on chDB includes that check, which its engine side lacks.
 2. read all N rows back as Python dicts:
    - superduper: ``list(db[t].select().execute())`` (``Document``s, ``meta`` decoded, ``ts`` a ``datetime``);
    - DuckDB: the cursor's ``SELECT * FROM t`` and ``fetchall()`` (tuples);

@@ -1,6 +1,7 @@
 """Batches go to DuckDB and ClickHouse as Arrow only where Arrow stores what binding each value would."""
 
 import datetime
+import json
 
 import pytest
 
@@ -33,3 +34,15 @@ def test_values_arrow_would_store_otherwise_are_bound_as_before(values, kind):
 def test_a_column_of_no_arrow_kind_or_no_rows_is_bound_as_before():
     assert arrow_table(['x', 'v'], [['a'], [[1.0]]], ['string', None]) is None
     assert arrow_table(['x'], [[]], ['string']) is None
+
+
+def test_json_columns_are_written_as_json_dumps_writes_them():
+    pytest.importorskip('clickhouse_connect')
+    from superduper.backends.sql.clickhouse import _json_texts
+
+    values = [None, {'a': [1, 2.5, None, True]}, 'é"\\', 3, float('nan'), [], {1: 'x'}, {'k': {'n': [{'y': '\u2028'}]}}]
+    assert _json_texts(values) == [None if v is None else json.dumps(v) for v in values]
+    cycle: list = []
+    cycle.append(cycle)
+    assert _json_texts([{'when': datetime.datetime(2024, 1, 1)}]) is None  # then bound one by one, raising as before
+    assert _json_texts([cycle]) is None

@@ -82,6 +82,31 @@ def test_failed_batch_writes_nothing(db, items, pk):
     assert items.get(**{pk: 'keep'}).execute()['name'] == 'kept'
 
 
+
+@pytest.mark.parametrize('key_type, keys', [
+    ('str', [f"k'{i}\\" for i in range(3000)]),  # quotes and backslashes: keys are never written into SQL text
+    ('int', list(range(3000))),
+])
+def test_a_key_stored_or_given_twice_fails_the_insert_and_writes_nothing(db, key_type, keys, backend, request):
+    if (backend, key_type) == ('duckdb', 'int'):
+        request.applymarker(pytest.mark.xfail(strict=True, reason='bug: an int primary_id is created on DuckDB as '
+                                               "an autoincrement key, BIGSERIAL, a type DuckDB lacks"))
+    db.apply(Table('keyed', fields={'k': key_type, 'name': 'str'}, primary_id='k', folds=False))
+    t = db['keyed']
+    taken = keys[1234]
+    t.insert([{'k': taken, 'name': 'first'}]).execute()
+    fresh = [k for k in keys if k != taken]
+    failed = "insert into (table|collection) 'keyed' failed"
+    with pytest.raises(DatabaseError, match=failed):  # one key of many is stored already
+        t.insert([{'k': k, 'name': 'new'} for k in keys]).execute()
+    with pytest.raises(DatabaseError, match=failed):  # none is stored, one is given twice
+        t.insert([{'k': k, 'name': 'new'} for k in fresh + [fresh[-1]]]).execute()
+    assert [(r['k'], r['name']) for r in t.select().execute()] == [(taken, 'first')]
+    t.insert([{'k': k, 'name': 'new'} for k in fresh]).execute()
+    assert t.count().execute() == len(keys)
+    assert t.get(k=taken).execute()['name'] == 'first'
+
+
 def test_bad_rows_and_query_arguments(items):
     with pytest.raises(QueryError, match='row 1 of an insert into .items. is a str'):
         items.insert([{'name': 'a'}, 'oops']).execute()
