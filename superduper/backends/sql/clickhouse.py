@@ -410,7 +410,7 @@ class ClickHouseDataBackend(SQLDataBackend):
     ``clickhouses://`` for HTTPS)."""
 
     scheme = 'clickhouse'
-    tested = 'not run against a server yet'
+    tested = "not run against a server (Debian's 18.16 is too old for the driver)"
     # no transactions or row locks: the metadata's compare-and-set writes (index states, output numbers, artifact
     # refs) are safe for one process at a time, so workers are refused until they are made safe here
     capabilities = Capabilities(change_capture='polling', transactions=False, upsert=True, native_vectors=True,
