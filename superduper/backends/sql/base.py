@@ -396,7 +396,8 @@ class SQLDataBackend:
         columns = [
             sa.Column(field, self.id_type() if field == primary_key and ftype.storage in ('str', 'any')
                       else self.field_type(ftype),
-                      primary_key=field == primary_key, nullable=field != primary_key)
+                      primary_key=field == primary_key, nullable=field != primary_key,
+                      autoincrement=False)  # keys are given or made by superduper, never the database's serial
             for field, ftype in types.items()
         ]
         return sa.Table(name, sa.MetaData(), *columns)
