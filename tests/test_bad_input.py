@@ -88,6 +88,7 @@ def test_failed_batch_writes_nothing(db, items, pk):
     ('int', list(range(3000))),
 ])
 def test_a_key_stored_or_given_twice_fails_the_insert_and_writes_nothing(db, key_type, keys):
+    db.cfg.insert_batch_size = 1000  # the insert goes in three batches; the second holds the stored key
     db.apply(Table('keyed', fields={'k': key_type, 'name': 'str'}, primary_id='k', folds=False))
     t = db['keyed']
     taken = keys[1234]

@@ -128,6 +128,11 @@ class DataBackend(Protocol):
                upsert_key: str | None = None) -> None:
         """Insert rows given column by column; with ``upsert_key``, rows whose key exists replace the stored ones."""
 
+    def insert_batches(self, conn: Any, name: str, keys: Sequence[str], batches: list[list[list]]) -> None:
+        """Insert the rows of one insert, given as batches of columns, all or none: a batch refused (a key given
+        twice or held already) leaves no other written, in the caller's transaction or, where the database has
+        none, by checking every batch before the first is written."""
+
     def insert_returning(self, conn: Any, name: str, rows: list[dict]) -> list[tuple]:
         """Insert rows the database gives keys to, returning the keys."""
 

@@ -53,8 +53,7 @@ class Inserter:
         ids = columns[pk_columns[0]] if len(pk_columns) == 1 else list(zip(*[columns[i] for i in pk_columns]))
 
         def write(conn: Any) -> list:
-            for chunk in chunks:
-                self.databackend.insert(conn, info.name, keys, chunk)
+            self.databackend.insert_batches(conn, info.name, keys, chunks)
             return ids
 
         return write

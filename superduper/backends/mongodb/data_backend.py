@@ -253,6 +253,10 @@ class MongoDataBackend:
                 conn.inserted.setdefault(name, []).extend(d[ID] for d in docs)
         conn.wrote(name, [d[ID] for d in docs])
 
+    def insert_batches(self, conn: Writes, name: str, keys: Sequence[str], batches: list[list[list]]) -> None:
+        for columns in batches:  # what went in is taken back with the rest of ``conn``'s writes if one fails
+            self.insert(conn, name, keys, columns)
+
     def _replace(self, collection: Any, docs: list[dict], conn: Writes) -> None:
         """Upsert by ``_id``: one bulk write on a server; mongomock's bulk API lags pymongo's, so one by one there."""
         if self.is_mock:

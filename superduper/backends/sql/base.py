@@ -461,6 +461,10 @@ class SQLDataBackend:
         return self.dialect.identifier_preparer.quote(identifier)
 
     # ---- writes ---------------------------------------------------------------------------------------------
+    def insert_batches(self, conn: Connection, name: str, keys: Sequence[str], batches: list[list[list]]) -> None:
+        for columns in batches:  # all or none: ``conn`` is the caller's transaction
+            self.insert(conn, name, keys, columns)
+
     def insert(
         self, conn: Connection, name: str, keys: Sequence[str], columns: list[list], upsert_key: str | None = None
     ) -> None:

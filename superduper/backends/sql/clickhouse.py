@@ -359,6 +359,17 @@ def _key_values(table: sa.Table, keys: Sequence[str], columns: list[list]) -> li
     return values if set(map(type, values)) in ({str}, {int}) else None
 
 
+@dataclasses.dataclass
+class _Batch:
+    """A batch of an insert, ready to write: its columns, the values of its single-column key where they are all
+    text or all integers, and its Arrow table where ClickHouse takes it as Arrow input."""
+
+    keys: Sequence[str]
+    columns: list[list]
+    key_values: list | None
+    arrow: Any
+
+
 def _refuse_repeated(name: str, values: list) -> None:
     """Fail as a duplicate key does elsewhere on a key given twice in one insert."""
     if len(set(values)) < len(values):
@@ -525,27 +536,57 @@ class ClickHouseDataBackend(SQLDataBackend):
 
     def insert(self, conn: Any, name: str, keys: Sequence[str], columns: list[list],
                upsert_key: str | None = None) -> None:
-        self._check_dates(name, keys, columns)
+        if upsert_key is None:
+            return self.insert_batches(conn, name, keys, [columns])
+        for batch in self._prepared(conn, name, keys, [columns]):
+            self._write(conn, name, batch, upsert_key)
+
+    def insert_batches(self, conn: Any, name: str, keys: Sequence[str], batches: list[list[list]]) -> None:
+        """A plain insert refuses keys given twice or held already, and, with no transaction to take back the
+        batches written before a failing one, checks every batch before it writes the first."""
+        prepared = self._prepared(conn, name, keys, batches)
+        self._refuse_duplicates(conn, name, prepared)
+        for batch in prepared:
+            self._write(conn, name, batch)
+
+    def _prepared(self, conn: Any, name: str, keys: Sequence[str], batches: list[list[list]]) -> list['_Batch']:
         table = self.table(name)
-        if not columns or not columns[0]:
-            return
         client = conn.connection.dbapi_connection.client
-        processed = [_bind(table.c[k].type, self.dialect, values) for k, values in zip(keys, columns)]
-        key_values = _key_values(table, keys, processed)
-        kinds = [_arrow_kind(table.c[k].type, self.dialect, client) for k in keys]
-        arrow = arrow_table(keys, processed, kinds) if key_values is not None else None
-        if arrow is not None:  # the batch goes whole, as ClickHouse's Arrow input
-            with self.errors('insert into', name):
-                if upsert_key is None:  # a plain insert refuses keys given twice or held already, writing nothing
-                    _refuse_repeated(name, key_values)
-                    found = self.existing_key(client, name, table, key_values, arrow)
-                    if found is not None:
-                        raise ch_dbapi.IntegrityError(f'duplicate key {found!r} in table {name!r}')
-                client.insert_arrow(quote_identifier(name), arrow)
-            return
-        rows = [dict(zip(keys, values)) for values in zip(*columns)]
-        stmt = table.insert() if upsert_key is None else self.upsert_statement(table, keys, upsert_key)
+        prepared = []
+        for columns in batches:
+            if not columns or not columns[0]:
+                continue
+            self._check_dates(name, keys, columns)
+            processed = [_bind(table.c[k].type, self.dialect, values) for k, values in zip(keys, columns)]
+            key_values = _key_values(table, keys, processed)
+            kinds = [_arrow_kind(table.c[k].type, self.dialect, client) for k in keys]
+            arrow = arrow_table(keys, processed, kinds) if key_values is not None else None
+            prepared.append(_Batch(keys, columns, key_values, arrow))
+        return prepared
+
+    def _refuse_duplicates(self, conn: Any, name: str, prepared: list['_Batch']) -> None:
+        """Keys repeated anywhere in the insert, or held already (a batch whose keys are not all text or all
+        integers is checked by the dialect as it is written)."""
+        table = self.table(name)
+        client = conn.connection.dbapi_connection.client
         with self.errors('insert into', name):
+            _refuse_repeated(name, [v for batch in prepared if batch.key_values for v in batch.key_values])
+            for batch in prepared:
+                if batch.key_values is None:
+                    continue
+                found = (self.existing_key(client, name, table, batch.key_values, batch.arrow)
+                         if batch.arrow is not None else _existing_by_literals(client, name, table, batch.key_values))
+                if found is not None:
+                    raise ch_dbapi.IntegrityError(f'duplicate key {found!r} in table {name!r}')
+
+    def _write(self, conn: Any, name: str, batch: '_Batch', upsert_key: str | None = None) -> None:
+        table = self.table(name)
+        with self.errors('insert into', name):
+            if batch.arrow is not None:  # the batch goes whole, as ClickHouse's Arrow input
+                conn.connection.dbapi_connection.client.insert_arrow(quote_identifier(name), batch.arrow)
+                return
+            rows = [dict(zip(batch.keys, values)) for values in zip(*batch.columns)]
+            stmt = table.insert() if upsert_key is None else self.upsert_statement(table, batch.keys, upsert_key)
             conn.execute(stmt, rows)
 
     def existing_key(self, client: Any, name: str, table: sa.Table, values: list, arrow: Any) -> tuple | None:
