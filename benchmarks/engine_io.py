@@ -1,6 +1,6 @@
 """superduper's inserts and reads on the embedded engines against the engine's own Python client, in the same run.
 
-    python benchmarks/engine_io.py [--rows 100000] [--batch 10000] [--repeats 5] [--backends duckdb,chdb]
+    PYTHONPATH=. python benchmarks/engine_io.py [--rows 100000] [--batch 10000] [--repeats 5] [--backends duckdb,chdb]
 
 The rows: ``id`` (text key, given), ``n`` (int), ``f`` (float), ``txt`` (~50 characters), ``meta`` (a small JSON
 dict) and ``ts`` (a datetime), made once as Python dicts. Both sides start from that list and end with the same

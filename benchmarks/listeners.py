@@ -1,6 +1,6 @@
 """Listeners: backfill speed against raw SQLAlchemy Core, single-insert latency, and memory during a backfill.
 
-    python benchmarks/listeners.py [--rows 100000] [--repeats 3] [--backends sqlite,postgresql]
+    PYTHONPATH=. python benchmarks/listeners.py [--rows 100000] [--repeats 3] [--backends sqlite,postgresql]
 
 1. Backfill of N rows with a trivial model (``str.upper``), on a table already holding the rows (inserted before the
    timer on both sides):
