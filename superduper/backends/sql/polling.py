@@ -387,6 +387,12 @@ class PollingFeed(InlineFeed):
         rows = [(*present[t], h) for t, h in claim.hashes.items() if h is not None and t in present]
         gone = [present[t] for t, h in claim.hashes.items() if h is None and t in present]
         key = seen.c[names[0]] if len(names) == 1 else sa.tuple_(*[seen.c[n] for n in names])
+        if len(names) == 1:  # the backend's bulk upsert (on DuckDB an executemany runs a statement a row)
+            for part in chunks(gone):
+                conn.execute(seen.delete().where(key.in_([k[0] for k in part])))
+            if rows:
+                self.backend.insert(conn, name, names + ['h'], [list(c) for c in zip(*rows)], upsert_key=names[0])
+            return
         upsert = self.backend.upsert_statement(seen, names + ['h'], names) if rows else None
         if rows and upsert is None:  # a dialect without an upsert statement: the old rows go first
             gone = gone + [r[:-1] for r in rows]
