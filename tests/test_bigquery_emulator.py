@@ -20,8 +20,6 @@ from bigquery_emulator import PROJECT
 from conftest import IN_CI
 
 GIVEN = os.environ.get('SUPERDUPER_TEST_BIGQUERY_EMULATOR')  # read before the tests clear SUPERDUPER_* settings
-#: the slower checks too (each costs the emulator seconds: left out of the default run, which CI's time bounds)
-ALL = bool(os.environ.get('SUPERDUPER_TEST_BIGQUERY_ALL'))
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')  # no BigQuery Storage client
 
 
@@ -145,12 +143,5 @@ def searched_as_numpy_does(db, measures: list[str]) -> None:
 
 
 def test_filtered_search_in_the_warehouse_is_exact(open_db):
-    """``COSINE_DISTANCE`` (the default measure) in one query with the filter, as numpy scores it."""
-    searched_as_numpy_does(open_db(follow_changes=False), ['cosine'])
-
-
-@pytest.mark.skipif(not ALL, reason='dot and l2 (EUCLIDEAN_DISTANCE; their SQL is parsed and their scores checked on '
-                                    'numbers in test_dialects.py) cost the emulator ~10 s each, out of the default '
-                                    'run CI\'s time bounds: run with SUPERDUPER_TEST_BIGQUERY_ALL=1')
-def test_every_measure_searches_in_the_warehouse(open_db):
-    searched_as_numpy_does(open_db(follow_changes=False), ['dot', 'l2', 'cosine'])
+    """``COSINE_DISTANCE``, and ``EUCLIDEAN_DISTANCE`` alone (l2) and with the norms that make it a dot product."""
+    searched_as_numpy_does(open_db(follow_changes=False), ['cosine', 'dot', 'l2'])
