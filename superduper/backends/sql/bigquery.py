@@ -2,19 +2,19 @@
 (the dialect's options in the query: ``?location=EU&credentials_path=/key.json``; without credentials, the
 application default ones). ``?api_endpoint=http://127.0.0.1:9050`` reaches a local emulator without credentials.
 
-Compile-level only in CI: every statement superduper sends is compiled and parsed in the tests
-(``tests/test_dialects.py``), none has run on BigQuery itself. ``tests/test_bigquery_emulator.py`` runs tables,
-keys, polling and the filtered search on the local emulator (``local-bigquery`` 0.3.2, which needs Python 3.13 and
-so a venv of its own) when ``SUPERDUPER_TEST_BIGQUERY_EMULATOR`` names it; CI does not start it yet.
+Every statement superduper sends is compiled and parsed in the tests (``tests/test_dialects.py``), none has run on
+BigQuery itself. ``tests/test_bigquery_emulator.py`` runs tables, keys, polling and the filtered search on the local
+emulator (``local-bigquery`` 0.3.2, which needs Python 3.13 and so a venv of its own: ``tests/bigquery_emulator.py``),
+started for the test run, in CI too.
 
 - Primary keys are declared ``NOT ENFORCED`` (BigQuery enforces none): superduper knows a table's key from them,
   but a second row with the same key is stored, so the metadata's insert-if-absent writes are safe for one
   process at a time (``shared=False``).
 - Each statement is its own job and commits alone: BigQuery's multi-statement transactions live in scripts and
   sessions, which the DB-API driver does not open (its ``commit`` does nothing), so ``transactions=False``.
-- Upserts are ``MERGE``, one statement a row (outputs, seen rows); each is a DML job, queued per table by
-  BigQuery, so storing outputs is slow (on the emulator, about a second a row). Plain inserts are one
-  ``INSERT ... VALUES`` per chunk of rows.
+- Upserts are ``MERGE``: a listener's outputs one statement per chunk of up to ``MERGE_ROWS`` rows (``MergeRows``,
+  each DML statement being a job of its own, queued per table by BigQuery); a poll's seen rows and the metadata's
+  insert-if-absent writes one statement a row. Plain inserts are one ``INSERT ... VALUES`` per chunk of rows.
 - No triggers: other clients' writes are found by polling (``superduper.backends.sql.polling``) with a row hash of
   ``FARM_FINGERPRINT(TO_JSON_STRING(STRUCT(<every column>)))``. Each poll is one query scanning the followed
   table and its seen table whole, billed by the bytes of every column: set ``poll_interval`` accordingly.
@@ -31,6 +31,9 @@ from urllib.parse import parse_qsl, urlencode
 import sqlalchemy as sa
 import sqlalchemy_bigquery  # noqa: F401  (the dialect: an ImportError names the extra to install)
 from sqlalchemy.dialects import registry
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy_bigquery.base import BigQueryCompiler, BigQueryDDLCompiler, BigQueryDialect
 
 from superduper.backends.base import Capabilities
@@ -43,6 +46,39 @@ from superduper.components.datatype import FieldType, Vector
 
 #: the query parameter naming an emulator's endpoint (taken out of the dialect's URL)
 ENDPOINT = 'api_endpoint'
+#: the most rows one ``MERGE`` upserts, and the most parameters it takes (BigQuery takes 10,000 a query, and a
+#: request of 10 MB)
+MERGE_ROWS = 200
+MERGE_PARAMETERS = 4000
+
+
+class MergeRows(Executable, ClauseElement):
+    """One ``MERGE`` of many rows, given as parameters (``@r<row>_<column>``) selected ``UNION ALL`` as its source:
+    each DML statement is a job of its own on BigQuery (seconds, queued per table), so upserting row by row, as
+    ``MergeRow`` with ``executemany`` does, costs a job a row."""
+
+    inherit_cache = False
+
+    def __init__(self, table: sa.Table, columns: Sequence[str], on: Sequence[str], rows: Sequence[Sequence[Any]]):
+        self.table, self.columns, self.on = table, list(columns), list(on)
+        self.rows = [[sa.bindparam(f'r{i}_{j}', v, type_=table.c[c].type) for j, (c, v) in enumerate(zip(columns, row))]
+                     for i, row in enumerate(rows)]
+
+
+@compiles(MergeRows)
+def _merge_rows(element: MergeRows, compiler: Any, **kw: Any) -> str:
+    q = compiler.preparer.quote
+    selects = [', '.join(compiler.process(p, **kw) + (f' AS {q(c)}' if i == 0 else '')
+                         for c, p in zip(element.columns, row))
+               for i, row in enumerate(element.rows)]
+    source = ' UNION ALL '.join(f'SELECT {s}' for s in selects)
+    on = ' AND '.join(f'tgt.{q(c)} = src.{q(c)}' for c in element.on)
+    sql = f'MERGE INTO {compiler.preparer.format_table(element.table)} AS tgt USING ({source}) AS src ON ({on})'
+    others = [c for c in element.columns if c not in element.on]
+    if others:
+        sql += ' WHEN MATCHED THEN UPDATE SET ' + ', '.join(f'{q(c)} = src.{q(c)}' for c in others)
+    return (sql + f' WHEN NOT MATCHED THEN INSERT ({", ".join(q(c) for c in element.columns)}) '
+            f'VALUES ({", ".join(f"src.{q(c)}" for c in element.columns)})')
 
 
 class _Compiler(BigQueryCompiler):
@@ -80,7 +116,8 @@ registry.register('bigquery.superduper', __name__, 'Dialect')
 
 class BigQueryDataBackend(SQLDataBackend):
     scheme = 'bigquery'
-    tested = 'compile-level only (not tested against a server)'
+    tested = ('tables, polling and vector search on the local emulator (local-bigquery 0.3.2), in CI; '
+              'not the shared suite')
     needs_database_name = True  # the dataset
     capabilities = Capabilities(
         change_capture='polling', skip_locked=False, transactions=False, upsert=True, native_vectors=True,
@@ -175,10 +212,16 @@ class BigQueryDataBackend(SQLDataBackend):
 
     def insert(self, conn: Any, name: str, keys: Sequence[str], columns: list[list],
                upsert_key: str | None = None) -> None:
-        if upsert_key is not None:  # MERGE, one statement a row
-            return super().insert(conn, name, keys, columns, upsert_key)
-        # the driver runs one job per row of an executemany; one INSERT ... VALUES per chunk of rows instead
+        # the driver runs one job per row of an executemany: one INSERT ... VALUES or MERGE per chunk of rows instead
         table = self.table(name)
+        if upsert_key is not None:
+            self._check_sizes(name, keys, columns)
+            by_key = {row[list(keys).index(upsert_key)]: row for row in zip(*columns)}  # a key's last row wins
+            size = max(1, min(MERGE_ROWS, MERGE_PARAMETERS // max(1, len(keys))))
+            with self.errors('upsert into', name):
+                for part in chunks(list(by_key.values()), size):
+                    conn.execute(MergeRows(table, keys, [upsert_key], part))
+            return
         rows = [dict(zip(keys, values)) for values in zip(*columns)]
         with self.errors('insert into', name):
             for part in chunks(rows):
