@@ -495,7 +495,7 @@ def test_bigquery_polls_by_row_hash():
     assert hashed in hashes and isinstance(parse('bigquery', hashes).args['where'].this, exp.In)
     gone, upsert = sent('bigquery', 'polling: mark seen')
     assert isinstance(parse('bigquery', gone), exp.Delete) and "IN ('b2')" in gone
-    assert isinstance(parse('bigquery', upsert), exp.Merge) and "`h` = '123'" in upsert
+    assert isinstance(parse('bigquery', upsert), exp.Merge) and "'123' AS `h`" in upsert  # the rows: one MERGE
 
 
 @pytest.mark.parametrize('measure, function', [('cosine', 'COSINE_DISTANCE'), ('dot', 'EUCLIDEAN_DISTANCE'),
