@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Results
-from superduper.base.exceptions import ConfigError
 from superduper.backends.feed import chunks
 from superduper.backends.inline import InlineFeed, InlineWrites
+from superduper.base.exceptions import ConfigError
 from superduper.base.keys import dump_key
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ class PollingFeed(InlineFeed):
         self._poll_by = dict(poll_by or {})  # table -> the column its writers raise on every write
         self._lookback = lookback
         self._marks: dict[str, collections.deque] = {}  # table -> (time, largest value) of its complete polls
+        self._marks_lock = threading.Lock()  # the background consumer and ``work()`` may poll at once
+        self._forgotten = collections.Counter()  # table -> times its marks were forgotten
         self._computing: dict[str, collections.Counter] = {}  # table -> key texts a write here is computing
         self._computing_lock = threading.Lock()
         self._turn = itertools.count()  # which followed table a poll looks at first (each in turn)
@@ -259,27 +261,32 @@ class PollingFeed(InlineFeed):
         if column is None:
             return self._differences(table, limit)
         polled_at = self.clock()
+        forgotten = self._forgotten[table]
         with self.backend.begin() as conn:
             largest = conn.execute(sa.select(sa.func.max(column))).scalar()  # before the rows: a mark never passes one
         found = self._differences(table, limit, since=self._mark(table, polled_at))
-        if len(found) < limit and largest is not None:
-            self._marks.setdefault(table, collections.deque()).append((polled_at, largest))
+        with self._marks_lock:  # not when the marks were forgotten meanwhile: this poll may have used one
+            if len(found) < limit and largest is not None and self._forgotten[table] == forgotten:
+                self._marks.setdefault(table, collections.deque()).append((polled_at, largest))
         return found
 
     def _mark(self, table: str, now: float) -> Any:
         """The largest value a complete poll saw ``lookback`` seconds ago or more (older marks are dropped), or
         ``None``: none yet."""
-        marks = self._marks.get(table)
-        while marks and len(marks) > 1 and marks[1][0] <= now - self._lookback:
-            marks.popleft()
-        if marks and marks[0][0] <= now - self._lookback:
-            return marks[0][1]
-        return None
+        with self._marks_lock:
+            marks = self._marks.get(table)
+            while marks and len(marks) > 1 and marks[1][0] <= now - self._lookback:
+                marks.popleft()
+            if marks and marks[0][0] <= now - self._lookback:
+                return marks[0][1]
+            return None
 
     def _forget_marks(self, claim: Any) -> None:
         """A batch given back undone: its rows may lie below the marks, so polls hash every row until new ones."""
         if isinstance(claim, Hashes):
-            self._marks.pop(claim.table, None)
+            with self._marks_lock:
+                self._marks.pop(claim.table, None)
+                self._forgotten[claim.table] += 1
 
     def _difference_query(self, table: str) -> Any:
         """The rows of ``table`` inserted, updated or deleted since they were seen: (hash now or None, *key)."""
