@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from conftest import other_engine
 from superduper import ObjectModel, Table, superduper
 from superduper.base.exceptions import ComponentError
 
@@ -17,7 +18,7 @@ ODD = ["it's", 'back\\slash', 'per%cent', 'dollar$sd$tag', 'données', '"quoted"
 @pytest.mark.requires('follows_other_writers', reason="other clients' writes reach listeners")
 def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path):
     db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, follow_changes=False)
-    other = sa.create_engine(db.databackend.engine.url)
+    other = other_engine(db)
     try:
         for i, name in enumerate(ODD):
             field = f'te%xt {i}'
