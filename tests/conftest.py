@@ -66,7 +66,7 @@ SCRATCH = f'sd_test_{uuid.uuid4().hex[:8]}'
 #: difference is a strict expected failure on that emulator (``emulator_gap``)
 EMULATOR_GAPS = {
     ('fakesnow', 'null_timestamp'): "fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 00:00 (Snowflake "
-                                    'sends NULL; fakesnow in process does too)',
+                                    'sends NULL, as fakesnow in process does)',
 }
 
 

@@ -247,8 +247,7 @@ def test_killed_mid_backfill_holding_a_lease(db_uri, tmp_path, env):
         db.close()
 
 
-@processes
-@workers
+@processes  # a worker polls too: it finds the rows the dead one left
 def test_a_worker_killed_mid_batch_loses_nothing(db_uri, tmp_path, env):
     db = connect(db_uri, tmp_path)
     try:

@@ -62,9 +62,9 @@ def _json_text(element: Any, compiler: Any, **kw: Any) -> str:
 class SnowflakeDataBackend(SQLDataBackend):
     scheme = 'snowflake'
     tested = 'fakesnow: five tests in CI, the shared suite on request (SUPERDUPER_TEST_FAKESNOW=1)'
-    # no triggers (polling), no SKIP LOCKED; transactions (explicit, autocommit off); MERGE upserts; 255-character names
+    # no triggers (polling), no SKIP LOCKED, no INSERT ... RETURNING; transactions (explicit, autocommit off); MERGE upserts; 255-character names
     capabilities = Capabilities(change_capture='polling', skip_locked=False, transactions=True, upsert=True,
-                                identifier_limit=255)
+                                identifier_limit=255, generated_keys=False)
     epoch_sql = 'DATE_PART(EPOCH_MICROSECOND, CURRENT_TIMESTAMP()) / 1000000.0'
 
     def __init__(self, uri: str):
@@ -160,6 +160,10 @@ class SnowflakeDataBackend(SQLDataBackend):
             raise DatabaseError(f'insert into table {name!r} failed: {len(columns[0]) - inserted} of the rows have '
                                 f'a primary key ({", ".join(key)}) the table holds already')
 
+    def insert_returning(self, conn: Connection, name: str, rows: list[dict]) -> list[tuple]:
+        raise DatabaseError(f'Snowflake hands back no keys it makes (no INSERT ... RETURNING): rows inserted into '
+                            f'{name!r} need their key ({", ".join(c.name for c in self.table(name).primary_key)})')
+
     def insert_absent(self, conn: Connection, table: sa.Table, row: dict[str, Any]) -> bool:
         """Insert ``row`` unless its primary key is there (Snowflake does not enforce primary keys; a ``MERGE``
         locks the table, so two of them do not both insert); whether it did."""
@@ -209,6 +213,8 @@ class SnowflakeDataBackend(SQLDataBackend):
         and a ``VALUES`` column of NULLs has no type of its own."""
         if isinstance(column_type, sa.LargeBinary):
             return f"TO_BINARY(v.{name}, 'HEX') AS {name}"
+        if isinstance(column_type, sa.types.NullType):  # a reflected type not known here: as the rows give it
+            return f'v.{name}'
         return f'CAST(v.{name} AS {column_type.compile(dialect=self.dialect)}) AS {name}'
 
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
