@@ -67,6 +67,8 @@ SCRATCH = f'sd_test_{uuid.uuid4().hex[:8]}'
 EMULATOR_GAPS = {
     ('fakesnow', 'null_timestamp'): "fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 00:00 (Snowflake "
                                     'sends NULL, as fakesnow in process does)',
+    ('fakesnow', 'quote_in_name'): "fakesnow records a new table's columns with SQL that leaves a quote in the table's "
+                                   'name unescaped: a parser error after the table is made (Snowflake takes the name)',
 }
 
 
