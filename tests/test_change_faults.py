@@ -20,7 +20,7 @@ import cloudpickle
 import pytest
 import sqlalchemy as sa
 
-from conftest import plain_sql
+from conftest import other_engine, plain_sql
 from superduper import ObjectModel, Table, superduper
 
 # models here are stored by value: worker processes cannot import this test module
@@ -33,6 +33,8 @@ pytestmark = [pytest.mark.sql_only('other clients write with plain SQL; the outp
 
 
 processes = pytest.mark.requires(shared=True, reason='other processes (workers, writers) open the database meanwhile')
+#: a worker started later finds the work a dead process left (where polling follows, only the open process does)
+workers = pytest.mark.requires('workers_follow', reason='workers find the changes other processes left in the database')
 
 
 def connect(uri: str, tmp_path, **overrides):
@@ -127,7 +129,7 @@ def test_a_writer_acknowledges_only_its_own_changes(db_uri, tmp_path):
     try:
         db.apply(Table('docs', fields={'txt': 'str'}, folds=False))
         listener = db.apply(ObjectModel('upper', object=str.upper, datatype='str').to_listener('docs', key='txt', identifier='upper'))
-        other = sa.create_engine(db.databackend.engine.url)
+        other = other_engine(db)
         with other.connect() as conn:
             transaction = conn.begin()
             conn.execute(sa.text("INSERT INTO docs (id, txt) VALUES ('theirs', 'from sql')"))
@@ -192,8 +194,17 @@ def _docs(db, n: int) -> None:
 
 
 @processes
-@pytest.mark.parametrize('recovery', ['apply again', 'a worker'])
-def test_killed_after_the_metadata_commit(db_uri, tmp_path, env, recovery):
+def test_killed_after_the_metadata_commit_then_applied_again(db_uri, tmp_path, env):
+    killed_after_the_metadata_commit(db_uri, tmp_path, env, 'apply again')
+
+
+@processes
+@workers
+def test_killed_after_the_metadata_commit_then_a_worker(db_uri, tmp_path, env):
+    killed_after_the_metadata_commit(db_uri, tmp_path, env, 'a worker')
+
+
+def killed_after_the_metadata_commit(db_uri, tmp_path, env, recovery):
     """The applying process dies after storing the listener, before following its table or queueing its backfill."""
     db = connect(db_uri, tmp_path)
     try:
@@ -217,6 +228,7 @@ def test_killed_after_the_metadata_commit(db_uri, tmp_path, env, recovery):
 
 
 @processes
+@workers
 def test_killed_mid_backfill_holding_a_lease(db_uri, tmp_path, env):
     """The applying process dies holding a claimed batch: its lease runs out and a worker finishes the backfill."""
     db = connect(db_uri, tmp_path, read_batch_size=100)
@@ -235,7 +247,7 @@ def test_killed_mid_backfill_holding_a_lease(db_uri, tmp_path, env):
         db.close()
 
 
-@processes
+@processes  # a worker polls too: it finds the rows the dead one left
 def test_a_worker_killed_mid_batch_loses_nothing(db_uri, tmp_path, env):
     db = connect(db_uri, tmp_path)
     try:
@@ -307,6 +319,7 @@ def slow_upper(x: str) -> str:
 
 
 @processes
+@workers
 def test_writers_workers_and_kills_leave_exactly_one_current_output_per_row(db_uri, tmp_path, env, backend):
     """2 API writers and 2 plain-SQL writers (inserts, updates, deletes, key changes) in their own processes, 2
     workers with a 1 ms/row model, one of them killed with SIGKILL twice and restarted."""

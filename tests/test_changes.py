@@ -76,9 +76,12 @@ def test_explicit_consumer_and_chains(db_uri, tmp_path):
 @pytest.mark.requires(shared=True, reason='another process writes while this one has the database open')
 def test_another_process_insert_gets_outputs(db, followed, backend):
     url = db.databackend.engine.url.render_as_string(hide_password=False)
+    connect_args = db.databackend.engine_options().get('connect_args', {})  # an emulator's host and port
+    # the backend's module readies its dialect (snowflake-sqlalchemy 1.x on SQLAlchemy 2.1); nothing else of superduper
     script = textwrap.dedent(f"""
         import sqlalchemy as sa
-        engine = sa.create_engine({url!r})
+        import {type(db.databackend).__module__}
+        engine = sa.create_engine({url!r}, connect_args={connect_args!r})
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO docs (id, txt, _fold) VALUES ('p', 'from elsewhere', 'train')"))
     """)

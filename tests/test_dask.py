@@ -24,7 +24,7 @@ from superduper.base.config import load_config
 from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.ext.sklearn import SklearnModel
 
-from conftest import wait_for
+from conftest import other_engine, wait_for
 
 pytest.importorskip('distributed')
 # the models below are stored (and sent to the workers) by value: the workers cannot import this test module
@@ -209,7 +209,7 @@ def test_writes_by_other_clients_are_computed_on_the_cluster(db_uri, tmp_path, c
     try:
         db.apply(Table('events', fields={'n': 'int'}, folds=False))
         listener = db.apply(ObjectModel('tag', object=Tagger(str(tmp_path / 'loads'))).to_listener('events', key='n'))
-        engine = sa.create_engine(db.databackend.engine.url)
+        engine = other_engine(db)
         with engine.begin() as conn:  # plain SQL, as another program would write
             conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'),
                          [{'id': f'e{i}', 'n': i} for i in range(60)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from conftest import emulator_gap, other_engine
 from superduper import ObjectModel, Table, superduper
 from superduper.base.exceptions import ComponentError
 
@@ -15,9 +16,10 @@ ODD = ["it's", 'back\\slash', 'per%cent', 'dollar$sd$tag', 'données', '"quoted"
 
 @pytest.mark.sql_only('another client writes with plain SQL')
 @pytest.mark.requires('follows_other_writers', reason="other clients' writes reach listeners")
-def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path):
+def test_odd_names_work_with_listeners_and_plain_sql(db_uri, tmp_path, backend, request):
+    emulator_gap(request, backend, 'quote_in_name')
     db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, follow_changes=False)
-    other = sa.create_engine(db.databackend.engine.url)
+    other = other_engine(db)
     try:
         for i, name in enumerate(ODD):
             field = f'te%xt {i}'

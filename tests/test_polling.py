@@ -1,4 +1,4 @@
-"""Change capture by polling (DuckDB, ClickHouse through chDB): writes by other clients — plain SQL on another
+"""Change capture by polling (DuckDB, ClickHouse through chDB, Snowflake on fakesnow): writes by other clients — plain SQL on another
 connection, another program while this one is closed — reach the listeners, and no interleaving with writes through
 superduper leaves an output lost, duplicated or stale (counted against the rows as they are)."""
 
@@ -14,11 +14,12 @@ import time
 
 import pytest
 
-from conftest import plain_sql, wait_for
+from conftest import FAKESNOW, plain_sql, wait_for
 from superduper import ObjectModel, Table, superduper
 from superduper.backends.sql.polling import seen_table_name
 
-pytestmark = [pytest.mark.backends('duckdb', 'chdb'),
+#: Snowflake on fakesnow runs the whole file when asked (``SUPERDUPER_TEST_FAKESNOW``), two tests of it by default
+pytestmark = [pytest.mark.backends('duckdb', 'chdb', *(['fakesnow'] if FAKESNOW else [])),
               pytest.mark.requires(change_capture='polling', reason='writes by other clients are found by polling')]
 CLEAN = {'lost': 0, 'duplicated': 0, 'stale': 0}
 
@@ -66,6 +67,7 @@ def drain(db) -> None:
         assert time.time() < deadline
 
 
+@pytest.mark.backends('duckdb', 'chdb', 'fakesnow')
 def test_plain_sql_on_another_connection_reaches_listeners(db_uri, tmp_path):
     db = connect(db_uri, tmp_path, follow_changes=True, poll_interval=0.05)
     try:
@@ -98,7 +100,7 @@ def test_status_counts_what_waits_for_a_poll(db_uri, tmp_path):
 OTHER_PROGRAM = {
     'duckdb': textwrap.dedent("""
         import duckdb, sys
-        conn = duckdb.connect(sys.argv[1])
+        conn = duckdb.connect(sys.argv[1].split('://', 1)[1])
         for sql in sys.argv[2:]:
             conn.execute(sql)
         conn.close()
@@ -106,20 +108,33 @@ OTHER_PROGRAM = {
     'chdb': textwrap.dedent("""
         import sys
         from chdb import session
-        s = session.Session(sys.argv[1])
+        s = session.Session(sys.argv[1].split('://', 1)[1])
         for sql in sys.argv[2:]:
             s.query(sql)
         s.close()
     """),
+    'fakesnow': textwrap.dedent("""
+        import sys
+        from urllib.parse import parse_qsl, urlsplit
+        import snowflake.connector
+        uri = urlsplit(sys.argv[1])
+        database, schema = uri.path.strip('/').split('/')
+        options = dict(parse_qsl(uri.query))
+        conn = snowflake.connector.connect(user=uri.username, password=uri.password, account=uri.hostname,
+                                           database=database, schema=schema, **options)
+        for sql in sys.argv[2:]:
+            conn.cursor().execute(sql)
+        conn.close()
+    """),
 }
 
 
+@pytest.mark.backends('duckdb', 'chdb', 'fakesnow')
 def test_writes_made_while_no_process_has_the_database_open_are_found_on_open(db_uri, tmp_path, backend):
     db = connect(db_uri, tmp_path)
     listener = follow_docs(db)
     db.close()
-    path = db_uri.split('://', 1)[1]
-    subprocess.run([sys.executable, '-c', OTHER_PROGRAM[backend], path,
+    subprocess.run([sys.executable, '-c', OTHER_PROGRAM[backend], db_uri,
                     "INSERT INTO docs (id, txt) VALUES ('c', 'third')", "UPDATE docs SET txt = 'changed' WHERE id = 'a'",
                     "DELETE FROM docs WHERE id = 'b'"], check=True, timeout=120)
     db = connect(db_uri, tmp_path)

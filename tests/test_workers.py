@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from superduper import ObjectModel, Table, superduper
 
-from conftest import pending_changes, wait_for
+from conftest import other_engine, pending_changes, wait_for
 
 CLI = [sys.executable, '-m', 'superduper.cli']
 
@@ -230,7 +230,7 @@ def test_worker_learns_listeners_applied_after_it_started(db_uri, tmp_path, env,
         time.sleep(3)  # the worker has loaded its listeners
         db.apply(Table('late', fields={'n': 'int'}, folds=False))
         late = db.apply(ObjectModel('two', object=lambda n: n * 10).to_listener('late', key='n', identifier='two'))
-        engine = sa.create_engine(db.databackend.engine.url)
+        engine = other_engine(db)
         with engine.begin() as conn:
             conn.execute(sa.text('INSERT INTO late (id, n) VALUES (:id, :n)'), [{'id': 'x', 'n': 4}])
         engine.dispose()

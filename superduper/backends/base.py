@@ -51,6 +51,9 @@ class Capabilities:
     persistent: bool = True
     #: why ``shared`` is False, for the error that refuses a distributed setup
     unshared_reason: str = ''
+    #: an insert hands back the keys the database made for its rows (``INSERT ... RETURNING``): rows may leave out
+    #: a key the table generates
+    generated_keys: bool = True
 
     @property
     def follows_other_writers(self) -> bool:

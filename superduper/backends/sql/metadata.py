@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
@@ -16,9 +16,29 @@ from superduper.backends.base import Below, OneOf, Where
 from superduper.backends.logs import FailureLog, JobLog, split_where
 
 
+#: how a database inserts a row unless its primary key is there (``insert_absent``): on ``conn``, into ``table``,
+#: ``row``; returns whether it inserted. Given by databases that do not enforce primary keys (a ``MERGE``).
+InsertAbsent = Callable[[sa.Connection, sa.Table, dict], bool]
+
+
+def insert_absent(engine: sa.Engine, table: sa.Table, row: dict[str, Any], merge: InsertAbsent | None = None) -> bool:
+    """Insert ``row`` into ``table`` in a transaction of its own unless its primary key is there; whether it did.
+    Without ``merge``, the database's primary key refuses a second row."""
+    if merge is not None:
+        with engine.begin() as conn:
+            return merge(conn, table, row)
+    try:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), row)
+    except sa.exc.IntegrityError:
+        return False
+    return True
+
+
 class SQLMetadataStore:
-    def __init__(self, engine: sa.Engine, artifact_lock: str = ''):
+    def __init__(self, engine: sa.Engine, artifact_lock: str = '', merge: InsertAbsent | None = None):
         self.engine = engine
+        self._merge = merge  # insert-if-absent where primary keys are not enforced
         self._artifact_refs: Any = None
         self._artifact_lock = artifact_lock  # the holder name of artifact lock rows (``SQLArtifactRefs``)
         self._meta = sa.MetaData()
@@ -82,12 +102,9 @@ class SQLMetadataStore:
             sa.Column('value', sa.Text, nullable=False),
         )
         self._meta.create_all(engine, checkfirst=True)
-        try:  # the token every apply and remove changes (``components_version``)
-            with engine.begin() as conn:
-                conn.execute(self.settings.insert(), {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex})
-        except sa.exc.IntegrityError:
-            pass
-        self.records = SQLRecords(engine, [self.jobs, self.failures])
+        # the token every apply and remove changes (``components_version``)
+        insert_absent(engine, self.settings, {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex}, merge)
+        self.records = SQLRecords(engine, [self.jobs, self.failures], merge)
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'
@@ -209,15 +226,11 @@ class SQLMetadataStore:
         meanwhile); returns whether it did."""
         c = self.index_states.c
         row = {'artifact': artifact, 'saved_at': datetime.datetime.now()}
-        try:
-            with self.engine.begin() as conn:
-                if previous is not None:
-                    stmt = self.index_states.update().where(c.index_uuid == index_uuid, c.artifact == previous)
-                    return conn.execute(stmt.values(**row)).rowcount == 1
-                conn.execute(self.index_states.insert(), {'index_uuid': index_uuid, **row})
-                return True
-        except sa.exc.IntegrityError:  # saved by another process first
-            return False
+        if previous is None:  # not there unless saved by another process first
+            return insert_absent(self.engine, self.index_states, {'index_uuid': index_uuid, **row}, self._merge)
+        with self.engine.begin() as conn:
+            stmt = self.index_states.update().where(c.index_uuid == index_uuid, c.artifact == previous)
+            return conn.execute(stmt.values(**row)).rowcount == 1
 
     def artifact_refs(self) -> Any:
         if self._artifact_refs is None:
@@ -241,17 +254,13 @@ class SQLRecords:
 
     native_keys = False
 
-    def __init__(self, engine: sa.Engine, tables: list[sa.Table]):
+    def __init__(self, engine: sa.Engine, tables: list[sa.Table], merge: InsertAbsent | None = None):
         self.engine = engine
         self.tables = {t.name: t for t in tables}
+        self._merge = merge
 
     def insert(self, name: str, row: dict[str, Any]) -> bool:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(self.tables[name].insert(), row)
-        except sa.exc.IntegrityError:
-            return False
-        return True
+        return insert_absent(self.engine, self.tables[name], row, self._merge)
 
     def find(self, name: str, where: Where, order_by: str | None = None) -> list[dict[str, Any]]:
         table = self.tables[name]

@@ -1,16 +1,26 @@
 """Snowflake through snowflake-connector-python and its SQLAlchemy dialect (snowflake-sqlalchemy):
 ``snowflake://user:password@account/database/schema?warehouse=...&role=...``.
 
-Snowflake has no triggers: only writes made through superduper are followed (``change_capture='none'``). Upserts
-are one ``MERGE`` per chunk of rows. ``host``, ``port`` and ``protocol`` in the query (a private link, a proxy, a
-local emulator) are given to the connector as connection arguments, which the dialect refuses to read from a URL.
-
-Primary keys are declared but, on standard tables, not enforced by Snowflake: see the project's notes on what the
-metadata store's insert-if-absent relies on.
+- No triggers: other clients' writes are found by polling (``superduper.backends.sql.polling``) with a row hash of
+  ``HASH(<every column>)`` cast to text; as on DuckDB and ClickHouse, only the process that has the database open
+  follows them (workers do not: ``workers_follow`` is false). Each poll scans the followed table and its seen table:
+  it runs on the warehouse, so set ``poll_interval`` to what you mean to pay for.
+- Primary keys are declared but not enforced by Snowflake. Every write that must not duplicate a key is a
+  ``MERGE`` (which locks its table, so two of them cannot both insert one key): upserts, the metadata's
+  insert-if-absent rows (``insert_absent``), and plain inserts of rows that give their key, which fail as a
+  duplicate key does elsewhere when fewer rows were inserted than given. A ``MERGE`` carries up to
+  ``MERGE_ROWS`` rows.
+- Vectors are stored as float32 bytes (``BINARY``) and searched in process: Snowflake's ``VECTOR(FLOAT, n)`` and
+  ``VECTOR_COSINE_SIMILARITY`` are not used because fakesnow (the emulator the tests run on) cannot create a
+  ``VECTOR`` column (it passes ``VECTOR(DOUBLE, n)`` to DuckDB, a parser error), so a search in the warehouse
+  could not be tested.
+- ``host``, ``port`` and ``protocol`` in the query (a private link, a proxy, a local emulator) are given to the
+  connector as connection arguments, which the dialect refuses to read from a URL.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 from urllib.parse import parse_qsl, urlencode
 
@@ -29,7 +39,7 @@ import snowflake.sqlalchemy  # noqa: E402,F401  (the dialect: an ImportError nam
 from superduper.backends.base import Capabilities  # noqa: E402
 from superduper.backends.feed import chunks  # noqa: E402
 from superduper.backends.sql.base import SQLDataBackend, _redact  # noqa: E402
-from superduper.base.exceptions import ConfigError  # noqa: E402
+from superduper.base.exceptions import ConfigError, DatabaseError  # noqa: E402
 
 #: connection arguments the dialect refuses in a URL's query (it reads them only from ``connect_args``)
 CONNECT_ARGS = ('host', 'port', 'protocol')
@@ -51,10 +61,10 @@ def _json_text(element: Any, compiler: Any, **kw: Any) -> str:
 
 class SnowflakeDataBackend(SQLDataBackend):
     scheme = 'snowflake'
-    tested = 'fakesnow, on request (SUPERDUPER_TEST_FAKESNOW=1), not all green'
-    # no triggers, no SKIP LOCKED; transactions (explicit, autocommit off); MERGE upserts; 255-character names
-    capabilities = Capabilities(change_capture='none', skip_locked=False, transactions=True, upsert=True,
-                                identifier_limit=255)
+    tested = 'fakesnow: five tests in CI; the shared suite on request (SUPERDUPER_TEST_FAKESNOW=1), not all green'
+    # no triggers (polling), no SKIP LOCKED, no INSERT ... RETURNING; transactions (explicit, autocommit off); MERGE upserts; 255-character names
+    capabilities = Capabilities(change_capture='polling', skip_locked=False, transactions=True, upsert=True,
+                                identifier_limit=255, generated_keys=False)
     epoch_sql = 'DATE_PART(EPOCH_MICROSECOND, CURRENT_TIMESTAMP()) / 1000000.0'
 
     def __init__(self, uri: str):
@@ -132,41 +142,91 @@ class SnowflakeDataBackend(SQLDataBackend):
 
     def insert(self, conn: Connection, name: str, keys: Sequence[str], columns: list[list],
                upsert_key: str | None = None) -> None:
-        if upsert_key is None:
+        table = self.table(name)
+        key = [c.name for c in table.primary_key.columns]
+        if upsert_key is None and not (key and set(key) <= set(keys)):  # keys the database makes
             return super().insert(conn, name, keys, columns)
         self._check_sizes(name, keys, columns)
-        table = self.table(name)
+        if upsert_key is not None:
+            with self.errors('insert into', name):
+                self._merge(conn, table, keys, [upsert_key], columns, update=True)
+            return
+        # Snowflake stores a second row with a key it has (primary keys are not enforced): a MERGE inserts only the
+        # absent ones, and fewer rows inserted than given is the duplicate key other databases refuse
+        _refuse_repeated(name, key, keys, columns)
+        with self.errors('insert into', name):
+            inserted = self._merge(conn, table, keys, key, columns, update=False)
+        if inserted < len(columns[0]):
+            raise DatabaseError(f'insert into table {name!r} failed: {len(columns[0]) - inserted} of the rows have '
+                                f'a primary key ({", ".join(key)}) the table holds already')
+
+    def insert_returning(self, conn: Connection, name: str, rows: list[dict]) -> list[tuple]:
+        raise DatabaseError(f'Snowflake hands back no keys it makes (no INSERT ... RETURNING): rows inserted into '
+                            f'{name!r} need their key ({", ".join(c.name for c in self.table(name).primary_key)})')
+
+    def insert_absent(self, conn: Connection, table: sa.Table, row: dict[str, Any]) -> bool:
+        """Insert ``row`` unless its primary key is there (Snowflake does not enforce primary keys; a ``MERGE``
+        locks the table, so two of them do not both insert); whether it did."""
+        keys = list(row)
+        on = [c.name for c in table.primary_key.columns]
+        with self.errors('insert into', table.name):
+            return self._merge(conn, table, keys, on, [[row[k]] for k in keys], update=False) > 0
+
+    def _merge(self, conn: Connection, table: sa.Table, keys: Sequence[str], on: Sequence[str], columns: list[list],
+               update: bool) -> int:
+        """``MERGE`` the rows (``columns`` of ``keys``) on the ``on`` columns, a chunk at a time; the number of rows
+        inserted."""
         processors = [table.c[k].type._cached_bind_processor(self.dialect) for k in keys]
         columns = [list(map(p, c)) if p else c for p, c in zip(processors, columns)]
         # binary values travel as hex text and are converted in the MERGE's SELECT (a hex literal in VALUES is read
         # as a number by some SQL engines)
         binary = [isinstance(table.c[k].type, sa.LargeBinary) for k in keys]
         columns = [[None if v is None else bytes(v).hex() for v in c] if b else c for b, c in zip(binary, columns)]
-        rows = list(zip(*columns))
-        with self.errors('insert into', name):
-            for part in chunks(rows, MERGE_ROWS):
-                sql, params = self._merge_sql(table, keys, upsert_key, part)
-                conn.exec_driver_sql(sql, params)
+        columns = [_float_text(c) if isinstance(table.c[k].type, sa.Float) else c for k, c in zip(keys, columns)]
+        inserted = 0
+        for part in chunks(list(zip(*columns)), MERGE_ROWS):
+            sql, params = self._merge_sql(table, keys, on, part, update)
+            counts = conn.exec_driver_sql(sql, params).first()  # rows inserted[, rows updated]
+            inserted += int(counts[0]) if counts else 0
+        return inserted
 
-    def _merge_sql(self, table: sa.Table, keys: Sequence[str], key: str, rows: Sequence[tuple]) -> tuple[str, Any]:
-        """``MERGE INTO table USING (VALUES ...)``: each row's key inserts it or replaces the stored row; for
-        the connector's ``pyformat`` parameters."""
+    def _merge_sql(self, table: sa.Table, keys: Sequence[str], on: Sequence[str], rows: Sequence[tuple],
+                   update: bool) -> tuple[str, Any]:
+        """``MERGE INTO table USING (VALUES ...)``: a row whose ``on`` columns match replaces the stored one
+        (``update``) or is left out, the others are inserted; for the connector's ``pyformat`` parameters."""
         q = self.sql_name
         placeholders = '(' + ', '.join(['%s'] * len(keys)) + ')'
-        selected = ', '.join(f"TO_BINARY(v.{q(k)}, 'HEX') AS {q(k)}" if isinstance(table.c[k].type, sa.LargeBinary)
-                             else f'v.{q(k)}' for k in keys)
+        selected = ', '.join(self._selected(table.c[k].type, q(k)) for k in keys)
         source = (f'(SELECT {selected} FROM (VALUES {", ".join([placeholders] * len(rows))}) '
                   f'AS v ({", ".join(q(k) for k in keys)}))')
-        others = [k for k in keys if k != key]
-        sql = f'MERGE INTO {q(table.name)} AS t USING {source} AS s ON t.{q(key)} = s.{q(key)}'
-        if others:
+        match = ' AND '.join(f't.{q(k)} = s.{q(k)}' for k in on)
+        others = [k for k in keys if k not in on]
+        sql = f'MERGE INTO {q(table.name)} AS t USING {source} AS s ON {match}'
+        if update and others:
             sql += ' WHEN MATCHED THEN UPDATE SET ' + ', '.join(f't.{q(k)} = s.{q(k)}' for k in others)
         sql += (f' WHEN NOT MATCHED THEN INSERT ({", ".join(q(k) for k in keys)}) '
                 f'VALUES ({", ".join(f"s.{q(k)}" for k in keys)})')
         return sql.replace('%', '%%').replace('%%s', '%s'), tuple(v for row in rows for v in row)
 
+    def _selected(self, column_type: Any, name: str) -> str:
+        """A column of the ``MERGE``'s rows as its table's type: binary travels as hex text, floats maybe as text,
+        and a ``VALUES`` column of NULLs has no type of its own."""
+        if isinstance(column_type, sa.LargeBinary):
+            return f"TO_BINARY(v.{name}, 'HEX') AS {name}"
+        if isinstance(column_type, sa.types.NullType):  # a reflected type not known here: as the rows give it
+            return f'v.{name}'
+        return f'CAST(v.{name} AS {column_type.compile(dialect=self.dialect)}) AS {name}'
+
     def insert_ignore(self, table: sa.Table, key: list[str]) -> Any:
-        raise NotImplementedError('Snowflake has no INSERT ... ON CONFLICT; the change feed here is in memory')
+        raise NotImplementedError('Snowflake has no INSERT ... ON CONFLICT (no trigger feed here: polling)')
+
+    def metadata_store(self) -> Any:
+        from superduper.backends.sql.metadata import SQLMetadataStore
+
+        return SQLMetadataStore(self.engine, merge=self.insert_absent)
+
+    def row_hash(self, table: sa.Table) -> Any:
+        return sa.cast(sa.func.hash(*table.columns), sa.String)
 
     # ---- reflection: the dialect's reads information_schema in ways emulators lack; two plain queries ----
     def _reflect(self, name: str) -> sa.Table:
@@ -188,6 +248,25 @@ class SnowflakeDataBackend(SQLDataBackend):
             return set()
         i = names.index('column_name')
         return {r[i] for r in rows}
+
+
+def _float_text(values: list) -> list:
+    """Floats as the text Snowflake casts back to the same double (``NaN`` and infinities have no literal the
+    connector writes), where a column holds one that is not finite."""
+    if all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in values):
+        return values
+    # the dialect's processor gives some as text already
+    return [v if v is None or isinstance(v, str) else repr(float(v)) for v in values]
+
+
+def _refuse_repeated(name: str, key: list[str], keys: Sequence[str], columns: list[list]) -> None:
+    """Fail as a duplicate key does on a key given twice in the rows of one insert."""
+    values = list(zip(*[columns[list(keys).index(k)] for k in key]))
+    if len(set(values)) < len(values):
+        seen: set = set()
+        repeated = next(v for v in values if v in seen or seen.add(v))
+        shown = repeated[0] if len(key) == 1 else repeated
+        raise DatabaseError(f'insert into table {name!r} failed: the rows give the primary key {shown!r} twice')
 
 
 _SNOWFLAKE_TYPES = {
