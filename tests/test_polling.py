@@ -61,6 +61,20 @@ def faults(db, listener) -> dict:
     return {'lost': len([k for k in rows if k not in found]), 'duplicated': duplicated, 'stale': len(stale)}
 
 
+def gated_docs(db_uri, tmp_path, monkeypatch):
+    """A database following docs with the ``gated`` model, and its gate, closed (a 'slow' value waits)."""
+    gate = tmp_path / 'gate'
+    monkeypatch.setenv('SD_TEST_GATE', str(gate))
+    db = connect(db_uri, tmp_path)
+    try:
+        listener = follow_docs(db, model=gated)
+    except BaseException:
+        db.close()
+        raise
+    gate.touch()
+    return db, listener, gate
+
+
 def drain(db) -> None:
     deadline = time.time() + 60
     while db.listening.work():
@@ -176,12 +190,8 @@ def test_a_write_killed_before_its_outputs_are_stored_is_computed_later(db_uri, 
 def test_a_polled_result_never_overwrites_a_newer_write(db_uri, tmp_path, monkeypatch, then):
     """A poll takes another client's change and runs a slow model; meanwhile the row is written again (through
     superduper, which computes it at once, or by another client) and the poll's batch finishes last."""
-    gate = tmp_path / 'gate'
-    monkeypatch.setenv('SD_TEST_GATE', str(gate))
-    db = connect(db_uri, tmp_path)
+    db, listener, gate = gated_docs(db_uri, tmp_path, monkeypatch)
     try:
-        listener = follow_docs(db, model=gated)
-        gate.touch()
         plain_sql(db, ("UPDATE docs SET txt = 'slow v1' WHERE id = 'a'", {}))
         poller = threading.Thread(target=db.listening.work)
         poller.start()
@@ -214,12 +224,8 @@ def test_a_polled_result_never_overwrites_a_newer_write(db_uri, tmp_path, monkey
 def test_a_row_written_again_while_its_writer_computes_is_polled(db_uri, tmp_path, monkeypatch):
     """An API write runs a slow model; another client changes the row meanwhile. The write's result is left out
     (the row moved on) and the next poll computes the row as it is."""
-    gate = tmp_path / 'gate'
-    monkeypatch.setenv('SD_TEST_GATE', str(gate))
-    db = connect(db_uri, tmp_path)
+    db, listener, gate = gated_docs(db_uri, tmp_path, monkeypatch)
     try:
-        listener = follow_docs(db, model=gated)
-        gate.touch()
         writer = threading.Thread(target=db['docs'].insert([{'id': 'c', 'txt': 'slow v1'}]).execute)
         writer.start()
         wait_for(lambda: os.path.exists(str(gate) + '.entered'))

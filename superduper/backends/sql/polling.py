@@ -288,17 +288,26 @@ class PollingFeed(InlineFeed):
                 self._marks.pop(claim.table, None)
                 self._forgotten[claim.table] += 1
 
-    def _difference_query(self, table: str) -> Any:
-        """The rows of ``table`` inserted, updated or deleted since they were seen: (hash now or None, *key)."""
-        seen = self._ensure_seen(table)
+    def _parts(self, table: str) -> tuple[Any, Any, list[sa.Column], list[str]]:
+        """For the poll queries: the seen table as ``was``, a select of the followed table's keys and row hashes
+        (``k0``, ... and ``h``), its key columns, and the key names ``k0``, ..."""
+        was = self._ensure_seen(table).alias('was')
         source = self._source(table)
         key = self._key_columns(source)
-        now = sa.select(*[c.label(f'k{i}') for i, c in enumerate(key)], self._row_hash(source)).subquery('now')
-        was = seen.alias('was')
         names = [f'k{i}' for i in range(len(key))]
+        return was, sa.select(*[c.label(n) for c, n in zip(key, names)], self._row_hash(source)), key, names
+
+    @staticmethod
+    def _same_key(one: Any, other: Any, names: list[str]) -> Any:
+        return sa.and_(*[one.c[n] == other.c[n] for n in names])
+
+    def _difference_query(self, table: str) -> Any:
+        """The rows of ``table`` inserted, updated or deleted since they were seen: (hash now or None, *key)."""
+        was, rows, _, names = self._parts(table)
+        now = rows.subquery('now')
         deleted = now.c.k0.is_(None)  # a key column is never NULL
         return (sa.select(now.c.h, *[sa.case((deleted, was.c[n]), else_=now.c[n]).label(n) for n in names])
-                .select_from(now.outerjoin(was, sa.and_(*[now.c[n] == was.c[n] for n in names]), full=True))
+                .select_from(now.outerjoin(was, self._same_key(now, was, names), full=True))
                 .where(sa.or_(was.c.k0.is_(None), deleted, now.c.h != was.c.h)))
 
     def _differences(self, table: str, limit: int, since: Any = None) -> list[tuple[Any, str | None]]:
@@ -329,29 +338,20 @@ class PollingFeed(InlineFeed):
 
     def _changed_since_query(self, table: str, since: Any) -> Any:
         """The rows set since ``since`` that are new or differ from the seen ones: (hash now, 1 if new, *key)."""
-        seen = self._ensure_seen(table)
-        source = self._source(table)
+        was, rows, _, names = self._parts(table)
         column = self._changed_column(table)
-        key = self._key_columns(source)
-        now = (sa.select(*[c.label(f'k{i}') for i, c in enumerate(key)], self._row_hash(source))
-               .where(sa.or_(column >= since, column.is_(None))).subquery('now'))
-        was = seen.alias('was')
-        names = [f'k{i}' for i in range(len(key))]
+        now = rows.where(sa.or_(column >= since, column.is_(None))).subquery('now')
         new = sa.case((was.c.k0.is_(None), 1), else_=0).label('new')
         return (sa.select(now.c.h, new, *[now.c[n] for n in names])
-                .select_from(now.outerjoin(was, sa.and_(*[now.c[n] == was.c[n] for n in names])))
+                .select_from(now.outerjoin(was, self._same_key(now, was, names)))
                 .where(sa.or_(was.c.k0.is_(None), now.c.h != was.c.h)))
 
     def _deleted_query(self, table: str) -> Any:
         """The seen keys with no row any more."""
-        seen = self._ensure_seen(table)
-        source = self._source(table)
-        key = self._key_columns(source)
-        was = seen.alias('was')
-        names = [f'k{i}' for i in range(len(key))]
+        was, _, key, names = self._parts(table)
         present = sa.select(*[c.label(n) for c, n in zip(key, names)]).subquery('present')
         return (sa.select(*[was.c[n] for n in names])
-                .select_from(was.outerjoin(present, sa.and_(*[present.c[n] == was.c[n] for n in names])))
+                .select_from(was.outerjoin(present, self._same_key(present, was, names)))
                 .where(present.c.k0.is_(None)))
 
     def _hashes(self, conn: Any, table: str, keys: Sequence[Any]) -> dict[str, str | None]:
@@ -393,18 +393,16 @@ class PollingFeed(InlineFeed):
         present = {c.text: c.key if isinstance(c.key, tuple) else (c.key,) for c in batch.changes}
         rows = [(*present[t], h) for t, h in claim.hashes.items() if h is not None and t in present]
         gone = [present[t] for t, h in claim.hashes.items() if h is None and t in present]
-        key = seen.c[names[0]] if len(names) == 1 else sa.tuple_(*[seen.c[n] for n in names])
-        if len(names) == 1:  # the backend's bulk upsert (on DuckDB an executemany runs a statement a row)
-            for part in chunks(gone):
-                conn.execute(seen.delete().where(key.in_([k[0] for k in part])))
-            if rows:
-                self.backend.insert(conn, name, names + ['h'], [list(c) for c in zip(*rows)], upsert_key=names[0])
-            return
-        upsert = self.backend.upsert_statement(seen, names + ['h'], names) if rows else None
-        if rows and upsert is None:  # a dialect without an upsert statement: the old rows go first
+        single = len(names) == 1
+        key = seen.c[names[0]] if single else sa.tuple_(*[seen.c[n] for n in names])
+        upsert = self.backend.upsert_statement(seen, names + ['h'], names) if rows and not single else None
+        if rows and not single and upsert is None:  # a dialect without an upsert statement: the old rows go first
             gone = gone + [r[:-1] for r in rows]
         for part in chunks(gone):
-            conn.execute(seen.delete().where(key.in_([k[0] for k in part] if len(names) == 1 else part)))
+            conn.execute(seen.delete().where(key.in_([k[0] for k in part] if single else part)))
+        if rows and single:  # the backend's bulk upsert (on DuckDB an executemany runs a statement a row)
+            self.backend.insert(conn, name, names + ['h'], [list(c) for c in zip(*rows)], upsert_key=names[0])
+            return
         for part in chunks(rows):
             conn.execute(upsert if upsert is not None else seen.insert(),
                          [dict(zip(names + ['h'], row)) for row in part])
