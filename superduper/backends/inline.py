@@ -40,6 +40,7 @@ class _Queued:
     listener: str
     keys: Iterator[Any]
     left: int
+    busy: bool = False  # a consumer is reading its next keys (it stays queued, so it still counts as pending)
 
 
 class InlineFeed:
@@ -51,6 +52,9 @@ class InlineFeed:
         self._queue: deque[_Queued] = deque()
         self._lock = threading.Lock()
         self._stamps = itertools.count(1)
+        #: batches of queued work taken by a consumer and not yet finished: id(batch) -> (listener, rows); they
+        #: count as pending, so a backfill waits for another consumer's batch instead of calling itself done
+        self._taken: dict[int, tuple[str, int]] = {}
         #: the (table, listener uuid) pairs followed now, given by the runtime (``attach``)
         self.listeners: Callable[[], list[tuple[str, str]]] = lambda: []
 
@@ -101,17 +105,30 @@ class InlineFeed:
                 yield row[0] if len(key) == 1 else tuple(row)
 
     def claim(self, limit: int, listener: str | None = None) -> Batch | None:
-        with self._lock:  # take the entry out: its keys are read from the database with no lock held
-            entry = next((e for e in self._queue if listener is None or e.listener == listener), None)
+        with self._lock:  # the entry is marked busy: its keys are read from the database with no lock held
+            entry = next((e for e in self._queue if not e.busy and (listener is None or e.listener == listener)),
+                         None)
             if entry is None:
                 return None
-            self._queue.remove(entry)
-        keys = list(itertools.islice(entry.keys, limit))
-        entry.left = max(0, entry.left - len(keys))
-        if len(keys) == limit:
+            entry.busy = True
+        keys: list = []
+        try:
+            keys = list(itertools.islice(entry.keys, limit))
+        finally:
             with self._lock:
-                self._queue.appendleft(entry)
-        return self.batch(entry.table, entry.listener, keys) if keys else self.claim(limit, listener)
+                entry.busy = False
+                entry.left = max(0, entry.left - len(keys))
+                if len(keys) < limit:
+                    self._queue.remove(entry)
+                batch = self.batch(entry.table, entry.listener, keys) if keys else None
+                if batch is not None:
+                    self._taken[id(batch)] = (entry.listener, len(batch.changes))
+        return batch if batch is not None else self.claim(limit, listener)
+
+    def _settle(self, batch: Batch) -> None:
+        """The batch is finished or given back: its rows no longer count as taken."""
+        with self._lock:
+            self._taken.pop(id(batch), None)
 
     def hand_off(self, batch: Batch) -> None:
         pass
@@ -121,6 +138,7 @@ class InlineFeed:
 
     def release(self, batch: Batch) -> None:
         """Queue the batch's changes again (at the front)."""
+        self._settle(batch)
         with self._lock:
             for (table, listener), changes in batch.groups().items():
                 self._queue.appendleft(_Queued(table, listener, iter([c.key for c in changes]), len(changes)))
@@ -130,6 +148,12 @@ class InlineFeed:
                handed: Sequence[tuple[str, str]] = ()) -> Finished:
         """``handed`` needs nothing here: where listeners are asynchronous (MongoDB with change streams), the
         workers see the writes in their own change streams."""
+        try:
+            return self._finish(batch, results, followed)
+        finally:
+            self._settle(batch)
+
+    def _finish(self, batch: Batch, results: list[Results], followed: set[str]) -> Finished:
         finished = Finished(stored={}, gone={})
         chained: dict[str, list] = {}
         log = self.backend.output_log()
@@ -180,8 +204,10 @@ class InlineFeed:
             return sum(e.left for e in self._queue if e.table == table), None
 
     def pending_for(self, listener: str) -> int | None:
+        """Rows queued for the listener, and rows of it a consumer here has taken and not finished."""
         with self._lock:
-            return sum(e.left for e in self._queue if e.listener == listener)
+            return (sum(e.left for e in self._queue if e.listener == listener)
+                    + sum(n for who, n in self._taken.values() if who == listener))
 
     def failure_log(self) -> 'MetadataFailures':
         return self.failures
