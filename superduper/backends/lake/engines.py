@@ -1,0 +1,103 @@
+"""The engines that run queries over a folder's tables and over in-memory DataFrames: DuckDB, Polars, DataFusion
+and PySpark, behind one small interface.
+
+Queries are ibis expressions over unbound tables (``ibis.table(schema, name)``), built once by the lake backend
+whatever the engine: ibis compiles them to each engine's SQL (sqlglot) or, for Polars, to a lazy frame, so no query
+is translated by hand per engine. An engine only registers the current data of each table and runs a compiled
+expression, streaming Arrow record batches. (ibis's own backend objects are not used to run queries: ibis 12 calls
+APIs DuckDB 2 removed, and it cannot register a table's new version in place.)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+
+if TYPE_CHECKING:
+    import ibis.expr.types as ir
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """The current data of one table: an Arrow dataset (always), and where the table is a set of Parquet files
+    holding exactly its rows (a Delta table's current files, a Parquet file or folder), their paths, for engines
+    that read files themselves (PySpark)."""
+
+    name: str
+    dataset: 'pads.Dataset'
+    files: tuple[str, ...] | None = None
+
+
+class Engine(Protocol):
+    #: the name a URI or setting picks it by (``?engine=polars``)
+    name: str
+
+    def register(self, source: TableSource) -> None:
+        """Make ``source`` the data of table ``source.name`` (replacing what was registered under that name)."""
+
+    def unregister(self, name: str) -> None: ...
+
+    def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
+        """The rows of ``expr`` (over tables registered here), at most ``batch_size`` per batch."""
+
+    def close(self) -> None: ...
+
+
+class DuckDBEngine:
+    """DuckDB in process: each thread queries through a cursor of its own, on which the tables are registered
+    (DuckDB registrations belong to one connection); Python objects are never scanned by name."""
+
+    name = 'duckdb'
+
+    def __init__(self, session: Any = None):
+        import duckdb
+
+        self._db = session if session is not None else duckdb.connect()
+        self._db.execute('SET python_enable_replacements = false')
+        self._sources: dict[str, TableSource] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def register(self, source: TableSource) -> None:
+        with self._lock:
+            self._sources[source.name] = source
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._sources.pop(name, None)
+
+    def _cursor(self, names: list[str]) -> Any:
+        local = self._local
+        if getattr(local, 'cursor', None) is None:
+            local.cursor, local.registered = self._db.cursor(), {}
+        with self._lock:
+            sources = {n: self._sources[n] for n in names if n in self._sources}
+        for name, source in sources.items():
+            if local.registered.get(name) is not source:
+                local.cursor.register(name, source.dataset)
+                local.registered[name] = source
+        return local.cursor
+
+    def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
+        import ibis
+
+        sql = ibis.to_sql(expr, dialect='duckdb')
+        cursor = self._cursor(table_names(expr))
+        yield from cursor.sql(sql).to_arrow_reader(batch_size)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def table_names(expr: 'ir.Expr') -> list[str]:
+    """The names of the (unbound) tables an expression reads."""
+    import ibis.expr.operations as ops
+
+    return sorted({op.name for op in expr.op().find(ops.UnboundTable)})
+
+
+#: engine name -> factory taking an optional session (a DuckDB connection, a ``SparkSession``)
+ENGINES: dict[str, Callable[[Any], Engine]] = {'duckdb': DuckDBEngine}
