@@ -34,6 +34,7 @@ data_backends.register('druid', 'superduper.backends.sql.druid:DruidDataBackend'
 data_backends.register('bigquery', 'superduper.backends.sql.bigquery:BigQueryDataBackend', 'bigquery',
                        'sqlalchemy-bigquery')
 data_backends.register('impala', 'superduper.backends.sql.impala:ImpalaDataBackend', 'impala', 'impyla')
+data_backends.register('parquet', 'superduper.backends.lake.data_backend:LakeDataBackend', 'lake', 'deltalake')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
 #: any other SQLAlchemy URL (``firebird://``, ``postgresql+psycopg2://`` ...) goes to the generic backend

@@ -1,0 +1,187 @@
+"""A folder as a catalog of tables: every Parquet file, CSV file, folder of Parquet files and Delta Lake table in it.
+
+``orders.parquet``, ``orders.csv``, ``orders/`` (Parquet files) and ``orders/`` (a Delta table: it has a
+``_delta_log``) are all table ``orders``; names starting with ``.`` are not tables (``.superduper/`` holds
+superduper's own state). Reads take what is there with no conversion step.
+
+Writes go through Delta Lake, whose commits are atomic: a table that is not yet a Delta table becomes one on its
+first write, in place:
+
+- ``orders.parquet`` is moved into a new folder ``orders/`` and that folder converted (``convert_to_deltalake``
+  writes a ``_delta_log`` over the file as it is: no row is copied). A process dying between the two steps leaves
+  ``orders/`` a folder of Parquet files, still the same table, converted by the next write;
+- a folder of Parquet files is converted the same way;
+- ``orders.csv`` is written as the Delta table ``orders/``, then moved to ``.superduper/converted/orders.csv``
+  (where both are found, the Delta table is the table).
+
+Other tools read the result as an ordinary Delta table (pandas through deltalake, Polars, DuckDB, Spark).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from superduper.backends.lake.engines import TableSource
+from superduper.base.exceptions import UnknownTable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+STATE = '.superduper'
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a table's data is: ``kind`` is 'delta', 'parquet' (a file), 'parquet_dir' or 'csv'."""
+
+    name: str
+    kind: str
+    path: str
+
+
+class Folder:
+    """The tables of one folder, their current data (``source``) and their Delta tables for writes."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.state = os.path.join(self.path, STATE)
+        os.makedirs(self.state, exist_ok=True)
+        self._sources: dict[str, tuple[Any, TableSource]] = {}  # name -> (version or mtime, source)
+        self._deltas: dict[str, Any] = {}  # name -> DeltaTable kept for reads (updated incrementally)
+        self._lock = threading.Lock()
+
+    # ---- what is there -------------------------------------------------------------------------------------
+    def tables(self) -> dict[str, Found]:
+        found: dict[str, Found] = {}
+        for entry in sorted(os.listdir(self.path)):
+            if entry.startswith('.'):
+                continue
+            full = os.path.join(self.path, entry)
+            if os.path.isdir(full):
+                if os.path.isdir(os.path.join(full, '_delta_log')):
+                    found[entry] = Found(entry, 'delta', full)
+                elif glob.glob(os.path.join(full, '*.parquet')):
+                    found.setdefault(entry, Found(entry, 'parquet_dir', full))
+            else:
+                stem, ext = os.path.splitext(entry)
+                kind = {'.parquet': 'parquet', '.csv': 'csv'}.get(ext.lower())
+                if kind and (stem not in found or found[stem].kind != 'delta'):
+                    found[stem] = Found(stem, kind, full)
+        return found
+
+    def find(self, name: str) -> Found | None:
+        return self.tables().get(name)
+
+    def get(self, name: str) -> Found:
+        found = self.find(name)
+        if found is None:
+            visible = [t for t in self.tables() if not t.startswith('_')]
+            raise UnknownTable(f'table {name!r} does not exist in {self.path}; tables: '
+                               f'{", ".join(visible) or "(none)"}')
+        return found
+
+    def delta_path(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # ---- reads ---------------------------------------------------------------------------------------------
+    def source(self, name: str) -> TableSource:
+        """The table's current data, made again only when it changed (a new Delta version, a newer file)."""
+        found = self.get(name)
+        if found.kind == 'delta':
+            table = self._delta(name, found.path)
+            version: Any = ('delta', table.version())
+        else:
+            version = (found.kind, _mtime(found.path))
+        with self._lock:
+            cached = self._sources.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        source = self._make_source(found, table if found.kind == 'delta' else None)
+        with self._lock:
+            self._sources[name] = (version, source)
+        return source
+
+    def _delta(self, name: str, path: str) -> Any:
+        """The table at its latest version (the log read incrementally since the last look)."""
+        from deltalake import DeltaTable
+
+        with self._lock:
+            table = self._deltas.get(name)
+        if table is None:
+            table = DeltaTable(path)
+        else:
+            table.update_incremental()
+        with self._lock:
+            self._deltas[name] = table
+        return table
+
+    @staticmethod
+    def _make_source(found: Found, delta: Any) -> TableSource:
+        import pyarrow.dataset as pads
+
+        if found.kind == 'delta':
+            files = tuple(delta.file_uris())
+            partitioned = bool(delta.metadata().partition_columns)
+            return TableSource(found.name, delta.to_pyarrow_dataset(), None if partitioned else files)
+        if found.kind == 'csv':
+            return TableSource(found.name, pads.dataset(found.path, format='csv'))
+        files = (found.path,) if found.kind == 'parquet' else tuple(sorted(glob.glob(os.path.join(found.path, '*.parquet'))))
+        return TableSource(found.name, pads.dataset(list(files), format='parquet'), files)
+
+    def schema(self, name: str) -> 'pa.Schema':
+        return self.source(name).dataset.schema
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._sources.pop(name, None)
+            self._deltas.pop(name, None)
+
+    # ---- writes --------------------------------------------------------------------------------------------
+    def as_delta(self, name: str) -> str:
+        """The path of the table as a Delta table, converting it first if it is not one (see the module's doc)."""
+        found = self.get(name)
+        if found.kind == 'delta':
+            self._put_aside_csv(name)
+            return found.path
+        from deltalake import convert_to_deltalake, write_deltalake
+
+        target = self.delta_path(name)
+        if found.kind == 'csv':
+            import pyarrow.csv
+
+            write_deltalake(target, pyarrow.csv.read_csv(found.path))
+            self._put_aside_csv(name)
+        else:
+            if found.kind == 'parquet':
+                os.makedirs(target, exist_ok=True)
+                os.replace(found.path, os.path.join(target, f'{name}.parquet'))
+            convert_to_deltalake(target)
+        self.forget(name)
+        return target
+
+    def _put_aside_csv(self, name: str) -> None:
+        csv = os.path.join(self.path, f'{name}.csv')
+        if os.path.exists(csv):
+            aside = os.path.join(self.state, 'converted')
+            os.makedirs(aside, exist_ok=True)
+            os.replace(csv, os.path.join(aside, f'{name}.csv'))
+
+    def drop(self, name: str) -> None:
+        found = self.find(name)
+        if found is not None:
+            if os.path.isdir(found.path):
+                shutil.rmtree(found.path)
+            else:
+                os.remove(found.path)
+        self.forget(name)
+
+
+def _mtime(path: str) -> float:
+    if os.path.isdir(path):
+        return max([os.path.getmtime(path)] + [os.path.getmtime(f) for f in glob.glob(os.path.join(path, '*'))])
+    return os.path.getmtime(path)

@@ -1,0 +1,47 @@
+"""Versions of outputs tables in a folder (``superduper.backends.base.OutputLog``): the counters and deletions are
+the SQL ones (``superduper.backends.sql.outputs``), kept in the folder's state database, and the outputs rows are
+Delta tables, written with the number of their write in ``_seq``.
+
+A write's number is taken in the state database's write transaction, which every superduper writer holds while it
+commits to Delta: a reader that sees the counter at ``n`` finds every write up to ``n`` committed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import sqlalchemy as sa
+
+from superduper.backends.base import OUTPUT_SEQ
+from superduper.backends.outputs import SOURCE
+from superduper.backends.sql.outputs import SQLOutputLog
+from superduper.base.query import Compare
+
+if TYPE_CHECKING:
+    from superduper.backends.lake.data_backend import LakeDataBackend
+
+
+class LakeOutputLog(SQLOutputLog):
+    def __init__(self, lake: 'LakeDataBackend'):
+        super().__init__(lake.state)
+        self.lake = lake
+
+    def prepare(self, table: str) -> None:
+        with self._lock:
+            if table in self._prepared:
+                return
+        c = self.counters.c
+        try:
+            with self.backend.begin() as conn:
+                if conn.execute(sa.select(c.tbl).where(c.tbl == table)).first() is None:
+                    conn.execute(self.counters.insert(), {'tbl': table, 'n': 0, 'floor': 0})
+        except sa.exc.IntegrityError:  # there already
+            pass
+        with self._lock:
+            self._prepared.add(table)
+
+    def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
+        count = len(columns[0])
+        self.lake.insert(conn, table, [*keys, OUTPUT_SEQ], [*columns, [seq] * count], upsert_key=keys[0])
+
+    def _delete_outputs(self, conn: Any, table: str, sources: Sequence[Any]) -> None:
+        self.lake.delete(conn, table, Compare(SOURCE, 'in', tuple(sources)))
