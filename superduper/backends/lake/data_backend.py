@@ -20,6 +20,7 @@ superduper.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import urllib.parse
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from superduper.components.datatype import FieldType
+
+
+#: the state database's setting holding the primary key of a table superduper created (``primary_key:<table>``)
+KEY_SETTING = 'primary_key:'
 
 
 class LakeDataBackend:
@@ -120,8 +125,16 @@ class LakeDataBackend:
     def describe(self, name: str) -> tuple[dict[str, str], tuple[str, ...]]:
         schema = self.folder.schema(name)
         kinds = {f.name: arrow_types.storage_of(f.type) for f in schema}
-        key = next((k for k in ('id', '_id') if k in kinds), None)
+        key = self._recorded_key(name) or next((k for k in ('id', '_id') if k in kinds), None)
         return kinds, (key,) if key else ()
+
+    def _recorded_key(self, name: str) -> str | None:
+        """The primary key superduper gave a table it created (Delta tables record none), from the state database."""
+        return self._settings.setting(KEY_SETTING + name)
+
+    @functools.cached_property
+    def _settings(self) -> Any:
+        return self.state.metadata_store()
 
     def primary_key_of(self, table: Any) -> str:
         return table.primary_id
@@ -153,6 +166,7 @@ class LakeDataBackend:
         found = self.folder.find(name)
         with self._errors('create', name):
             if found is None:
+                self._settings.set_setting(KEY_SETTING + name, primary_key)
                 write_deltalake(self.folder.delta_path(name), pa.schema(fields).empty_table())
             else:
                 existing = set(self.folder.schema(name).names)
@@ -160,9 +174,10 @@ class LakeDataBackend:
                     raise ComponentError(f'table {name!r} already exists without the primary key column {primary_key!r}')
                 missing = [f for f in fields if f.name not in existing]
                 if missing:
-                    from deltalake import DeltaTable
+                    from deltalake import DeltaTable, Field
 
-                    DeltaTable(self.folder.as_delta(name)).alter.add_columns(missing)
+                    table = DeltaTable(self.folder.as_delta(name))
+                    table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
         self.folder.forget(name)
         self.bind_table(name, types, primary_key)
 
@@ -311,9 +326,12 @@ class LakeDataBackend:
             expr = expr.left_join(other, base[on] == other[key])
             selected.append(other[column].name(f'_j{i}'))
             readers.append(arrow_types.reader(self._storages(other_name).get(column)))
-        expr = expr.select(*selected)
+        # the order's columns go last, unread (``rows_of`` reads as many columns as there are readers)
+        ordering = [base[c].name(f'_o{i}') for i, (c, _) in enumerate(order_by)]
+        expr = expr.select(*selected, *ordering)
         if order_by:
-            expr = expr.order_by([ibis.desc(c) if descending else ibis.asc(c) for c, descending in order_by])
+            expr = expr.order_by([ibis.desc(o.get_name()) if descending else ibis.asc(o.get_name())
+                                  for o, (_, descending) in zip(ordering, order_by)])
         if limit is not None or offset:
             expr = expr.limit(limit, offset=offset)
         with self._errors('select from', name):

@@ -47,8 +47,9 @@ class Engine(Protocol):
 
 
 class DuckDBEngine:
-    """DuckDB in process: each thread queries through a cursor of its own, on which the tables are registered
-    (DuckDB registrations belong to one connection); Python objects are never scanned by name."""
+    """DuckDB in process. A query runs on a cursor of a pool, one cursor per query running (a read may be open while
+    another runs: a backfill reads keys while counting), each with the tables registered on it (DuckDB
+    registrations belong to one connection); Python objects are never scanned by name."""
 
     name = 'duckdb'
 
@@ -59,7 +60,7 @@ class DuckDBEngine:
         self._db.execute('SET python_enable_replacements = false')
         self._sources: dict[str, TableSource] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._idle: list[tuple[Any, dict[str, TableSource]]] = []  # cursors with what is registered on each
 
     def register(self, source: TableSource) -> None:
         with self._lock:
@@ -69,26 +70,44 @@ class DuckDBEngine:
         with self._lock:
             self._sources.pop(name, None)
 
-    def _cursor(self, names: list[str]) -> Any:
-        local = self._local
-        if getattr(local, 'cursor', None) is None:
-            local.cursor, local.registered = self._db.cursor(), {}
+    def _take(self, names: list[str]) -> tuple[Any, dict[str, TableSource]]:
         with self._lock:
+            cursor, registered = self._idle.pop() if self._idle else (self._db.cursor(), {})
             sources = {n: self._sources[n] for n in names if n in self._sources}
         for name, source in sources.items():
-            if local.registered.get(name) is not source:
-                local.cursor.register(name, source.dataset)
-                local.registered[name] = source
-        return local.cursor
+            if registered.get(name) is not source:
+                self._replace(cursor, name, source)
+                registered[name] = source
+        return cursor, registered
+
+    @staticmethod
+    def _replace(cursor: Any, name: str, source: TableSource) -> None:
+        """Register ``source`` as ``name`` on one cursor, in place of what was there (a view or an object)."""
+        cursor.unregister(name)
+        cursor.execute(f'DROP VIEW IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+        if source.files:  # DuckDB's own Parquet reader: parallel, with filters pushed into the files
+            cursor.read_parquet(list(source.files)).create_view(name, replace=True)
+        elif source.files is not None:  # no file yet (an empty table)
+            cursor.register(name, source.dataset.schema.empty_table())
+        else:
+            cursor.register(name, source.dataset)
 
     def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
         import ibis
 
         sql = ibis.to_sql(expr, dialect='duckdb')
-        cursor = self._cursor(table_names(expr))
-        yield from cursor.sql(sql).to_arrow_reader(batch_size)
+        taken = self._take(table_names(expr))
+        try:
+            yield from taken[0].sql(sql).to_arrow_reader(batch_size)
+        finally:
+            with self._lock:
+                self._idle.append(taken)
 
     def close(self) -> None:
+        with self._lock:
+            for cursor, _ in self._idle:
+                cursor.close()
+            self._idle.clear()
         self._db.close()
 
 

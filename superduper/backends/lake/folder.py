@@ -125,9 +125,11 @@ class Folder:
         import pyarrow.dataset as pads
 
         if found.kind == 'delta':
-            files = tuple(delta.file_uris())
+            files = tuple(_local_path(uri) for uri in delta.file_uris())
             partitioned = bool(delta.metadata().partition_columns)
-            return TableSource(found.name, delta.to_pyarrow_dataset(), None if partitioned else files)
+            dataset = delta.to_pyarrow_dataset()
+            dataset = delta.to_pyarrow_dataset(schema=plain_types(dataset.schema))
+            return TableSource(found.name, dataset, None if partitioned else files)
         if found.kind == 'csv':
             return TableSource(found.name, pads.dataset(found.path, format='csv'))
         files = (found.path,) if found.kind == 'parquet' else tuple(sorted(glob.glob(os.path.join(found.path, '*.parquet'))))
@@ -179,6 +181,23 @@ class Folder:
             else:
                 os.remove(found.path)
         self.forget(name)
+
+
+def plain_types(schema: 'pa.Schema') -> 'pa.Schema':
+    """``schema`` with Arrow's view types (which deltalake reads) as the plain ones every engine takes."""
+    import pyarrow as pa
+
+    plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+    return pa.schema([f.with_type(plain.get(f.type, f.type)) for f in schema])
+
+
+def _local_path(uri: str) -> str:
+    """A file URI deltalake gives (percent-encoded, maybe ``file://``) as the path engines open."""
+    import urllib.parse
+
+    if uri.startswith('file://'):
+        uri = uri[len('file://'):]
+    return urllib.parse.unquote(uri) if '://' not in uri else uri
 
 
 def _mtime(path: str) -> float:
