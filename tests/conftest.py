@@ -42,7 +42,7 @@ MONGODB_URI = os.environ.get('SUPERDUPER_TEST_MONGODB_URI')
 #: the snowflake backend on fakesnow runs the tests that name it ('fakesnow'); the whole suite only when asked
 #: (SUPERDUPER_TEST_FAKESNOW=1: about 20 s a test, every statement an HTTP request to the emulator, so some 50 minutes)
 FAKESNOW = bool(os.environ.get('SUPERDUPER_TEST_FAKESNOW'))
-BACKENDS = (['sqlite', 'postgresql', 'mariadb', 'duckdb', 'chdb'] + (['fakesnow'] if FAKESNOW else []) + ['parquet', 'mongomock']
+BACKENDS = (['sqlite', 'postgresql', 'mariadb', 'duckdb', 'chdb'] + (['fakesnow'] if FAKESNOW else []) + ['parquet', 'frames', 'mongomock']
             + (['mongodb'] if MONGODB_URI else []))
 #: every backend the suite can run on: ``BACKENDS``, PostgreSQL with pgvector (a server of its own, started from
 #: the ``pgserver`` wheel) and, unless it is in ``BACKENDS``, fakesnow: these run only the tests that name them
@@ -272,6 +272,8 @@ def backend_uri(name: str, tmp_path) -> str:
         return f'chdb://{tmp_path}/data.chdb'
     if name == 'parquet':
         return f'parquet://{tmp_path}/lake'
+    if name == 'frames':
+        return 'frames://'  # no URI opens them: the ``db`` fixture gives superduper() a dict of DataFrames
     if name == 'mongomock':
         return f'mongomock://{SCRATCH}_{uuid.uuid4().hex[:8]}'
     if name == 'mongodb':
@@ -374,7 +376,7 @@ def pk(backend) -> str:
 
 @pytest.fixture
 def db(backend, db_uri, tmp_path):
-    datalayer = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'))
+    datalayer = superduper({} if backend == 'frames' else db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'))
     yield datalayer
     datalayer.close()
 

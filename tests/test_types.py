@@ -22,6 +22,15 @@ def raw_value(db, table: str, column: str, row_id: str):
     """The value as stored in the database, read without superduper."""
     if db.databackend.schemaless:  # MongoDB
         return db.databackend.database[table].find_one({'_id': row_id})[column]
+    storage = getattr(db.databackend, 'storage', None)
+    if storage is not None:  # a folder of Delta tables (read with deltalake), or in-memory Arrow tables
+        if hasattr(storage, 'delta_path'):
+            from deltalake import DeltaTable
+
+            rows = DeltaTable(storage.delta_path(table)).to_pyarrow_table().to_pylist()
+        else:
+            rows = storage.source(table).dataset.to_table().to_pylist()
+        return next(r[column] for r in rows if r['id'] == row_id)
     stmt = sa.select(sa.column(column)).select_from(sa.table(table)).where(sa.column('id') == row_id)
     with db.databackend.engine.connect() as conn:
         return conn.execute(stmt).scalar_one()

@@ -35,6 +35,8 @@ data_backends.register('bigquery', 'superduper.backends.sql.bigquery:BigQueryDat
                        'sqlalchemy-bigquery')
 data_backends.register('impala', 'superduper.backends.sql.impala:ImpalaDataBackend', 'impala', 'impyla')
 data_backends.register('parquet', 'superduper.backends.lake.data_backend:LakeDataBackend', 'lake', 'deltalake')
+# in-memory DataFrames: ``superduper({'orders': df})`` (``data_backend_of``), not opened by URI
+data_backends.register('frames', 'superduper.backends.lake.data_backend:FramesDataBackend', 'lake', 'ibis')
 data_backends.register('mongodb', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongodb', 'pymongo')
 data_backends.register('mongomock', 'superduper.backends.mongodb.data_backend:MongoDataBackend', 'mongomock', 'mongomock')
 #: any other SQLAlchemy URL (``firebird://``, ``postgresql+psycopg2://`` ...) goes to the generic backend
@@ -121,7 +123,10 @@ def connect_data_backend(uri: str) -> Any:
 
 
 def data_backend_of(database: Any) -> Any | None:
-    """A data backend over a driver's database object (a pymongo ``Database``), or ``None`` if it is not one."""
+    """A data backend over a driver's database object (a pymongo ``Database``) or over DataFrames (a dict of table
+    name to pandas or Polars DataFrame), or ``None`` if it is neither."""
+    if isinstance(database, dict):
+        return data_backends.load('frames')(database)
     from superduper.backends.mongodb.connection import from_database, is_database
 
     if not is_database(database):

@@ -32,7 +32,7 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
 
             return SklearnModel(type(uri).__name__.lower(), object=uri)  # type: ignore[return-value]
         else:
-            raise QueryError('superduper() takes a database URI string, a pymongo Database or a scikit-learn '
+            raise QueryError('superduper() takes a database URI string, a dict of DataFrames, a pymongo Database or a scikit-learn '
                              f'estimator, got {type(uri).__name__}')
     cfg = load_config(data_backend=uri, **overrides)
     databackend = databackend or connect_data_backend(cfg.data_backend)

@@ -20,6 +20,7 @@ superduper.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 from superduper.backends.base import Capabilities
 from superduper.backends.feed import chunks
 from superduper.backends.lake import arrow_types
-from superduper.backends.lake.engines import ENGINES, Engine
+from superduper.backends.lake.engines import Engine, connect_engine
 from superduper.backends.lake.folder import Folder
 from superduper.base.exceptions import ComponentError, ConfigError, DatabaseError
 from superduper.base.query import And, Compare, Condition, KeysIn, Not, Or
@@ -53,14 +54,19 @@ class LakeDataBackend:
     schemaless: ClassVar[bool] = False
 
     def __init__(self, uri: str, engine: Engine | None = None):
-        self.uri = uri
         path, options = parse_uri(uri)
         os.makedirs(path, exist_ok=True)
-        self.folder = Folder(path)
-        self.engine = engine or _engine(options.get('engine', 'duckdb'))
+        folder = Folder(path)
+        self._wire(uri, folder, f'sqlite://{os.path.join(folder.state, "state.db")}',
+                   engine or connect_engine(options.get('engine', 'duckdb')))
+
+    def _wire(self, uri: str, storage: Any, state_uri: str, engine: Engine) -> None:
         from superduper.backends.sql.sqlite import SQLiteDataBackend
 
-        self.state = SQLiteDataBackend(f'sqlite://{os.path.join(self.folder.state, "state.db")}')
+        self.uri = uri
+        self.storage = storage  # where the tables are: ``Folder`` (files) or ``Frames`` (memory)
+        self.query_engine = engine
+        self.state = SQLiteDataBackend(state_uri)
         self._declared: dict[str, tuple[dict[str, FieldType], str]] = {}  # table -> (types, primary key)
         self._lock = threading.Lock()
 
@@ -112,18 +118,18 @@ class LakeDataBackend:
             yield conn
 
     def close(self) -> None:
-        self.engine.close()
+        self.query_engine.close()
         self.state.close()
 
     # ---- tables ------------------------------------------------------------------------------------------------
     def table_names(self) -> list[str]:
-        return list(self.folder.tables())
+        return list(self.storage.tables())
 
     def has_table(self, name: str) -> bool:
-        return self.folder.find(name) is not None
+        return self.storage.find(name) is not None
 
     def describe(self, name: str) -> tuple[dict[str, str], tuple[str, ...]]:
-        schema = self.folder.schema(name)
+        schema = self.storage.schema(name)
         kinds = {f.name: arrow_types.storage_of(f.type) for f in schema}
         key = self._recorded_key(name) or next((k for k in ('id', '_id') if k in kinds), None)
         return kinds, (key,) if key else ()
@@ -158,35 +164,30 @@ class LakeDataBackend:
         self._declared[name] = (dict(types), primary_key)
 
     def create_table(self, name: str, types: dict[str, 'FieldType'], primary_key: str) -> None:
-        """A new Delta table, or the declared columns an existing one lacks added to it."""
+        """A new table, or the declared columns an existing one lacks added to it."""
         import pyarrow as pa
-        from deltalake import write_deltalake
 
         fields = [pa.field(f, arrow_types.arrow_type(t.storage), nullable=f != primary_key) for f, t in types.items()]
-        found = self.folder.find(name)
+        found = self.storage.find(name)
         with self._errors('create', name):
             if found is None:
                 self._settings.set_setting(KEY_SETTING + name, primary_key)
-                write_deltalake(self.folder.delta_path(name), pa.schema(fields).empty_table())
+                self.storage.create(name, pa.schema(fields))
             else:
-                existing = set(self.folder.schema(name).names)
+                existing = set(self.storage.schema(name).names)
                 if primary_key not in existing:
                     raise ComponentError(f'table {name!r} already exists without the primary key column {primary_key!r}')
-                missing = [f for f in fields if f.name not in existing]
+                missing = [f.with_nullable(True) for f in fields if f.name not in existing]
                 if missing:
-                    from deltalake import DeltaTable, Field
-
-                    table = DeltaTable(self.folder.as_delta(name))
-                    table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
-        self.folder.forget(name)
+                    self.storage.add_columns(name, missing)
         self.bind_table(name, types, primary_key)
 
     def drop_table(self, name: str) -> None:
-        self.folder.drop(name)
+        self.storage.drop(name)
         self._declared.pop(name, None)
 
     def forget(self, name: str) -> None:
-        self.folder.forget(name)
+        self.storage.forget(name)
 
     # ---- writes ------------------------------------------------------------------------------------------------
     def insert(self, conn: Any, name: str, keys: Sequence[str], columns: list[list],
@@ -196,7 +197,7 @@ class LakeDataBackend:
         data = self._arrow(name, keys, columns)
         with self._errors('insert into', name):
             if upsert_key is not None:
-                self._merge(name, data, upsert_key, update=True, insert=True)
+                self.storage.merge(name, data, upsert_key, update=True, insert=True)
             else:
                 self._append(name, data)
 
@@ -221,7 +222,7 @@ class LakeDataBackend:
             if key in values:  # the key itself changes: delete the old rows, insert them with the new values
                 raise DatabaseError(f'update table {name!r} failed: changing the primary key {key!r} is not '
                                     'supported on a Delta table; delete the row and insert it again')
-            self._merge(name, data, key, update=True, insert=False)
+            self.storage.merge(name, data, key, update=True)
         return len(found)
 
     def delete(self, conn: Any, name: str, where: Condition | None) -> int:
@@ -231,7 +232,7 @@ class LakeDataBackend:
             return 0
         data = self._arrow(name, [key], [found], full=False)
         with self._errors('delete from', name):
-            self._merge(name, data, key, delete=True)
+            self.storage.merge(name, data, key, delete=True)
         return len(found)
 
     def _key(self, name: str, action: str) -> str:
@@ -249,7 +250,7 @@ class LakeDataBackend:
         null, where ``full``)."""
         import pyarrow as pa
 
-        schema = self.folder.schema(name)
+        schema = self.storage.schema(name)
         storages = self._storages(name)
         given = dict(zip(keys, columns))
         unknown = [k for k in keys if schema.get_field_index(k) < 0]
@@ -268,10 +269,8 @@ class LakeDataBackend:
         return {}
 
     def _append(self, name: str, data: 'pa.Table') -> None:
-        """Append rows whose keys are new (checked first: Delta tables enforce no key; the state database's write
+        """Append rows whose keys are new (checked first: the storage enforces no key; the state database's write
         lock keeps other superduper writers out meanwhile)."""
-        from deltalake import write_deltalake
-
         key = self.primary_key(name)
         if len(key) == 1 and key[0] in data.column_names:
             values = data.column(key[0]).to_pylist()
@@ -281,31 +280,14 @@ class LakeDataBackend:
                 taken = self.rows_by_key(name, key, key[0], part)
                 if taken:
                     raise DatabaseError(f'insert into table {name!r} failed: key {taken[0][0]!r} is stored already')
-        write_deltalake(self.folder.as_delta(name), data, mode='append', schema_mode='merge')
-        self.folder.forget(name)
-
-    def _merge(self, name: str, data: 'pa.Table', key: str, update: bool = False, insert: bool = False,
-               delete: bool = False) -> None:
-        from deltalake import DeltaTable
-
-        table = DeltaTable(self.folder.as_delta(name))
-        merge = table.merge(data, predicate=f't.{_quoted(key)} = s.{_quoted(key)}', source_alias='s',
-                            target_alias='t')
-        if update:
-            merge = merge.when_matched_update({_quoted(c): f's.{_quoted(c)}' for c in data.column_names if c != key})
-        if delete:
-            merge = merge.when_matched_delete()
-        if insert:
-            merge = merge.when_not_matched_insert_all()
-        merge.execute()
-        self.folder.forget(name)
+        self.storage.append(name, data)
 
     # ---- reads -------------------------------------------------------------------------------------------------
     def _table(self, name: str) -> 'ir.Table':
         import ibis
 
-        source = self.folder.source(name)
-        self.engine.register(source)
+        source = self.storage.source(name)
+        self.query_engine.register(source)
         return ibis.table(ibis.Schema.from_pyarrow(source.dataset.schema), name=name)
 
     def select(self, name: str, columns: Sequence[str] | None, where: Condition | None = None,
@@ -335,7 +317,7 @@ class LakeDataBackend:
         if limit is not None or offset:
             expr = expr.limit(limit, offset=offset)
         with self._errors('select from', name):
-            for batch in self.engine.batches(expr, batch_size):
+            for batch in self.query_engine.batches(expr, batch_size):
                 if batch.num_rows:
                     yield arrow_types.rows_of(batch, readers)
 
@@ -352,7 +334,7 @@ class LakeDataBackend:
         table = self._table(name)
         expr = table.filter(condition(table, where)) if where is not None else table
         with self._errors('count', name):
-            batches = list(self.engine.batches(expr.aggregate(n=expr.count()), 10))
+            batches = list(self.query_engine.batches(expr.aggregate(n=expr.count()), 10))
         return int(batches[0].column(0)[0].as_py()) if batches and batches[0].num_rows else 0
 
     @contextlib.contextmanager
@@ -401,10 +383,6 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, uuid.UUID) else value
 
 
-def _quoted(name: str) -> str:
-    return '`' + name.replace('`', '``') + '`'
-
-
 def parse_uri(uri: str) -> tuple[str, dict[str, str]]:
     """The folder and the options of ``parquet://<folder>[?engine=...]``."""
     rest = uri.partition('://')[2]
@@ -418,9 +396,29 @@ def parse_uri(uri: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
-def _engine(name: str) -> Engine:
-    factory = ENGINES.get(name)
-    if factory is None:
-        raise ConfigError(f'unknown engine {name!r}; known: {", ".join(sorted(ENGINES))}')
-    return factory(None)
+class FramesDataBackend(LakeDataBackend):
+    """In-memory DataFrames as a database, for notebooks: ``superduper({'orders': df})`` with pandas or Polars
+    frames or Arrow tables. The frames are copied in; writes, listeners' outputs and the metadata live in this
+    process only (read results back with ``.execute().to_pandas()``)."""
+
+    scheme = 'frames'
+    capabilities = dataclasses.replace(LakeDataBackend.capabilities, shared=False, persistent=False,
+                                       unshared_reason='in-memory DataFrames live in one process')
+    tested = 'the shared suite (DuckDB engine), in CI'
+
+    def __init__(self, frames: dict[str, Any], engine: Engine | None = None):
+        from superduper.backends.lake.frames import Frames
+
+        if not isinstance(frames, dict):
+            raise ConfigError("DataFrames are given as a dict, superduper({'orders': df}), not as a URI")
+        self._wire(f'frames://{id(frames):x}', Frames(frames), 'sqlite://:memory:', engine or connect_engine('duckdb'))
+
+    @classmethod
+    def missing(cls, uri: str) -> str | None:
+        return None
+
+    @classmethod
+    def shareable_uri(cls, uri: str, base_dir: str) -> str:
+        raise ConfigError('in-memory DataFrames live in this process only: save them to a folder and use '
+                          'parquet://<folder> to share them')
 

@@ -86,7 +86,12 @@ class DuckDBEngine:
         cursor.unregister(name)
         cursor.execute(f'DROP VIEW IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
         if source.files:  # DuckDB's own Parquet reader: parallel, with filters pushed into the files
-            cursor.read_parquet(list(source.files)).create_view(name, replace=True)
+            files = cursor.read_parquet(list(source.files), union_by_name=True)
+            if set(files.columns) >= set(source.dataset.schema.names):
+                files.create_view(name, replace=True)
+                return
+        if source.files:  # files written before a column was added lack it: the dataset fills it in
+            cursor.register(name, source.dataset)
         elif source.files is not None:  # no file yet (an empty table)
             cursor.register(name, source.dataset.schema.empty_table())
         else:
@@ -120,3 +125,13 @@ def table_names(expr: 'ir.Expr') -> list[str]:
 
 #: engine name -> factory taking an optional session (a DuckDB connection, a ``SparkSession``)
 ENGINES: dict[str, Callable[[Any], Engine]] = {'duckdb': DuckDBEngine}
+
+
+def connect_engine(name: str, session: Any = None) -> Engine:
+    """The engine ``name`` (on ``session`` where given: a DuckDB connection, a ``SparkSession``)."""
+    from superduper.base.exceptions import ConfigError
+
+    factory = ENGINES.get(name)
+    if factory is None:
+        raise ConfigError(f'unknown engine {name!r}; known: {", ".join(sorted(ENGINES))}')
+    return factory(session)

@@ -173,6 +173,43 @@ class Folder:
             os.makedirs(aside, exist_ok=True)
             os.replace(csv, os.path.join(aside, f'{name}.csv'))
 
+    def create(self, name: str, schema: 'pa.Schema') -> None:
+        from deltalake import write_deltalake
+
+        write_deltalake(self.delta_path(name), schema.empty_table())
+        self.forget(name)
+
+    def add_columns(self, name: str, fields: list['pa.Field']) -> None:
+        from deltalake import DeltaTable, Field
+
+        DeltaTable(self.as_delta(name)).alter.add_columns([Field.from_arrow(f) for f in fields])
+        self.forget(name)
+
+    def append(self, name: str, data: 'pa.Table') -> None:
+        """One commit adding the rows."""
+        from deltalake import write_deltalake
+
+        write_deltalake(self.as_delta(name), data, mode='append', schema_mode='merge')
+        self.forget(name)
+
+    def merge(self, name: str, data: 'pa.Table', key: str, update: bool = False, insert: bool = False,
+              delete: bool = False) -> None:
+        """One commit: the rows of ``data`` whose ``key`` is stored update the stored ones (their columns in
+        ``data``) or delete them; the others are inserted (``insert``)."""
+        from deltalake import DeltaTable
+
+        table = DeltaTable(self.as_delta(name))
+        merge = table.merge(data, predicate=f't.{_quoted(key)} = s.{_quoted(key)}', source_alias='s',
+                            target_alias='t')
+        if update:
+            merge = merge.when_matched_update({_quoted(c): f's.{_quoted(c)}' for c in data.column_names if c != key})
+        if delete:
+            merge = merge.when_matched_delete()
+        if insert:
+            merge = merge.when_not_matched_insert_all()
+        merge.execute()
+        self.forget(name)
+
     def drop(self, name: str) -> None:
         found = self.find(name)
         if found is not None:
@@ -189,6 +226,11 @@ def plain_types(schema: 'pa.Schema') -> 'pa.Schema':
 
     plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
     return pa.schema([f.with_type(plain.get(f.type, f.type)) for f in schema])
+
+
+def _quoted(name: str) -> str:
+    """A column name in a Delta ``MERGE`` expression."""
+    return '`' + name.replace('`', '``') + '`'
 
 
 def _local_path(uri: str) -> str:
