@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from superduper.base.exceptions import QueryError
+from superduper.base.frames import pandas_frame, polars_frame, require
 
 if TYPE_CHECKING:
+    import pandas
+    import polars
+
     from superduper.base.protocols import Runtime
     from superduper.base.document import Document
 
@@ -420,11 +424,27 @@ def _condition_from_dict(data: Any) -> Condition | None:
 
 
 class Cursor:
-    """Rows of a select, fetched from the database in batches as you iterate."""
+    """Rows of a select, fetched from the database in batches as you iterate.
 
-    def __init__(self, batches: Iterator[list['Document']]):
+    As DataFrames (pandas and polars are optional: ``pip install 'superduper[pandas]'`` or ``'superduper[polars]'``):
+
+    - ``to_pandas()`` / ``to_polars()``: the remaining rows as one DataFrame;
+    - ``pandas_batches()`` / ``polars_batches()``: the remaining rows as one DataFrame per batch the database
+      returns (``read_batch_size`` rows; a vector search's rows are one batch), so a large result is never held
+      whole. The pandas frames are indexed consecutively: ``pd.concat`` of them equals ``to_pandas()``. polars
+      types each batch's columns from its own values (a column missing in every row of a batch is of type
+      ``Null``): ``pl.concat(frames, how='vertical_relaxed')`` joins them.
+
+    Columns come in the select's order (``columns``, where the query says it), then the listener outputs of
+    ``outputs()``, then ``_score`` for a vector search; a schemaless table's other fields follow as rows have them.
+    Values are as in the rows: a vector is a numpy array in an object column for pandas, an array or list column
+    for polars. An empty result is a frame with those columns, and no batches.
+    """
+
+    def __init__(self, batches: Iterator[list['Document']], columns: Sequence[str] | None = None):
         self._batches = batches
         self._current: Iterator['Document'] = iter(())
+        self.columns: list[str] | None = list(columns) if columns is not None else None
 
     def __iter__(self) -> 'Cursor':
         return self
@@ -464,6 +484,33 @@ class Cursor:
         if rest:
             yield rest
         yield from self._batches
+
+    def to_pandas(self) -> 'pandas.DataFrame':
+        """The remaining rows as one pandas DataFrame."""
+        pd = require('pandas', 'Cursor.to_pandas()')
+        return pandas_frame(pd, self.tolist(), self.columns)
+
+    def to_polars(self) -> 'polars.DataFrame':
+        """The remaining rows as one polars DataFrame."""
+        pl = require('polars', 'Cursor.to_polars()')
+        return polars_frame(pl, self.tolist(), self.columns)
+
+    def pandas_batches(self) -> Iterator['pandas.DataFrame']:
+        """The remaining rows as pandas DataFrames, one per batch fetched."""
+        pd = require('pandas', 'Cursor.pandas_batches()')
+        return self._frames(lambda rows, start: pandas_frame(pd, rows, self.columns, start))
+
+    def polars_batches(self) -> Iterator['polars.DataFrame']:
+        """The remaining rows as polars DataFrames, one per batch fetched."""
+        pl = require('polars', 'Cursor.polars_batches()')
+        return self._frames(lambda rows, start: polars_frame(pl, rows, self.columns))
+
+    def _frames(self, build: Callable[[list['Document'], int], Any]) -> Iterator[Any]:
+        start = 0
+        for batch in self.batches():
+            if batch:
+                yield build(batch, start)
+                start += len(batch)
 
     def close(self) -> None:
         close = getattr(self._batches, 'close', None)

@@ -138,7 +138,10 @@ class QueryExecutor:
                 for row in rows:
                     del row[k]
         rows = rows[query.offset_ :][: query.limit_] if query.limit_ is not None else rows[query.offset_ :]
-        return next(iter(rows), None) if query.action == 'one' else Cursor(iter([rows]))
+        if query.action == 'one':
+            return next(iter(rows), None)
+        outputs = [outputs_table(p) for p in query.joined]
+        return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, '_score'])
 
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
         columns = self._columns(info, query)
@@ -154,12 +157,13 @@ class QueryExecutor:
                 on = info.primary_key[0] if len(info.primary_key) == 1 else tuple(info.primary_key)
                 joins.append((outputs, outputs, on, '_source'))
             schema = type(info.schema)(info.name, fields=fields)
-        decode = schema.row_decoder(None if columns is None else columns + [j[1] for j in joins], self.artifact_store)
+        keys = None if columns is None else columns + [j[1] for j in joins]
+        decode = schema.row_decoder(keys, self.artifact_store)
         batches = self.databackend.select(
             info.name, columns, where, query.order, query.limit_ if limit is None else limit, query.offset_,
             self.cfg.read_batch_size, joins=joins,
         )
-        return Cursor(decode(batch) for batch in batches)
+        return Cursor((decode(batch) for batch in batches), keys)
 
     def _ids(self, info: TableInfo, query: Query, where: Condition | None) -> list:
         pk = list(info.primary_key)

@@ -718,13 +718,18 @@ class SQLDataBackend:
         per shape and run on the driver's cursor: the hot path of a vector search."""
         if not values:
             return []
-        sql, names, convert = self._by_key_sql(name, tuple(columns), key, len(values))
+        sql, names, types = self._by_key_sql(name, tuple(columns), key, len(values))
         params = self.by_key_parameters(names, values)
         with self._read_connection() as dbapi_connection, self.errors('select from', name):
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(sql, params)
                 rows = cursor.fetchall()
+                codes = tuple(desc[1] for desc in cursor.description)
+                try:
+                    convert = self._by_key_converters(types, codes)
+                except TypeError:  # a driver whose type codes cannot be hashed: chosen each time
+                    convert = self._by_key_converters.__wrapped__(self, types, codes)
             finally:
                 cursor.close()
         return convert_columns(rows, convert) if convert and rows else rows
@@ -757,7 +762,8 @@ class SQLDataBackend:
             raise
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (one backend per database; entries are small)
-    def _by_key_sql(self, name: str, columns: tuple[str, ...], key: str, count: int) -> tuple[str, Any, list]:
+    def _by_key_sql(self, name: str, columns: tuple[str, ...], key: str, count: int) -> tuple[str, Any, tuple]:
+        """The statement, its parameter names (``None``: positional) and the selected columns' dialect types."""
         table = self.table(name)
         selected = [table.c[c] for c in columns]
         stmt = sa.select(*selected).where(
@@ -766,11 +772,14 @@ class SQLDataBackend:
         compiled = stmt.compile(dialect=self.dialect, compile_kwargs={'render_postcompile': True})
         names = None if compiled.positional else [compiled.escaped_bind_names.get(f'keys_{i + 1}', f'keys_{i + 1}')
                                                  for i in range(count)]
-        convert = [
-            (i, proc) for i, col in enumerate(selected)
-            if (proc := col.type.dialect_impl(self.dialect).result_processor(self.dialect, None))
-        ]
-        return str(compiled), names, convert
+        return str(compiled), names, tuple(col.type.dialect_impl(self.dialect) for col in selected)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (as _by_key_sql)
+    def _by_key_converters(self, types: tuple, codes: tuple) -> list:
+        """The conversions of ``_by_key_sql``'s columns, chosen with the driver's type codes (PostgreSQL's float
+        types have none without them)."""
+        return [(i, proc) for i, (impl, code) in enumerate(zip(types, codes))
+                if (proc := impl.result_processor(self.dialect, code))]
 
     def count(self, name: str, where: Condition | None = None) -> int:
         table = self.table(name)
