@@ -334,8 +334,7 @@ class LakeDataBackend:
         table = self._table(name)
         expr = table.filter(condition(table, where)) if where is not None else table
         with self._errors('count', name):
-            batches = list(self.query_engine.batches(expr.aggregate(n=expr.count()), 10))
-        return int(batches[0].column(0)[0].as_py()) if batches and batches[0].num_rows else 0
+            return int(self.query_engine.scalar(expr.count()) or 0)
 
     @contextlib.contextmanager
     def _errors(self, action: str, name: str) -> Iterator[None]:

@@ -10,9 +10,12 @@ APIs DuckDB 2 removed, and it cannot register a table's new version in place.)
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
+
+from superduper.base.exceptions import ConfigError, MissingDependency, UnknownTable
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
@@ -41,7 +44,11 @@ class Engine(Protocol):
     def unregister(self, name: str) -> None: ...
 
     def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
-        """The rows of ``expr`` (over tables registered here), at most ``batch_size`` per batch."""
+        """The rows of ``expr`` (over tables registered here), at most ``batch_size`` per batch, typed as ibis's
+        schema of ``expr`` in Arrow."""
+
+    def scalar(self, expr: 'ir.Scalar') -> Any:
+        """The value of a scalar expression (``table.count()``, ``table.x.max()``) as a Python object."""
 
     def close(self) -> None: ...
 
@@ -103,10 +110,13 @@ class DuckDBEngine:
         sql = ibis.to_sql(expr, dialect='duckdb')
         taken = self._take(table_names(expr))
         try:
-            yield from taken[0].sql(sql).to_arrow_reader(batch_size)
+            yield from conform(taken[0].sql(sql).to_arrow_reader(batch_size), expr, batch_size)
         finally:
             with self._lock:
                 self._idle.append(taken)
+
+    def scalar(self, expr: 'ir.Scalar') -> Any:
+        return first_value(self.batches(expr.as_table(), 1))
 
     def close(self) -> None:
         with self._lock:
@@ -114,6 +124,206 @@ class DuckDBEngine:
                 cursor.close()
             self._idle.clear()
         self._db.close()
+
+
+class PolarsEngine:
+    """Polars: each table is a LazyFrame, Polars's own Parquet scan where the table's files are known (twice as fast
+    as scanning the Arrow dataset on a 1M-row table), the dataset's scan otherwise; ibis compiles each query to a
+    LazyFrame over them, collected in streaming batches. Polars has no session: ``session`` is ignored."""
+
+    name = 'polars'
+
+    def __init__(self, session: Any = None):
+        import polars  # noqa: F401  (a missing package fails here, not at the first query)
+
+        self._frames: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def register(self, source: TableSource) -> None:
+        import polars as pl
+
+        if source.files:
+            frame = pl.scan_parquet(list(source.files))
+        else:
+            frame = pl.scan_pyarrow_dataset(source.dataset)
+        with self._lock:
+            self._frames[source.name] = frame
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._frames.pop(name, None)
+
+    def _compile(self, expr: 'ir.Expr') -> Any:
+        import ibis
+
+        names = table_names(expr)
+        with self._lock:
+            missing = [n for n in names if n not in self._frames]
+            frames = {n: self._frames[n] for n in names if n in self._frames}
+        if missing:
+            raise UnknownTable(f'no table {missing[0]!r} is registered on the polars engine')
+        # a backend per query, used only as a compiler: ibis binds an expression's unbound tables to the backend
+        # compiling it and looks them up there by name, so it must hold exactly this query's current frames
+        return ibis.polars.connect(tables=frames).compile(expr)
+
+    def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
+        frames = self._compile(expr).collect_batches(chunk_size=batch_size)
+        arrow = (batch for frame in frames for batch in frame.to_arrow().to_batches())
+        yield from conform(arrow, expr, batch_size)
+
+    def scalar(self, expr: 'ir.Scalar') -> Any:
+        return first_value(self.batches(expr.as_table(), 1))
+
+    def close(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+
+class DataFusionEngine:
+    """DataFusion in process: one ``SessionContext`` holds each table as an Arrow dataset; ibis compiles queries to
+    DataFusion's SQL, whose results stream. The context may be queried from several threads at once (its catalog is
+    behind Rust locks); replacing a table is two calls (deregister, register), so replacing and planning a query (when
+    the plan takes its tables from the catalog) are serialised, while running the plan is not."""
+
+    name = 'datafusion'
+
+    def __init__(self, session: Any = None):
+        import datafusion
+
+        self._ctx = session if session is not None else datafusion.SessionContext()
+        self._lock = threading.Lock()
+
+    def register(self, source: TableSource) -> None:
+        with self._lock:
+            self._ctx.deregister_table(source.name)
+            self._ctx.register_dataset(source.name, source.dataset)
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._ctx.deregister_table(name)
+
+    def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
+        import ibis
+
+        sql = ibis.to_sql(expr, dialect='datafusion')
+        with self._lock:
+            frame = self._ctx.sql(sql)
+        stream = (batch.to_pyarrow() for batch in frame.execute_stream())
+        yield from conform(stream, expr, batch_size)
+
+    def scalar(self, expr: 'ir.Scalar') -> Any:
+        return first_value(self.batches(expr.as_table(), 1))
+
+    def close(self) -> None:
+        with self._lock:
+            for name in self._ctx.catalog().schema().names():
+                self._ctx.deregister_table(name)
+
+
+class PySparkEngine:
+    """Spark, on a ``SparkSession`` given as ``session`` or a local one it starts (and alone stops). Tables are temp
+    views of a session of the engine's own (``newSession``: same SparkContext, separate views, so two engines on one
+    Spark do not see each other's tables): Spark reads a table's Parquet files itself where they are known, and gets
+    the Arrow data otherwise. Queries are compiled by ibis to Spark SQL; results come back as Arrow."""
+
+    name = 'pyspark'
+
+    def __init__(self, session: Any = None):
+        import pyspark  # noqa: F401  (a missing package fails here)
+
+        self._root, self._owned = (session, False) if session is not None else _local_spark()
+        self._spark = self._root.newSession()
+        self._spark.conf.set('spark.sql.session.timeZone', 'UTC')
+        self._spark.conf.set('spark.sql.execution.arrow.pyspark.enabled', 'true')
+
+    def register(self, source: TableSource) -> None:
+        if source.files:
+            frame = self._spark.read.parquet(*source.files)
+        else:
+            frame = self._spark.createDataFrame(source.dataset.to_table())
+        frame.createOrReplaceTempView(source.name)
+
+    def unregister(self, name: str) -> None:
+        self._spark.catalog.dropTempView(name)
+
+    def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
+        # toArrow gathers the result on the driver: Spark has no Arrow stream to the client
+        table = self._spark.sql(spark_sql(expr)).toArrow()
+        yield from conform(table.to_batches(), expr, batch_size)
+
+    def scalar(self, expr: 'ir.Scalar') -> Any:
+        return first_value(self.batches(expr.as_table(), 1))
+
+    def close(self) -> None:
+        if self._owned:
+            self._root.stop()
+
+
+def _local_spark() -> tuple[Any, bool]:
+    """A local Spark for this process, and whether it was started here (a Spark already running is reused)."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    started = SparkContext._active_spark_context is None
+    builder = SparkSession.builder.master('local[2]').appName('superduper-lake')
+    for key, value in _SPARK_CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel('ERROR')
+    return spark, started
+
+
+_SPARK_CONF = {
+    'spark.ui.enabled': 'false',
+    'spark.ui.showConsoleProgress': 'false',
+    'spark.sql.shuffle.partitions': '2',  # the default 200 makes every small join or sort 200 tasks
+    'spark.sql.execution.arrow.pyspark.enabled': 'true',
+    'spark.driver.memory': '1g',
+    'spark.sql.session.timeZone': 'UTC',
+}
+
+
+def spark_sql(expr: 'ir.Expr') -> str:
+    """Spark SQL for ``expr``, with SQL's null tests: ibis's PySpark compiler counts NaN as null in ``isnull`` and
+    ``notnull``, which no other engine does."""
+    return str(_spark_compiler().to_sqlglot(expr.unbind()).sql(dialect='spark'))
+
+
+@functools.cache
+def _spark_compiler() -> Any:
+    import ibis
+    from ibis.backends.sql.compilers.base import SQLGlotCompiler
+    from ibis.backends.sql.compilers.pyspark import PySparkCompiler
+
+    ibis.pyspark  # noqa: B018  (loading the backend registers the options its compiler reads)
+
+    class Compiler(PySparkCompiler):
+        visit_IsNull = SQLGlotCompiler.visit_IsNull
+        visit_NotNull = SQLGlotCompiler.visit_NotNull
+
+    return Compiler()
+
+
+def conform(batches: Iterable['pa.RecordBatch'], expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
+    """``batches`` typed as ibis's Arrow schema of ``expr`` (engines differ: string views, large lists, Spark's
+    UTC timestamps), cut to at most ``batch_size`` rows, empty ones dropped."""
+    import pyarrow as pa
+
+    schema = expr.schema().to_pyarrow()
+    for batch in batches:
+        if batch.schema != schema:
+            columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(batch.columns, schema)]
+            batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+        for start in range(0, batch.num_rows, batch_size):
+            yield batch.slice(start, batch_size)
+
+
+def first_value(batches: Iterable['pa.RecordBatch']) -> Any:
+    """The first column's value in the first row of ``batches`` (None where there are no rows)."""
+    for batch in batches:
+        if batch.num_rows:
+            return batch.column(0)[0].as_py()
+    return None
 
 
 def table_names(expr: 'ir.Expr') -> list[str]:
@@ -124,14 +334,34 @@ def table_names(expr: 'ir.Expr') -> list[str]:
 
 
 #: engine name -> factory taking an optional session (a DuckDB connection, a ``SparkSession``)
-ENGINES: dict[str, Callable[[Any], Engine]] = {'duckdb': DuckDBEngine}
+ENGINES: dict[str, Callable[[Any], Engine]] = {
+    'duckdb': DuckDBEngine,
+    'polars': PolarsEngine,
+    'datafusion': DataFusionEngine,
+    'pyspark': PySparkEngine,
+}
+
+#: engine name -> (the package it needs, the extra installing it)
+_PACKAGES = {
+    'duckdb': ('duckdb', 'lake'),
+    'polars': ('polars', 'lake-polars'),
+    'datafusion': ('datafusion', 'lake-datafusion'),
+    'pyspark': ('pyspark', 'pyspark'),
+}
 
 
 def connect_engine(name: str, session: Any = None) -> Engine:
-    """The engine ``name`` (on ``session`` where given: a DuckDB connection, a ``SparkSession``)."""
-    from superduper.base.exceptions import ConfigError
-
-    factory = ENGINES.get(name)
-    if factory is None:
-        raise ConfigError(f'unknown engine {name!r}; known: {", ".join(sorted(ENGINES))}')
-    return factory(session)
+    """The engine called ``name``, on ``session`` (a DuckDB connection, a DataFusion ``SessionContext``, a
+    ``SparkSession``) where given."""
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        known = ', '.join(sorted(ENGINES))
+        raise ConfigError(f'unknown lake engine {name!r}: the engines are {known}') from None
+    try:
+        return factory(session)
+    except ImportError as error:
+        package, extra = _PACKAGES.get(name, (name, None))
+        hint = f"pip install 'superduper[{extra}]'" if extra else f'pip install {package}'
+        missing = error.name or package
+        raise MissingDependency(f'the {name} lake engine needs {missing}, which is not installed: {hint}') from error
