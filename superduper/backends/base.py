@@ -29,8 +29,9 @@ class Capabilities:
 
     #: how writes by other clients are seen: 'triggers' (recorded in the database, in the writer's transaction),
     #: 'change_stream' (MongoDB), 'polling' (row hashes compared with those last seen, by the process that has
-    #: the database open), or 'none' (only writes made through superduper are followed)
-    change_capture: Literal['triggers', 'change_stream', 'polling', 'none'] = 'none'
+    #: the database open), 'versions' (the commits of table versions since the last seen one: Delta tables, read
+    #: by the process that has the folder open), or 'none' (only writes made through superduper are followed)
+    change_capture: Literal['triggers', 'change_stream', 'polling', 'versions', 'none'] = 'none'
     #: workers can take pending changes with ``FOR UPDATE SKIP LOCKED`` instead of queueing behind each other
     skip_locked: bool = False
     #: several statements commit together or not at all

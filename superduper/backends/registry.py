@@ -89,7 +89,8 @@ def _sqlalchemy_scheme(uri: str, scheme: str) -> str:
 #: the columns of the capability table: (heading, what a backend class declares)
 CAPABILITY_COLUMNS = (
     ('other clients\' writes', lambda c: {'triggers': 'triggers', 'change_stream': 'change stream',
-                                          'polling': 'polling'}.get(c.change_capture, 'not seen')),
+                                          'polling': 'polling', 'versions': 'table versions'}.get(c.change_capture,
+                                                                                                 'not seen')),
     ('transactions', lambda c: 'yes' if c.transactions else 'no'),
     ('upsert', lambda c: 'yes' if c.upsert else 'no'),
     ('vectors searched in the database', lambda c: 'yes' if c.native_vectors else 'no'),

@@ -158,8 +158,8 @@ class Listening:
         if self._closed:
             return
         capture = self.db.databackend.capabilities.change_capture
-        if self.db.cfg.follow_changes and self.db.cfg.outputs == 'sync' and (self.feed.durable or capture in
-                                                                             ('change_stream', 'polling')):
+        followed = self.feed.durable or capture in ('change_stream', 'polling', 'versions')
+        if self.db.cfg.follow_changes and self.db.cfg.outputs == 'sync' and followed:
             self.consumer.start(self.db.cfg.poll_interval)
 
     def close(self) -> None:

@@ -49,7 +49,7 @@ KEY_SETTING = 'primary_key:'
 class LakeDataBackend:
     scheme: ClassVar[str] = 'parquet'
     capabilities: ClassVar[Capabilities] = Capabilities(
-        change_capture='none', transactions=False, upsert=True, serialized_writes=True, generated_keys=False)
+        change_capture='versions', transactions=False, upsert=True, serialized_writes=True, generated_keys=False)
     tested: ClassVar[str] = 'the shared suite (DuckDB engine), in CI'
     schemaless: ClassVar[bool] = False
 
@@ -100,9 +100,9 @@ class LakeDataBackend:
             return self._output_log
 
     def change_feed(self, cfg: Any, metadata: Any) -> Any:
-        from superduper.backends.inline import InlineFeed
+        from superduper.backends.lake.versions import VersionFeed
 
-        return InlineFeed(self, metadata.failure_log())
+        return VersionFeed(self, metadata.failure_log())
 
     def native_vectors(self, table: str, field: str) -> bool:
         return False
@@ -401,7 +401,8 @@ class FramesDataBackend(LakeDataBackend):
     process only (read results back with ``.execute().to_pandas()``)."""
 
     scheme = 'frames'
-    capabilities = dataclasses.replace(LakeDataBackend.capabilities, shared=False, persistent=False,
+    capabilities = dataclasses.replace(LakeDataBackend.capabilities, change_capture='none', shared=False,
+                                       persistent=False,
                                        unshared_reason='in-memory DataFrames live in one process')
     tested = 'the shared suite (DuckDB engine), in CI'
 

@@ -89,17 +89,19 @@ class DuckDBEngine:
 
     @staticmethod
     def _replace(cursor: Any, name: str, source: TableSource) -> None:
-        """Register ``source`` as ``name`` on one cursor, in place of what was there (a view or an object)."""
+        """Register ``source`` as ``name`` on one cursor, in place of what was there: a temporary view (of this
+        connection only) over the table's Parquet files, or the Arrow dataset."""
+        quoted = '"' + name.replace('"', '""') + '"'
         cursor.unregister(name)
-        cursor.execute(f'DROP VIEW IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+        cursor.execute(f'DROP VIEW IF EXISTS {quoted}')
         if source.files:  # DuckDB's own Parquet reader: parallel, with filters pushed into the files
-            files = cursor.read_parquet(list(source.files), union_by_name=True)
-            if set(files.columns) >= set(source.dataset.schema.names):
-                files.create_view(name, replace=True)
+            files = '[' + ', '.join("'" + f.replace("'", "''") + "'" for f in source.files) + ']'
+            cursor.execute(f'CREATE TEMP VIEW {quoted} AS SELECT * FROM read_parquet({files}, union_by_name = true)')
+            columns = [row[0] for row in cursor.execute(f'DESCRIBE {quoted}').fetchall()]
+            if set(columns) >= set(source.dataset.schema.names):
                 return
-        if source.files:  # files written before a column was added lack it: the dataset fills it in
-            cursor.register(name, source.dataset)
-        elif source.files is not None:  # no file yet (an empty table)
+            cursor.execute(f'DROP VIEW {quoted}')  # files written before a column was added lack it
+        if source.files is not None and not source.files:  # no file yet (an empty table)
             cursor.register(name, source.dataset.schema.empty_table())
         else:
             cursor.register(name, source.dataset)

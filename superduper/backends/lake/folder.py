@@ -20,11 +20,13 @@ Other tools read the result as an ordinary Delta table (pandas through deltalake
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from superduper.backends.lake.engines import TableSource
 from superduper.base.exceptions import UnknownTable
@@ -32,7 +34,13 @@ from superduper.base.exceptions import UnknownTable
 if TYPE_CHECKING:
     import pyarrow as pa
 
+log = logging.getLogger('superduper')
+
 STATE = '.superduper'
+#: the commit metadata naming the process that made a commit through superduper (``superduper.backends.lake.versions``)
+WRITER = 'superduper.writer'
+#: this process's token in the commits it makes (a new one in every process)
+TOKEN = uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,7 @@ class Folder:
         """One commit adding the rows."""
         from deltalake import write_deltalake
 
-        write_deltalake(self.as_delta(name), data, mode='append', schema_mode='merge')
+        write_deltalake(self.as_delta(name), data, mode='append', schema_mode='merge', commit_properties=_ours())
         self.forget(name)
 
     def merge(self, name: str, data: 'pa.Table', key: str, update: bool = False, insert: bool = False,
@@ -200,7 +208,7 @@ class Folder:
 
         table = DeltaTable(self.as_delta(name))
         merge = table.merge(data, predicate=f't.{_quoted(key)} = s.{_quoted(key)}', source_alias='s',
-                            target_alias='t')
+                            target_alias='t', commit_properties=_ours())
         if update:
             merge = merge.when_matched_update({_quoted(c): f's.{_quoted(c)}' for c in data.column_names if c != key})
         if delete:
@@ -209,6 +217,39 @@ class Folder:
             merge = merge.when_not_matched_insert_all()
         merge.execute()
         self.forget(name)
+
+    # ---- versions (``superduper.backends.lake.versions``) --------------------------------------------------------
+    def version(self, name: str) -> int:
+        return self._delta(name, self.get(name).path).version()
+
+    def commit(self, name: str, version: int) -> Any:
+        """The log entry of one version of a Delta table (``None``: no such version yet)."""
+        from superduper.backends.lake.versions import read_commit
+
+        return read_commit(self.delta_path(name), version)
+
+    def changed_keys(self, name: str, commit: Any, key: str, present: Callable[[list], set]) -> list:
+        """The keys of the rows one commit inserted, updated or deleted: rows of the files it added that are not
+        in the files it removed as they are, and keys of removed rows in no added file that ``present`` (the keys
+        of these still in the table) leaves out."""
+        try:
+            removed = _rows_by_key(commit.removed, key)
+        except FileNotFoundError:
+            log.warning('table %r, version %d: the files it replaced are gone (vacuumed): rows it deleted are '
+                        'not seen', name, commit.version)
+            removed = None
+        changed: list = []
+        added_keys: set = set()
+        for path, marks_deleted in commit.added:
+            for k, row in _rows_by_key([path], key).items():
+                added_keys.add(k)
+                if marks_deleted or removed is None or removed.get(k) != row:
+                    changed.append(k)
+        gone = [k for k in (removed or {}) if k not in added_keys]
+        if gone:
+            still = present(gone)
+            changed += [k for k in gone if k not in still]
+        return list(dict.fromkeys(changed))
 
     def drop(self, name: str) -> None:
         found = self.find(name)
@@ -226,6 +267,24 @@ def plain_types(schema: 'pa.Schema') -> 'pa.Schema':
 
     plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
     return pa.schema([f.with_type(plain.get(f.type, f.type)) for f in schema])
+
+
+def _ours() -> Any:
+    """Commit properties marking a commit as this process's."""
+    from deltalake import CommitProperties
+
+    return CommitProperties(custom_metadata={WRITER: TOKEN})
+
+
+def _rows_by_key(paths: list[str], key: str) -> dict:
+    """Each row of these Parquet files by its key, as a dict of its values."""
+    import pyarrow.parquet as pq
+
+    rows: dict = {}
+    for path in paths:
+        for row in pq.read_table(path).to_pylist():
+            rows[row.get(key)] = row
+    return rows
 
 
 def _quoted(name: str) -> str:
