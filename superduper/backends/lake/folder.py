@@ -197,7 +197,8 @@ class Folder:
         """One commit adding the rows."""
         from deltalake import write_deltalake
 
-        write_deltalake(self.as_delta(name), data, mode='append', schema_mode='merge', commit_properties=_ours())
+        path = self.as_delta(name)
+        _retried(lambda: write_deltalake(path, data, mode='append', schema_mode='merge', commit_properties=_ours()))
         self.forget(name)
 
     def merge(self, name: str, data: 'pa.Table', key: str, update: bool = False, insert: bool = False,
@@ -206,16 +207,21 @@ class Folder:
         ``data``) or delete them; the others are inserted (``insert``)."""
         from deltalake import DeltaTable
 
-        table = DeltaTable(self.as_delta(name))
-        merge = table.merge(data, predicate=f't.{_quoted(key)} = s.{_quoted(key)}', source_alias='s',
-                            target_alias='t', commit_properties=_ours())
-        if update:
-            merge = merge.when_matched_update({_quoted(c): f's.{_quoted(c)}' for c in data.column_names if c != key})
-        if delete:
-            merge = merge.when_matched_delete()
-        if insert:
-            merge = merge.when_not_matched_insert_all()
-        merge.execute()
+        path = self.as_delta(name)
+
+        def run() -> None:
+            merge = DeltaTable(path).merge(data, predicate=f't.{_quoted(key)} = s.{_quoted(key)}', source_alias='s',
+                                           target_alias='t', commit_properties=_ours())
+            if update:
+                merge = merge.when_matched_update({_quoted(c): f's.{_quoted(c)}' for c in data.column_names
+                                                   if c != key})
+            if delete:
+                merge = merge.when_matched_delete()
+            if insert:
+                merge = merge.when_not_matched_insert_all()
+            merge.execute()
+
+        _retried(run)
         self.forget(name)
 
     # ---- versions (``superduper.backends.lake.versions``) --------------------------------------------------------
@@ -267,6 +273,26 @@ def plain_types(schema: 'pa.Schema') -> 'pa.Schema':
 
     plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
     return pa.schema([f.with_type(plain.get(f.type, f.type)) for f in schema])
+
+
+#: how many times a commit that lost to another writer's is made again (on the table as it is then)
+COMMIT_TRIES = 20
+
+
+def _retried(commit: Callable[[], None]) -> None:
+    """Run a commit, again while another program's commit conflicts with it (Delta's optimistic concurrency)."""
+    import random
+    import time
+
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(COMMIT_TRIES):
+        try:
+            return commit()
+        except CommitFailedError:
+            if attempt == COMMIT_TRIES - 1:
+                raise
+            time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
 
 
 def _ours() -> Any:
