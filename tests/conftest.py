@@ -46,11 +46,12 @@ BACKENDS = (['sqlite', 'postgresql', 'mariadb', 'duckdb', 'chdb'] + (['fakesnow'
             + (['mongodb'] if MONGODB_URI else []))
 #: every backend the suite can run on: ``BACKENDS``, PostgreSQL with pgvector (a server of its own, started from
 #: the ``pgserver`` wheel) and, unless it is in ``BACKENDS``, fakesnow: these run only the tests that name them
-ALL_BACKENDS = BACKENDS + ['pgvector'] + ([] if FAKESNOW else ['fakesnow'])
+ALL_BACKENDS = BACKENDS + ['pgvector'] + ([] if FAKESNOW else ['fakesnow']) + ['parquet-polars', 'parquet-datafusion']
 SQL_BACKENDS = ('sqlite', 'postgresql', 'mariadb', 'duckdb', 'fakesnow', 'pgvector')
 #: backends that are another backend's implementation pointed at an emulator: 'fakesnow' is the snowflake backend
 #: on fakesnow's server (Snowflake's SQL on DuckDB, spoken to over HTTP by the real connector and dialect)
-IMPLEMENTED_BY = {'pgvector': 'postgresql', 'fakesnow': 'snowflake'}
+IMPLEMENTED_BY = {'pgvector': 'postgresql', 'fakesnow': 'snowflake', 'parquet-polars': 'parquet',
+                  'parquet-datafusion': 'parquet'}
 #: the named groups a test may pick (``@pytest.mark.backends(...)``)
 FAMILIES = {
     'all': BACKENDS,
@@ -58,6 +59,8 @@ FAMILIES = {
     'server': [b for b in BACKENDS if b in SERVERS],  # SQL servers: many connections writing at once
     'mongo': [b for b in BACKENDS if b.startswith('mongo')],
     'any': ['sqlite'],  # one database, the cheapest: for tests where which one does not matter
+    # a folder on the other query engines (``parquet`` is DuckDB's): the modules of queries, listeners and results
+    'engines': ['parquet-polars', 'parquet-datafusion'],
 }
 #: the test environment's PostgreSQL has no pgvector extension: it cannot store vectors natively (``pgvector`` can)
 ENVIRONMENT = {'postgresql': {'native_vectors': False}}
@@ -272,6 +275,8 @@ def backend_uri(name: str, tmp_path) -> str:
         return f'chdb://{tmp_path}/data.chdb'
     if name == 'parquet':
         return f'parquet://{tmp_path}/lake'
+    if name.startswith('parquet-'):
+        return f'parquet://{tmp_path}/lake?engine={name.split("-", 1)[1]}'
     if name == 'frames':
         return 'frames://'  # no URI opens them: the ``db`` fixture gives superduper() a dict of DataFrames
     if name == 'mongomock':

@@ -13,6 +13,9 @@ import pytest
 from superduper import Cursor, ObjectModel, Table, VectorIndex
 from superduper.base.exceptions import MissingDependency
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 ROWS = [{'txt': f'item {i}', 'n': i, 'price': i * 1.5} for i in range(7)]
 
 

@@ -13,6 +13,9 @@ import pytest
 from superduper import Listener, Model, ObjectModel, Table
 from superduper.base.exceptions import ComponentError, QueryError, UnknownField
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 @pytest.fixture
 def docs(db):

@@ -8,6 +8,9 @@ import pytest
 from superduper import Cursor, Document, Table
 from superduper.base.exceptions import QueryError
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 @pytest.fixture
 def products(db):

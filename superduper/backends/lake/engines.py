@@ -139,21 +139,27 @@ class PolarsEngine:
         import polars  # noqa: F401  (a missing package fails here, not at the first query)
 
         self._frames: dict[str, Any] = {}
+        self._sources: dict[str, TableSource] = {}  # what each frame was made from
         self._lock = threading.Lock()
 
     def register(self, source: TableSource) -> None:
         import polars as pl
 
-        if source.files:
-            frame = pl.scan_parquet(list(source.files))
+        with self._lock:
+            if self._sources.get(source.name) is source:
+                return
+        if source.files:  # files written before a column was added lack it: it reads as nulls
+            frame = pl.scan_parquet(list(source.files), missing_columns='insert')
         else:
             frame = pl.scan_pyarrow_dataset(source.dataset)
         with self._lock:
             self._frames[source.name] = frame
+            self._sources[source.name] = source
 
     def unregister(self, name: str) -> None:
         with self._lock:
             self._frames.pop(name, None)
+            self._sources.pop(name, None)
 
     def _compile(self, expr: 'ir.Expr') -> Any:
         import ibis
@@ -182,8 +188,10 @@ class PolarsEngine:
 
 
 class DataFusionEngine:
-    """DataFusion in process: one ``SessionContext`` holds each table as an Arrow dataset; ibis compiles queries to
-    DataFusion's SQL, whose results stream. The context may be queried from several threads at once (its catalog is
+    """DataFusion in process: one ``SessionContext`` holds each table, as a view over its Parquet files read by
+    DataFusion itself where they are known (the Arrow types a writer recorded in a file, such as string views, are
+    not used: a filter pushed into an Arrow dataset would compare them with plain strings and fail), else as an
+    Arrow dataset; ibis compiles queries to DataFusion's SQL, whose results stream. The context may be queried from several threads at once (its catalog is
     behind Rust locks); replacing a table is two calls (deregister, register), so replacing and planning a query (when
     the plan takes its tables from the catalog) are serialised, while running the plan is not."""
 
@@ -192,17 +200,39 @@ class DataFusionEngine:
     def __init__(self, session: Any = None):
         import datafusion
 
-        self._ctx = session if session is not None else datafusion.SessionContext()
+        # plain strings, not views, as the other engines and the tables' schemas have them
+        config = datafusion.SessionConfig().set('datafusion.sql_parser.map_string_types_to_utf8view', 'false')
+        config = config.set('datafusion.execution.parquet.schema_force_view_types', 'false')
+        self._ctx = session if session is not None else datafusion.SessionContext(config)
         self._lock = threading.Lock()
+        self._sources: dict[str, TableSource] = {}  # what each registered table was made from
 
     def register(self, source: TableSource) -> None:
         with self._lock:
+            if self._sources.get(source.name) is source:
+                return
+        frame = self._files(source) if source.files else None
+        with self._lock:
+            self._sources[source.name] = source
             self._ctx.deregister_table(source.name)
-            self._ctx.register_dataset(source.name, source.dataset)
+            if frame is not None:
+                self._ctx.register_view(source.name, frame)
+            else:
+                self._ctx.register_dataset(source.name, source.dataset)
+
+    def _files(self, source: TableSource) -> Any:
+        """The table's Parquet files as one DataFusion frame of the table's schema."""
+        schema = source.dataset.schema
+        frames = [self._ctx.read_parquet(path, schema=schema) for path in source.files or ()]
+        frame = frames[0]
+        for other in frames[1:]:
+            frame = frame.union(other)
+        return frame
 
     def unregister(self, name: str) -> None:
         with self._lock:
             self._ctx.deregister_table(name)
+            self._sources.pop(name, None)
 
     def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
         import ibis
@@ -235,18 +265,23 @@ class PySparkEngine:
 
         self._root, self._owned = (session, False) if session is not None else _local_spark()
         self._spark = self._root.newSession()
+        self._sources: dict[str, TableSource] = {}  # what each temp view was made from
         self._spark.conf.set('spark.sql.session.timeZone', 'UTC')
         self._spark.conf.set('spark.sql.execution.arrow.pyspark.enabled', 'true')
 
     def register(self, source: TableSource) -> None:
-        if source.files:
-            frame = self._spark.read.parquet(*source.files)
+        if self._sources.get(source.name) is source:
+            return
+        if source.files:  # files written before a column was added lack it: merged schemas read it as nulls
+            frame = self._spark.read.option('mergeSchema', 'true').parquet(*source.files)
         else:
             frame = self._spark.createDataFrame(source.dataset.to_table())
         frame.createOrReplaceTempView(source.name)
+        self._sources[source.name] = source
 
     def unregister(self, name: str) -> None:
         self._spark.catalog.dropTempView(name)
+        self._sources.pop(name, None)
 
     def batches(self, expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
         # toArrow gathers the result on the driver: Spark has no Arrow stream to the client
@@ -308,16 +343,32 @@ def _spark_compiler() -> Any:
 
 def conform(batches: Iterable['pa.RecordBatch'], expr: 'ir.Table', batch_size: int) -> Iterator['pa.RecordBatch']:
     """``batches`` typed as ibis's Arrow schema of ``expr`` (engines differ: string views, large lists, Spark's
-    UTC timestamps), cut to at most ``batch_size`` rows, empty ones dropped."""
+    UTC timestamps), in batches of ``batch_size`` rows (the last one fewer), whatever sizes the engine made."""
     import pyarrow as pa
 
     schema = expr.schema().to_pyarrow()
+    held: list = []  # small batches waiting to fill one
+    count = 0
     for batch in batches:
         if batch.schema != schema:
             columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(batch.columns, schema)]
             batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-        for start in range(0, batch.num_rows, batch_size):
-            yield batch.slice(start, batch_size)
+        while batch.num_rows:
+            take = batch.slice(0, batch_size - count)
+            batch = batch.slice(take.num_rows)
+            held.append(take)
+            count += take.num_rows
+            if count == batch_size:
+                yield _joined(held, schema)
+                held, count = [], 0
+    if count:
+        yield _joined(held, schema)
+
+
+def _joined(parts: list, schema: 'pa.Schema') -> 'pa.RecordBatch':
+    import pyarrow as pa
+
+    return parts[0] if len(parts) == 1 else pa.Table.from_batches(parts, schema=schema).combine_chunks().to_batches()[0]
 
 
 def first_value(batches: Iterable['pa.RecordBatch']) -> Any:

@@ -130,14 +130,16 @@ class Folder:
 
     @staticmethod
     def _make_source(found: Found, delta: Any) -> TableSource:
+        import pyarrow as pa
         import pyarrow.dataset as pads
 
         if found.kind == 'delta':
             files = tuple(_local_path(uri) for uri in delta.file_uris())
-            partitioned = bool(delta.metadata().partition_columns)
-            dataset = delta.to_pyarrow_dataset()
-            dataset = delta.to_pyarrow_dataset(schema=plain_types(dataset.schema))
-            return TableSource(found.name, dataset, None if partitioned else files)
+            schema = plain_types(pa.schema(delta.schema().to_arrow()))
+            if delta.metadata().partition_columns:  # partition values are in paths, not files: deltalake reads them
+                return TableSource(found.name, delta.to_pyarrow_dataset(schema=schema))
+            # the files as one dataset of the table's plain types (a file deltalake wrote may hold string views)
+            return TableSource(found.name, pads.dataset(list(files), schema=schema, format='parquet'), files)
         if found.kind == 'csv':
             return TableSource(found.name, pads.dataset(found.path, format='csv'))
         files = (found.path,) if found.kind == 'parquet' else tuple(sorted(glob.glob(os.path.join(found.path, '*.parquet'))))
