@@ -155,6 +155,19 @@ def test_listeners_filters_outputs_and_search_on_each_engine(folder, engine):
         db.close()
 
 
+def test_a_running_engine_session_is_used(folder):
+    import duckdb
+
+    session = duckdb.connect()
+    db = superduper(f'parquet://{folder}', session=session, progress=False)
+    try:
+        assert db['docs'].count().execute() == 2
+        assert db.databackend.query_engine._db is session
+    finally:
+        db.close()
+    assert session.execute('SELECT 42').fetchone() == (42,)  # the caller's connection stays open
+
+
 # ---- other programs' commits -----------------------------------------------------------------------------------
 def test_appends_updates_and_deletes_by_another_program_reach_the_listener(folder):
     db = connect(folder, poll_interval=0.1)
@@ -289,6 +302,9 @@ def test_bad_settings_and_values_are_refused_by_name(folder, tmp_path):
         superduper(f'parquet://{folder}?format=csv')
     with pytest.raises(QueryError, match="table 'docs': expected a pandas or Polars DataFrame or an Arrow table, got list"):
         superduper({'docs': [1, 2]})
+    with pytest.raises(ConfigError, match='session= is a running query engine for parquet:// folders; sqlite://'):
+        superduper(f'sqlite://{tmp_path}/x.db', session=object())
+    assert not os.path.exists(tmp_path / 'x.db')
     db = connect(folder)
     try:
         db.apply(Table('items', fields={'name': 'str'}))

@@ -119,8 +119,15 @@ def capability_table() -> str:
     return '\n'.join(lines)
 
 
-def connect_data_backend(uri: str) -> Any:
-    return data_backends.create(_data_scheme(uri), uri, shown_as=scheme_of(uri))
+def connect_data_backend(uri: str, session: Any = None) -> Any:
+    """The data backend of ``uri``; ``session`` is a running engine for a folder's queries (``parquet://``: a
+    ``SparkSession``, a DuckDB connection or a DataFusion ``SessionContext``)."""
+    scheme = _data_scheme(uri)
+    if session is None:
+        return data_backends.create(scheme, uri, shown_as=scheme_of(uri))
+    if scheme != 'parquet':
+        raise ConfigError(f'session= is a running query engine for parquet:// folders; {scheme_of(uri)}:// takes none')
+    return data_backends.create(scheme, uri, session, shown_as=scheme_of(uri))
 
 
 def data_backend_of(database: Any) -> Any | None:

@@ -57,6 +57,8 @@ class Registry:
         cls = self.load(scheme)
         try:
             return cls(*args)
+        except MissingDependency:
+            raise  # already names what to install
         except ImportError as e:
             raise missing_dependency(shown_as or scheme, self.get(scheme), e) from e
 

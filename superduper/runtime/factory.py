@@ -18,7 +18,9 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
     """Connect: ``superduper()`` (embedded SQLite under ./.superduper), ``superduper('postgresql://...')``, ...
 
     Keyword arguments override settings (``artifact_store=``, ``metadata_store=``, ``compute=``, ...); then
-    ``SUPERDUPER_*`` environment variables; then ``superduper.yaml``.
+    ``SUPERDUPER_*`` environment variables; then ``superduper.yaml``. ``session=`` hands a folder
+    (``parquet://...?engine=pyspark``) a running engine: a ``SparkSession``, a DuckDB connection, a DataFusion
+    ``SessionContext``.
     """
     from superduper.backends.registry import connect_compute, connect_data_backend, data_backend_of
 
@@ -34,8 +36,9 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
         else:
             raise QueryError('superduper() takes a database URI string, a dict of DataFrames, a pymongo Database or a scikit-learn '
                              f'estimator, got {type(uri).__name__}')
+    session = overrides.pop('session', None)
     cfg = load_config(data_backend=uri, **overrides)
-    databackend = databackend or connect_data_backend(cfg.data_backend)
+    databackend = databackend or connect_data_backend(cfg.data_backend, session)
     if cfg.outputs == 'async' and not databackend.capabilities.workers_follow:
         databackend.close()
         raise ConfigError(f"outputs='async' leaves outputs to workers, which follow the changes the database "

@@ -53,12 +53,12 @@ class LakeDataBackend:
     tested: ClassVar[str] = 'the shared suite (DuckDB engine), in CI'
     schemaless: ClassVar[bool] = False
 
-    def __init__(self, uri: str, engine: Engine | None = None):
+    def __init__(self, uri: str, session: Any = None):
         path, options = parse_uri(uri)
+        engine = connect_engine(options.get('engine', 'duckdb'), session)
         os.makedirs(path, exist_ok=True)
         folder = Folder(path)
-        self._wire(uri, folder, f'sqlite://{os.path.join(folder.state, "state.db")}',
-                   engine or connect_engine(options.get('engine', 'duckdb')))
+        self._wire(uri, folder, f'sqlite://{os.path.join(folder.state, "state.db")}', engine)
 
     def _wire(self, uri: str, storage: Any, state_uri: str, engine: Engine) -> None:
         from superduper.backends.sql.sqlite import SQLiteDataBackend
@@ -406,12 +406,12 @@ class FramesDataBackend(LakeDataBackend):
                                        unshared_reason='in-memory DataFrames live in one process')
     tested = 'the shared suite (DuckDB engine), in CI'
 
-    def __init__(self, frames: dict[str, Any], engine: Engine | None = None):
+    def __init__(self, frames: dict[str, Any]):
         from superduper.backends.lake.frames import Frames
 
         if not isinstance(frames, dict):
             raise ConfigError("DataFrames are given as a dict, superduper({'orders': df}), not as a URI")
-        self._wire(f'frames://{id(frames):x}', Frames(frames), 'sqlite://:memory:', engine or connect_engine('duckdb'))
+        self._wire(f'frames://{id(frames):x}', Frames(frames), 'sqlite://:memory:', connect_engine('duckdb'))
 
     @classmethod
     def missing(cls, uri: str) -> str | None:

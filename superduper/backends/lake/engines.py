@@ -63,7 +63,8 @@ class DuckDBEngine:
     def __init__(self, session: Any = None):
         import duckdb
 
-        self._db = session if session is not None else duckdb.connect()
+        self._owned = session is None  # a connection given is the caller's to close
+        self._db = duckdb.connect() if session is None else session
         self._db.execute('SET python_enable_replacements = false')
         self._sources: dict[str, TableSource] = {}
         self._lock = threading.Lock()
@@ -125,7 +126,8 @@ class DuckDBEngine:
             for cursor, _ in self._idle:
                 cursor.close()
             self._idle.clear()
-        self._db.close()
+        if self._owned:
+            self._db.close()
 
 
 class PolarsEngine:
