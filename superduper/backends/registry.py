@@ -115,7 +115,8 @@ def capability_table() -> str:
             lines.append(f'| `{scheme}://` | ' + ' | '.join(['?'] * len(CAPABILITY_COLUMNS)) + f' | {e} |')
             continue
         cells = [show(cls.capabilities) for _, show in CAPABILITY_COLUMNS]
-        lines.append(f'| `{getattr(cls, "scheme", scheme)}://` | ' + ' | '.join(cells) + f' | {cls.tested} |')
+        label = getattr(cls, 'label', None) or f'`{getattr(cls, "scheme", scheme)}://`'
+        lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {cls.tested} |')
     return '\n'.join(lines)
 
 

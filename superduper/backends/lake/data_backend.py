@@ -50,7 +50,8 @@ class LakeDataBackend:
     scheme: ClassVar[str] = 'parquet'
     capabilities: ClassVar[Capabilities] = Capabilities(
         change_capture='versions', transactions=False, upsert=True, serialized_writes=True, generated_keys=False)
-    tested: ClassVar[str] = 'the shared suite (DuckDB engine), in CI'
+    tested: ClassVar[str] = ('the shared suite on DuckDB, its queries, listeners and results on Polars and DataFusion '
+                             'too, in CI; the engine tests on PySpark, in CI')
     schemaless: ClassVar[bool] = False
 
     def __init__(self, uri: str, session: Any = None):
@@ -401,6 +402,7 @@ class FramesDataBackend(LakeDataBackend):
     process only (read results back with ``.execute().to_pandas()``)."""
 
     scheme = 'frames'
+    label = "`superduper({'t': df})`"  # in the capability table: no URI opens DataFrames
     capabilities = dataclasses.replace(LakeDataBackend.capabilities, change_capture='none', shared=False,
                                        persistent=False,
                                        unshared_reason='in-memory DataFrames live in one process')
