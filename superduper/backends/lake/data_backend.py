@@ -11,10 +11,12 @@ that runs queries: duckdb, the default, polars, datafusion or pyspark).
   through superduper, from any process, run one at a time: a plain insert checks that its keys are new and appends
   with no other superduper writer in between. Each Delta commit stands alone (``transactions=False``): a failing
   unit keeps the commits it made before failing.
-- A table's primary key: the one its ``Table`` declares; else a column named ``id`` or ``_id``.
+- A table's primary key: the one its ``Table`` declares (or superduper gave a table it made, recorded in the state
+  database, since Delta tables record none); else a column named ``id`` or ``_id``.
 
-Writes by other programs are not followed yet (``change_capture='none'``): listeners follow writes made through
-superduper.
+Other programs' commits to Delta tables reach listeners by their table versions (``change_capture='versions'``,
+``superduper.backends.lake.versions``). ``FramesDataBackend`` is the same over in-memory DataFrames
+(``superduper.backends.lake.frames``), whose state lives in an in-memory SQLite database.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import threading
 import urllib.parse
@@ -69,6 +72,7 @@ class LakeDataBackend:
         self.query_engine = engine
         self.state = SQLiteDataBackend(state_uri)
         self._declared: dict[str, tuple[dict[str, FieldType], str]] = {}  # table -> (types, primary key)
+        self._keys: dict[str, list[str]] = {}  # table without a declaration -> its primary key, as described
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -137,7 +141,7 @@ class LakeDataBackend:
 
     def _recorded_key(self, name: str) -> str | None:
         """The primary key superduper gave a table it created (Delta tables record none), from the state database."""
-        return self._settings.setting(KEY_SETTING + name)
+        return self._settings.setting(KEY_SETTING + name) or None
 
     @functools.cached_property
     def _settings(self) -> Any:
@@ -150,7 +154,10 @@ class LakeDataBackend:
         declared = self._declared.get(name)
         if declared is not None:
             return [declared[1]]
-        return list(self.describe(name)[1])
+        found = self._keys.get(name)
+        if found is None:  # kept: a poll of other programs' commits asks for it every time
+            found = self._keys[name] = list(self.describe(name)[1])
+        return found
 
     def declared_schema(self, table: Any) -> tuple[Any, str]:
         schema, key = table.resolved_schema, table.primary_id
@@ -163,6 +170,7 @@ class LakeDataBackend:
 
     def bind_table(self, name: str, types: dict[str, 'FieldType'], primary_key: str) -> None:
         self._declared[name] = (dict(types), primary_key)
+        self._keys.pop(name, None)
 
     def create_table(self, name: str, types: dict[str, 'FieldType'], primary_key: str) -> None:
         """A new table, or the declared columns an existing one lacks added to it."""
@@ -186,6 +194,9 @@ class LakeDataBackend:
     def drop_table(self, name: str) -> None:
         self.storage.drop(name)
         self._declared.pop(name, None)
+        self._keys.pop(name, None)
+        if self._recorded_key(name) is not None:
+            self._settings.set_setting(KEY_SETTING + name, '')
 
     def forget(self, name: str) -> None:
         self.storage.forget(name)
@@ -204,7 +215,7 @@ class LakeDataBackend:
 
     def insert_batches(self, conn: Any, name: str, keys: Sequence[str], batches: list[list[list]]) -> None:
         """All the batches in one append: one Delta commit, so all or none."""
-        joined = [sum((batch[i] for batch in batches), []) for i in range(len(keys))]
+        joined = [list(itertools.chain.from_iterable(batch[i] for batch in batches)) for i in range(len(keys))]
         self.insert(conn, name, keys, joined)
 
     def insert_returning(self, conn: Any, name: str, rows: list[dict]) -> list[tuple]:
@@ -213,16 +224,16 @@ class LakeDataBackend:
 
     def update(self, conn: Any, name: str, values: dict[str, Any], where: Condition | None) -> int:
         key = self._key(name, 'update')
+        if key in values:  # a MERGE matches rows by their key: it cannot change it
+            raise DatabaseError(f'update table {name!r} failed: changing the primary key {key!r} is not supported '
+                                'on a folder; delete the row and insert it again')
         found = self._keys_where(name, key, where)
         if not found:
             return 0
-        names = [key, *[v for v in values if v != key]]
-        columns = [found] + [[values[v]] * len(found) for v in names[1:]]
+        names = [key, *values]
+        columns = [found] + [[values[v]] * len(found) for v in values]
         data = self._arrow(name, names, columns, full=False)
         with self._errors('update', name):
-            if key in values:  # the key itself changes: delete the old rows, insert them with the new values
-                raise DatabaseError(f'update table {name!r} failed: changing the primary key {key!r} is not '
-                                    'supported on a Delta table; delete the row and insert it again')
             self.storage.merge(name, data, key, update=True)
         return len(found)
 
