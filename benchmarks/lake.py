@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f'Python {sys.version.split()[0]}, DuckDB {duckdb.__version__}, deltalake {deltalake.__version__}, '
-          f'torch {torch.__version__} on {torch.get_num_threads()} threads; medians of {args.repeats} reads, '
-          f'{args.backfill_repeats} backfills\n')
+          f'torch {torch.__version__} on {torch.get_num_threads()} threads; medians of '
+          + ', '.join(([f'{args.backfill_repeats} backfills'] if 'backfill' in figures else [])
+                      + ([f'{args.repeats} reads'] if 'read' in figures else [])) + '\n')
     folder = tempfile.mkdtemp(prefix='superduper-lake-bench-')
     results: list[tuple] = []
     try:
