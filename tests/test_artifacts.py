@@ -55,7 +55,7 @@ def test_bad_keys_are_refused(store):
             store.get_bytes(key)
 
 
-@pytest.mark.requires(persistent=True, reason='the database is opened again by its URI')
+@pytest.mark.requires('opened_by_uri', reason='the database is opened again by its URI')
 def test_the_database_remembers_its_artifact_store(db_uri, backend, tmp_path, monkeypatch, caplog):
     """A client started in another folder, with no settings, finds the artifacts the first client stored."""
     from superduper import ObjectModel, superduper

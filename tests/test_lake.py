@@ -230,7 +230,7 @@ def test_api_writes_and_another_programs_commits_at_once_leave_one_current_outpu
 
             path = {os.path.join(folder, 'docs')!r}
             for i in range(100, 130):
-                write_deltalake(path, pa.table({{'id': [i], 'txt': [f'other {{i}}']}}), mode='append')
+                retried(lambda: write_deltalake(path, pa.table({{'id': [i], 'txt': [f'other {{i}}']}}), mode='append'))
                 if i % 3 == 0:
                     retried(lambda: DeltaTable(path).update(updates={{'txt': "'changed ' || CAST(id AS STRING)"}},
                                                             predicate=f'id = {{i - 1}} OR id = 1'))

@@ -237,7 +237,7 @@ def test_component_with_a_lambda_reloads_in_a_new_process(db, db_uri, tmp_path, 
     assert out.stdout.split() == ['ababab', 'xyxyxy']
 
 
-@pytest.mark.requires(persistent=True, reason='the database is opened again by its URI')
+@pytest.mark.requires('opened_by_uri', reason='the database is opened again by its URI')
 def test_a_listener_that_cannot_load_blocks_nothing_else(db_uri, backend, tmp_path):
     """Its artifact is gone: writes to other tables, other listeners and applies go on; status names it and why."""
     from superduper import superduper

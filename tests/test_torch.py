@@ -19,7 +19,7 @@ def tiny_encoder() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
-@pytest.mark.requires(persistent=True, reason='the database is opened again by its URI')
+@pytest.mark.requires('opened_by_uri', reason='the database is opened again by its URI')
 def test_torch_listener_vectors_and_reload(db, db_uri, tmp_path, backend, pk):
     db.apply(Table('points', fields={'x': 'vector[float32:4]'}))
     rng = np.random.default_rng(0)

@@ -128,7 +128,7 @@ def test_limit_select_outputs_and_get(items):
     assert t.like({'txt': 'item 3'}, vector_index='idx', n=5).get().execute()['txt'] == 'item 3'
 
 
-@pytest.mark.requires(persistent=True, reason='the database is opened again by its URI')
+@pytest.mark.requires('opened_by_uri', reason='the database is opened again by its URI')
 def test_reopened_index_catches_up_with_what_changed_without_recomputing(db, db_uri, tmp_path, backend, pk,
                                                                          monkeypatch):
     calls = tmp_path / 'calls.txt'
@@ -164,7 +164,7 @@ def test_reopened_index_catches_up_with_what_changed_without_recomputing(db, db_
         again.close()
 
 
-@pytest.mark.requires(persistent=True, reason='the database is opened again by its URI')
+@pytest.mark.requires('opened_by_uri', reason='the database is opened again by its URI')
 def test_a_searcher_behind_forgotten_deletions_compares_with_the_whole_table(db, db_uri, tmp_path, items, pk):
     t, texts, _ = items
     away = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, poll_interval=0.01)
@@ -246,7 +246,7 @@ def test_bad_input(db, items):
     assert t.count().execute() == 400
 
 
-@pytest.mark.requires(persistent=True, reason='the database is opened again by its URI')
+@pytest.mark.requires('opened_by_uri', reason='the database is opened again by its URI')
 def test_search_makes_no_metadata_query_once_loaded(db_uri, tmp_path):
     db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', metadata_store=f'sqlite://{tmp_path}/meta.db',
                     poll_interval=60)  # within one poll interval: a loaded machine must not make this flaky

@@ -50,11 +50,17 @@ class Capabilities:
     shared: bool = True
     #: the data outlives the process: another process opening the same URI later finds it (not an in-memory database)
     persistent: bool = True
+    #: a URI names the database, so another connection (in this process at least) can open it again; not DataFrames
+    #: handed to ``superduper({'t': df})``
+    opened_by_uri: bool = True
     #: why ``shared`` is False, for the error that refuses a distributed setup
     unshared_reason: str = ''
     #: an insert hands back the keys the database made for its rows (``INSERT ... RETURNING``): rows may leave out
     #: a key the table generates
     generated_keys: bool = True
+    #: reads can come column by column as Arrow arrays (``select_columns``): results go to DataFrames without
+    #: becoming Python rows
+    columnar_reads: bool = False
 
     @property
     def follows_other_writers(self) -> bool:
@@ -150,6 +156,12 @@ class DataBackend(Protocol):
                batch_size: int = 2000, joins: Sequence[tuple[str, str, str, str]] = ()) -> Iterator[list]:
         """Batches of rows: tuples in ``columns`` order then one value per join ``(table, column, on, key)``, or
         dicts when ``columns`` is ``None`` (schemaless backends only)."""
+
+    def select_columns(self, name: str, columns: Sequence[str], where: 'Condition | None' = None,
+                       order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None, offset: int = 0,
+                       batch_size: int = 2000, joins: Sequence[tuple[str, str, str, str]] = ()) -> Iterator[list]:
+        """As ``select``, each batch a list of columns: Arrow arrays, or lists of values where the stored form
+        needs reading back (JSON text). Only where ``capabilities.columnar_reads``."""
 
     def rows_by_key(self, name: str, columns: Sequence[str] | None, key: str, values: Sequence[Any]) -> list:
         """The rows whose ``key`` is one of ``values``, in any order (vector search hits)."""

@@ -71,3 +71,56 @@ def _polars_series(pl: Any, name: str, values: list) -> 'polars.Series':
 def _as_list(value: Any) -> Any:
     tolist = getattr(value, 'tolist', None)
     return tolist() if tolist is not None and getattr(value, 'ndim', 0) > 0 else value
+
+
+# ---- from columns (a select read column by column: Arrow arrays where the backend gives them, else lists) ----------
+def _is_arrow(column: Any) -> bool:
+    return type(column).__module__.startswith('pyarrow')
+
+
+def _values(pieces: Sequence[Any]) -> list:
+    values: list = []
+    for piece in pieces:
+        values.extend(piece.to_pylist() if _is_arrow(piece) else piece)
+    return values
+
+
+def _column_pieces(parts: Sequence[Sequence[Any]], i: int) -> list:
+    return [part[i] for part in parts]
+
+
+def pandas_from_columns(pd: Any, names: Sequence[str], parts: Sequence[Sequence[Any]],
+                        start: int = 0) -> 'pandas.DataFrame':
+    """Batches of columns (in ``names`` order) as one pandas DataFrame indexed from ``start``: Arrow columns
+    converted by Arrow, as the engine's own ``to_pandas`` would, list columns as they are."""
+    if not parts:
+        return pd.DataFrame(columns=list(names))
+    import pyarrow as pa
+
+    data = {}
+    for i, name in enumerate(names):
+        pieces = _column_pieces(parts, i)
+        if all(_is_arrow(p) for p in pieces):
+            data[name] = pa.chunked_array(pieces).to_pandas().array
+        else:
+            data[name] = _values(pieces)
+    frame = pd.DataFrame(data, columns=list(names))
+    frame.index = pd.RangeIndex(start, start + len(frame))
+    return frame
+
+
+def polars_from_columns(pl: Any, names: Sequence[str], parts: Sequence[Sequence[Any]]) -> 'polars.DataFrame':
+    """Batches of columns (in ``names`` order) as one polars DataFrame: Arrow columns taken by polars as they are,
+    list columns typed as ``polars_frame`` types them."""
+    if not parts:
+        return pl.DataFrame({name: [] for name in names})
+    import pyarrow as pa
+
+    series = []
+    for i, name in enumerate(names):
+        pieces = _column_pieces(parts, i)
+        if all(_is_arrow(p) for p in pieces):
+            series.append(pl.from_arrow(pa.chunked_array(pieces)).alias(name))
+        else:
+            series.append(_polars_series(pl, name, _values(pieces)))
+    return pl.DataFrame(series)

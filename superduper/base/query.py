@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from superduper.base.exceptions import QueryError
-from superduper.base.frames import pandas_frame, polars_frame, require
+from superduper.base.frames import pandas_frame, pandas_from_columns, polars_frame, polars_from_columns, require
 
 if TYPE_CHECKING:
     import pandas
@@ -441,15 +441,30 @@ class Cursor:
     for polars. An empty result is a frame with those columns, and no batches.
     """
 
-    def __init__(self, batches: Iterator[list['Document']], columns: Sequence[str] | None = None):
+    #: rows per batch when a whole result goes to one DataFrame read column by column
+    FRAME_BATCH = 65_536
+
+    def __init__(self, batches: Iterator[list['Document']], columns: Sequence[str] | None = None,
+                 column_batches: Callable[[int | None], Iterator[list]] | None = None):
         self._batches = batches
         self._current: Iterator['Document'] = iter(())
         self.columns: list[str] | None = list(columns) if columns is not None else None
+        #: the same read, column by column (``batch size -> batches of columns``; ``None``: the read's own size),
+        #: taken for DataFrames while no row has been read: no ``Document`` is made
+        self._column_batches = column_batches if columns is not None else None
 
     def __iter__(self) -> 'Cursor':
         return self
 
+    def _columnar(self) -> Callable[[int | None], Iterator[list]] | None:
+        """The column-by-column read, once: from then on the rows are read that way (the row read never starts)."""
+        read, self._column_batches = self._column_batches, None
+        if read is not None:
+            self._batches = iter(())
+        return read
+
     def __next__(self) -> 'Document':
+        self._column_batches = None  # rows are being read: DataFrames are made from what is left of them
         while True:
             try:
                 return next(self._current)
@@ -463,6 +478,7 @@ class Cursor:
 
     def _peek(self, n: int) -> list['Document']:
         """The next ``n`` rows, kept for the iteration that follows (at most a batch more is fetched)."""
+        self._column_batches = None
         buffered = list(self._current)
         while len(buffered) < n:
             try:
@@ -473,6 +489,7 @@ class Cursor:
         return buffered[:n]
 
     def tolist(self) -> list['Document']:
+        self._column_batches = None
         out = list(self._current)
         for batch in self._batches:
             out.extend(batch)
@@ -480,6 +497,7 @@ class Cursor:
 
     def batches(self) -> Iterator[list['Document']]:
         """The remaining rows, a batch at a time."""
+        self._column_batches = None
         rest = list(self._current)
         if rest:
             yield rest
@@ -488,28 +506,45 @@ class Cursor:
     def to_pandas(self) -> 'pandas.DataFrame':
         """The remaining rows as one pandas DataFrame."""
         pd = require('pandas', 'Cursor.to_pandas()')
+        read = self._columnar()
+        if read is not None:
+            return pandas_from_columns(pd, self.columns or [], list(read(self.FRAME_BATCH)))
         return pandas_frame(pd, self.tolist(), self.columns)
 
     def to_polars(self) -> 'polars.DataFrame':
         """The remaining rows as one polars DataFrame."""
         pl = require('polars', 'Cursor.to_polars()')
+        read = self._columnar()
+        if read is not None:
+            return polars_from_columns(pl, self.columns or [], list(read(self.FRAME_BATCH)))
         return polars_frame(pl, self.tolist(), self.columns)
 
     def pandas_batches(self) -> Iterator['pandas.DataFrame']:
         """The remaining rows as pandas DataFrames, one per batch fetched."""
         pd = require('pandas', 'Cursor.pandas_batches()')
-        return self._frames(lambda rows, start: pandas_frame(pd, rows, self.columns, start))
+        return self._frames(lambda rows, start: pandas_frame(pd, rows, self.columns, start),
+                            lambda columns, start: pandas_from_columns(pd, self.columns or [], [columns], start))
 
     def polars_batches(self) -> Iterator['polars.DataFrame']:
         """The remaining rows as polars DataFrames, one per batch fetched."""
         pl = require('polars', 'Cursor.polars_batches()')
-        return self._frames(lambda rows, start: polars_frame(pl, rows, self.columns))
+        return self._frames(lambda rows, start: polars_frame(pl, rows, self.columns),
+                            lambda columns, start: polars_from_columns(pl, self.columns or [], [columns]))
 
-    def _frames(self, build: Callable[[list['Document'], int], Any]) -> Iterator[Any]:
+    def _frames(self, from_rows: Callable[[list['Document'], int], Any],
+                from_columns: Callable[[list, int], Any]) -> Iterator[Any]:
         start = 0
+        read = self._columnar()
+        if read is not None:
+            for columns in read(None):
+                count = len(columns[0]) if columns else 0
+                if count:
+                    yield from_columns(columns, start)
+                    start += count
+            return
         for batch in self.batches():
             if batch:
-                yield build(batch, start)
+                yield from_rows(batch, start)
                 start += len(batch)
 
     def close(self) -> None:

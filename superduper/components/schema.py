@@ -80,6 +80,23 @@ class Schema(Component):
         return decode
 
 
+    def column_decoder(self, keys: Sequence[str], artifacts: 'Artifacts') -> Callable[[list], list]:
+        """A function decoding a batch given column by column (in ``keys`` order): the columns of fields whose type
+        decodes become lists of their values; the others are returned as they came (lists, or Arrow arrays a
+        DataFrame takes as they are)."""
+        decoders = [(i, self.types[k]) for i, k in enumerate(keys) if k in self.types and self.types[k].decodes]
+
+        def decode(columns: list) -> list:
+            columns = list(columns)
+            for i, ftype in decoders:
+                values = columns[i]
+                values = values.to_pylist() if hasattr(values, 'to_pylist') else list(values)
+                with self._decoding(keys[i]):
+                    columns[i] = list(ftype.decode(values, artifacts))
+            return columns
+
+        return decode
+
     @contextlib.contextmanager
     def _decoding(self, field: str) -> Iterator[None]:
         try:

@@ -159,11 +159,22 @@ class QueryExecutor:
             schema = type(info.schema)(info.name, fields=fields)
         keys = None if columns is None else columns + [j[1] for j in joins]
         decode = schema.row_decoder(keys, self.artifact_store)
-        batches = self.databackend.select(
-            info.name, columns, where, query.order, query.limit_ if limit is None else limit, query.offset_,
-            self.cfg.read_batch_size, joins=joins,
-        )
-        return Cursor((decode(batch) for batch in batches), keys)
+        args = (info.name, columns, where, query.order, query.limit_ if limit is None else limit, query.offset_)
+        batches = self.databackend.select(*args, self.cfg.read_batch_size, joins=joins)
+        if keys is None:
+            return Cursor((decode(batch) for batch in batches), keys)
+        decode_columns = schema.column_decoder(keys, self.artifact_store)
+
+        def column_batches(size: int | None) -> Iterator[list]:
+            """The same read column by column, for DataFrames: no ``Document`` per row."""
+            size = size or self.cfg.read_batch_size
+            if self.databackend.capabilities.columnar_reads:
+                reads = self.databackend.select_columns(*args, size, joins=joins)
+            else:
+                reads = (list(zip(*batch)) for batch in self.databackend.select(*args, size, joins=joins) if batch)
+            return (decode_columns(columns) for columns in reads)
+
+        return Cursor((decode(batch) for batch in batches), keys, column_batches)
 
     def _ids(self, info: TableInfo, query: Query, where: Condition | None) -> list:
         pk = list(info.primary_key)

@@ -52,7 +52,8 @@ KEY_SETTING = 'primary_key:'
 class LakeDataBackend:
     scheme: ClassVar[str] = 'parquet'
     capabilities: ClassVar[Capabilities] = Capabilities(
-        change_capture='versions', transactions=False, upsert=True, serialized_writes=True, generated_keys=False)
+        change_capture='versions', transactions=False, upsert=True, serialized_writes=True, generated_keys=False,
+        columnar_reads=True)
     tested: ClassVar[str] = ('the shared suite on DuckDB, its queries, listeners and results on Polars and DataFusion '
                              'too, in CI; the engine tests on PySpark, in CI')
     schemaless: ClassVar[bool] = False
@@ -305,6 +306,28 @@ class LakeDataBackend:
     def select(self, name: str, columns: Sequence[str] | None, where: Condition | None = None,
                order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None, offset: int = 0,
                batch_size: int = 2000, joins: Sequence[tuple[str, str, Any, str]] = ()) -> Iterator[list]:
+        expr, readers = self._query(name, columns, where, order_by, limit, offset, joins)
+        with self._errors('select from', name):
+            for batch in self.query_engine.batches(expr, batch_size):
+                if batch.num_rows:
+                    yield arrow_types.rows_of(batch, readers)
+
+    def select_columns(self, name: str, columns: Sequence[str] | None, where: Condition | None = None,
+                       order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None, offset: int = 0,
+                       batch_size: int = 2000, joins: Sequence[tuple[str, str, Any, str]] = ()) -> Iterator[list]:
+        """As ``select``, each batch as columns: the engine's Arrow arrays, or lists where values read back
+        (JSON text, UUIDs)."""
+        expr, readers = self._query(name, columns, where, order_by, limit, offset, joins)
+        with self._errors('select from', name):
+            for batch in self.query_engine.batches(expr, batch_size):
+                if batch.num_rows:
+                    yield [column if read is None else read(column.to_pylist())
+                           for column, read in zip(batch.columns, readers)]
+
+    def _query(self, name: str, columns: Sequence[str] | None, where: Condition | None,
+               order_by: Sequence[tuple[str, bool]], limit: int | None, offset: int,
+               joins: Sequence[tuple[str, str, Any, str]]) -> tuple['ir.Table', list]:
+        """The ibis expression of a select, and how each of its result columns reads back."""
         import ibis
 
         table = self._table(name)
@@ -320,7 +343,7 @@ class LakeDataBackend:
             expr = expr.left_join(other, base[on] == other[key])
             selected.append(other[column].name(f'_j{i}'))
             readers.append(arrow_types.reader(self._storages(other_name).get(column)))
-        # the order's columns go last, unread (``rows_of`` reads as many columns as there are readers)
+        # the order's columns go last, unread (``rows_of`` and ``select_columns`` read as many as there are readers)
         ordering = [base[c].name(f'_o{i}') for i, (c, _) in enumerate(order_by)]
         expr = expr.select(*selected, *ordering)
         if order_by:
@@ -328,10 +351,7 @@ class LakeDataBackend:
                                   for o, (_, descending) in zip(ordering, order_by)])
         if limit is not None or offset:
             expr = expr.limit(limit, offset=offset)
-        with self._errors('select from', name):
-            for batch in self.query_engine.batches(expr, batch_size):
-                if batch.num_rows:
-                    yield arrow_types.rows_of(batch, readers)
+        return expr, readers
 
     def rows_by_key(self, name: str, columns: Sequence[str] | None, key: str, values: Sequence[Any]) -> list:
         if not values:
@@ -415,7 +435,7 @@ class FramesDataBackend(LakeDataBackend):
     scheme = 'frames'
     label = "`superduper({'t': df})`"  # in the capability table: no URI opens DataFrames
     capabilities = dataclasses.replace(LakeDataBackend.capabilities, change_capture='none', shared=False,
-                                       persistent=False,
+                                       persistent=False, opened_by_uri=False,
                                        unshared_reason='in-memory DataFrames live in one process')
     tested = 'the shared suite (DuckDB engine), in CI'
 

@@ -20,6 +20,7 @@ Other tools read the result as an ordinary Delta table (pandas through deltalake
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -232,8 +233,6 @@ class Folder:
 
     def commit(self, name: str, version: int) -> Any:
         """The log entry of one version of a Delta table (``None``: no such version yet)."""
-        from superduper.backends.lake.versions import read_commit
-
         return read_commit(self.delta_path(name), version)
 
     def changed_keys(self, name: str, commit: Any, key: str, present: Callable[[list], set]) -> list:
@@ -333,3 +332,44 @@ def _mtime(path: str) -> float:
     if os.path.isdir(path):
         return max([os.path.getmtime(path)] + [os.path.getmtime(f) for f in glob.glob(os.path.join(path, '*'))])
     return os.path.getmtime(path)
+
+
+# ---- the Delta log ---------------------------------------------------------------------------------------------
+def commit_path(table_path: str, version: int) -> str:
+    return os.path.join(table_path, '_delta_log', f'{version:020d}.json')
+
+
+@dataclass
+class Commit:
+    """One version's entry in a Delta log: the data files it added (with whether rows of them are marked deleted)
+    and removed, and its ``commitInfo``."""
+
+    version: int
+    added: list[tuple[str, bool]]
+    removed: list[str]
+    info: dict
+
+
+def read_commit(table_path: str, version: int) -> Commit | None:
+    """The commit of ``version``, or ``None`` if the table has no such version (yet)."""
+    try:
+        with open(commit_path(table_path, version)) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return None
+    added, removed, info = [], [], {}
+    for action in lines:
+        if 'add' in action:
+            added.append((_data_path(table_path, action['add']['path']), bool(action['add'].get('deletionVector'))))
+        elif 'remove' in action:
+            removed.append(_data_path(table_path, action['remove']['path']))
+        elif 'commitInfo' in action:
+            info = action['commitInfo']
+    return Commit(version, added, removed, info)
+
+
+def _data_path(table_path: str, path: str) -> str:
+    import urllib.parse
+
+    path = urllib.parse.unquote(path)
+    return path if os.path.isabs(path) or '://' in path else os.path.join(table_path, path)

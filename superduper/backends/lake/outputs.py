@@ -7,7 +7,7 @@ commits to Delta: a reader that sees the counter at ``n`` finds every write up t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import sqlalchemy as sa
 
@@ -16,12 +16,10 @@ from superduper.backends.outputs import SOURCE
 from superduper.backends.sql.outputs import SQLOutputLog
 from superduper.base.query import Compare
 
-if TYPE_CHECKING:
-    from superduper.backends.lake.data_backend import LakeDataBackend
-
 
 class LakeOutputLog(SQLOutputLog):
-    def __init__(self, lake: 'LakeDataBackend'):
+    def __init__(self, lake: Any):
+        """``lake``: a ``LakeDataBackend``."""
         super().__init__(lake.state)
         self.lake = lake
 

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
-import os
 import threading
-import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import sqlalchemy as sa
 
@@ -41,9 +38,6 @@ from superduper.backends.base import Batch, Change, Results
 from superduper.backends.inline import InlineFeed, InlineWrites
 from superduper.backends.lake.folder import TOKEN, WRITER
 from superduper.base.keys import dump_key
-
-if TYPE_CHECKING:
-    from superduper.backends.lake.data_backend import LakeDataBackend
 
 log = logging.getLogger('superduper')
 
@@ -73,7 +67,8 @@ class _Found:
 class VersionFeed(InlineFeed):
     """Writes through superduper and queued work as ``InlineFeed``; other programs' commits by their versions."""
 
-    def __init__(self, backend: 'LakeDataBackend', failures: Any):
+    def __init__(self, backend: Any, failures: Any):
+        """``backend``: a ``LakeDataBackend``."""
         super().__init__(backend, failures)
         self.lake = backend
         meta = sa.MetaData()
@@ -292,41 +287,3 @@ class VersionFeed(InlineFeed):
         with self._state:
             found = self._found.get(table)
             return queued + (len(found.rest) if found else 0), None
-
-
-def commit_path(table_path: str, version: int) -> str:
-    return os.path.join(table_path, '_delta_log', f'{version:020d}.json')
-
-
-@dataclass
-class Commit:
-    """One version's entry in a Delta log: the data files it added (with whether rows of them are marked deleted)
-    and removed, and its ``commitInfo``."""
-
-    version: int
-    added: list[tuple[str, bool]]
-    removed: list[str]
-    info: dict
-
-
-def read_commit(table_path: str, version: int) -> Commit | None:
-    """The commit of ``version``, or ``None`` if the table has no such version (yet)."""
-    try:
-        with open(commit_path(table_path, version)) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return None
-    added, removed, info = [], [], {}
-    for action in lines:
-        if 'add' in action:
-            added.append((_data_path(table_path, action['add']['path']), bool(action['add'].get('deletionVector'))))
-        elif 'remove' in action:
-            removed.append(_data_path(table_path, action['remove']['path']))
-        elif 'commitInfo' in action:
-            info = action['commitInfo']
-    return Commit(version, added, removed, info)
-
-
-def _data_path(table_path: str, path: str) -> str:
-    path = urllib.parse.unquote(path)
-    return path if os.path.isabs(path) or '://' in path else os.path.join(table_path, path)
