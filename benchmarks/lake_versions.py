@@ -34,16 +34,8 @@ import time
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from benchmarks.polling import median_time
 from superduper import ObjectModel, superduper
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def setup(folder: str, rows: int, interval: float, follow: bool):

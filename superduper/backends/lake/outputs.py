@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import sqlalchemy as sa
-
 from superduper.backends.base import OUTPUT_SEQ
 from superduper.backends.outputs import SOURCE
 from superduper.backends.sql.outputs import SQLOutputLog
@@ -23,19 +21,8 @@ class LakeOutputLog(SQLOutputLog):
         super().__init__(lake.state)
         self.lake = lake
 
-    def prepare(self, table: str) -> None:
-        with self._lock:
-            if table in self._prepared:
-                return
-        c = self.counters.c
-        try:
-            with self.backend.begin() as conn:
-                if conn.execute(sa.select(c.tbl).where(c.tbl == table)).first() is None:
-                    conn.execute(self.counters.insert(), {'tbl': table, 'n': 0, 'floor': 0})
-        except sa.exc.IntegrityError:  # there already
-            pass
-        with self._lock:
-            self._prepared.add(table)
+    def _index_seq(self, table: str) -> None:
+        """Nothing: outputs are Delta tables, which have no indexes."""
 
     def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
         count = len(columns[0])

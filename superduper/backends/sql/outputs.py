@@ -64,12 +64,7 @@ class SQLOutputLog(OutputRows):
         with self._lock:
             if table in self._prepared:
                 return
-        name = 'ix_superduper_seq_' + hashlib.sha1(table.encode()).hexdigest()[:16]
-        index = sa.Index(name, self.backend.table(table).c[OUTPUT_SEQ])
-        try:
-            index.create(self.backend.engine, checkfirst=True)
-        except sa.exc.DBAPIError:  # made by another process meanwhile
-            pass
+        self._index_seq(table)
         c = self.counters.c
         try:
             with self.backend.begin() as conn:  # read first: some databases enforce no primary key (BigQuery, Trino)
@@ -79,6 +74,15 @@ class SQLOutputLog(OutputRows):
             pass
         with self._lock:
             self._prepared.add(table)
+
+    def _index_seq(self, table: str) -> None:
+        """An index on the outputs table's ``OUTPUT_SEQ`` (readers ask for the rows past a number)."""
+        name = 'ix_superduper_seq_' + hashlib.sha1(table.encode()).hexdigest()[:16]
+        index = sa.Index(name, self.backend.table(table).c[OUTPUT_SEQ])
+        try:
+            index.create(self.backend.engine, checkfirst=True)
+        except sa.exc.DBAPIError:  # made by another process meanwhile
+            pass
 
     def advance(self, conn: Any, table: str) -> int:
         c = self.counters.c
