@@ -116,11 +116,17 @@ def test_the_first_write_makes_a_delta_table_in_place(folder):
 
 
 def test_outputs_are_delta_tables_other_tools_read(folder):
+    import numpy as np
+
     db = connect(folder)
     try:
         listener = upper_listener(db)
+        vectors = db.apply(ObjectModel('len', object=lambda x: np.array([len(x), 0.5], dtype='float32'),
+                                       datatype='vector[float32:2]').to_listener('docs', key='txt', identifier='len'))
     finally:
         db.close()
+    embeddings = pl.read_delta(os.path.join(folder, vectors.outputs)).sort('_source')  # arrays, not bytes
+    assert embeddings[vectors.outputs].to_list() == [[5.0, 0.5], [4.0, 0.5]]
     path = os.path.join(folder, listener.outputs)
     expected = {1: 'HELLO', 2: 'HOLA'}
     assert dict(zip(*DeltaTable(path).to_pandas()[['_source', listener.outputs]].to_dict('list').values())) == expected

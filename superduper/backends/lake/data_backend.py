@@ -177,7 +177,7 @@ class LakeDataBackend:
         """A new table, or the declared columns an existing one lacks added to it."""
         import pyarrow as pa
 
-        fields = [pa.field(f, arrow_types.arrow_type(t.storage), nullable=f != primary_key) for f, t in types.items()]
+        fields = [pa.field(f, arrow_types.arrow_type(t), nullable=f != primary_key) for f, t in types.items()]
         found = self.storage.find(name)
         with self._errors('create', name):
             if found is None:
@@ -275,6 +275,10 @@ class LakeDataBackend:
                   else pa.nulls(count, f.type) for f in fields]
         return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_nullable(True) for f in fields]))
 
+    def _reader(self, name: str, table: 'ir.Table', column: str) -> Any:
+        """How a column of ``name`` (``table`` in ibis) reads back."""
+        return arrow_types.reader(self._storages(name).get(column), table.schema()[column].to_pyarrow())
+
     def _storages(self, name: str) -> dict[str, str]:
         declared = self._declared.get(name)
         if declared is not None:
@@ -321,8 +325,7 @@ class LakeDataBackend:
         with self._errors('select from', name):
             for batch in self.query_engine.batches(expr, batch_size):
                 if batch.num_rows:
-                    yield [column if read is None else read(column.to_pylist())
-                           for column, read in zip(batch.columns, readers)]
+                    yield [column if read is None else read(column) for column, read in zip(batch.columns, readers)]
 
     def _query(self, name: str, columns: Sequence[str] | None, where: Condition | None,
                order_by: Sequence[tuple[str, bool]], limit: int | None, offset: int,
@@ -334,7 +337,7 @@ class LakeDataBackend:
         columns = list(columns) if columns is not None else list(table.columns)
         base = table.filter(condition(table, where)) if where is not None else table
         selected = [base[c] for c in columns]
-        readers = [arrow_types.reader(self._storages(name).get(c)) for c in columns]
+        readers = [self._reader(name, table, c) for c in columns]
         expr = base
         for i, (other_name, column, on, key) in enumerate(joins):
             other = self._table(other_name)
@@ -342,7 +345,7 @@ class LakeDataBackend:
                 raise DatabaseError(f'select from table {name!r} failed: a composite key cannot be joined here')
             expr = expr.left_join(other, base[on] == other[key])
             selected.append(other[column].name(f'_j{i}'))
-            readers.append(arrow_types.reader(self._storages(other_name).get(column)))
+            readers.append(self._reader(other_name, other, column))
         # the order's columns go last, unread (``rows_of`` and ``select_columns`` read as many as there are readers)
         ordering = [base[c].name(f'_o{i}') for i, (c, _) in enumerate(order_by)]
         expr = expr.select(*selected, *ordering)
