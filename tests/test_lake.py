@@ -235,7 +235,7 @@ def test_api_writes_and_another_programs_commits_at_once_leave_one_current_outpu
                         pass
 
             path = {os.path.join(folder, 'docs')!r}
-            for i in range(100, 130):
+            for i in range(100, 115):
                 retried(lambda: write_deltalake(path, pa.table({{'id': [i], 'txt': [f'other {{i}}']}}), mode='append'))
                 if i % 3 == 0:
                     retried(lambda: DeltaTable(path).update(updates={{'txt': "'changed ' || CAST(id AS STRING)"}},
@@ -245,7 +245,7 @@ def test_api_writes_and_another_programs_commits_at_once_leave_one_current_outpu
         """,))
         program.start()
         t = db['docs']
-        for i in range(200, 230):
+        for i in range(200, 215):
             t.insert([{'id': i, 'txt': f'api {i}'}]).execute()
             t.filter(t['id'] == 1).update({'txt': f'api update {i}'}).execute()
         program.join()
