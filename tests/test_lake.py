@@ -194,6 +194,19 @@ def test_appends_updates_and_deletes_by_another_program_reach_the_listener(folde
         db.close()
 
 
+def test_a_plain_file_followed_before_it_became_a_delta_table_is_followed_after(folder):
+    db = connect(folder, poll_interval=0.1)
+    try:
+        listener = upper_listener(db)  # docs is docs.parquet: nothing to follow yet
+        db['docs'].insert([{'id': 3, 'txt': 'ciao'}]).execute()  # now a Delta table
+        other_program(f"""
+            write_deltalake({os.path.join(folder, 'docs')!r}, pa.table({{'id': [4], 'txt': ['salut']}}), mode='append')
+        """)
+        wait_for(lambda: faults(folder, listener) == CLEAN)
+    finally:
+        db.close()
+
+
 def test_commits_made_while_the_folder_was_closed_are_computed_when_it_opens(folder):
     db = connect(folder)
     db['docs'].insert([{'id': 3, 'txt': 'ciao'}]).execute()

@@ -29,6 +29,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -42,6 +43,8 @@ from superduper.base.keys import dump_key
 log = logging.getLogger('superduper')
 
 SEEN = '_superduper_lake_seen'
+#: seconds after which a write through this process whose end was never seen no longer holds back polls
+STUCK = 60.0
 
 
 @dataclass
@@ -76,7 +79,8 @@ class VersionFeed(InlineFeed):
                              sa.Column('version', sa.BigInteger, nullable=False))
         meta.create_all(backend.state.engine, checkfirst=True)
         self._found: dict[str, _Found] = {}  # table -> the version being computed
-        self._in_flight: collections.Counter = collections.Counter()  # table -> writes through this process in flight
+        #: table -> when each write through this process to it began, while in flight
+        self._in_flight: dict[str, list[float]] = collections.defaultdict(list)
         self._touches: dict[str, collections.Counter] = {}  # table -> key text -> writes through this process
         self._state = threading.Lock()
         self._turn = 0
@@ -88,12 +92,8 @@ class VersionFeed(InlineFeed):
 
     def follow(self, table: str, key: Sequence[str]) -> None:
         """From the table's current version on (its rows as they are now are the backfill's)."""
-        if not self._followable(table) or self._seen_version(table) is not None:
-            return
-        version = self.lake.storage.version(table)
-        with self.lake.state.begin() as conn:
-            if conn.execute(sa.select(self.seen.c.version).where(self.seen.c.tbl == table)).first() is None:
-                conn.execute(self.seen.insert(), {'tbl': table, 'version': version})
+        if self._followable(table) and self._seen_version(table) is None:
+            self._store_first_seen(table, self.lake.storage.version(table))
 
     def unfollow(self, table: str) -> None:
         with self.lake.state.begin() as conn:
@@ -109,7 +109,7 @@ class VersionFeed(InlineFeed):
     @contextlib.contextmanager
     def writing(self, conn: Any, table: str, key: Sequence[str]) -> Iterator[InlineWrites]:
         with self._state:
-            self._in_flight[table] += 1
+            self._in_flight[table].append(time.monotonic())
         handle = InlineWrites(table)
         try:
             yield handle
@@ -131,7 +131,8 @@ class VersionFeed(InlineFeed):
 
     def _write_done(self, table: str) -> None:
         with self._state:
-            self._in_flight[table] -= 1
+            if self._in_flight[table]:
+                self._in_flight[table].pop(0)
 
     def _touched(self, table: str, changes: list[Change]) -> dict[str, int]:
         with self._state:
@@ -179,8 +180,9 @@ class VersionFeed(InlineFeed):
         """The changes of the first version after the seen one that others made (this process's own commits are
         passed over once none of its writes is in flight); ``None`` if there is none."""
         seen = self._seen_version(table)
-        if seen is None:
-            return None
+        if seen is None:  # a plain file when its listener was applied, made a Delta table since: version 0 holds
+            seen = 0      # the rows the backfill read, so every later version is a change
+            self._store_first_seen(table, seen)
         storage = self.lake.storage
         while True:
             version = seen + 1
@@ -188,9 +190,8 @@ class VersionFeed(InlineFeed):
             if commit is None:
                 return None
             if commit.info.get(WRITER) == TOKEN:
-                with self._state:
-                    if self._in_flight[table]:
-                        return None  # its writer is still computing it
+                if self._writing_now(table):
+                    return None  # its writer is still computing it
                 self._store_seen(table, version)
                 seen = version
                 continue
@@ -203,6 +204,17 @@ class VersionFeed(InlineFeed):
             with self._state:
                 self._found[table] = found
             return found
+
+    def _writing_now(self, table: str) -> bool:
+        """Whether a write through this process to ``table`` is in flight (one stuck longer than ``STUCK`` seconds,
+        whose end was never seen, e.g. its state commit failed after its Delta commit, no longer counts)."""
+        with self._state:
+            return any(time.monotonic() - start < STUCK for start in self._in_flight[table])
+
+    def _store_first_seen(self, table: str, version: int) -> None:
+        with self.lake.state.begin() as conn:
+            if conn.execute(sa.select(self.seen.c.version).where(self.seen.c.tbl == table)).first() is None:
+                conn.execute(self.seen.insert(), {'tbl': table, 'version': version})
 
     def _changed_keys(self, table: str, commit: Any) -> list:
         key = self.lake.primary_key(table)
