@@ -91,20 +91,23 @@ def _column_pieces(parts: Sequence[Sequence[Any]], i: int) -> list:
 
 def pandas_from_columns(pd: Any, names: Sequence[str], parts: Sequence[Sequence[Any]],
                         start: int = 0) -> 'pandas.DataFrame':
-    """Batches of columns (in ``names`` order) as one pandas DataFrame indexed from ``start``: Arrow columns
-    converted by Arrow, as the engine's own ``to_pandas`` would, list columns as they are."""
+    """Batches of columns (in ``names`` order) as one pandas DataFrame indexed from ``start``: the Arrow columns
+    converted together by Arrow, as an engine's own ``to_pandas`` would, the list columns as they are."""
     if not parts:
         return pd.DataFrame(columns=list(names))
     import pyarrow as pa
 
-    data = {}
+    arrow, lists = {}, {}
     for i, name in enumerate(names):
         pieces = _column_pieces(parts, i)
         if all(_is_arrow(p) for p in pieces):
-            data[name] = pa.chunked_array(pieces).to_pandas().array
+            arrow[name] = pa.chunked_array(pieces)
         else:
-            data[name] = _values(pieces)
-    frame = pd.DataFrame(data, columns=list(names))
+            lists[name] = _values(pieces)
+    frame = pa.table(arrow).to_pandas() if arrow else pd.DataFrame(index=pd.RangeIndex(len(next(iter(lists.values())))))
+    for name, values in lists.items():
+        frame[name] = values
+    frame = frame[list(names)]
     frame.index = pd.RangeIndex(start, start + len(frame))
     return frame
 

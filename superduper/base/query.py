@@ -442,7 +442,7 @@ class Cursor:
     """
 
     #: rows per batch when a whole result goes to one DataFrame read column by column
-    FRAME_BATCH = 65_536
+    FRAME_BATCH = 1 << 20
 
     def __init__(self, batches: Iterator[list['Document']], columns: Sequence[str] | None = None,
                  column_batches: Callable[[int | None], Iterator[list]] | None = None):
