@@ -15,6 +15,9 @@ from superduper.base.exceptions import (
     UnknownTable,
 )
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 @pytest.fixture
 def items(db, pk):

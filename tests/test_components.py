@@ -63,6 +63,9 @@ model = db.apply(ObjectModel('scale', object=lambda x: {body}))
 print(model.version)
 '''
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 def test_identity_by_content_not_by_where_the_code_is(tmp_path):
     """Re-running a script whose model moved (comments, blank lines, another file) applies nothing new; a change to

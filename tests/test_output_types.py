@@ -9,6 +9,9 @@ import pytest
 from superduper import ObjectModel, Table, VectorIndex
 from superduper.base.exceptions import ComponentError
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 def embed(text: str) -> np.ndarray:
     if text.startswith('bad'):

@@ -9,6 +9,9 @@ from superduper import Metric, ObjectModel, Table
 from superduper.base.exceptions import ComponentError
 from superduper.ext.sklearn import SklearnModel
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 def accuracy(y_true, y_pred) -> float:
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))

@@ -17,6 +17,9 @@ from superduper import DataType, LazyArtifact, ObjectModel, Schema, Table
 from superduper.base.exceptions import ConfigError, InvalidValue
 from superduper.components.datatype import BLOB_PREFIX, FILE_PREFIX
 
+#: also on a folder queried by the other engines (the shared suite runs ``parquet`` on DuckDB)
+pytestmark = pytest.mark.backends('all', 'engines')
+
 
 def raw_value(db, table: str, column: str, row_id: str):
     """The value as stored in the database, read without superduper."""

@@ -70,7 +70,9 @@ def _vectors(values: list, dtype: pa.DataType) -> pa.Array:
 
     item = numpy.dtype(dtype.value_type.to_pandas_dtype())
     present = [v for v in values if v is not None]
-    size = len(present[0]) // item.itemsize if present else 0
+    if not present:
+        return pa.nulls(len(values), dtype)
+    size = len(present[0]) // item.itemsize
     flat = numpy.frombuffer(b''.join(v if v is not None else bytes(size * item.itemsize) for v in values), dtype=item)
     mask = pa.array([v is None for v in values]) if len(present) < len(values) else None
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), size, mask=mask).cast(dtype)

@@ -151,7 +151,8 @@ class PolarsEngine:
             if self._sources.get(source.name) is source:
                 return
         if source.files:  # files written before a column was added lack it: it reads as nulls
-            frame = pl.scan_parquet(list(source.files), missing_columns='insert')
+            schema = pl.from_arrow(source.dataset.schema.empty_table()).schema
+            frame = pl.scan_parquet(list(source.files), schema=schema, missing_columns='insert')
         else:
             frame = pl.scan_pyarrow_dataset(source.dataset)
         with self._lock:
