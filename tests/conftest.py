@@ -303,10 +303,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def backends_for(node) -> list[str]:
-    """The backends a test runs on: the families and names of its closest ``backends`` mark (``sql_only``: 'sql'),
-    every one of ``BACKENDS`` without."""
-    marker = node.get_closest_marker('backends')
-    if marker is None and node.get_closest_marker('sql_only') is not None:
+    """The backends a test runs on: the families and names of its closest ``backends`` or ``sql_only`` mark
+    (``sql_only``: 'sql'), every one of ``BACKENDS`` without."""
+    # the closest of the two marks decides: a test's own sql_only overrides its module's backends mark
+    marker = next((m for m in node.iter_markers() if m.name in ('backends', 'sql_only')), None)
+    if marker is not None and marker.name == 'sql_only':
         return FAMILIES['sql']
     chosen: list[str] = []
     for name in marker.args if marker is not None else ('all',):

@@ -449,6 +449,11 @@ class FramesDataBackend(LakeDataBackend):
             raise ConfigError("DataFrames are given as a dict, superduper({'orders': df}), not as a URI")
         self._wire(f'frames://{id(frames):x}', Frames(frames), 'sqlite://:memory:', connect_engine('duckdb'))
 
+    def change_feed(self, cfg: Any, metadata: Any) -> Any:
+        from superduper.backends.inline import InlineFeed
+
+        return InlineFeed(self, metadata.failure_log())  # nothing but this process writes the frames
+
     @classmethod
     def missing(cls, uri: str) -> str | None:
         return None

@@ -81,14 +81,18 @@ class VersionFeed(InlineFeed):
         self._found: dict[str, _Found] = {}  # table -> the version being computed
         #: table -> when each write through this process to it began, while in flight
         self._in_flight: dict[str, list[float]] = collections.defaultdict(list)
-        self._touches: dict[str, collections.Counter] = {}  # table -> key text -> writes through this process
+        #: table -> key text -> writes through this process, kept while a batch of the table is out (the batches
+        #: compare these counts with those they were made with)
+        self._touches: dict[str, collections.Counter] = {}
+        self._out: collections.Counter = collections.Counter()  # table -> batches out
         self._state = threading.Lock()
         self._turn = 0
 
     # ---- which tables are followed -----------------------------------------------------------------------------
     def _followable(self, table: str) -> bool:
-        found = getattr(self.lake.storage, 'find', lambda _: None)(table)
-        return getattr(found, 'kind', None) == 'delta'
+        """Whether the table records versions (a Delta table, not a plain file)."""
+        found = self.lake.storage.find(table)
+        return found is not None and found.kind == 'delta'
 
     def follow(self, table: str, key: Sequence[str]) -> None:
         """From the table's current version on (its rows as they are now are the backfill's)."""
@@ -126,13 +130,21 @@ class VersionFeed(InlineFeed):
         if batch is None:
             self._write_done(handle.table)
             return None
-        batch.claim = VersionClaim(handle.table, None, self._touched(handle.table, batch.changes), own_write=True)
+        batch.claim = self._claim(handle.table, batch.changes, own_write=True)
         return batch
 
     def _write_done(self, table: str) -> None:
         with self._state:
             if self._in_flight[table]:
                 self._in_flight[table].pop(0)
+
+    def _claim(self, table: str, changes: list[Change], version: int | None = None,
+               own_write: bool = False) -> VersionClaim:
+        """The claim of a batch going out now, with the counts of writes of its rows so far."""
+        with self._state:
+            self._out[table] += 1
+            touches = self._touches.get(table, collections.Counter())
+            return VersionClaim(table, version, {c.text: touches[c.text] for c in changes}, own_write)
 
     def _touched(self, table: str, changes: list[Change]) -> dict[str, int]:
         with self._state:
@@ -144,8 +156,7 @@ class VersionFeed(InlineFeed):
         """Queued work first (backfills, retries), then the next version of a followed table."""
         batch = super().claim(limit, listener)
         if batch is not None:
-            batch.claim = VersionClaim(batch.changes[0].table, None, self._touched(batch.changes[0].table,
-                                                                                    batch.changes))
+            batch.claim = self._claim(batch.changes[0].table, batch.changes)
             return batch
         if listener is not None:
             return None
@@ -173,8 +184,7 @@ class VersionFeed(InlineFeed):
             keys = [found.rest.popleft() for _ in range(min(limit, len(found.rest)))]
             found.out += 1
         changes = [Change(table, k, None, dump_key(k)) for k in keys]
-        return Batch(stamp=next(self._stamps), changes=changes,
-                     claim=VersionClaim(table, found.version, self._touched(table, changes)))
+        return Batch(stamp=next(self._stamps), changes=changes, claim=self._claim(table, changes, found.version))
 
     def _read_next_version(self, table: str) -> _Found | None:
         """The changes of the first version after the seen one that others made (this process's own commits are
@@ -279,6 +289,11 @@ class VersionFeed(InlineFeed):
         claim = batch.claim
         if not isinstance(claim, VersionClaim):
             return
+        with self._state:
+            self._out[claim.table] -= 1
+            if not self._out[claim.table]:  # no batch left to compare with: the counts can go
+                del self._out[claim.table]
+                self._touches.pop(claim.table, None)
         if claim.own_write:
             self._write_done(claim.table)
             return
