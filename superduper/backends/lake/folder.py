@@ -66,25 +66,25 @@ class Folder:
 
     # ---- what is there -------------------------------------------------------------------------------------
     def tables(self) -> dict[str, Found]:
-        found: dict[str, Found] = {}
-        for entry in sorted(os.listdir(self.path)):
-            if entry.startswith('.'):
-                continue
-            full = os.path.join(self.path, entry)
-            if os.path.isdir(full):
-                if os.path.isdir(os.path.join(full, '_delta_log')):
-                    found[entry] = Found(entry, 'delta', full)
-                elif glob.glob(os.path.join(full, '*.parquet')):
-                    found.setdefault(entry, Found(entry, 'parquet_dir', full))
-            else:
-                stem, ext = os.path.splitext(entry)
-                kind = {'.parquet': 'parquet', '.csv': 'csv'}.get(ext.lower())
-                if kind and (stem not in found or found[stem].kind != 'delta'):
-                    found[stem] = Found(stem, kind, full)
-        return found
+        names = {os.path.splitext(e)[0] if os.path.isfile(os.path.join(self.path, e)) else e
+                 for e in os.listdir(self.path) if not e.startswith('.')}
+        found = {name: self.find(name) for name in sorted(names)}
+        return {name: f for name, f in found.items() if f is not None}
 
     def find(self, name: str) -> Found | None:
-        return self.tables().get(name)
+        """Where table ``name`` is: a Delta table first, then a Parquet file, a CSV file, a folder of Parquet files
+        (a few file-system checks, no listing of the folder)."""
+        if name.startswith('.') or os.sep in name:
+            return None
+        full = os.path.join(self.path, name)
+        if os.path.isdir(os.path.join(full, '_delta_log')):
+            return Found(name, 'delta', full)
+        for ext, kind in (('.parquet', 'parquet'), ('.csv', 'csv')):
+            if os.path.isfile(full + ext):
+                return Found(name, kind, full + ext)
+        if os.path.isdir(full) and glob.glob(os.path.join(glob.escape(full), '*.parquet')):
+            return Found(name, 'parquet_dir', full)
+        return None
 
     def get(self, name: str) -> Found:
         found = self.find(name)
