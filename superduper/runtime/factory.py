@@ -34,8 +34,8 @@ def superduper(uri: str | None = None, **overrides: Any) -> Datalayer:
 
             return SklearnModel(type(uri).__name__.lower(), object=uri)  # type: ignore[return-value]
         else:
-            raise QueryError('superduper() takes a database URI string, a dict of DataFrames, a pymongo Database or a scikit-learn '
-                             f'estimator, got {type(uri).__name__}')
+            raise QueryError('superduper() takes a database URI string, a dict of DataFrames, a pymongo Database or '
+                             f'a scikit-learn estimator, got {type(uri).__name__}')
     session = overrides.pop('session', None)
     cfg = load_config(data_backend=uri, **overrides)
     databackend = databackend or connect_data_backend(cfg.data_backend, session)
