@@ -141,15 +141,18 @@ class VersionFeed(InlineFeed):
     def _claim(self, table: str, changes: list[Change], version: int | None = None,
                own_write: bool = False) -> VersionClaim:
         """The claim of a batch going out now, with the counts of writes of its rows so far."""
-        with self._state:
+        with self._state:  # counted out with the same lock the counts are read: they cannot be dropped between
             self._out[table] += 1
-            touches = self._touches.get(table, collections.Counter())
-            return VersionClaim(table, version, {c.text: touches[c.text] for c in changes}, own_write)
+            return VersionClaim(table, version, self._counts(table, changes), own_write)
 
     def _touched(self, table: str, changes: list[Change]) -> dict[str, int]:
         with self._state:
-            touches = self._touches.get(table, collections.Counter())
-            return {c.text: touches[c.text] for c in changes}
+            return self._counts(table, changes)
+
+    def _counts(self, table: str, changes: list[Change]) -> dict[str, int]:
+        """Per row, the writes through this process so far (the caller holds ``_state``)."""
+        touches = self._touches.get(table, collections.Counter())
+        return {c.text: touches[c.text] for c in changes}
 
     # ---- consuming ---------------------------------------------------------------------------------------------
     def claim(self, limit: int, listener: str | None = None) -> Batch | None:
