@@ -210,6 +210,22 @@ def test_pgvector_stores_and_searches_natively(db, backend):
     assert db.vector_indexes.get('nat-idx').searcher.kind == 'pgvector'
 
 
+@pytest.mark.backends('pgvector')
+def test_a_vector_table_described_by_the_database_takes_vectors(db):
+    # a table read from the database (not declared here: another program's, or one re-read after another process
+    # applied a component) has its VECTOR(n) column as pgvector's type, not as an unknown type taking raw bytes
+    with db.databackend.engine.begin() as conn:
+        conn.exec_driver_sql('CREATE EXTENSION IF NOT EXISTS vector')
+        conn.exec_driver_sql(f'CREATE TABLE theirs (id TEXT PRIMARY KEY, v VECTOR({DIM}))')
+    db['theirs'].insert([{'id': 'a', 'v': embed('a')}]).execute()
+    assert np.allclose(db['theirs'].get(id='a').execute()['v'], embed('a'))
+    listener = ObjectModel('emb', object=embed).to_listener('theirs', key='id')
+    db.apply(VectorIndex('theirs-idx', indexing_listener=listener))
+    db.databackend.forget(listener.outputs)  # as after another process applied a component
+    db['theirs'].insert([{'id': 'b', 'v': embed('b')}]).execute()
+    assert [r['id'] for r in db['theirs'].like({'id': 'b'}, vector_index='theirs-idx', n=1).execute()] == ['b']
+
+
 def test_hnsw_recall_against_exact(db, pk):
     db.apply(Table('many', fields={'txt': 'str'}))
     db['many'].insert([{'txt': f'vector {i}'} for i in range(2000)]).execute()

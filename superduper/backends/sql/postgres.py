@@ -85,6 +85,11 @@ class PostgresDataBackend(SQLDataBackend):
     def engine_options(self) -> dict[str, Any]:
         return {'pool_pre_ping': True}
 
+    def configure_engine(self) -> None:
+        # a reflected VECTOR(n) column is pgvector's type (SQLAlchemy would reflect an untyped column, whose values
+        # would then be sent as bytes: a table is reflected again after another process applied a component)
+        self.dialect.ischema_names = {**self.dialect.ischema_names, 'vector': PgVector}
+
     @functools.cached_property
     def has_pgvector(self) -> bool:
         """Whether the database has the ``vector`` extension (created here when it is available but not yet on)."""
@@ -99,6 +104,13 @@ class PostgresDataBackend(SQLDataBackend):
         except sa.exc.DBAPIError:
             return False
         return True
+
+    def describe(self, name: str) -> tuple[dict[str, str], tuple[str, ...]]:
+        kinds, primary_key = super().describe(name)
+        for column in self.table(name).columns:  # another program's VECTOR(n) column holds vectors
+            if isinstance(column.type, PgVector):
+                kinds[column.name] = f'vector[float32:{column.type.dim}]'
+        return kinds, primary_key
 
     def native_vectors(self, table: str, field: str) -> bool:
         return isinstance(self.table(table).c[field].type, PgVector)
