@@ -33,7 +33,7 @@ def _fail(error: Exception) -> NoReturn:
 
 
 @contextmanager
-def _database(uri: str, create: bool = False) -> Iterator[Any]:
+def _database(uri: str, create: bool = False, **overrides: Any) -> Iterator[Any]:
     """A connection for one command; a superduper error becomes its message and exit code 1. Unless ``create``,
     a database that does not exist is an error (looking at it must not make it)."""
     from superduper.backends.registry import missing_database
@@ -42,7 +42,7 @@ def _database(uri: str, create: bool = False) -> Iterator[Any]:
     try:
         if not create and (reason := missing_database(uri)):
             _fail(reason)
-        db = _connect(uri, follow_changes=False)
+        db = _connect(uri, **{'follow_changes': False, **overrides})
     except SuperduperError as e:
         _fail(e)
     try:
@@ -256,6 +256,73 @@ def trust(uri: str = typer.Argument(..., help='database URI'),
             return
         count = stored_code.sign_stored_code(db.metadata, entries)
         typer.echo(f'signed {count} code artifact(s)')
+
+
+@app.command()
+def serve(
+    uri: str = typer.Argument(..., help='database URI'),
+    host: str = typer.Option('127.0.0.1', help='address to listen on'),
+    port: int = typer.Option(8000, help='port to listen on (0: any free port)'),
+    anonymous: str = typer.Option('none', help="what a request without an API key may do: none, read or write"),
+    outputs: Optional[str] = typer.Option(None, help="'async': writes only record changes and workers (superduper "
+                                          "start) compute them, so the server loads no model for writes"),
+    max_body: int = typer.Option(16 * 2**20, help='largest request body in bytes'),
+) -> None:
+    """Serve the REST API (/api/v1, OpenAPI at /docs), the web console (/) and Prometheus metrics (/metrics).
+    Requests need an API key (superduper apikey create) unless --anonymous allows them."""
+    from pydantic import ValidationError
+
+    from superduper.server import serve as run
+    from superduper.server.settings import ServeSettings
+
+    try:
+        settings = ServeSettings(host=host, port=port, anonymous=anonymous, max_body_bytes=max_body)
+    except ValidationError as e:
+        raise typer.BadParameter('; '.join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+    # in sync mode the server also computes what other clients write, as an embedded process does
+    overrides = {'follow_changes': True} if outputs is None else {'outputs': outputs, 'follow_changes': outputs == 'sync'}
+    with _database(uri, create=True, **overrides) as db:
+        # uvicorn stops on SIGINT and SIGTERM, finishing the requests under way
+        run(db, settings, started=lambda h, p: typer.echo(f'serving http://{h}:{p} (OpenAPI at /docs)', err=True))
+
+
+apikey = typer.Typer(help='API keys of superduper serve: create, list, revoke.', no_args_is_help=True)
+app.add_typer(apikey, name='apikey')
+
+
+@apikey.command('create')
+def apikey_create(uri: str = typer.Argument(..., help='database URI'),
+                  name: str = typer.Argument(..., help='who or what the key is for'),
+                  scope: str = typer.Option('read', help='read, write (read and change rows) or admin (everything)'),
+                  ) -> None:
+    """Make an API key and print it (only its hash is stored: it cannot be shown again)."""
+    from superduper.server.keys import ApiKeys
+
+    with _database(uri) as db:
+        typer.echo(ApiKeys(db.metadata).create(name, scope))
+
+
+@apikey.command('list')
+def apikey_list(uri: str = typer.Argument(..., help='database URI')) -> None:
+    """The API keys: id, name, scope, when made and when revoked."""
+    from superduper.server.keys import ApiKeys
+
+    with _database(uri) as db:
+        keys = ApiKeys(db.metadata).list()
+    _table([(k['id'], k['name'], k['scope'], f"{k['created_at']:%Y-%m-%d %H:%M:%S}",
+             '-' if k['revoked_at'] is None else f"{k['revoked_at']:%Y-%m-%d %H:%M:%S}") for k in keys],
+           ('id', 'name', 'scope', 'created', 'revoked'))
+
+
+@apikey.command('revoke')
+def apikey_revoke(uri: str = typer.Argument(..., help='database URI'),
+                  key_id: str = typer.Argument(..., help='the id of the key (superduper apikey list)')) -> None:
+    """Revoke an API key: the server refuses it within seconds."""
+    from superduper.server.keys import ApiKeys
+
+    with _database(uri) as db:
+        ApiKeys(db.metadata).revoke(key_id)
+    typer.echo(f'revoked {key_id}')
 
 
 def main() -> None:

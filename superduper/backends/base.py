@@ -417,6 +417,7 @@ METRICS = '_superduper_metrics'
 INDEX_STATES = '_superduper_index_states'
 ARTIFACT_REFS = '_superduper_artifact_refs'
 SETTINGS = '_superduper_settings'
+API_KEYS = '_superduper_api_keys'  # the server's API keys, hashed (``superduper.server.keys``)
 #: the setting whose value changes with every apply and remove (``MetadataStore.components_version``)
 COMPONENTS_VERSION = 'components_version'
 

@@ -4,11 +4,12 @@ a model's input (a ``key``) is in ``superduper.components.inputs``."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from superduper.base.exceptions import ComponentError, ModelError
+from superduper.base.exceptions import ComponentError, ConfigError, ModelError
 from superduper.components.component import Component
+from superduper.components.datatype import resolve_type
 from superduper.components.inputs import Key
 
 if TYPE_CHECKING:
@@ -26,6 +27,20 @@ class Model(Component):
     batch_size: int = 64
     trainable: ClassVar[bool] = False
     fit_keys: Any = None  # (X, y) of the last fit, used by validate()
+    #: an endpoint of ``superduper serve`` (``POST /api/v1/models/<identifier>/predict``)
+    serve: bool = field(default=False, metadata={'optional': True})
+    #: the field type of one input (``'str'``, ``'vector[float32:3]'``, ``'image'``): the server checks inputs by it
+    input_type: Any = field(default=None, metadata={'optional': True})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.serve, bool):
+            raise ComponentError(f'{type(self).__name__} {self.identifier!r}: serve is True or False, got {self.serve!r}')
+        if self.input_type is not None:
+            try:
+                resolve_type(self.input_type)
+            except ConfigError as e:
+                raise ComponentError(f'{type(self).__name__} {self.identifier!r}: input_type: {e}') from None
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f'{type(self).__name__} does not implement predict')

@@ -12,7 +12,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from superduper.backends.base import (
-    COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
+    API_KEYS, COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
 from superduper.backends.base import Below, OneOf, Where
 from superduper.backends.logs import FailureLog, JobLog, split_where
@@ -39,7 +39,7 @@ class MongoMetaDataStore:
             unique=True, name='uq_superduper_component_version',
         )
         self.failures.create_index([('listener_uuid', pymongo.ASCENDING)], name='ix_superduper_failures_listener')
-        self.records = MongoRecords(database, ids={JOBS: 'id'})
+        self.records = MongoRecords(database, ids={JOBS: 'id', API_KEYS: 'id'})
 
     def __repr__(self) -> str:
         return f'MongoMetaDataStore({self.backend.uri!r})'
@@ -155,6 +155,7 @@ class MongoMetaDataStore:
         self.artifact_refs().drop()
         for collection in (self.components, self.jobs, self.failures, self.metrics, self.index_states, self.settings):
             collection.drop()
+        self.records.database[API_KEYS].drop()
 
     def close(self) -> None:
         self.backend.close()

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from superduper.backends.base import (
-    COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
+    API_KEYS, COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
 )
 from superduper.backends.base import Below, OneOf, Where
 from superduper.backends.logs import FailureLog, JobLog, split_where
@@ -101,10 +101,20 @@ class SQLMetadataStore:
             sa.Column('name', sa.String(64), primary_key=True),
             sa.Column('value', sa.Text, nullable=False),
         )
+        self.api_keys = sa.Table(
+            API_KEYS,
+            self._meta,
+            sa.Column('id', sa.String(32), primary_key=True),
+            sa.Column('name', sa.String(255), nullable=False),
+            sa.Column('digest', sa.String(64), nullable=False),  # SHA-256 of the key's secret part, never the key
+            sa.Column('scope', sa.String(16), nullable=False),
+            sa.Column('created_at', sa.DateTime, nullable=False),
+            sa.Column('revoked_at', sa.DateTime),
+        )
         self._meta.create_all(engine, checkfirst=True)
         # the token every apply and remove changes (``components_version``)
         insert_absent(engine, self.settings, {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex}, merge)
-        self.records = SQLRecords(engine, [self.jobs, self.failures], merge)
+        self.records = SQLRecords(engine, [self.jobs, self.failures, self.api_keys], merge)
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'

@@ -1,0 +1,138 @@
+"""The ASGI application of ``superduper serve``: the REST API (``routes``), the web console (``console``), health,
+readiness and Prometheus metrics, behind API keys (``keys``), request size limits and one error format
+(``errors``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from superduper.base.exceptions import SuperduperError
+from superduper.server import errors
+from superduper.server.metrics import route_of
+from superduper.server.service import Service, requires
+from superduper.server.settings import ServeSettings
+
+UPLOAD_PATH = '/api/v1/components'
+Receive = Callable[[], Awaitable[dict]]
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        self.limit = limit
+
+
+class Guard:
+    """ASGI middleware: refuses bodies over the size limit (413, before they are read whole) and times each request
+    for the metrics."""
+
+    def __init__(self, app: Any, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Receive, send: Callable) -> None:
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
+        settings = self.service.settings
+        limit = settings.max_upload_bytes if scope['path'] == UPLOAD_PATH else settings.max_body_bytes
+        declared = dict(scope['headers']).get(b'content-length')
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _send_json(send, 413, errors.body(_too_large(limit), 'RequestTooLarge'))
+        started, status = time.perf_counter(), [500]
+        seen = [0]
+
+        async def counted() -> dict:
+            message = await receive()
+            seen[0] += len(message.get('body', b''))
+            if seen[0] > limit:
+                raise BodyTooLarge(limit)
+            return message
+
+        async def watched(message: dict) -> None:
+            if message['type'] == 'http.response.start':
+                status[0] = message['status']
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        finally:
+            self.service.metrics.observe(scope['method'], route_of(scope), status[0], time.perf_counter() - started)
+
+
+def _too_large(limit: int) -> str:
+    return f'the request body is larger than the limit of {limit} bytes'
+
+
+async def _send_json(send: Callable, status: int, content: dict) -> None:
+    response = JSONResponse(content, status_code=status)
+    await send({'type': 'http.response.start', 'status': status, 'headers': response.raw_headers})
+    await send({'type': 'http.response.body', 'body': response.body})
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.HTTPProblem)
+    async def problem(request: Request, error: errors.HTTPProblem) -> JSONResponse:
+        return JSONResponse(errors.body(error.message, 'HTTPError'), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(SuperduperError)
+    async def superduper_error(request: Request, error: SuperduperError) -> JSONResponse:
+        return JSONResponse(errors.body(str(error), type(error).__name__), status_code=errors.status_of(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        field = '.'.join(str(p) for p in first.get('loc', ()))
+        return JSONResponse(errors.body(f'{field}: {first.get("msg", "invalid")}', 'InvalidRequest', field),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(errors.body(str(error.detail), 'HTTPError'), status_code=error.status_code,
+                            headers=getattr(error, 'headers', None))
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(errors.body(_too_large(error.limit), 'RequestTooLarge'), status_code=413)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(errors.internal(error, f'{request.method} {request.url.path}'), status_code=500)
+
+
+def create_app(db: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """The server's application over an open datalayer (``superduper serve`` runs it with uvicorn)."""
+    from superduper.server import console, routes
+
+    service = Service(db, settings or ServeSettings())
+    app = FastAPI(title='superduper', version='1', description='Models, search and tables of one superduper '
+                  'database. Authenticate with `Authorization: Bearer <API key>`.')
+    app.state.service = service
+    _handlers(app)
+    app.include_router(routes.router)
+    app.include_router(console.router)
+
+    @app.get('/health', tags=['server'], summary='the server is up')
+    def health() -> dict:
+        return {'status': 'ok'}
+
+    @app.get('/ready', tags=['server'], summary='the database answers', responses={503: {}})
+    def ready() -> Response:
+        try:
+            db.components_generation(fresh=True)
+        except Exception as e:
+            errors.log.warning('not ready: %s', e)
+            return JSONResponse(errors.body('the database does not answer', 'NotReady'), status_code=503)
+        return JSONResponse({'status': 'ready'})
+
+    @app.get('/metrics', tags=['server'], summary='Prometheus metrics', dependencies=[])
+    def metrics(request: Request) -> Response:
+        requires('read')(request)
+        data, content_type = service.metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    app.add_middleware(Guard, service=service)
+    return app

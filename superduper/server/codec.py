@@ -1,0 +1,68 @@
+"""Values to and from JSON for the server.
+
+Out: vectors and arrays are JSON arrays; dates ISO 8601 text; bytes ``{"$base64": ...}``; an image
+``{"$base64": <PNG>, "media_type": "image/png"}``; a value kept in the artifact store
+``{"$artifact": key, "url": "/api/v1/artifacts/<key>"}`` (fetched on demand); NaN and infinity ``null``.
+In: ``{"$base64": ...}`` becomes bytes (an image or audio field decodes them as its type does); everything else
+is taken as JSON gives it and checked by the field's type.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import decimal
+import io
+import math
+import uuid
+from typing import Any
+
+from superduper.base.document import LazyArtifact
+from superduper.base.exceptions import InvalidValue
+
+ARTIFACTS_PATH = '/api/v1/artifacts/'
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON (see the module's description)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, LazyArtifact):
+        return {'$artifact': value.key, 'url': ARTIFACTS_PATH + value.key}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {'$base64': base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    if hasattr(value, 'tolist') and hasattr(value, 'dtype'):  # numpy arrays and scalars, torch tensors
+        return to_json(value.tolist())
+    if type(value).__module__.startswith('PIL.'):
+        buffer = io.BytesIO()
+        value.save(buffer, format='PNG')
+        return {'$base64': base64.b64encode(buffer.getvalue()).decode(), 'media_type': 'image/png'}
+    return str(value)
+
+
+def from_json(value: Any, where: str) -> Any:
+    """A JSON value with ``{"$base64": ...}`` turned into bytes; ``where`` names the value in errors."""
+    if isinstance(value, dict):
+        if '$base64' in value:
+            text = value['$base64']
+            if not isinstance(text, str):
+                raise InvalidValue(f'{where}: $base64 holds text, got {type(text).__name__}')
+            try:
+                return base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidValue(f'{where}: $base64 is not valid base64') from None
+        return {k: from_json(v, f'{where}.{k}') for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v, f'{where}[{i}]') for i, v in enumerate(value)]
+    return value
