@@ -106,7 +106,7 @@ def predict(identifier: str, body: PredictBody, request: Request, caller: Any = 
         raise InvalidValue('give exactly one of input and inputs')
     batch = body.inputs if body.inputs is not None else [body.input]
     _capped(service(request), len(batch), f'model {identifier!r}')
-    inputs = [_model_input(model, x, f'input' if body.inputs is None else f'inputs[{i}]') for i, x in enumerate(batch)]
+    inputs = [_model_input(model, x, 'input' if body.inputs is None else f'inputs[{i}]') for i, x in enumerate(batch)]
     outputs = _run_model(model, inputs)
     if body.inputs is None:
         return {'output': to_json(outputs[0])}
