@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,14 +22,18 @@ UPLOAD_PATH = '/api/v1/components'
 Receive = Callable[[], Awaitable[dict]]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read (an HTTP error, so that FastAPI passes it on rather than calling it a body it
+    could not parse)."""
+
     def __init__(self, limit: int):
-        self.limit = limit
+        super().__init__(413, _too_large(limit))
 
 
 class Guard:
-    """ASGI middleware: refuses bodies over the size limit (413, before they are read whole) and times each request
-    for the metrics."""
+    """ASGI middleware around everything: refuses bodies over the size limit (413, before they are read whole),
+    answers an unexpected error with a 500 that names an incident (the traceback goes to the log only) and times each
+    request for the metrics."""
 
     def __init__(self, app: Any, service: Service):
         self.app, self.service = app, service
@@ -42,8 +46,7 @@ class Guard:
         declared = dict(scope['headers']).get(b'content-length')
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _send_json(send, 413, errors.body(_too_large(limit), 'RequestTooLarge'))
-        started, status = time.perf_counter(), [500]
-        seen = [0]
+        started, status, seen = time.perf_counter(), [0], [0]
 
         async def counted() -> dict:
             message = await receive()
@@ -59,6 +62,11 @@ class Guard:
 
         try:
             await self.app(scope, counted, watched)
+        except Exception as error:  # not re-raised: the server would drop the connection and print the traceback
+            if status[0]:
+                raise
+            status[0] = 500
+            await _send_json(send, 500, errors.internal(error, f"{scope['method']} {scope['path']}"))
         finally:
             self.service.metrics.observe(scope['method'], route_of(scope), status[0], time.perf_counter() - started)
 
@@ -91,16 +99,10 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(errors.body(str(error.detail), 'HTTPError'), status_code=error.status_code,
+        kind = 'RequestTooLarge' if isinstance(error, BodyTooLarge) else 'HTTPError'
+        return JSONResponse(errors.body(str(error.detail), kind), status_code=error.status_code,
                             headers=getattr(error, 'headers', None))
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
-        return JSONResponse(errors.body(_too_large(error.limit), 'RequestTooLarge'), status_code=413)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse(errors.internal(error, f'{request.method} {request.url.path}'), status_code=500)
 
 
 def create_app(db: Any, settings: ServeSettings | None = None) -> FastAPI:

@@ -64,7 +64,7 @@ class ApiKeys:
         check_scope(scope)
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
             raise ConfigError(f'an API key needs a name of 1 to 255 characters, got {name!r}')
-        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        key_id, secret = secrets.token_hex(8), secrets.token_hex(32)
         self.records.insert(API_KEYS, {'id': key_id, 'name': name, 'digest': _digest(secret), 'scope': scope,
                                        'created_at': _now(), 'revoked_at': None})
         return f'{PREFIX}_{key_id}_{secret}'

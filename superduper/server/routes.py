@@ -52,7 +52,8 @@ class SelectBody(Strict):
     offset: int = Field(default=0, ge=0)
     order_by: Optional[str] = None
     descending: bool = False
-    outputs: list[str] = Field(default_factory=list, description="listeners' outputs to join to the rows")
+    outputs: list[str] = Field(default_factory=list, description="listeners whose outputs are joined to the rows, "
+                               "each as the column _outputs__<listener>")
 
 
 class InsertBody(Strict):
@@ -168,7 +169,7 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
     if (where := from_mongo(body.filter)) is not None:
         query = query.filter(where)
     if body.columns:
-        query = query.select(*body.columns, '_score') if '_score' not in body.columns else query.select(*body.columns)
+        query = query.select(*(c for c in body.columns if c != '_score'))  # a search always gives the score
     results = []
     for row in query.execute():
         row = dict(row)
@@ -196,12 +197,23 @@ def select(table: str, body: SelectBody, request: Request, caller: Any = READ) -
         query = query.filter(where)
     if body.columns:
         query = query.select(*body.columns)
-    if body.outputs:
-        query = query.outputs(*body.outputs)
+    named = {_predict_id(db, name): name for name in body.outputs}
+    if named:
+        query = query.outputs(*named)
     if body.order_by:
         query = query.order_by(body.order_by, descending=body.descending)
     query = query.limit(body.limit, body.offset)
-    return {'rows': [to_json(dict(row)) for row in query.execute()]}
+    columns = {f'_outputs__{p}': f'_outputs__{name}' for p, name in named.items()}
+    return {'rows': [to_json({columns.get(k, k): v for k, v in row.items()}) for row in query.execute()]}
+
+
+def _predict_id(db: Any, listener: str) -> str:
+    """The outputs of the latest version of ``listener`` (read from the metadata: no model is loaded)."""
+    record = db.metadata.get('Listener', listener)
+    if record is None:
+        known = ', '.join(db.metadata.identifiers('Listener')) or 'none'
+        raise NotFound(f'outputs: no listener {listener!r}; listeners: {known}')
+    return f'{listener}__{record["uuid"][:8]}'
 
 
 @router.get('/tables/{table}/rows', tags=['tables'], summary='rows of a table, a page at a time')
@@ -324,13 +336,17 @@ def apply_package(request: Request, package: UploadFile = File(description='a .z
             component = service(request).db.apply(template, **values)
         finally:
             template.close()
+            service(request).components_changed()
     return {'type_id': component.type_id, 'identifier': component.identifier, 'version': component.version}
 
 
 @router.delete('/components/{type_id}/{identifier}', tags=['components'], summary='remove a component')
 def remove_component(type_id: str, identifier: str, request: Request, version: Optional[int] = None,
                      recursive: bool = False, force: bool = False, caller: Any = ADMIN) -> dict:
-    service(request).db.remove(type_id, identifier, version, recursive=recursive, force=force)
+    try:
+        service(request).db.remove(type_id, identifier, version, recursive=recursive, force=force)
+    finally:
+        service(request).components_changed()
     return {'removed': {'type_id': type_id, 'identifier': identifier, 'version': version}}
 
 

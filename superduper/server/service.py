@@ -47,6 +47,12 @@ class Service:
                 self._components[(type_id, identifier)] = found
         return found
 
+    def components_changed(self) -> None:
+        """After this server applied or removed a component: load what is current from the next request on."""
+        self.db.components_generation(fresh=True)
+        with self._lock:
+            self._components.clear()
+
     def status(self) -> list[dict]:
         at, report = self._status
         if time.monotonic() - at >= self.settings.status_cache_seconds:
