@@ -197,11 +197,33 @@ def test_predict_single_and_batch_with_typed_input_and_output(read, admin):
     assert served == {'emb': True, 'picky': False, 'broken': True, 'echo': True}
 
 
-def test_an_unexpected_error_is_a_500_without_traceback_or_secret(read):
-    response = read.post('/api/v1/models/broken/predict', json={'input': 'a'})
-    assert response.status_code == 500
-    assert 'internal error (incident' in response.json()['error']
+def test_an_output_that_cannot_be_sent_is_a_model_error_without_secrets(read):
+    message = error_of(read.post('/api/v1/models/broken/predict', json={'input': 'a'}), 422)
+    assert message == "model 'broken' returned values (Unprintable) that cannot be sent as JSON"
+
+
+def test_an_unexpected_error_is_a_500_naming_an_incident_only(tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    from superduper.server import create_app
+    from superduper.server.settings import ServeSettings
+
+    db = superduper(f'sqlite://{tmp_path}/db.sqlite', artifact_store=f'filesystem://{tmp_path}/a', progress=False)
+    try:
+        app = create_app(db, ServeSettings(anonymous='read'))
+
+        @app.get('/boom')
+        def boom() -> None:
+            raise RuntimeError(f'secret {SECRET} must not leak')
+
+        with TestClient(app, raise_server_exceptions=False) as c:
+            response = c.get('/boom')
+            assert c.get('/health').status_code == 200  # the server goes on
+    finally:
+        db.close()
+    assert response.status_code == 500 and 'internal error (incident' in response.json()['error']
     assert SECRET not in response.text and 'Traceback' not in response.text and 'RuntimeError' not in response.text
+    assert SECRET in caplog.text  # the log has what happened
 
 
 # ---- search ------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, File, Form, Query as Param, Request, Upl
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from superduper.base.exceptions import InvalidValue, NotFound, QueryError
+from superduper.base.exceptions import InvalidValue, ModelError, NotFound, QueryError, SuperduperError
 from superduper.base.query import from_mongo
 from superduper.components.datatype import Array, BadValue, DataType, resolve_type
 from superduper.server.service import requires
@@ -108,10 +108,8 @@ def predict(identifier: str, body: PredictBody, request: Request, caller: Any = 
     batch = body.inputs if body.inputs is not None else [body.input]
     _capped(service(request), len(batch), f'model {identifier!r}')
     inputs = [_model_input(model, x, 'input' if body.inputs is None else f'inputs[{i}]') for i, x in enumerate(batch)]
-    outputs = _run_model(model, inputs)
-    if body.inputs is None:
-        return {'output': to_json(outputs[0])}
-    return {'outputs': to_json(outputs)}
+    outputs = _outputs_json(model, _run_model(model, inputs))
+    return {'output': outputs[0]} if body.inputs is None else {'outputs': outputs}
 
 
 def _model_input(model: Any, value: Any, where: str) -> Any:
@@ -136,8 +134,6 @@ def _model_input(model: Any, value: Any, where: str) -> Any:
 
 
 def _run_model(model: Any, inputs: list) -> list:
-    from superduper.base.exceptions import ModelError, SuperduperError
-
     try:
         outputs = list(model.predict_batches(inputs))
     except SuperduperError:
@@ -147,6 +143,15 @@ def _run_model(model: Any, inputs: list) -> list:
     if len(outputs) != len(inputs):
         raise ModelError(f'model {model.identifier!r} returned {len(outputs)} outputs for {len(inputs)} inputs')
     return outputs
+
+
+def _outputs_json(model: Any, outputs: list) -> list:
+    try:
+        return to_json(outputs)
+    except Exception:  # the model's own type failed to turn into text
+        kinds = sorted({type(o).__name__ for o in outputs})
+        raise ModelError(f'model {model.identifier!r} returned values ({", ".join(kinds)}) that cannot be sent as '
+                         'JSON') from None
 
 
 # ---- search --------------------------------------------------------------------------------------------------
