@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 
 import httpx
 import numpy as np
