@@ -89,7 +89,8 @@ def start(
     compute: Optional[str] = typer.Option(None, help="where outputs are computed: 'local' (here) or a Dask "
                                           'scheduler, e.g. dask://tcp://host:8786'),
 ) -> None:
-    """Run a worker: follow every recorded change (writes from any client, queued backfills) and retry failures.
+    """Run a worker: follow every recorded change (writes from any client, queued backfills), retry failures and run
+    schedules' ticks (each once, whichever worker claims it).
     Several workers share the work (FOR UPDATE SKIP LOCKED on PostgreSQL and MariaDB). With --compute dask://...
     the worker reads the changes and the Dask cluster computes them."""
     from superduper.base.exceptions import SuperduperError
@@ -110,6 +111,7 @@ def start(
         while not stopping:
             try:
                 taken = db.listening.work(batch) or db.listening.retry_due()
+                taken += db.schedules.run_due()  # every round: a tick is not kept waiting behind changes
                 failures = 0
             except Exception as e:  # the database restarting, a lost connection: back off and go on
                 failures += 1

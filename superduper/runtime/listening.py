@@ -230,6 +230,27 @@ class Listening:
         datatype = listener.model.output_type() or self._infer_datatype(listener)
         self._outputs_table(listener, datatype)
 
+    def make_outputs_table(self, target: Any) -> None:
+        """The outputs table of anything shaped like a listener (``model``, ``key``, ``select``, ``source``,
+        ``outputs``: a predicting ``Schedule``), typed as ``prepare`` types a listener's."""
+        self._outputs_table(target, target.model.output_type() or self._infer_datatype(target))
+
+    def predict_rows(self, target: Any, rows: list[tuple[Any, Any]]) -> Results:
+        """The encoded outputs of ``(key, row)`` pairs for anything shaped like a listener, as a batch of changes
+        would give them (rows the model fails on, or whose output does not fit, in ``failed``)."""
+        results = Results(target.uuid, target.outputs, (SOURCE, target.outputs))
+        pairs = [(Change(target.source, key, target.uuid, str(key)), row) for key, row in rows]
+        self._encode(target, self._predict(target, pairs, results), results)
+        return results
+
+    def recompute(self, listener: 'Listener') -> tuple[int, int]:
+        """Compute every output of a listener again, here: returns how many rows were queued and how many failed."""
+        info = self.db.table_info(listener.source)
+        where = listener.select.where
+        total = self.feed.enqueue(listener.source, listener.uuid,
+                                  where=None if where is None else encode_condition(where, info))
+        return total, self.drain(listener.uuid)
+
     def _outputs_table(self, listener: 'Listener', datatype: Any) -> None:
         info = self.db.table_info(listener.source)
         if len(info.primary_key) == 1:
