@@ -166,10 +166,10 @@ class TickLog:
         return self.records.find(SCHEDULE_TICKS, {'schedule_uuid': schedule_uuid}, order_by='tick')
 
     def forget(self, schedule_uuid: str, before: str | None = None) -> None:
-        """Delete the schedule's rows (those of ticks before ``before`` only, if given)."""
+        """Delete the schedule's rows (if ``before`` is given: those of ended ticks before it only)."""
         where: dict[str, Any] = {'schedule_uuid': schedule_uuid}
         if before is not None:
-            where['tick'] = Below(before)
+            where.update(tick=Below(before), status=OneOf(['success', 'failed']))
         self.records.delete(SCHEDULE_TICKS, where)
 
     @staticmethod

@@ -205,7 +205,7 @@ class Listening:
             if name == listener.source and listener.source in upstream_outputs:
                 continue  # the upstream's output column, added with its first output
             if name not in available and not (info.schema.open and not listener.select.columns
-                                              and self._in_some_row(listener.source, name, available)):
+                                              and self.in_some_row(listener.source, name, available)):
                 raise UnknownField(
                     f'Listener {listener.identifier!r}: key {name!r} is not a field of the select on '
                     f'{listener.source!r}; fields: {", ".join(available)}'
@@ -213,7 +213,7 @@ class Listening:
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
 
-    def _in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
+    def in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
         """On a schemaless table, a field not declared must be in some row. Adds the fields of a row to ``fields``
         for the error message."""
         sample = next(iter(self.db.execute(self.db[table].limit(1))), None)
@@ -232,8 +232,9 @@ class Listening:
 
     def make_outputs_table(self, target: Any) -> None:
         """The outputs table of anything shaped like a listener (``model``, ``key``, ``select``, ``source``,
-        ``outputs``: a predicting ``Schedule``), typed as ``prepare`` types a listener's."""
-        self._outputs_table(target, target.model.output_type() or self._infer_datatype(target))
+        ``outputs``: a predicting ``Schedule``), typed by the model's ``output_type``; without one, by the first
+        output stored (the model is not run to find out: a schedule's model runs only at its ticks)."""
+        self._outputs_table(target, target.model.output_type())
 
     def predict_rows(self, target: Any, rows: list[tuple[Any, Any]]) -> Results:
         """The encoded outputs of ``(key, row)`` pairs for anything shaped like a listener, as a batch of changes

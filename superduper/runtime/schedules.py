@@ -125,8 +125,10 @@ class Schedules:
             return
         info = self.db.table_info(schedule.source)
         available = schedule.select.columns or list(info.schema.types)
-        missing = [name for name in key_fields(schedule.key) if name not in available]
-        if missing and not info.schema.open:
+        schemaless = info.schema.open and not schedule.select.columns  # undeclared fields: found in some row
+        missing = [name for name in key_fields(schedule.key) if name not in available
+                   and not (schemaless and self.db.listening.in_some_row(schedule.source, name, available))]
+        if missing:
             raise UnknownField(f'Schedule {schedule.identifier!r}: key {missing[0]!r} is not a field of the select '
                                f'on {schedule.source!r}; fields: {", ".join(available)}')
 
