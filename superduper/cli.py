@@ -136,12 +136,18 @@ def _pending(db: Any) -> int:
 
 @app.command()
 def status(uri: str = typer.Argument(..., help='database URI')) -> None:
-    """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change."""
+    """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change; then,
+    if there are schedules, each one's latest tick and how it ended."""
     with _database(uri) as db:
         report = db.status()
+        timed = db.schedule_status()
     rows = [(r['listener'], r['table'], r['done'], 'unknown' if r['pending'] is None else r['pending'], r['failed'],
              '-' if r['lag_seconds'] is None else f'{r["lag_seconds"]:.1f}', r['problem'] or '') for r in report]
     _table(rows, ('listener', 'table', 'done', 'pending', 'failed', 'lag (s)', 'problem'))
+    if timed:
+        typer.echo('')
+        _table([(r['schedule'], r['cron'], r['action'], r['last_tick'] or '-', r['status'] or '-', r['error'] or '')
+                for r in timed], ('schedule', 'cron', 'action', 'last tick', 'status', 'error'))
 
 
 @app.command()

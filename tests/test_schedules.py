@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 
 from superduper import Application, Listener, Model, ObjectModel, Schedule, Table, Template, superduper
-from superduper.base.exceptions import ComponentError, NotFound, UnknownField
+from superduper.base.exceptions import ComponentError, MissingDependency, NotFound, UnknownField
 from superduper.runtime.schedules import Schedules, tick_text
 
 from conftest import wait_for
@@ -70,6 +70,12 @@ def test_fit_and_listener_actions_are_checked():
     assert Schedule('ok', cron='*/5 * * * * 30', listener=listener).action == 'recompute'
 
 
+def test_croniter_missing_gives_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'croniter', None)  # an import of it fails, as where it is not installed
+    with pytest.raises(MissingDependency, match=r"schedules need the croniter package.*pip install 'superduper\[schedule\]'"):
+        Schedule('hourly', cron='0 * * * *', model=ObjectModel('m', object=abs), select='nums', key='n')
+
+
 def test_predict_action_keeps_the_outputs_of_the_latest_run(db, numbers):
     numbers()
     schedule = db.apply(Schedule('double', cron=NEVER_DUE, model=ObjectModel('two', object=lambda n: 2 * n),
@@ -81,12 +87,15 @@ def test_predict_action_keeps_the_outputs_of_the_latest_run(db, numbers):
     db['nums'].filter(db['nums']['n'] == 3).delete().execute()
     db['nums'].insert([{'n': 10}]).execute()
     assert outputs_of(db, schedule) == {'r0': 0, 'r1': 2, 'r2': 4, 'r3': 6}  # nothing follows writes between runs
-    db.run_schedule('double')
+    again = db.run_schedule('double')
     assert sorted(outputs_of(db, schedule).values()) == [0, 2, 4, 20]  # r3's output went with its row
     rows = db['nums'].select().outputs(schedule.predict_id).execute()
     assert sorted(r[schedule.outputs] for r in rows) == [0, 2, 4, 20]
     jobs = db.jobs('double')
     assert [(j['kind'], j['status'], j['done'], j['failed']) for j in jobs] == [('schedule', 'success', 4, 0)] * 2
+    (status,) = db.schedule_status()
+    assert status == {'schedule': 'double', 'cron': NEVER_DUE, 'action': 'predict', 'last_tick': again['tick'],
+                      'status': 'success', 'attempts': 1, 'error': None}
     db.remove('Schedule', 'double')
     assert schedule.outputs not in db.databackend.table_names()
     assert db.jobs('double') == [] and db.schedules.ticks.list(schedule.uuid) == []
@@ -274,6 +283,9 @@ def test_two_workers_run_each_tick_once(db_uri, tmp_path, env):
     assert runs.read_text().splitlines() == ['1'] * len(rows)  # the model ran once per tick
     jobs = [j for j in db.jobs('every-second') if j['kind'] == 'schedule']
     assert len(jobs) == len(rows) and {j['status'] for j in jobs} == {'success'}
+    status = subprocess.run(CLI + ['status', db_uri], env=env, capture_output=True, text=True, timeout=60)
+    line = next(x for x in status.stdout.splitlines() if x.startswith('every-second'))
+    assert line.split() == ['every-second', '*', '*', '*', '*', '*', '*', 'predict', rows[-1]['tick'], 'success']
     db.close()
 
 

@@ -184,6 +184,10 @@ class Datalayer:
         """Per listener: rows done, pending, failed, lag and what stops it, if anything."""
         return reports.status(self)
 
+    def schedule_status(self) -> list[dict]:
+        """Per schedule: cron, action, and the latest tick with how it ended."""
+        return reports.schedules(self)
+
     def retry(self, listener: str) -> int:
         """Recompute the rows a listener failed on (after fixing the model, say); returns how many still fail."""
         return self.listening.retry(listener)

@@ -47,8 +47,9 @@ log = logging.getLogger('superduper')
 UTC = datetime.timezone.utc
 #: ticks are text that sorts in time order: UTC, ISO 8601, to the microsecond
 TICK_FORMAT = '%Y-%m-%dT%H:%M:%S.%fZ'
-#: tick rows older than this are deleted (a due tick is never older than the latest one, so they are not needed)
-TICK_HISTORY = datetime.timedelta(days=1)
+#: ended tick rows older than this are deleted (a due tick is never older than the latest, so they are not needed;
+#: the job log keeps every run)
+TICK_HISTORY = datetime.timedelta(hours=1)
 
 
 def tick_text(moment: datetime.datetime) -> str:
@@ -117,6 +118,7 @@ class Schedules:
         self._generation = -1
         self._seen: dict[str, str] = {}  # schedule uuid -> the latest tick this process found claimed
         self._looked = -float('inf')  # when expired leases were last looked for (time.monotonic)
+        self._problems: dict[str, str] = {}  # schedule uuid -> why it cannot run here (logged once)
 
     # ---- lifecycle of a Schedule -------------------------------------------------------------------------------
     def check(self, schedule: 'Schedule') -> None:
@@ -164,7 +166,11 @@ class Schedules:
         ran = 0
         now = datetime.datetime.now(UTC)
         for record in records:
-            tick = self._due(record, now)
+            try:
+                tick = self._due(record, now)
+            except Exception as e:  # croniter not installed here, say: the other schedules and listeners go on
+                self._report(record, e)
+                continue
             if tick is None:
                 continue
             row = self.ticks.claim(record['uuid'], record['identifier'], tick, self.worker, self._lease_seconds)
@@ -196,6 +202,13 @@ class Schedules:
         applied = applied.astimezone(UTC) if applied.tzinfo is None else applied  # stored in local time
         tick = due_tick(record['record']['cron'], now, since=applied)
         return None if tick is None or self._seen.get(record['uuid']) == tick else tick
+
+    def _report(self, record: dict, error: Exception) -> None:
+        """Log why a schedule cannot be run here, once per schedule version and reason."""
+        reason = f'{type(error).__name__}: {error}'
+        if self._problems.get(record['uuid']) != reason:
+            self._problems[record['uuid']] = reason
+            log.error('schedule %r cannot run here: %s', record['identifier'], reason)
 
     def _take_over_expired(self, records: list[dict]) -> int:
         if time.monotonic() - self._looked < min(self._lease_seconds / 4, 5.0):
