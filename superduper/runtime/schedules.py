@@ -17,7 +17,7 @@ with the error, and the worker goes on; the tick is not retried (the next tick r
 Each run is a job (``kind='schedule'``, id ``schedule-<uuid12>-<tick>``) in the job log: ``db.jobs()`` shows it
 with its progress and error. Runs of one schedule by different workers can overlap when a run takes longer than
 the period between ticks. ``run_now`` runs one at once, through the same claim (a tick of its own: now, to the
-microsecond).
+microsecond). Ticks and leases are read from each worker's clock: workers' clocks are assumed in step (NTP).
 """
 
 from __future__ import annotations
@@ -244,8 +244,9 @@ class Schedules:
                 done, failed = getattr(self, f'_{schedule.action}')(schedule, job)
                 self.jobs.progress(job, done, failed)
             except Exception as e:
-                log.exception('schedule %r failed at tick %s', record['identifier'], row['tick'])
                 error = f'{type(e).__name__}: {e}'
+                log.error('schedule %r failed at tick %s: %s', record['identifier'], row['tick'], error,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
         if self.ticks.finish(row['id'], self.worker, error):
             self.jobs.finish(job, error=error)
         else:
