@@ -28,6 +28,7 @@ _EXPORTS = {
     'Metric': 'superduper.components.model',
     'Listener': 'superduper.components.listener',
     'VectorIndex': 'superduper.components.vector_index',
+    'Schedule': 'superduper.components.schedule',
     'LLM': 'superduper.components.llm',
     'RAG': 'superduper.components.llm',
     'Application': 'superduper.components.application',
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from superduper.components.application import Application
     from superduper.components.component import Component
     from superduper.components.datatype import DataType
+    from superduper.components.schedule import Schedule
     from superduper.components.schema import Schema
     from superduper.components.listener import Listener
     from superduper.components.llm import LLM, RAG

@@ -89,7 +89,8 @@ def start(
     compute: Optional[str] = typer.Option(None, help="where outputs are computed: 'local' (here) or a Dask "
                                           'scheduler, e.g. dask://tcp://host:8786'),
 ) -> None:
-    """Run a worker: follow every recorded change (writes from any client, queued backfills) and retry failures.
+    """Run a worker: follow every recorded change (writes from any client, queued backfills), retry failures and run
+    schedules' ticks (each once, whichever worker claims it).
     Several workers share the work (FOR UPDATE SKIP LOCKED on PostgreSQL and MariaDB). With --compute dask://...
     the worker reads the changes and the Dask cluster computes them."""
     from superduper.base.exceptions import SuperduperError
@@ -110,6 +111,7 @@ def start(
         while not stopping:
             try:
                 taken = db.listening.work(batch) or db.listening.retry_due()
+                taken += db.schedules.run_due()  # every round: a tick is not kept waiting behind changes
                 failures = 0
             except Exception as e:  # the database restarting, a lost connection: back off and go on
                 failures += 1
@@ -134,12 +136,18 @@ def _pending(db: Any) -> int:
 
 @app.command()
 def status(uri: str = typer.Argument(..., help='database URI')) -> None:
-    """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change."""
+    """Per listener: rows with outputs, changes pending, rows failed, and the lag of the oldest pending change; then,
+    if there are schedules, each one's latest tick and how it ended."""
     with _database(uri) as db:
         report = db.status()
+        timed = db.schedule_status()
     rows = [(r['listener'], r['table'], r['done'], 'unknown' if r['pending'] is None else r['pending'], r['failed'],
              '-' if r['lag_seconds'] is None else f'{r["lag_seconds"]:.1f}', r['problem'] or '') for r in report]
     _table(rows, ('listener', 'table', 'done', 'pending', 'failed', 'lag (s)', 'problem'))
+    if timed:
+        typer.echo('')
+        _table([(r['schedule'], r['cron'], r['action'], r['last_tick'] or '-', r['status'] or '-', r['error'] or '')
+                for r in timed], ('schedule', 'cron', 'action', 'last tick', 'status', 'error'))
 
 
 @app.command()

@@ -219,6 +219,10 @@ class MetadataStore(Protocol):
         """Rows a listener failed on: ``count``, ``record``, ``clear``, ``due``, ``list``, ``invalidate`` (forget
         cached counts) (``superduper.backends.logs.FailureLog`` over the store's ``Records``)."""
 
+    def tick_log(self) -> Any:
+        """The ticks of schedules workers claimed, with their leases (``superduper.backends.logs.TickLog`` over the
+        store's ``Records``)."""
+
     def drop(self) -> None: ...
 
     def close(self) -> None: ...
@@ -295,6 +299,10 @@ class Records(Protocol):
     def count_up(self, name: str, where: Where, key: str, rows: list[dict[str, Any]], counter: str) -> None:
         """Write ``rows`` (each with the values of ``where``) in place of the rows ``where`` selects with the same
         ``key``; a row's ``counter`` is one more than the replaced row's, 1 for a new row."""
+
+    def claim_if(self, name: str, where: Where, values: dict[str, Any]) -> bool:
+        """Set ``values`` on the one row ``where`` selects, atomically (a compare-and-set); whether a row was
+        updated (``False``: no row holds those values any more, another process changed it first)."""
 
 
 # ---- change capture ---------------------------------------------------------------------------------------------
@@ -418,6 +426,8 @@ INDEX_STATES = '_superduper_index_states'
 ARTIFACT_REFS = '_superduper_artifact_refs'
 SETTINGS = '_superduper_settings'
 API_KEYS = '_superduper_api_keys'  # the server's API keys, hashed (``superduper.server.keys``)
+#: one row per tick of a schedule that a worker claimed (``superduper.backends.logs.TickLog``)
+SCHEDULE_TICKS = '_superduper_schedule_ticks'
 #: the setting whose value changes with every apply and remove (``MetadataStore.components_version``)
 COMPONENTS_VERSION = 'components_version'
 

@@ -1,14 +1,15 @@
-"""The job log and the failure log of every metadata store, written once over its ``Records``
-(``superduper.backends.base``): ``_superduper_jobs`` and ``_superduper_failures``, tables on SQL, collections on
-MongoDB."""
+"""The job log, the failure log and the tick log of every metadata store, written once over its ``Records``
+(``superduper.backends.base``): ``_superduper_jobs``, ``_superduper_failures`` and ``_superduper_schedule_ticks``,
+tables on SQL, collections on MongoDB."""
 
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from typing import Any, Callable
 
-from superduper.backends.base import FAILURES, JOBS, Below, OneOf, Records, Where
+from superduper.backends.base import FAILURES, JOBS, SCHEDULE_TICKS, Below, OneOf, Records, Where
 from superduper.backends.feed import chunks
 from superduper.base.counts import RecentCounts
 from superduper.base.keys import dump_key, load_key
@@ -107,6 +108,79 @@ class FailureLog:
             return sorted(self.records.find(FAILURES, where), key=lambda r: str(r['source']))
         rows = self.records.find(FAILURES, where, order_by='source')  # by the stored JSON text
         return [{**r, 'source': load_key(r['source'])} for r in rows]
+
+
+class TickLog:
+    """The ticks of schedules that workers claimed, a row each in ``_superduper_schedule_ticks``: the worker running
+    it, the end of its lease (epoch seconds by the worker's clock, renewed while it runs), how many workers started
+    it, and how it ended (``status`` 'running', 'success' or 'failed', with the ``error``). The row's key is the
+    schedule's uuid and the tick: whoever inserts it first runs the tick; every change after that is a
+    compare-and-set (``Records.claim_if``) on the values last read, so two workers never both think they hold it."""
+
+    def __init__(self, records: Records):
+        self.records = records
+
+    @staticmethod
+    def row_id(schedule_uuid: str, tick: str) -> str:
+        return f'{schedule_uuid}@{tick}'
+
+    def claim(self, schedule_uuid: str, identifier: str, tick: str, worker: str, lease: float) -> dict | None:
+        """The new row of a tick, held by ``worker``; ``None`` if another worker claimed the tick first."""
+        row = {'id': self.row_id(schedule_uuid, tick), 'schedule_uuid': schedule_uuid,
+               'identifier': identifier, 'tick': tick, 'status': 'running', 'worker': worker,
+               'lease_until': time.time() + lease, 'attempts': 1, 'error': None,
+               'started_at': datetime.datetime.now(), 'finished_at': None}
+        return row if self.records.insert(SCHEDULE_TICKS, row) else None
+
+    def expired(self, schedule_uuids: list[str]) -> list[dict]:
+        """Running ticks of these schedules whose worker let its lease run out (it died, or lost the database)."""
+        if not schedule_uuids:
+            return []
+        where = {'status': 'running', 'lease_until': Below(time.time()), 'schedule_uuid': OneOf(schedule_uuids)}
+        return self.records.find(SCHEDULE_TICKS, where, order_by='tick')
+
+    def take_over(self, row: dict, worker: str, lease: float) -> dict | None:
+        """Hold an expired tick (as ``expired`` read it) for ``worker``; ``None`` if another worker took it first."""
+        values = {'worker': worker, 'lease_until': time.time() + lease, 'attempts': row['attempts'] + 1}
+        return {**row, **values} if self.records.claim_if(SCHEDULE_TICKS, self._unchanged(row), values) else None
+
+    def give_up(self, row: dict, error: str) -> bool:
+        """End an expired tick as failed (it was tried enough); whether no other worker changed it first."""
+        return self.records.claim_if(SCHEDULE_TICKS, self._unchanged(row), self._ended(error))
+
+    def extend(self, row_id: str, worker: str, lease: float) -> bool:
+        """Renew ``worker``'s lease; ``False`` if the tick is no longer its (taken over after the lease ran out)."""
+        where = {'id': row_id, 'worker': worker, 'status': 'running'}
+        return self.records.claim_if(SCHEDULE_TICKS, where, {'lease_until': time.time() + lease})
+
+    def finish(self, row_id: str, worker: str, error: str | None = None) -> bool:
+        """End ``worker``'s run of the tick; ``False`` if the tick is no longer its."""
+        where = {'id': row_id, 'worker': worker, 'status': 'running'}
+        return self.records.claim_if(SCHEDULE_TICKS, where, self._ended(error))
+
+    def get(self, schedule_uuid: str, tick: str) -> dict | None:
+        found = self.records.find(SCHEDULE_TICKS, {'id': self.row_id(schedule_uuid, tick)})
+        return found[0] if found else None
+
+    def list(self, schedule_uuid: str) -> list[dict]:
+        return self.records.find(SCHEDULE_TICKS, {'schedule_uuid': schedule_uuid}, order_by='tick')
+
+    def forget(self, schedule_uuid: str, before: str | None = None) -> None:
+        """Delete the schedule's rows (if ``before`` is given: those of ended ticks before it only)."""
+        where: dict[str, Any] = {'schedule_uuid': schedule_uuid}
+        if before is not None:
+            where.update(tick=Below(before), status=OneOf(['success', 'failed']))
+        self.records.delete(SCHEDULE_TICKS, where)
+
+    @staticmethod
+    def _unchanged(row: dict) -> Where:
+        return {'id': row['id'], 'status': 'running', 'worker': row['worker'], 'attempts': row['attempts'],
+                'lease_until': Below(time.time())}
+
+    @staticmethod
+    def _ended(error: str | None) -> dict[str, Any]:
+        return {'status': 'failed' if error else 'success', 'error': error[:ERROR_LENGTH] if error else None,
+                'finished_at': datetime.datetime.now()}
 
 
 def split_where(where: Where) -> list[Where]:

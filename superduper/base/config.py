@@ -60,8 +60,8 @@ class Config(BaseSettings):
         "long ago)"
     )
     lease_seconds: float = Field(
-        default=60.0, gt=0, description='how long a claimed batch of changes stays with its consumer without news '
-        'from it (renewed while it computes); a dead consumer\'s batch goes to another after that'
+        default=60.0, gt=0, description='how long a claimed batch of changes, or a schedule\'s tick, stays with its '
+        'consumer without news from it (renewed while it computes); a dead consumer\'s work goes to another after that'
     )
     max_attempts: int = Field(default=3, ge=1, description='tries of a failing row before it stays failed')
     retry_delay: float = Field(default=2.0, ge=0, description='seconds before the first retry; doubled each time')

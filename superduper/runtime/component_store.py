@@ -187,11 +187,13 @@ class ComponentStore:
         self._collect_artifacts(records)
 
     def _listeners_reading(self, type_id: str, identifier: str, going: set[str]) -> list[dict]:
+        """The listeners and schedules whose select reads table ``identifier``."""
         if type_id != 'Table':
             return []
         return [
             r for r in self.metadata.all()
-            if r['type_id'] == 'Listener' and r['uuid'] not in going and r['record']['select']['_query']['table'] == identifier
+            if r['type_id'] in ('Listener', 'Schedule') and r['uuid'] not in going
+            and (r['record'].get('select') or {}).get('_query', {}).get('table') == identifier
         ]
 
     def _holds_data(self, record: dict, force: bool) -> bool:

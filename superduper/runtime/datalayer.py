@@ -8,6 +8,7 @@ compute, and hands each call to the part that does it:
 - ``listening`` (``runtime.listening``): keeping listeners' outputs current, jobs and failures;
 - ``vector_indexes`` (``runtime.vector_indexes``): loaded indexes and search;
 - ``training`` (``runtime.training``): fit and validate by query;
+- ``schedules`` (``runtime.schedules``): schedules' ticks, run by workers once each;
 - ``runtime.reports``: jobs, failures and status as the user reads them.
 """
 
@@ -42,6 +43,7 @@ class Datalayer:
         self._listening: Any = None
         self._vector_indexes: Any = None
         self._changes: Any = None
+        self._schedules: Any = None
 
     def __repr__(self) -> str:
         return f'Datalayer({self.databackend!r})'
@@ -71,6 +73,15 @@ class Datalayer:
 
             self._vector_indexes = VectorIndexes(self)
         return self._vector_indexes
+
+    @property
+    def schedules(self) -> Any:
+        """Schedules' ticks, claimed and run once each (see ``superduper.runtime.schedules``)."""
+        if self._schedules is None:
+            from superduper.runtime.schedules import Schedules
+
+            self._schedules = Schedules(self)
+        return self._schedules
 
     def close(self) -> None:
         if self._listening is not None:
@@ -156,8 +167,13 @@ class Datalayer:
         """Score ``model`` on the validation rows of ``select``; the values are stored with the model version."""
         return self.training.validate(model, select, metrics, X, y)
 
+    def run_schedule(self, identifier: str) -> dict:
+        """Run schedule ``identifier`` once now, here, through a claimed tick as a worker would; returns the tick's
+        row (``status`` 'success' or 'failed', ``error``, ``job``)."""
+        return self.schedules.run_now(identifier)
+
     def jobs(self, identifier: str | None = None) -> list[dict]:
-        """Backfills and training runs: kind, component, status, progress, error and timings."""
+        """Backfills, training and schedule runs: kind, component, status, progress, error and timings."""
         return reports.jobs(self, identifier)
 
     def failures(self, listener: str) -> list[dict]:
@@ -167,6 +183,10 @@ class Datalayer:
     def status(self) -> list[dict]:
         """Per listener: rows done, pending, failed, lag and what stops it, if anything."""
         return reports.status(self)
+
+    def schedule_status(self) -> list[dict]:
+        """Per schedule: cron, action, and the latest tick with how it ended."""
+        return reports.schedules(self)
 
     def retry(self, listener: str) -> int:
         """Recompute the rows a listener failed on (after fixing the model, say); returns how many still fail."""

@@ -205,7 +205,7 @@ class Listening:
             if name == listener.source and listener.source in upstream_outputs:
                 continue  # the upstream's output column, added with its first output
             if name not in available and not (info.schema.open and not listener.select.columns
-                                              and self._in_some_row(listener.source, name, available)):
+                                              and self.in_some_row(listener.source, name, available)):
                 raise UnknownField(
                     f'Listener {listener.identifier!r}: key {name!r} is not a field of the select on '
                     f'{listener.source!r}; fields: {", ".join(available)}'
@@ -213,7 +213,7 @@ class Listening:
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
 
-    def _in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
+    def in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
         """On a schemaless table, a field not declared must be in some row. Adds the fields of a row to ``fields``
         for the error message."""
         sample = next(iter(self.db.execute(self.db[table].limit(1))), None)
@@ -229,6 +229,28 @@ class Listening:
         self.check(listener)
         datatype = listener.model.output_type() or self._infer_datatype(listener)
         self._outputs_table(listener, datatype)
+
+    def make_outputs_table(self, target: Any) -> None:
+        """The outputs table of anything shaped like a listener (``model``, ``key``, ``select``, ``source``,
+        ``outputs``: a predicting ``Schedule``), typed by the model's ``output_type``; without one, by the first
+        output stored (the model is not run to find out: a schedule's model runs only at its ticks)."""
+        self._outputs_table(target, target.model.output_type())
+
+    def predict_rows(self, target: Any, rows: list[tuple[Any, Any]]) -> Results:
+        """The encoded outputs of ``(key, row)`` pairs for anything shaped like a listener, as a batch of changes
+        would give them (rows the model fails on, or whose output does not fit, in ``failed``)."""
+        results = Results(target.uuid, target.outputs, (SOURCE, target.outputs))
+        pairs = [(Change(target.source, key, target.uuid, str(key)), row) for key, row in rows]
+        self._encode(target, self._predict(target, pairs, results), results)
+        return results
+
+    def recompute(self, listener: 'Listener') -> tuple[int, int]:
+        """Compute every output of a listener again, here: returns how many rows were queued and how many failed."""
+        info = self.db.table_info(listener.source)
+        where = listener.select.where
+        total = self.feed.enqueue(listener.source, listener.uuid,
+                                  where=None if where is None else encode_condition(where, info))
+        return total, self.drain(listener.uuid)
 
     def _outputs_table(self, listener: 'Listener', datatype: Any) -> None:
         info = self.db.table_info(listener.source)

@@ -1,5 +1,5 @@
-"""What the datalayer reports about listeners: jobs with progress, failed rows, and per-listener status. Read from
-the metadata and the change feed: no model is loaded."""
+"""What the datalayer reports about listeners and schedules: jobs with progress, failed rows, per-listener status and
+each schedule's latest tick. Read from the metadata and the change feed: no model is loaded."""
 
 from __future__ import annotations
 
@@ -50,4 +50,19 @@ def status(db: Any) -> list[dict]:
             'pending': pending, 'failed': db.listening.failures.count(record['uuid']), 'lag_seconds': lag,
             'problem': '; '.join(p for p in found if p) or None,
         })
+    return report
+
+
+def schedules(db: Any) -> list[dict]:
+    """Per schedule: its cron, its action, and its latest tick (``None`` before the first) with how it ended
+    (``status`` 'running', 'success' or 'failed', ``error``) and the number of tries."""
+    report = []
+    for identifier in db.metadata.identifiers('Schedule'):
+        record = db.metadata.get('Schedule', identifier)
+        fields = record['record']
+        action = 'predict' if fields.get('model') else 'fit' if fields.get('fit') else 'recompute'
+        ticks = db.metadata.tick_log().list(record['uuid'])
+        last = ticks[-1] if ticks else {}
+        report.append({'schedule': identifier, 'cron': fields['cron'], 'action': action, 'last_tick': last.get('tick'),
+                       'status': last.get('status'), 'attempts': last.get('attempts'), 'error': last.get('error')})
     return report

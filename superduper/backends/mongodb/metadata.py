@@ -12,10 +12,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from superduper.backends.base import (
-    API_KEYS, COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
+    API_KEYS, COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SCHEDULE_TICKS, SETTINGS,
 )
 from superduper.backends.base import Below, OneOf, Where
-from superduper.backends.logs import FailureLog, JobLog, split_where
+from superduper.backends.logs import FailureLog, JobLog, TickLog, split_where
 
 if TYPE_CHECKING:
     from superduper.backends.mongodb.protocol import MongoBackend
@@ -34,12 +34,15 @@ class MongoMetaDataStore:
         self.metrics = database[METRICS]
         self.index_states = database[INDEX_STATES]
         self.settings = database[SETTINGS]
+        self.ticks = database[SCHEDULE_TICKS]
         self.components.create_index(
             [('type_id', pymongo.ASCENDING), ('identifier', pymongo.ASCENDING), ('version', pymongo.ASCENDING)],
             unique=True, name='uq_superduper_component_version',
         )
         self.failures.create_index([('listener_uuid', pymongo.ASCENDING)], name='ix_superduper_failures_listener')
-        self.records = MongoRecords(database, ids={JOBS: 'id', API_KEYS: 'id'})
+        self.ticks.create_index([('status', pymongo.ASCENDING), ('schedule_uuid', pymongo.ASCENDING)],
+                                name='ix_superduper_schedule_ticks_status')
+        self.records = MongoRecords(database, ids={JOBS: 'id', SCHEDULE_TICKS: 'id', API_KEYS: 'id'})
 
     def __repr__(self) -> str:
         return f'MongoMetaDataStore({self.backend.uri!r})'
@@ -49,6 +52,9 @@ class MongoMetaDataStore:
 
     def failure_log(self) -> FailureLog:
         return FailureLog(self.records)
+
+    def tick_log(self) -> TickLog:
+        return TickLog(self.records)
 
     # ---- components ------------------------------------------------------------------------------------------
     def create(self, **row: Any) -> None:
@@ -153,7 +159,8 @@ class MongoMetaDataStore:
 
     def drop(self) -> None:
         self.artifact_refs().drop()
-        for collection in (self.components, self.jobs, self.failures, self.metrics, self.index_states, self.settings):
+        for collection in (self.components, self.jobs, self.failures, self.metrics, self.index_states, self.settings,
+                           self.ticks):
             collection.drop()
         self.records.database[API_KEYS].drop()
 
@@ -195,6 +202,10 @@ class MongoRecords:
 
     def update(self, name: str, where: Where, values: dict[str, Any]) -> None:
         self.database[name].update_many(self._filter(name, where), {'$set': values})
+
+    def claim_if(self, name: str, where: Where, values: dict[str, Any]) -> bool:
+        # one document's update is atomic: matched only if it still holds the values ``where`` names
+        return self.database[name].update_one(self._filter(name, where), {'$set': values}).matched_count == 1
 
     def delete(self, name: str, where: Where) -> None:
         for part in split_where(where):

@@ -10,10 +10,10 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from superduper.backends.base import (
-    API_KEYS, COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SETTINGS,
+    API_KEYS, COMPONENTS, COMPONENTS_VERSION, FAILURES, INDEX_STATES, JOBS, METRICS, SCHEDULE_TICKS, SETTINGS,
 )
 from superduper.backends.base import Below, OneOf, Where
-from superduper.backends.logs import FailureLog, JobLog, split_where
+from superduper.backends.logs import FailureLog, JobLog, TickLog, split_where
 
 
 #: how a database inserts a row unless its primary key is there (``insert_absent``): on ``conn``, into ``table``,
@@ -111,10 +111,26 @@ class SQLMetadataStore:
             sa.Column('created_at', sa.DateTime, nullable=False),
             sa.Column('revoked_at', sa.DateTime),
         )
+        self.ticks = sa.Table(
+            SCHEDULE_TICKS,
+            self._meta,
+            sa.Column('id', sa.String(128), primary_key=True),  # <schedule uuid>@<tick>
+            sa.Column('schedule_uuid', sa.String(64), nullable=False),
+            sa.Column('identifier', sa.String(255), nullable=False),
+            sa.Column('tick', sa.String(32), nullable=False),  # UTC, ISO 8601 with microseconds: sorts as text
+            sa.Column('status', sa.String(16), nullable=False),
+            sa.Column('worker', sa.String(128), nullable=False),
+            sa.Column('lease_until', sa.Double, nullable=False),  # epoch seconds
+            sa.Column('attempts', sa.Integer, nullable=False),
+            sa.Column('error', sa.Text),
+            sa.Column('started_at', sa.DateTime, nullable=False),
+            sa.Column('finished_at', sa.DateTime),
+            sa.Index('ix_superduper_schedule_ticks_status', 'status', 'schedule_uuid'),
+        )
         self._meta.create_all(engine, checkfirst=True)
         # the token every apply and remove changes (``components_version``)
         insert_absent(engine, self.settings, {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex}, merge)
-        self.records = SQLRecords(engine, [self.jobs, self.failures, self.api_keys], merge)
+        self.records = SQLRecords(engine, [self.jobs, self.failures, self.ticks, self.api_keys], merge)
 
     def __repr__(self) -> str:
         return f'SQLMetadataStore({self.engine.url.render_as_string(hide_password=True)!r})'
@@ -124,6 +140,9 @@ class SQLMetadataStore:
 
     def failure_log(self) -> FailureLog:
         return FailureLog(self.records)
+
+    def tick_log(self) -> TickLog:
+        return TickLog(self.records)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -289,6 +308,11 @@ class SQLRecords:
         table = self.tables[name]
         with self.engine.begin() as conn:
             conn.execute(table.update().where(*_conditions(table, where)).values(**values))
+
+    def claim_if(self, name: str, where: Where, values: dict[str, Any]) -> bool:
+        table = self.tables[name]
+        with self.engine.begin() as conn:
+            return conn.execute(table.update().where(*_conditions(table, where)).values(**values)).rowcount == 1
 
     def delete(self, name: str, where: Where) -> None:
         table = self.tables[name]

@@ -169,6 +169,8 @@ def _metadata(c: Catalogue, store: Any) -> None:
     c.sent('records: find', lambda: records.find('_superduper_jobs', {'status': 'running'}, order_by='started_at'))
     c.sent('records: count', lambda: records.count('_superduper_jobs', {'component_uuid': 'u1'}))
     c.sent('records: update', lambda: records.update('_superduper_jobs', {'id': 'j1'}, {'status': 'done'}))
+    c.sent('records: claim if', lambda: records.claim_if('_superduper_jobs', {'id': 'j1', 'status': 'done'},
+                                                         {'status': 'failed'}))
     c.sent('records: delete', lambda: records.delete('_superduper_jobs', {'id': 'j1'}))
     failure = {'listener_uuid': 'l1', 'source': '"a1"', 'error': 'boom', 'failed_at': ROW['at']}
     c.sent('records: count up', lambda: records.count_up('_superduper_failures', {'listener_uuid': 'l1'}, 'source',
