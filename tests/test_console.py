@@ -239,3 +239,64 @@ def test_only_the_console_s_own_files_are_static(site):
 
     assert httpx.get(f'{site.url}/static/console.js').headers['content-type'].startswith('text/javascript')
     assert httpx.get(f'{site.url}/static/..%2Fkeys.py').status_code == 404
+
+
+# ---- in process: what the browser cannot see --------------------------------------------------------------------
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from superduper import superduper
+    from superduper.server import create_app
+    from superduper.server.settings import ServeSettings
+
+    monkeypatch.setenv('SUPERDUPER_SECRET', SECRET)
+    monkeypatch.setenv('SUPERDUPER_MAX_ATTEMPTS', '1')
+    monkeypatch.syspath_prepend(str(TESTS))
+    uri, keys = _prepare(tmp_path)
+    db = superduper(uri, progress=False)
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f'a page loaded a component: {args}')
+
+    monkeypatch.setattr(db, 'load', no_loading)
+    try:
+        with TestClient(create_app(db, ServeSettings(anonymous='read'))) as client:
+            client.keys = keys  # type: ignore[attr-defined]
+            yield client
+    finally:
+        db.close()
+
+
+def test_pages_read_the_metadata_and_load_no_model(client):
+    for path in ('/', '/listeners/shout', '/listeners/vowels', '/search', '/components/Model/shout',
+                 '/components/VectorIndex/docs-index'):
+        response = client.get(path)  # anonymous reading is allowed here: no login
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers['content-security-policy'].startswith("default-src 'self'")
+    assert client.get('/listeners/shout').text.count('&lt;script&gt;window.pwned') == 1
+    assert '<script>window' not in client.get('/listeners/shout').text
+
+
+def test_names_in_addresses_are_escaped_and_unknown_things_are_404(client):
+    response = client.get('/listeners/%3Cb%3Ex')
+    assert response.status_code == 404 and 'Listener &lt;b&gt;x' in response.text and '<b>x' not in response.text
+    assert client.get('/components/Model/nope').status_code == 404
+
+
+def test_a_login_or_logout_posted_from_another_site_is_refused(client):
+    key = client.keys['read']
+    refused = client.post('/login', data={'key': key}, headers={'Origin': 'http://evil.example'},
+                          follow_redirects=False)
+    assert refused.status_code == 403 and 'set-cookie' not in refused.headers
+    assert client.post('/logout', headers={'Origin': 'http://evil.example'}).status_code == 403
+    same = client.post('/login', data={'key': key}, headers={'Origin': 'http://testserver'}, follow_redirects=False)
+    assert same.status_code == 303 and same.headers['location'] == '/'
+
+
+def test_an_invalid_key_cookie_sends_to_the_login_page(client):
+    client.app.state.service.settings.anonymous = 'none'
+    client.cookies.set('superduper_key', 'sdk_0_nope')
+    assert client.get('/', follow_redirects=False).headers['location'] == '/login'
+    client.cookies.clear()
+    assert client.get('/search', follow_redirects=False).status_code == 303

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -28,6 +28,8 @@ from superduper.server.service import KEY_COOKIE
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / 'static'
 ASSETS = {'console.css': 'text/css', 'console.js': 'text/javascript'}
+#: the most recent jobs the overview lists
+JOBS_SHOWN = 100
 #: the cookie's lifetime in seconds (the key itself may live longer; log in again after this)
 COOKIE_AGE = 12 * 3600
 SECURITY_HEADERS = {'Content-Security-Policy': "default-src 'self'; frame-ancestors 'none'",
@@ -110,6 +112,13 @@ def _to_login() -> RedirectResponse:
     return RedirectResponse('/login', status_code=303)
 
 
+def _cross_site(request: Request) -> bool:
+    """A form posted from another site's page (browsers send ``Origin`` with every POST): logging a visitor in with
+    someone else's key, or out, is refused."""
+    origin = request.headers.get('origin')
+    return origin is not None and urlsplit(origin).netloc != request.headers.get('host')
+
+
 # ---- overview --------------------------------------------------------------------------------------------------
 @router.get('/')
 def overview(request: Request) -> Response:
@@ -144,8 +153,11 @@ def _lag(seconds: float | None) -> str:
 def _jobs(jobs: list[dict]) -> Html:
     rows = [[job['kind'], f"{job['type_id']} {job['identifier']}", _progress(job), _tag('span', job['status'],
              cls=f"status-{job['status']}"), job.get('failed') or 0, job.get('error') or '', job.get('started_at')]
-            for job in reversed(jobs)]
-    return _table(['kind', 'component', 'progress', 'status', 'failed', 'error', 'started'], rows, 'no jobs')
+            for job in list(reversed(jobs))[:JOBS_SHOWN]]
+    shown = _table(['kind', 'component', 'progress', 'status', 'failed', 'error', 'started'], rows, 'no jobs')
+    if len(jobs) > JOBS_SHOWN:
+        return _join([shown, _tag('p', f'the latest {JOBS_SHOWN} of {len(jobs)} jobs', cls='muted')])
+    return shown
 
 
 def _progress(job: dict) -> Html:
@@ -257,6 +269,8 @@ def _login_form(error: str | None, status: int = 200) -> HTMLResponse:
 
 @router.post('/login')
 def login(request: Request, key: str = Form('')) -> Response:
+    if _cross_site(request):
+        return _login_form('a login from another site is refused', status=403)
     key = key.strip()
     caller = _service(request).keys.caller(key) if key else None
     if caller is None:
@@ -268,7 +282,9 @@ def login(request: Request, key: str = Form('')) -> Response:
 
 
 @router.post('/logout')
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    if _cross_site(request):
+        return Response('a logout from another site is refused', status_code=403, media_type='text/plain')
     response = RedirectResponse('/login', status_code=303)
     response.delete_cookie(KEY_COOKIE, path='/', httponly=True, samesite='strict')
     return response
