@@ -300,3 +300,10 @@ def test_an_invalid_key_cookie_sends_to_the_login_page(client):
     assert client.get('/', follow_redirects=False).headers['location'] == '/login'
     client.cookies.clear()
     assert client.get('/search', follow_redirects=False).status_code == 303
+
+
+def test_markup_is_only_what_the_console_makes():
+    from superduper.server.console import Html, _tag
+
+    made = _tag('a', '<b>', Html('<i>ok</i>'), href='"><script>', data_key='x')
+    assert made == '<a href="&quot;&gt;&lt;script&gt;" data-key="x">&lt;b&gt;<i>ok</i></a>'

@@ -30,6 +30,8 @@ STATIC = Path(__file__).parent / 'static'
 ASSETS = {'console.css': 'text/css', 'console.js': 'text/javascript'}
 #: the most recent jobs the overview lists
 JOBS_SHOWN = 100
+#: the most failed rows a listener's page lists (the heading says how many there are)
+FAILURES_SHOWN = 200
 #: the cookie's lifetime in seconds (the key itself may live longer; log in again after this)
 COOKIE_AGE = 12 * 3600
 SECURITY_HEADERS = {'Content-Security-Policy': "default-src 'self'; frame-ancestors 'none'",
@@ -53,8 +55,14 @@ def _join(parts: Iterable[Any]) -> Html:
 
 def _tag(element: str, /, *children: Any, **attrs: Any) -> Html:
     """``<element attrs>children</element>``; attribute names use ``_`` for ``-`` (``data_key``), ``cls`` for class."""
-    shown = ''.join(f' {_attr_name(k)}="{html.escape(str(v))}"' for k, v in attrs.items() if v is not None)
-    return Html(f'<{element}{shown}>{_join(children)}</{element}>')
+    return Html(f'{_void(element, **attrs)}{_join(children)}</{element}>')
+
+
+def _void(element: str, /, **attrs: Any) -> Html:
+    """An element without content (``<input ...>``); ``True`` is an attribute without a value."""
+    shown = ''.join(f' {_attr_name(k)}' if v is True else f' {_attr_name(k)}="{html.escape(str(v))}"'
+                    for k, v in attrs.items() if v is not None and v is not False)
+    return Html(f'<{element}{shown}>')
 
 
 def _attr_name(name: str) -> str:
@@ -87,9 +95,9 @@ def _page(title: str, caller: Caller | None, *body: Any, status: int = 200) -> H
         nav += [_tag('span', f'{caller.name} ({caller.scope})', cls='who'), logout]
     document = Html('<!doctype html>') + _tag(
         'html',
-        _tag('head', Html('<meta charset="utf-8">'), _tag('title', f'{title} · superduper'),
-             Html('<link rel="stylesheet" href="/static/console.css">'),
-             Html('<script src="/static/console.js" defer></script>')),
+        _tag('head', _void('meta', charset='utf-8'), _tag('title', f'{title} · superduper'),
+             _void('link', rel='stylesheet', href='/static/console.css'),
+             _tag('script', src='/static/console.js', defer=True)),
         _tag('body', _tag('header', _tag('strong', 'superduper'), *nav), _tag('main', _tag('h1', title), *body)),
         lang='en')
     return HTMLResponse(document, status_code=status, headers=SECURITY_HEADERS)
@@ -206,8 +214,10 @@ def listener(identifier: str, request: Request) -> Response:
     if not found:
         return _page(f'Listener {identifier}', caller, _tag('p', 'no such listener', cls='bad'), status=404)
     failures = service.db.failures(identifier)
-    rows = [[f.get('source'), f.get('attempts'), f.get('failed_at'), _tag('code', f.get('error'))] for f in failures]
-    retry = _tag('button', 'Retry failed rows', id='retry', data_url=_path('api', 'v1', 'listeners', identifier, 'retry'))
+    rows = [[f.get('source'), f.get('attempts'), f.get('failed_at'), _tag('code', f.get('error'))]
+            for f in failures[:FAILURES_SHOWN]]
+    retry = _tag('button', 'Retry failed rows', id='retry',
+                 data_url=_path('api', 'v1', 'listeners', identifier, 'retry'))
     return _page(f'Listener {identifier}', caller,
                  _listeners(found), _tag('p', _link(_path('components', 'Listener', identifier), 'the declaration')),
                  _tag('h2', f'Failures ({len(failures)})'), _table(['row', 'attempts', 'failed at', 'error'], rows),
@@ -226,10 +236,11 @@ def search(request: Request) -> Response:
                for name, table, key in indexes]
     form = _tag('form',
                 _label('Index', _tag('select', *options, name='index', id='index')),
-                _label('Key', Html(f'<input name="key" id="key" value="{html.escape(indexes[0][2])}" required>')),
-                _label('Query', Html('<input name="query" id="query" size="40" required>')),
-                _label('n', Html('<input name="n" id="n" type="number" min="1" max="1000" value="10">')),
-                _label('Filter (JSON)', Html('<input name="filter" id="filter" size="30" placeholder=\'{"brand": "a"}\'>')),
+                _label('Key', _void('input', name='key', id='key', value=indexes[0][2], required=True)),
+                _label('Query', _void('input', name='query', id='query', size=40, required=True)),
+                _label('n', _void('input', name='n', id='n', type='number', min=1, max=1000, value=10)),
+                _label('Filter (JSON)', _void('input', name='filter', id='filter', size=30,
+                                              placeholder='{"brand": "a"}')),
                 _tag('button', 'Search', type='submit'),
                 id='search', cls='search')
     return _page('Search', caller, form, _tag('output', id='search-error', cls='bad', role='status'),
@@ -260,8 +271,9 @@ def login_page(request: Request) -> Response:
 
 
 def _login_form(error: str | None, status: int = 200) -> HTMLResponse:
-    form = _tag('form', _label('API key', Html('<input name="key" id="key" type="password" autocomplete="off" '
-                                                 'size="60" required autofocus>')),
+    key = _void('input', name='key', id='key', type='password', autocomplete='off', size=60, required=True,
+                autofocus=True)
+    form = _tag('form', _label('API key', key),
                 _tag('button', 'Log in', type='submit'), method='post', action='/login', cls='login')
     hint = _tag('p', 'Make a key with ', _tag('code', 'superduper apikey create URI NAME --scope read'), cls='muted')
     return _page('Log in', None, _tag('p', error, cls='bad') if error else '', form, hint, status=status)
