@@ -84,7 +84,9 @@ def serve_bare(port: int) -> None:
 def load(url: str, path: str, bodies: list[dict], clients: int, key: str | None) -> dict:
     """Send ``bodies`` with ``clients`` concurrent connections (in another process): throughput, p50, p99, errors."""
     script = json.dumps({'url': url, 'path': path, 'bodies': bodies, 'clients': clients, 'key': key})
-    out = subprocess.run([sys.executable, __file__, '--load'], input=script, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, __file__, '--load'], input=script, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f'the load generator failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout)
 
 

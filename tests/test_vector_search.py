@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -239,6 +241,23 @@ def test_hnsw_recall_against_exact(db, pk):
         exact = {r[pk] for r in db['many'].like(query, vector_index='exact-idx', n=10).execute()}
         hits += len(ann & exact)
     assert hits / 200 >= 0.95
+
+
+@pytest.mark.backends('sqlite', 'postgresql')
+def test_searches_from_many_threads_at_once(items):
+    """A server answers from a pool of threads; connections kept for reads must not be held by each of them (40 threads
+    pinning one each would exhaust the pool, and the 16th would wait for one until it timed out)."""
+    t, texts, _ = items
+    barrier = threading.Barrier(40)
+
+    def search(text: str) -> str:
+        (best,) = t.like({'txt': text}, vector_index='idx', n=1).execute().tolist()
+        barrier.wait(timeout=60)  # every thread is still alive while the others search
+        return best['txt']
+
+    wanted = list(texts.values())[:40]
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        assert list(pool.map(search, wanted)) == wanted
 
 
 def test_bad_input(db, items):

@@ -32,6 +32,8 @@ from superduper.components.datatype import FieldType
 
 ID_LENGTH = 255
 EVENTS = ('ins', 'upd', 'del')
+#: driver connections kept between short reads (the rest of the pool stays free for other work and threads)
+IDLE_READERS = 4
 
 
 class SQLDataBackend:
@@ -74,7 +76,9 @@ class SQLDataBackend:
         self._meta = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
         self._insert_sql: dict[tuple, tuple[str, Any]] = {}
-        self._local = threading.local()
+        self._idle_readers: list[Any] = []  # driver connections kept for short reads (``_read_connection``)
+        self._readers_pid = os.getpid()
+        self._readers_lock = threading.Lock()
 
     #: the server version ``offline`` compiles for (a dialect adapts its SQL to the version it connects to)
     offline_server_version: ClassVar[tuple[int, ...] | None] = None
@@ -348,8 +352,9 @@ class SQLDataBackend:
             yield conn
 
     def close(self) -> None:
-        connection = self._local.__dict__.pop('connection', None)
-        if connection is not None:
+        with self._readers_lock:
+            idle, self._idle_readers = self._idle_readers, []
+        for connection in idle:
             connection.close()
         self.engine.dispose()
 
@@ -740,26 +745,33 @@ class SQLDataBackend:
 
     @contextlib.contextmanager
     def _read_connection(self) -> Iterator[Any]:
-        """A driver connection kept per thread for short reads (pool checkout costs as much as the read); a
-        shared single connection (DuckDB, in-memory SQLite) goes through the pool instead."""
+        """A driver connection for a short read, from a few kept checked out of the pool (a pool checkout costs as
+        much as the read); at most ``IDLE_READERS`` wait between reads, so that any number of threads (a server's)
+        leave the pool its connections. A shared single connection (DuckDB, in-memory SQLite) goes through the pool."""
         if isinstance(self.engine.pool, sa.pool.StaticPool):
             with self.engine.connect() as conn:
                 yield conn.connection.dbapi_connection
             return
-        local = self._local.__dict__
-        if local.get('pid') != os.getpid():  # a forked child must not share its parent's socket
-            local.clear()
-        connection = local.get('connection')
-        if connection is None:
-            connection = local['connection'] = self.engine.raw_connection()
-            local['pid'] = os.getpid()
+        connection = self._idle_reader()
         try:
             yield connection.dbapi_connection
             connection.dbapi_connection.rollback()  # hold no snapshot or lock between reads
         except Exception:
-            local.pop('connection', None)
             connection.invalidate()
             raise
+        with self._readers_lock:
+            if len(self._idle_readers) < IDLE_READERS:
+                self._idle_readers.append(connection)
+                return
+        connection.close()  # back to the pool
+
+    def _idle_reader(self) -> Any:
+        with self._readers_lock:
+            if self._readers_pid != os.getpid():  # a forked child must not share its parent's sockets
+                self._idle_readers, self._readers_pid = [], os.getpid()
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return self.engine.raw_connection()
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (one backend per database; entries are small)
     def _by_key_sql(self, name: str, columns: tuple[str, ...], key: str, count: int) -> tuple[str, Any, tuple]:
