@@ -1,11 +1,11 @@
 """``superduper serve`` under bounded load on 127.0.0.1: the predict and search endpoints against their baselines.
 
-    python benchmarks/serve.py [--requests 3000] [--clients 32] [--rows 100000] [--dim 128] [--repeats 3]
+    python benchmarks/serve.py [--seconds 5] [--clients 32] [--rows 100000] [--dim 128] [--repeats 3]
 
 Every server runs in its own process (uvicorn, one process, access log off); the load comes from another process
-(``httpx`` with ``--clients`` concurrent keep-alive connections, ``--requests`` requests per round), so the client's
-own cost is the same for both sides of a ratio. Rounds alternate between the sides; the medians of ``--repeats``
-rounds are printed.
+with ``--clients`` concurrent keep-alive connections for ``--seconds`` per round: wrk (``apt-get install wrk``) where
+it is installed, else Python's httpx (slower: it then limits both sides alike). Rounds alternate between the sides;
+the medians of ``--repeats`` rounds are printed.
 
 1. Predict with a trivial model (``len`` of a short text):
    - superduper: ``POST /api/v1/models/size/predict`` on ``superduper serve`` over a SQLite file: the API key is
@@ -30,6 +30,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -59,16 +61,27 @@ def bare_app():  # the baseline of the predict endpoint
 
 
 def start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    for line in process.stderr:  # type: ignore[union-attr]
-        if 'serving http://' in line:
-            return process, line.split('serving ')[1].split()[0]
-    raise RuntimeError(f'{command} did not start')
+    """A server process and its URL; its stderr goes to a file (``process.log``), read once it is stopped."""
+    log = tempfile.NamedTemporaryFile('w+', suffix='.log')
+    process = subprocess.Popen(command, env=env, stderr=log, stdout=subprocess.DEVNULL, text=True)
+    process.log = log  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        log.seek(0)
+        if found := re.search(r'serving (http://\S+)', log.read()):
+            return process, found.group(1)
+        time.sleep(0.1)
+    log.seek(0)
+    raise RuntimeError(f'{command} did not start:\n{log.read()[-3000:]}')
 
 
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     process.wait(timeout=30)
+    process.log.seek(0)  # type: ignore[attr-defined]
+    if errors := [line for line in process.log.read().splitlines() if 'rror' in line]:  # type: ignore[attr-defined]
+        print(f'  the server logged {len(errors)} error lines, e.g. {errors[0][:300]}')
+    process.log.close()  # type: ignore[attr-defined]
 
 
 def serve_bare(port: int) -> None:
@@ -81,13 +94,50 @@ def serve_bare(port: int) -> None:
 
 
 # ---- load ---------------------------------------------------------------------------------------------------------
-def load(url: str, path: str, bodies: list[dict], clients: int, key: str | None) -> dict:
-    """Send ``bodies`` with ``clients`` concurrent connections (in another process): throughput, p50, p99, errors."""
-    script = json.dumps({'url': url, 'path': path, 'bodies': bodies, 'clients': clients, 'key': key})
-    out = subprocess.run([sys.executable, __file__, '--load'], input=script, capture_output=True, text=True)
+def load(url: str, path: str, bodies: list[dict], clients: int, key: str | None, seconds: float) -> dict:
+    """Send ``bodies`` (in turn) with ``clients`` concurrent connections from another process for ``seconds``:
+    throughput, p50, p99, errors. wrk (Debian's package) sends them where it is installed; else Python's httpx."""
+    import httpx
+
+    warm = httpx.post(url + path, json=bodies[0], headers={'Authorization': f'Bearer {key}'} if key else {}, timeout=300)
+    warm.raise_for_status()  # the server has loaded the model or the index before the clock runs
+    if shutil.which('wrk'):
+        return wrk(url + path, bodies, clients, key, seconds)
+    spec = {'url': url, 'path': path, 'bodies': bodies, 'clients': clients, 'key': key, 'seconds': seconds}
+    out = subprocess.run([sys.executable, __file__, '--load'], input=json.dumps(spec), capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f'the load generator failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout)
+
+
+WRK_SCRIPT = """
+bodies = {%s}
+i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"%s}, bodies[i])
+end
+"""
+
+
+def wrk(url: str, bodies: list[dict], clients: int, key: str | None, seconds: float) -> dict:
+    auth = f', ["Authorization"] = "Bearer {key}"' if key else ''
+    with tempfile.NamedTemporaryFile('w', suffix='.lua') as script:
+        script.write(WRK_SCRIPT % (','.join('[==[' + json.dumps(b) + ']==]' for b in bodies), auth))
+        script.flush()
+        out = subprocess.run(['wrk', '-t', '1', '-c', str(clients), '-d', f'{int(seconds)}s', '--latency', '-s',
+                              script.name, url], capture_output=True, text=True, check=True).stdout
+    def number(pattern: str) -> float:
+        found = re.search(pattern, out)
+        return float(found.group(1)) if found else 0.0
+
+    def ms(label: str) -> float:
+        found = re.search(rf'{label}\s+([\d.]+)(us|ms|s)\b', out)
+        return float(found.group(1)) * {'us': 1e-6, 'ms': 1e-3, 's': 1.0}[found.group(2)] if found else float('nan')
+
+    errors = number(r'Non-2xx or 3xx responses: (\d+)') + sum(
+        int(n) for n in re.findall(r'(?:connect|read|write|timeout) (\d+)', out))
+    return {'rps': number(r'Requests/sec:\s+([\d.]+)'), 'p50': ms('50%'), 'p99': ms('99%'), 'errors': int(errors)}
 
 
 def run_load(spec: dict) -> dict:
@@ -96,7 +146,6 @@ def run_load(spec: dict) -> dict:
     async def main() -> dict:
         headers = {'Authorization': f"Bearer {spec['key']}"} if spec['key'] else {}
         limits = httpx.Limits(max_connections=spec['clients'], max_keepalive_connections=spec['clients'])
-        queue = list(reversed(spec['bodies']))
         latencies: list[float] = []
         errors = 0
         async with httpx.AsyncClient(base_url=spec['url'], headers=headers, limits=limits, timeout=60) as client:
@@ -104,14 +153,16 @@ def run_load(spec: dict) -> dict:
 
             async def worker() -> None:
                 nonlocal errors
-                while queue:
-                    body = queue.pop()
-                    started = time.perf_counter()
-                    response = await client.post(spec['path'], json=body)
-                    latencies.append(time.perf_counter() - started)
+                i = 0
+                while time.perf_counter() < stop:
+                    i += 1
+                    sent = time.perf_counter()
+                    response = await client.post(spec['path'], json=spec['bodies'][i % len(spec['bodies'])])
+                    latencies.append(time.perf_counter() - sent)
                     errors += response.status_code != 200
 
             started = time.perf_counter()
+            stop = started + spec['seconds']
             await asyncio.gather(*(worker() for _ in range(spec['clients'])))
             elapsed = time.perf_counter() - started
         latencies.sort()
@@ -144,19 +195,20 @@ def prepare(folder: str, rows: int, dim: int) -> tuple[str, str, np.ndarray]:
 
 
 def predict_round(superduper_url: str, bare_url: str, key: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    bodies = [{'input': f'text number {i}'} for i in range(args.requests)]
-    ours = load(superduper_url, '/api/v1/models/size/predict', bodies, args.clients, key)
-    bare = load(bare_url, '/predict', bodies, args.clients, None)
+    bodies = [{'input': f'text number {i}'} for i in range(1000)]
+    ours = load(superduper_url, '/api/v1/models/size/predict', bodies, args.clients, key, args.seconds)
+    bare = load(bare_url, '/predict', bodies, args.clients, None, args.seconds)
     return ours, bare
 
 
 def search_round(url: str, key: str, queries: np.ndarray, db, args: argparse.Namespace) -> tuple[dict, float]:
     bodies = [{'query': q.tolist(), 'n': 10, 'columns': ['txt']} for q in queries]
-    ours = load(url, '/api/v1/indexes/idx/search', bodies, args.clients, key)
-    started = time.perf_counter()
-    for q in queries:
-        db['docs'].like(q, vector_index='idx', n=10).select('txt').execute().tolist()
-    return ours, len(queries) / (time.perf_counter() - started)
+    ours = load(url, '/api/v1/indexes/idx/search', bodies, args.clients, key, args.seconds)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < args.seconds:
+        db['docs'].like(queries[done % len(queries)], vector_index='idx', n=10).select('txt').execute().tolist()
+        done += 1
+    return ours, done / (time.perf_counter() - started)
 
 
 def report(name: str, rounds: list[dict]) -> str:
@@ -168,7 +220,7 @@ def report(name: str, rounds: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('--requests', type=int, default=3000)
+    parser.add_argument('--seconds', type=int, default=5)
     parser.add_argument('--clients', type=int, default=32)
     parser.add_argument('--rows', type=int, default=100_000)
     parser.add_argument('--dim', type=int, default=128)
@@ -185,20 +237,21 @@ def main() -> None:
         bare, bare_url = start([sys.executable, __file__, '--bare', '0'], env)
         try:
             rounds = [predict_round(url, bare_url, key, args) for _ in range(args.repeats)]
-            print(f'predict, trivial model, {args.clients} clients, {args.requests} requests per round')
+            print(f'predict, trivial model, {args.clients} clients, {args.seconds:g} s per round, load from '
+                  f"{'wrk' if shutil.which('wrk') else 'httpx'}")
             print(report('  superduper serve', [r[0] for r in rounds]))
             print(report('  bare FastAPI endpoint', [r[1] for r in rounds]))
             ratio = statistics.median(a['rps'] / b['rps'] for a, b in rounds)
             print(f'  throughput ratio superduper / bare: {ratio:.2f}x (target >= 0.7x)')
 
-            queries = np.random.default_rng(1).standard_normal((min(args.requests, 1000), args.dim)).astype(np.float32)
+            queries = np.random.default_rng(1).standard_normal((1000, args.dim)).astype(np.float32)
             db = superduper(uri, progress=False, follow_changes=False)
             try:
                 db['docs'].like(queries[0], vector_index='idx', n=10).execute().tolist()  # load the index
                 found = [search_round(url, key, queries, db, args) for _ in range(args.repeats)]
             finally:
                 db.close()
-            print(f'search, {args.rows} x {args.dim} vectors (HNSW), n=10, {len(queries)} queries per round')
+            print(f'search, {args.rows} x {args.dim} vectors (HNSW), n=10, {args.seconds:g} s per round')
             print(report(f'  server, {args.clients} clients', [f[0] for f in found]))
             in_process = statistics.median(f[1] for f in found)
             print(f"  like() in process           {in_process:8.0f} req/s")

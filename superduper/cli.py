@@ -275,6 +275,7 @@ def serve(
     outputs: Optional[str] = typer.Option(None, help="'async': writes only record changes and workers (superduper "
                                           "start) compute them, so the server loads no model for writes"),
     max_body: int = typer.Option(16 * 2**20, help='largest request body in bytes'),
+    threads: Optional[int] = typer.Option(None, help='requests computed at once (default: twice the cores, at least 4)'),
 ) -> None:
     """Serve the REST API (/api/v1, OpenAPI at /docs), the web console (/) and Prometheus metrics (/metrics).
     Requests need an API key (superduper apikey create) unless --anonymous allows them."""
@@ -284,7 +285,8 @@ def serve(
     from superduper.server.settings import ServeSettings
 
     try:
-        settings = ServeSettings(host=host, port=port, anonymous=anonymous, max_body_bytes=max_body)
+        settings = ServeSettings(host=host, port=port, anonymous=anonymous, max_body_bytes=max_body,
+                                 **({} if threads is None else {'threads': threads}))
     except ValidationError as e:
         raise typer.BadParameter('; '.join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
     # in sync mode the server also computes what other clients write, as an embedded process does

@@ -239,7 +239,9 @@ def test_search_with_filters_returns_rows_and_scores(read):
     assert "unsupported operator '$regex'" in error_of(read.post('/api/v1/indexes/idx/search', json={
         'query': {'txt': 'a'}, 'filter': {'txt': {'$regex': 'x'}}}), 422)
     assert 'a vector is a non-empty list of numbers' in error_of(
-        read.post('/api/v1/indexes/idx/search', json={'query': ['a']}), 422)
+        read.post('/api/v1/indexes/idx/search', json={'query': []}), 422)
+    assert read.post('/api/v1/indexes/idx/search', json={'query': ['a']}).json()['field'].startswith('body.query')
+    assert 'vector index' in error_of(read.post('/api/v1/indexes/idx/search', json={'query': [1.0, 2.0]}), 422)
     assert 'n' == read.post('/api/v1/indexes/idx/search', json={'query': {'txt': 'a'}, 'n': 0}).json()['field'][-1:]
     assert 'nope' in error_of(read.post('/api/v1/indexes/nope/search', json={'query': {'txt': 'a'}}), 404)
 

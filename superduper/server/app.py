@@ -4,10 +4,11 @@ readiness and Prometheus metrics, behind API keys (``keys``), request size limit
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,12 +44,12 @@ class Guard:
             return await self.app(scope, receive, send)
         settings = self.service.settings
         limit = settings.max_upload_bytes if scope['path'] == UPLOAD_PATH else settings.max_body_bytes
-        declared = dict(scope['headers']).get(b'content-length')
+        declared = next((v for k, v in scope['headers'] if k == b'content-length'), None)
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _send_json(send, 413, errors.body(_too_large(limit), 'RequestTooLarge'))
         started, status, seen = time.perf_counter(), [0], [0]
 
-        async def counted() -> dict:
+        async def counted() -> dict:  # a body without a length is counted as it arrives
             message = await receive()
             seen[0] += len(message.get('body', b''))
             if seen[0] > limit:
@@ -60,8 +61,8 @@ class Guard:
                 status[0] = message['status']
             await send(message)
 
-        try:
-            await self.app(scope, counted, watched)
+        try:  # a declared length is the most the server reads
+            await self.app(scope, receive if declared is not None else counted, watched)
         except Exception as error:  # not re-raised: the server would drop the connection and print the traceback
             if status[0]:
                 raise
@@ -110,9 +111,17 @@ def create_app(db: Any, settings: ServeSettings | None = None) -> FastAPI:
     from superduper.server import console, routes
 
     service = Service(db, settings or ServeSettings())
-    app = FastAPI(title='superduper', version='1', description='Models, search and tables of one superduper '
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = service.settings.threads
+        yield
+
+    app = FastAPI(lifespan=lifespan, title='superduper', version='1', description='Models, search and tables of one superduper '
                   'database. Authenticate with `Authorization: Bearer <API key>`.')
     app.state.service = service
+
     _handlers(app)
     app.include_router(routes.router)
     app.include_router(console.router)
@@ -130,9 +139,8 @@ def create_app(db: Any, settings: ServeSettings | None = None) -> FastAPI:
             return JSONResponse(errors.body('the database does not answer', 'NotReady'), status_code=503)
         return JSONResponse({'status': 'ready'})
 
-    @app.get('/metrics', tags=['server'], summary='Prometheus metrics', dependencies=[])
-    def metrics(request: Request) -> Response:
-        requires('read')(request)
+    @app.get('/metrics', tags=['server'], summary='Prometheus metrics', dependencies=[Depends(requires('read'))])
+    def metrics() -> Response:
         data, content_type = service.metrics.exposition()
         return Response(data, media_type=content_type)
 

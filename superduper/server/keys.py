@@ -84,6 +84,12 @@ class ApiKeys:
         with self._lock:
             self._checked.clear()
 
+    def checked(self, key: str) -> Caller | None:
+        """Who ``key`` belongs to if that was checked in the last ``CHECKED_FOR`` seconds (no database read)."""
+        with self._lock:
+            cached = self._checked.get(key)
+        return cached[1] if cached is not None and time.monotonic() - cached[0] < CHECKED_FOR else None
+
     def caller(self, key: str) -> Caller | None:
         """Who ``key`` belongs to, or ``None`` if it is not a live key."""
         prefix, _, rest = key.partition('_')
@@ -91,10 +97,8 @@ class ApiKeys:
         if prefix != PREFIX or not key_id or not secret or len(key) > 200:
             return None
         now = time.monotonic()
-        with self._lock:
-            cached = self._checked.get(key)
-        if cached is not None and now - cached[0] < CHECKED_FOR:
-            return cached[1]
+        if (found := self.checked(key)) is not None:
+            return found
         rows = self.records.find(API_KEYS, {'id': key_id})
         if not rows or rows[0]['revoked_at'] is not None or not hmac.compare_digest(rows[0]['digest'], _digest(secret)):
             return None

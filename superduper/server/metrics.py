@@ -48,10 +48,15 @@ class Metrics:
         self.latency = Histogram('superduper_http_request_seconds', 'time to answer a request', ['method', 'route'],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(ListenerCollector(status))  # type: ignore[arg-type]
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        series = self._series.get((method, route, status))
+        if series is None:  # labels() costs a lock and a lookup: once per series
+            series = self._series[(method, route, status)] = (self.requests.labels(method, route, str(status)),
+                                                              self.latency.labels(method, route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

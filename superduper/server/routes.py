@@ -7,11 +7,11 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query as Param, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from superduper.base.exceptions import InvalidValue, ModelError, NotFound, QueryError, SuperduperError
@@ -39,10 +39,35 @@ class PredictBody(Strict):
 
 
 class SearchBody(Strict):
-    query: Any = Field(description='{key: value} encoded by the index\'s model, or a vector (a list of numbers)')
+    query: Union[list[float], dict[str, Any]] = Field(
+        description="a vector (a list of numbers), or {key: value} encoded by the index's model")
     n: int = Field(default=10, ge=1, le=10_000, description='how many rows')
     filter: Filter = Field(default=None, description='only rows matching this filter, e.g. {"brand": "a"}')
     columns: Optional[list[str]] = Field(default=None, description='the columns to return (default: all)')
+
+
+class Hit(BaseModel):
+    score: Optional[float]
+    row: dict[str, Any]
+
+
+class SearchResult(BaseModel):
+    results: list[Hit]
+
+
+class Rows(BaseModel):
+    rows: list[dict[str, Any]]
+
+
+class Prediction(BaseModel):
+    output: Any = Field(default=None, description='the output for input')
+    outputs: Optional[list[Any]] = Field(default=None, description='the outputs for inputs, in order')
+
+
+def sent(content: Any) -> JSONResponse:
+    """A response of values already made JSON (``to_json``): FastAPI's own check of the returned value would
+    cost as much as the rest of a search."""
+    return JSONResponse(content)
 
 
 class SelectBody(Strict):
@@ -95,9 +120,9 @@ def _type_name(value: Any) -> Any:
     return value if value is None or isinstance(value, str) else 'DataType'
 
 
-@router.post('/models/{identifier}/predict', tags=['models'],
-             summary='outputs of a served model for one input or a batch')
-def predict(identifier: str, body: PredictBody, request: Request, caller: Any = READ) -> dict:
+@router.post('/models/{identifier}/predict', tags=['models'], response_model=Prediction,
+             response_model_exclude_none=True, summary='outputs of a served model for one input or a batch')
+def predict(identifier: str, body: PredictBody, request: Request, caller: Any = READ) -> JSONResponse:
     """Give ``input`` for one output, or ``inputs`` for a batch. Only models applied with ``serve=True`` are
     endpoints (an admin key may call any model). Bytes travel as ``{"$base64": ...}``."""
     model = service(request).component('Model', identifier)
@@ -109,7 +134,7 @@ def predict(identifier: str, body: PredictBody, request: Request, caller: Any = 
     _capped(service(request), len(batch), f'model {identifier!r}')
     inputs = [_model_input(model, x, 'input' if body.inputs is None else f'inputs[{i}]') for i, x in enumerate(batch)]
     outputs = _outputs_json(model, _run_model(model, inputs))
-    return {'output': outputs[0]} if body.inputs is None else {'outputs': outputs}
+    return sent({'output': outputs[0]} if body.inputs is None else {'outputs': outputs})
 
 
 def _model_input(model: Any, value: Any, where: str) -> Any:
@@ -155,21 +180,20 @@ def _outputs_json(model: Any, outputs: list) -> list:
 
 
 # ---- search --------------------------------------------------------------------------------------------------
-@router.post('/indexes/{identifier}/search', tags=['search'], summary='the rows nearest to a query, with scores')
-def search(identifier: str, body: SearchBody, request: Request, caller: Any = READ) -> dict:
+@router.post('/indexes/{identifier}/search', tags=['search'], response_model=SearchResult,
+             summary='the rows nearest to a query, with scores')
+def search(identifier: str, body: SearchBody, request: Request, caller: Any = READ) -> JSONResponse:
     """Like ``db[table].like(query, vector_index=identifier, n=n)`` with ``filter``: the ``n`` nearest rows among
     those matching, nearest first."""
     db = service(request).db
     index = service(request).component('VectorIndex', identifier)
     spec = body.query
     if isinstance(spec, list):
-        spec = np.asarray(spec, dtype=np.float32) if spec and all(_is_number(v) for v in spec) else None
-        if spec is None:
+        if not spec:
             raise InvalidValue('query: a vector is a non-empty list of numbers')
-    elif isinstance(spec, dict):
-        spec = from_json(spec, 'query')
+        spec = np.asarray(spec, dtype=np.float32)
     else:
-        raise InvalidValue('query: give {key: value} for the index\'s model to encode, or a vector')
+        spec = from_json(spec, 'query')
     query = db[index.source].like(spec, vector_index=identifier, n=body.n)
     if (where := from_mongo(body.filter)) is not None:
         query = query.filter(where)
@@ -180,11 +204,7 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
         row = dict(row)
         score = row.pop('_score', None)
         results.append({'score': to_json(score), 'row': to_json(row)})
-    return {'results': results}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return sent({'results': results})
 
 
 # ---- tables --------------------------------------------------------------------------------------------------
@@ -193,8 +213,8 @@ def list_tables(request: Request, caller: Any = READ) -> list[str]:
     return sorted(t for t in service(request).db.databackend.table_names() if not t.startswith('_superduper'))
 
 
-@router.post('/tables/{table}/select', tags=['tables'], summary='rows matching a filter')
-def select(table: str, body: SelectBody, request: Request, caller: Any = READ) -> dict:
+@router.post('/tables/{table}/select', tags=['tables'], response_model=Rows, summary='rows matching a filter')
+def select(table: str, body: SelectBody, request: Request, caller: Any = READ) -> JSONResponse:
     db = service(request).db
     _capped(service(request), body.limit, f'table {table!r}')
     query = db[table]
@@ -209,7 +229,7 @@ def select(table: str, body: SelectBody, request: Request, caller: Any = READ) -
         query = query.order_by(body.order_by, descending=body.descending)
     query = query.limit(body.limit, body.offset)
     columns = {f'_outputs__{p}': f'_outputs__{name}' for p, name in named.items()}
-    return {'rows': [to_json({columns.get(k, k): v for k, v in row.items()}) for row in query.execute()]}
+    return sent({'rows': [to_json({columns.get(k, k): v for k, v in row.items()}) for row in query.execute()]})
 
 
 def _predict_id(db: Any, listener: str) -> str:
@@ -221,10 +241,11 @@ def _predict_id(db: Any, listener: str) -> str:
     return f'{listener}__{record["uuid"][:8]}'
 
 
-@router.get('/tables/{table}/rows', tags=['tables'], summary='rows of a table, a page at a time')
+@router.get('/tables/{table}/rows', tags=['tables'], response_model=Rows,
+            summary='rows of a table, a page at a time')
 def rows(request: Request, table: str, limit: int = Param(100, ge=0), offset: int = Param(0, ge=0),
          filter: Optional[str] = Param(None, description='a JSON filter, e.g. {"brand": "a"}'),
-         caller: Any = READ) -> dict:
+         caller: Any = READ) -> JSONResponse:
     try:
         parsed = json.loads(filter) if filter else None
     except json.JSONDecodeError:

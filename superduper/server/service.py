@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from superduper.server import errors
 from superduper.server.keys import ApiKeys, Caller
@@ -60,14 +61,20 @@ class Service:
             self._status = (time.monotonic(), report)
         return report
 
-    def caller(self, request: Request) -> Caller:
-        """Who is asking: the key in ``Authorization: Bearer``, ``X-API-Key`` or the console's cookie (the cookie
-        only for reads, or with the console's header); without a key, the anonymous scope if one is allowed."""
+    def key_of(self, request: Request) -> str | None:
+        """The key in ``Authorization: Bearer``, ``X-API-Key`` or the console's cookie (the cookie only for reads,
+        or with the console's header)."""
         header = request.headers.get('authorization', '')
         key = header[7:].strip() if header.lower().startswith('bearer ') else request.headers.get('x-api-key')
         if not key and (cookie := request.cookies.get(KEY_COOKIE)):
             if request.method in ('GET', 'HEAD') or request.headers.get(CONSOLE_HEADER):
                 key = cookie
+        return key
+
+    def caller(self, request: Request) -> Caller:
+        """Who is asking: the owner of the request's key (``key_of``); without a key, the anonymous scope if one is
+        allowed."""
+        key = self.key_of(request)
         if key:
             found = self.keys.caller(key)
             if found is None:
@@ -80,12 +87,16 @@ class Service:
         return Caller(None, 'anonymous', self.settings.anonymous)
 
 
-def requires(scope: str) -> Callable[[Request], Caller]:
+def requires(scope: str) -> Callable[[Request], Awaitable[Caller]]:
     """A route dependency: the caller, if its scope includes ``scope`` (401 without a valid key, 403 without the
     scope)."""
 
-    def check(request: Request) -> Caller:
-        caller = request.app.state.service.caller(request)
+    async def check(request: Request) -> Caller:  # async: a key checked moments ago costs no thread
+        service = request.app.state.service
+        key = service.key_of(request)
+        caller = service.keys.checked(key) if key else None
+        if caller is None:
+            caller = await run_in_threadpool(service.caller, request)  # reads the metadata
         if not caller.allows(scope):
             raise errors.HTTPProblem(403, f'this needs the {scope!r} scope; the caller {caller.name!r} has '
                                      f'{caller.scope!r}')
