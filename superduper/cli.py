@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import sys
-import time
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional
@@ -103,26 +103,14 @@ def start(
         db = _connect(uri, follow_changes=False, compute=compute)
     except SuperduperError as e:
         _fail(e)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    from superduper.runtime import worker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f'worker following {db.databackend}, computing with {db.compute}', err=True)
-    failures = 0
     try:
-        while not stopping:
-            try:
-                taken = db.listening.work(batch) or db.listening.retry_due()
-                taken += db.schedules.run_due()  # every round: a tick is not kept waiting behind changes
-                failures = 0
-            except Exception as e:  # the database restarting, a lost connection: back off and go on
-                failures += 1
-                typer.echo(f'worker: {type(e).__name__}: {e}; retrying', err=True)
-                taken = 0
-                time.sleep(min(interval * 2**failures, 30.0))
-                continue
-            if not taken:
-                if once and not _pending(db):
-                    break
-                time.sleep(interval)
+        worker.run(db, stop, batch, interval, done=(lambda: not _pending(db)) if once else None,
+                   report=lambda text: typer.echo(text, err=True))
     except KeyboardInterrupt:
         pass
     finally:
@@ -276,6 +264,8 @@ def serve(
                                           "start) compute them, so the server loads no model for writes"),
     max_body: int = typer.Option(16 * 2**20, help='largest request body in bytes'),
     threads: Optional[int] = typer.Option(None, help='requests computed at once (default: twice the cores, at least 4)'),
+    worker: bool = typer.Option(False, '--worker', help='also run a worker in this process (as superduper start '
+                                'does: changes of every client, retries, schedules)'),
 ) -> None:
     """Serve the REST API (/api/v1, OpenAPI at /docs), the web console (/) and Prometheus metrics (/metrics).
     Requests need an API key (superduper apikey create) unless --anonymous allows them."""
@@ -289,11 +279,20 @@ def serve(
                                  **({} if threads is None else {'threads': threads}))
     except ValidationError as e:
         raise typer.BadParameter('; '.join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
-    # in sync mode the server also computes what other clients write, as an embedded process does
-    overrides = {'follow_changes': True} if outputs is None else {'outputs': outputs, 'follow_changes': outputs == 'sync'}
+    from superduper.runtime import worker as worker_loop
+
+    # in sync mode the server also computes what other clients write, as an embedded process does, unless its own
+    # worker does that (and more: schedules)
+    follow = not worker and outputs in (None, 'sync')
+    overrides = {'follow_changes': follow, **({} if outputs is None else {'outputs': outputs})}
     with _database(uri, create=True, **overrides) as db:
-        # uvicorn stops on SIGINT and SIGTERM, finishing the requests under way
-        run(db, settings, started=lambda h, p: typer.echo(f'serving http://{h}:{p} (OpenAPI at /docs)', err=True))
+        background = worker_loop.in_background(db) if worker else None
+        try:  # uvicorn stops on SIGINT and SIGTERM, finishing the requests under way
+            run(db, settings, started=lambda h, p: typer.echo(f'serving http://{h}:{p} (OpenAPI at /docs)', err=True))
+        finally:
+            if background is not None:
+                background[1].set()
+                worker_loop.wait_stopped(background[0])
 
 
 apikey = typer.Typer(help='API keys of superduper serve: create, list, revoke.', no_args_is_help=True)

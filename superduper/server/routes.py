@@ -397,6 +397,18 @@ def jobs(request: Request, identifier: Optional[str] = None, caller: Any = READ)
     return to_json(service(request).db.jobs(identifier))
 
 
+# ---- schedules ------------------------------------------------------------------------------------------------
+@router.get('/schedules', tags=['schedules'], summary='per schedule: cron, action and the latest tick')
+def schedules(request: Request, caller: Any = READ) -> list[dict]:
+    return to_json(service(request).db.schedule_status())
+
+
+@router.post('/schedules/{identifier}/run', tags=['schedules'], summary='run a schedule once now, here')
+def run_schedule(identifier: str, request: Request, caller: Any = WRITE) -> dict:
+    """Through a tick of its own, claimed as a worker claims one; the answer is the tick with how it ended."""
+    return to_json(service(request).db.run_schedule(identifier))
+
+
 # ---- artifacts -----------------------------------------------------------------------------------------------
 @router.get('/artifacts/{key:path}', tags=['artifacts'], summary='the bytes of a stored value',
             response_class=Response, responses={200: {'content': {'application/octet-stream': {}}}})
