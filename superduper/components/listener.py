@@ -32,8 +32,28 @@ def outputs_table(predict_id: str) -> str:
     return prefix + suffix
 
 
+class Outputs:
+    """What a component storing model outputs keyed by source row has: they go to ``outputs`` (also the name of
+    the output column), named by its identifier and uuid, for the rows of ``select``'s table."""
+
+    identifier: str
+    select: Query
+
+    @property
+    def predict_id(self) -> str:
+        return f'{self.identifier}__{self.ensure_uuid()[:8]}'  # type: ignore[attr-defined]
+
+    @property
+    def outputs(self) -> str:
+        return outputs_table(self.predict_id)
+
+    @property
+    def source(self) -> str:
+        return self.select.table
+
+
 @dataclass(eq=False)
-class Listener(Component):
+class Listener(Outputs, Component):
     type_id: ClassVar[str] = 'Listener'
 
     identifier: str = ''
@@ -61,19 +81,6 @@ class Listener(Component):
         self.select = self.select.bind(None)  # stored declaratively; run against whichever db applies it
         self.identifier = self.identifier or self.model.identifier
         super().__post_init__()
-
-    @property
-    def predict_id(self) -> str:
-        return f'{self.identifier}__{self.ensure_uuid()[:8]}'
-
-    @property
-    def outputs(self) -> str:
-        """The name of the output table, and of its output column."""
-        return outputs_table(self.predict_id)
-
-    @property
-    def source(self) -> str:
-        return self.select.table
 
     def check(self, db: Any) -> None:
         db.listening.check(self)

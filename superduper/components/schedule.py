@@ -24,7 +24,7 @@ from superduper.base.exceptions import ComponentError, MissingDependency
 from superduper.base.query import Query
 from superduper.components.component import Component
 from superduper.components.inputs import input_maker
-from superduper.components.listener import outputs_table
+from superduper.components.listener import Outputs
 
 
 def croniter_class() -> Any:
@@ -52,7 +52,7 @@ def check_cron(expression: Any, what: str) -> None:
 
 
 @dataclass(eq=False)
-class Schedule(Component):
+class Schedule(Outputs, Component):
     """``Schedule('nightly', cron='0 3 * * *', model=m, select=db['docs'].select(), key='txt')``, or ``fit=model``
     (with ``X=``, ``y=``, ``select=``), or ``listener=listener``."""
 
@@ -123,19 +123,6 @@ class Schedule(Component):
         given = [name for name in names if getattr(self, name) is not None]
         if given:
             raise ComponentError(f'{what}: {", ".join(given)}= not used by its {self.action} action')
-
-    @property
-    def predict_id(self) -> str:
-        return f'{self.identifier}__{self.ensure_uuid()[:8]}'
-
-    @property
-    def outputs(self) -> str:
-        """The name of the outputs table of a predicting schedule, and of its output column."""
-        return outputs_table(self.predict_id)
-
-    @property
-    def source(self) -> str:
-        return self.select.table
 
     def check(self, db: Any) -> None:
         db.schedules.check(self)
