@@ -66,3 +66,12 @@ def from_json(value: Any, where: str) -> Any:
     if isinstance(value, list):
         return [from_json(v, f'{where}[{i}]') for i, v in enumerate(value)]
     return value
+
+
+def without_signatures(record: Any) -> Any:
+    """A component record without the signatures of its code artifacts (they are this deployment's business)."""
+    if isinstance(record, dict):
+        return {k: without_signatures(v) for k, v in record.items() if k != 'signature'}
+    if isinstance(record, list):
+        return [without_signatures(v) for v in record]
+    return record

@@ -19,10 +19,9 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from superduper.server.codec import to_json
+from superduper.server.codec import to_json, without_signatures
 from superduper.server.errors import HTTPProblem
 from superduper.server.keys import Caller
-from superduper.server.routes import _unsigned
 from superduper.server.service import KEY_COOKIE
 
 router = APIRouter(include_in_schema=False)
@@ -201,7 +200,7 @@ def component(type_id: str, identifier: str, request: Request) -> Response:
     rows = [[r['version'], r['uuid'], r['created_at']] for r in records]
     return _page(title, caller, _tag('h2', 'Versions'), _table(['version', 'uuid', 'created'], rows),
                  _tag('h2', f"Latest (version {records[-1]['version']})"),
-                 _json(_unsigned(to_json(records[-1]['record']))))
+                 _json(without_signatures(to_json(records[-1]['record']))))
 
 
 # ---- one listener --------------------------------------------------------------------------------------------

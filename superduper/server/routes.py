@@ -18,7 +18,7 @@ from superduper.base.exceptions import InvalidValue, ModelError, NotFound, Query
 from superduper.base.query import from_mongo
 from superduper.components.datatype import Array, BadValue, DataType, resolve_type
 from superduper.server.service import requires
-from superduper.server.codec import from_json, to_json
+from superduper.server.codec import from_json, to_json, without_signatures
 from superduper.server.errors import HTTPProblem
 
 router = APIRouter(prefix='/api/v1')
@@ -322,21 +322,12 @@ def show_component(type_id: str, identifier: str, request: Request, caller: Any 
     return {'type_id': type_id, 'identifier': identifier,
             'versions': [{'version': r['version'], 'uuid': r['uuid'], 'created_at': to_json(r['created_at'])}
                          for r in sorted(records, key=lambda r: r['version'])],
-            'latest': _unsigned(to_json(latest['record']))}
+            'latest': without_signatures(to_json(latest['record']))}
 
 
 @router.get('/components/{type_id}/{identifier}/{version}', tags=['components'], summary="one version's record")
 def show_version(type_id: str, identifier: str, version: int, request: Request, caller: Any = READ) -> dict:
-    return _unsigned(to_json(service(request).db.show(type_id, identifier, version)))
-
-
-def _unsigned(record: Any) -> Any:
-    """A record without the signatures of its code artifacts (they are this deployment's business)."""
-    if isinstance(record, dict):
-        return {k: _unsigned(v) for k, v in record.items() if k != 'signature'}
-    if isinstance(record, list):
-        return [_unsigned(v) for v in record]
-    return record
+    return without_signatures(to_json(service(request).db.show(type_id, identifier, version)))
 
 
 @router.post('/components', tags=['components'], summary='apply a package (an exported .zip)', status_code=201)
