@@ -413,3 +413,24 @@ def test_serve_with_a_worker_computes_async_writes_and_runs_schedules(tmp_path):
         assert (latest['schedule'], latest['action'], latest['cron']) == ('every-second', 'predict', '* * * * * *')
         ran = c.post('/api/v1/schedules/every-second/run').json()
         assert ran['status'] == 'success'
+
+
+def test_in_async_mode_writes_load_no_model(tmp_path):
+    """``--outputs async``: the server records the changes of a write and answers; it never loads the listener's
+    model (here one the server process could not even import: its function lives in this test module)."""
+    uri = f'sqlite://{tmp_path}/async.db'
+    env = {**os.environ, 'SUPERDUPER_SECRET': SECRET, 'SUPERDUPER_PROGRESS': 'false',
+           'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts'}
+    os.environ['SUPERDUPER_SECRET'] = SECRET
+    try:
+        db = superduper(uri, artifact_store=env['SUPERDUPER_ARTIFACT_STORE'], progress=False)
+        db.apply(Table('docs', fields={'txt': 'str'}))
+        db.apply(ObjectModel('picky', object=picky).to_listener('docs', key='txt', identifier='picky'))
+        key = ApiKeys(db.metadata).create('writer', 'write')
+        db.close()
+    finally:
+        os.environ.pop('SUPERDUPER_SECRET')
+    with server(uri, env, '--outputs', 'async') as base, client(base, key) as c:
+        assert c.post('/api/v1/tables/docs/rows', json={'rows': [{'txt': 'a'}, {'txt': 'b'}]}).status_code == 201
+        (status,) = c.get('/api/v1/listeners').json()
+        assert (status['pending'], status['done'], status['problem']) == (2, 0, None)
