@@ -260,6 +260,29 @@ def test_searches_from_many_threads_at_once(items):
         assert list(pool.map(search, wanted)) == wanted
 
 
+@pytest.mark.requires(native_vectors=True, reason='vectors stored natively')
+def test_a_table_declared_again_keeps_its_vectors_native_for_other_threads_meanwhile(items, monkeypatch):
+    """When another process applies a component, this one declares its tables again; a consumer thread writing
+    outputs in the meantime must still see the declared vector type (a reflected one takes the values differently:
+    vectors were sent as bytes, and CI failed on it)."""
+    t, _, index = items
+    db, outputs = t.db, index.indexing_listener.outputs
+    seen = []
+    build = db.databackend._build
+
+    def build_while_another_thread_looks(name, *args):
+        if name == outputs:  # what a consumer thread would find while the table is declared again
+            seen.append(db.databackend.native_vectors(outputs, outputs))
+        return build(name, *args)
+
+    monkeypatch.setattr(db.databackend, '_build', build_while_another_thread_looks)
+    db.tables.clear()
+    db.table_info(outputs)
+    assert seen == [True]
+    t.insert([{'txt': 'more', 'brand': 'nike', 'price': 1}]).execute()
+    assert t.like({'txt': 'more'}, vector_index='idx', n=1).execute().tolist()[0]['txt'] == 'more'
+
+
 def test_bad_input(db, items):
     t, _, _ = items
     with pytest.raises(InvalidValue, match=r"vector index 'idx' holds vectors of 16 values; the query vector has shape \(3,\)"):

@@ -409,8 +409,10 @@ class SQLDataBackend:
 
     def bind_table(self, name: str, types: dict[str, FieldType], primary_key: str) -> None:
         """Use the declared types (not reflection) for a table superduper created; a field the dialect stores
-        natively (vectors) keeps the bytes column an older version created for it."""
-        self.forget(name)
+        natively (vectors) keeps the bytes column an older version created for it.
+
+        The new table replaces the old one in one step: another thread (a consumer writing outputs) never finds the
+        name missing, which would make it reflect the table and send vectors as a reflected type would take them."""
         table = self._build(name, types, primary_key)
         native = [f for f, t in types.items() if type(self.field_type(t)) is not type(self.column_type(t.storage))]
         if native and self.has_table(name):
@@ -419,6 +421,8 @@ class SQLDataBackend:
                 if field in stored and not self._same_type(stored[field].type, table.c[field].type):
                     table.c[field].type = self.column_type(types[field].storage)
         self._tables[name] = table
+        self._by_key_sql.cache_clear()
+        self._insert_sql = {k: v for k, v in self._insert_sql.items() if k[0] != name}
 
     def _same_type(self, stored: Any, declared: Any) -> bool:
         """Whether a reflected column has the declared type, as the database names it."""

@@ -125,8 +125,7 @@ class SQLMetadataStore:
             sa.Column('error', sa.Text),
             sa.Column('started_at', sa.DateTime, nullable=False),
             sa.Column('finished_at', sa.DateTime),
-            sa.Index('ix_superduper_schedule_ticks_status', 'status', 'schedule_uuid'),
-        )
+        )  # no index: ended rows go after an hour, and some warehouses (Snowflake) have no indexes
         self._meta.create_all(engine, checkfirst=True)
         # the token every apply and remove changes (``components_version``)
         insert_absent(engine, self.settings, {'name': COMPONENTS_VERSION, 'value': uuid.uuid4().hex}, merge)
