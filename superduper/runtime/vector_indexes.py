@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +23,7 @@ import numpy as np
 from superduper.backends.base import OUTPUT_SEQ
 from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, QueryError
 from superduper.base.query import Compare, Condition
+from superduper.base.rwlock import ReadWriteLock
 from superduper.runtime.artifact_gc import HeldArtifacts, index_holder
 
 if TYPE_CHECKING:
@@ -55,8 +55,9 @@ class LoadedIndex:
         self.checked = -math.inf  # when the database was last looked at (monotonic clock)
         self.stale = False  # a write through this process changed the outputs: look before the next search
         self.changed = 0  # rows changed since the index was saved
-        #: guards the searcher and ``seen`` in memory; never held while waiting on the database
-        self.lock = threading.Lock()
+        #: guards the searcher and ``seen`` in memory (searches read, updates write); never held while waiting on the
+        #: database
+        self.lock = ReadWriteLock()
 
     @property
     def outputs(self) -> str:
@@ -176,7 +177,7 @@ class VectorIndexes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = os.path.join(tmp, 'index')
             os.mkdir(folder)
-            with loaded.lock:
+            with loaded.lock.write():
                 loaded.searcher.save(folder)
                 seen, changed = loaded.seen, loaded.changed
             held = HeldArtifacts(self.db.artifact_store, collector.refs, holder='')
@@ -292,7 +293,7 @@ class VectorIndexes:
             return
         pending = getattr(loaded.searcher, 'pending', ())
         if len(pending) >= max(FLUSH_AT, len(loaded.searcher) // 100):
-            with loaded.lock:
+            with loaded.lock.write():
                 loaded.searcher.flush()
 
     def _look(self, loaded: LoadedIndex) -> bool:
@@ -322,7 +323,7 @@ class VectorIndexes:
                 latest[source] = (seq, None)
         upserts = [(s, v) for s, (_, v) in latest.items() if v is not None]
         removed = [s for s, (_, v) in latest.items() if v is None]
-        with loaded.lock:
+        with loaded.lock.write():
             if loaded.seen != since:
                 return False
             if upserts:
@@ -338,7 +339,7 @@ class VectorIndexes:
         self.db.forget_table(loaded.outputs)
         native = self._native_searcher(loaded.component)
         if native is not None:  # stored natively: the database searches them from now on
-            with loaded.lock:
+            with loaded.lock.write():
                 if loaded.searcher is not None:
                     return False
                 loaded.searcher, loaded.native = native, True
@@ -348,7 +349,7 @@ class VectorIndexes:
         if searcher is None:
             return True
         seen = self._read_all(searcher, loaded.outputs)
-        with loaded.lock:
+        with loaded.lock.write():
             if loaded.searcher is not None:
                 return False
             loaded.searcher, loaded.seen, loaded.low = searcher, seen, seen
@@ -363,7 +364,7 @@ class VectorIndexes:
         found: dict[Any, np.ndarray] = {}
         for ids, vectors in self._vectors(loaded.outputs):
             found.update(zip(ids, vectors))
-        with loaded.lock:
+        with loaded.lock.write():
             if loaded.seen != since:
                 return False
             searcher = loaded.searcher
@@ -435,7 +436,9 @@ class VectorIndexes:
             return searcher.search(vector, n, where, primary_key)
 
         def nearest(k: int, candidates: list | None = None) -> list[tuple[Any, float]]:
-            with loaded.lock:  # the database is read outside: never waited on with the lock held
+            # searches share the lock unless this one changes the searcher; the database is read outside: never
+            # waited on with the lock held
+            with loaded.lock.read() if searcher.reads_only(k, candidates) else loaded.lock.write():
                 return searcher.search(vector, k, candidates=candidates)
 
         if where is None:

@@ -91,6 +91,10 @@ class ExactSearcher:
             return -np.einsum('ij,ij->i', diff, diff)
         return rows @ query
 
+    def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
+        """Whether ``search(..., n, candidates)`` changes nothing here (so searches may run side by side)."""
+        return True
+
     def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
         """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first."""
         q = self.prepare(query)[0]

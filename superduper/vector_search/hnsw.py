@@ -95,6 +95,12 @@ class HnswSearcher(ExactSearcher):
         self.pending.clear()
 
     # ---- reads ------------------------------------------------------------------------------------------------
+    def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
+        return candidates is not None or self._ef_for(n) == self._current_ef  # else the graph's ef is set first
+
+    def _ef_for(self, k: int) -> int:
+        return max(self.ef, 2 * k)  # a wider beam for the candidate lists of filtered searches
+
     def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
         alive = len(self)
         if candidates is not None or n >= alive or alive < 1000 or len(self.pending) * 2 > alive:
@@ -116,7 +122,7 @@ class HnswSearcher(ExactSearcher):
         """(position, score) of the ``k`` nearest nodes of the graph."""
         if k <= 0:
             return []
-        ef = max(self.ef, 2 * k)  # a wider beam for the candidate lists of filtered searches
+        ef = self._ef_for(k)
         if ef != self._current_ef:
             self.index.set_ef(ef)
             self._current_ef = ef
