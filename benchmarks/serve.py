@@ -1,6 +1,6 @@
 """``superduper serve`` under bounded load on 127.0.0.1: the predict and search endpoints against their baselines.
 
-    python benchmarks/serve.py [--seconds 5] [--clients 32] [--rows 100000] [--dim 128] [--repeats 3]
+    python benchmarks/serve.py [--seconds 5] [--clients 32] [--rows 100000] [--dim 384] [--repeats 3] [--threads N]
 
 Every server runs in its own process (uvicorn, one process, access log off); the load comes from another process
 with ``--clients`` concurrent keep-alive connections for ``--seconds`` per round: wrk (``apt-get install wrk``) where
@@ -223,8 +223,9 @@ def main() -> None:
     parser.add_argument('--seconds', type=int, default=5)
     parser.add_argument('--clients', type=int, default=32)
     parser.add_argument('--rows', type=int, default=100_000)
-    parser.add_argument('--dim', type=int, default=128)
+    parser.add_argument('--dim', type=int, default=384)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=None, help="the server's --threads (default: its own)")
     args = parser.parse_args()
     from superduper import superduper
 
@@ -233,7 +234,8 @@ def main() -> None:
                'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{folder}/artifacts'}
         os.environ.update({k: env[k] for k in ('SUPERDUPER_HOME', 'SUPERDUPER_ARTIFACT_STORE')})
         uri, key, vectors = prepare(folder, args.rows, args.dim)
-        ours, url = start(CLI + ['serve', uri, '--port', '0'], env)
+        threads = [] if args.threads is None else ['--threads', str(args.threads)]
+        ours, url = start(CLI + ['serve', uri, '--port', '0', *threads], env)
         bare, bare_url = start([sys.executable, __file__, '--bare', '0'], env)
         try:
             rounds = [predict_round(url, bare_url, key, args) for _ in range(args.repeats)]

@@ -427,6 +427,7 @@ def test_in_async_mode_writes_load_no_model(tmp_path):
         db.apply(Table('docs', fields={'txt': 'str'}))
         db.apply(ObjectModel('picky', object=picky).to_listener('docs', key='txt', identifier='picky'))
         key = ApiKeys(db.metadata).create('writer', 'write')
+        admin = ApiKeys(db.metadata).create('admin', 'admin')
         db.close()
     finally:
         os.environ.pop('SUPERDUPER_SECRET')
@@ -434,3 +435,6 @@ def test_in_async_mode_writes_load_no_model(tmp_path):
         assert c.post('/api/v1/tables/docs/rows', json={'rows': [{'txt': 'a'}, {'txt': 'b'}]}).status_code == 201
         (status,) = c.get('/api/v1/listeners').json()
         assert (status['pending'], status['done'], status['problem']) == (2, 0, None)
+        with client(base, admin) as a:  # calling the model itself needs it here: a clear refusal naming it
+            message = error_of(a.post('/api/v1/models/picky/predict', json={'input': 'x'}), 503)
+        assert message.startswith("Model 'picky' cannot be loaded by this server: ModuleNotFoundError")

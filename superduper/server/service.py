@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from superduper.base.exceptions import SuperduperError
 from superduper.server import errors
 from superduper.server.keys import ApiKeys, Caller
 from superduper.server.metrics import Metrics
@@ -43,10 +44,20 @@ class Service:
                 self._generation = generation
             found = self._components.get((type_id, identifier))
         if found is None:
-            found = self.db.load(type_id, identifier)
+            found = self._load(type_id, identifier)
             with self._lock:
                 self._components[(type_id, identifier)] = found
         return found
+
+    def _load(self, type_id: str, identifier: str) -> Any:
+        try:
+            return self.db.load(type_id, identifier)
+        except SuperduperError:
+            raise
+        except Exception as e:  # its code needs what this process lacks (a module, a package): say so, not a 500
+            errors.log.warning('%s %r cannot be loaded here', type_id, identifier, exc_info=e)
+            raise errors.HTTPProblem(503, f'{type_id} {identifier!r} cannot be loaded by this server: '
+                                     f'{type(e).__name__}: {str(e)[:300]}') from None
 
     def components_changed(self) -> None:
         """After this server applied or removed a component: load what is current from the next request on."""
