@@ -29,6 +29,7 @@ _EXPORTS = {
     'Listener': 'superduper.components.listener',
     'VectorIndex': 'superduper.components.vector_index',
     'Schedule': 'superduper.components.schedule',
+    'TextSplitter': 'superduper.components.text',
     'LLM': 'superduper.components.llm',
     'RAG': 'superduper.components.llm',
     'Application': 'superduper.components.application',
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from superduper.components.llm import LLM, RAG
     from superduper.components.model import Metric, Model, ObjectModel
     from superduper.components.table import Table
+    from superduper.components.text import TextSplitter
     from superduper.components.template import Template
     from superduper.components.vector_index import VectorIndex
 
