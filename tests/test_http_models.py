@@ -13,7 +13,14 @@ import pytest
 
 from superduper import Table, VectorIndex
 from superduper.base.exceptions import ModelError
-from superduper.ext.http_api import AnthropicChat, CohereEmbedding, CohereRerank, OpenAIChat, OpenAIEmbedding, OpenAIRerank
+from superduper.ext.http_api import (
+    AnthropicChat,
+    CohereEmbedding,
+    CohereRerank,
+    OpenAIChat,
+    OpenAIEmbedding,
+    OpenAIRerank,
+)
 
 KEY = 'sk-test-secret-123'
 
@@ -287,3 +294,13 @@ def test_rerank_endpoints(server, cls, path):
     top = cls('rr', base_url=f'{server}{path}', api_key_env=None, top_n=1).predict('a dog', documents)
     assert top[2] == 1.0 and top.count(float('-inf')) == 3
     assert model.predict('q', []) == []
+
+
+def test_a_listener_keeps_the_answers_of_a_batch_with_one_failing_prompt(sqlite_db, server):
+    db = sqlite_db
+    db.apply(Table('questions', fields={'q': 'str'}))
+    db['questions'].insert([{'q': q} for q in ('a', 'FAIL', 'c')]).execute()
+    chat = OpenAIChat('chat', model='local-llm', base_url=f'{server}/v1', api_key_env=None, max_retries=0)
+    listener = db.apply(chat.to_listener('questions', key='q'))
+    assert sorted(r[listener.outputs] for r in db[listener.outputs].select().execute()) == ['echo: a', 'echo: c']
+    assert [('answered 400' in f['error']) for f in db.failures('chat')] == [True]
