@@ -112,6 +112,20 @@ class ObjectModel(Model):
 
 
 @dataclass(eq=False)
+class Reranker(Model):
+    """A model whose ``predict(query, documents)`` returns one score per document, higher meaning more relevant.
+    ``superduper.components.rerank.rerank`` orders fetched rows by it."""
+
+    def predict(self, query: str, documents: Sequence[str]) -> list[float]:  # type: ignore[override]
+        raise NotImplementedError(f'{type(self).__name__} does not implement predict')
+
+
+@dataclass(eq=False)
+class ObjectReranker(ObjectModel, Reranker):
+    """``ObjectReranker('overlap', object=lambda query, documents: [...one score per document...])``."""
+
+
+@dataclass(eq=False)
 class Metric(Component):
     """``Metric('accuracy', object=lambda y_true, y_pred: ...)``: one number from targets and predictions."""
 

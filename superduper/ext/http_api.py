@@ -1,7 +1,8 @@
 """Models behind HTTP APIs: OpenAI-compatible embeddings and chat (OpenAI, vLLM, llama.cpp server, Ollama — the
-self-hosted toggle is ``base_url``), and Anthropic messages.
+self-hosted toggle is ``base_url``), Anthropic messages, Cohere embeddings (API v2) and rerankers (Cohere, and the
+``/rerank`` endpoint of vLLM, Jina, TEI and other OpenAI-compatible servers).
 
-Requests are batched, retried with exponential backoff on 429 and 5xx, and time out. API keys are read from the
+Requests are batched (a chat model sends a batch's prompts concurrently), retried with exponential backoff on 429 and 5xx, and time out. API keys are read from the
 environment variable a component names (``api_key_env``); the key itself is never stored. Only the standard library
 is used, so these need no extra install.
 """
@@ -13,13 +14,14 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from superduper.base.exceptions import ModelError
-from superduper.components.model import Model
+from superduper.components.model import Model, Reranker
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -109,22 +111,84 @@ class OpenAIEmbedding(HTTPModel):
 
     def predict_batches(self, texts: Sequence[str]) -> list:
         out: list = []
-        for i in range(0, len(texts), self.batch_size):
-            chunk = list(texts[i : i + self.batch_size])
-            response = self.post('/embeddings', {'model': self.model, 'input': chunk})
-            try:
-                items = sorted(response['data'], key=lambda item: item['index'])
-                vectors = [np.asarray(item['embedding'], dtype=np.float32) for item in items]
-            except (KeyError, TypeError, ValueError) as e:
-                raise _malformed(self, f'no data[].embedding ({e})') from None
+        size = self._chunk_size()
+        for i in range(0, len(texts), size):
+            chunk = list(texts[i : i + size])
+            vectors = self._embed(chunk)
             if len(vectors) != len(chunk):
                 raise _malformed(self, f'{len(vectors)} embeddings for {len(chunk)} texts')
             out.extend(vectors)
         return out
 
+    def _chunk_size(self) -> int:
+        return self.batch_size
+
+    def _embed(self, chunk: list[str]) -> list[np.ndarray]:
+        response = self.post('/embeddings', {'model': self.model, 'input': chunk})
+        try:
+            items = sorted(response['data'], key=lambda item: item['index'])
+            return [np.asarray(item['embedding'], dtype=np.float32) for item in items]
+        except (KeyError, TypeError, ValueError) as e:
+            raise _malformed(self, f'no data[].embedding ({e})') from None
+
 
 @dataclass(eq=False)
-class OpenAIChat(HTTPModel):
+class CohereEmbedding(OpenAIEmbedding):
+    """Cohere ``/v2/embed``: texts in, float32 vectors out, at most 96 texts a request (Cohere's limit).
+
+    ``embed_input_type`` is Cohere's ``input_type``: ``'search_document'`` for stored texts, ``'search_query'`` for
+    a model that embeds queries."""
+
+    model: str = 'embed-english-v3.0'
+    base_url: str = 'https://api.cohere.com'
+    api_key_env: str | None = 'COHERE_API_KEY'
+    batch_size: int = 96
+    embed_input_type: str = 'search_document'
+
+    def _chunk_size(self) -> int:
+        return max(1, min(self.batch_size, COHERE_MAX_TEXTS))
+
+    def _embed(self, chunk: list[str]) -> list[np.ndarray]:
+        body = {'model': self.model, 'texts': chunk, 'input_type': self.embed_input_type, 'embedding_types': ['float']}
+        response = self.post('/v2/embed', body)
+        try:
+            return [np.asarray(v, dtype=np.float32) for v in response['embeddings']['float']]
+        except (KeyError, TypeError, ValueError) as e:
+            raise _malformed(self, f'no embeddings.float ({e})') from None
+
+
+COHERE_MAX_TEXTS = 96
+
+
+@dataclass(eq=False)
+class HTTPChat(HTTPModel):
+    """A chat model whose ``predict_batches`` sends up to ``max_concurrency`` prompts at once, each with its own
+    retries; outputs keep the inputs' order and the first failure (in input order) fails the batch."""
+
+    #: optional, so the uuids of components declared before it existed do not change
+    max_concurrency: int = field(default=8, metadata={'optional': True})
+
+    def predict_batches(self, prompts: Sequence[str]) -> list:
+        workers = max(1, min(int(self.max_concurrency), len(prompts)))
+        if workers == 1:
+            return [self.predict(p) for p in prompts]
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f'chat-{self.identifier}')
+        try:
+            return list(pool.map(self._predict_one, prompts))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failure stops the prompts not yet sent
+
+    def _predict_one(self, prompt: str) -> str:
+        try:
+            return self.predict(prompt)
+        except ModelError:
+            raise
+        except Exception as e:
+            raise ModelError(f'model {self.identifier!r}: {type(e).__name__}: {e}') from e
+
+
+@dataclass(eq=False)
+class OpenAIChat(HTTPChat):
     """``/chat/completions``: a prompt in, the reply's text out."""
 
     model: str = 'gpt-4o-mini'
@@ -150,7 +214,7 @@ class OpenAIChat(HTTPModel):
 
 
 @dataclass(eq=False)
-class AnthropicChat(HTTPModel):
+class AnthropicChat(HTTPChat):
     """Anthropic ``/v1/messages``: a prompt in, the reply's text out."""
 
     model: str = 'claude-3-5-haiku-latest'
@@ -175,3 +239,48 @@ class AnthropicChat(HTTPModel):
             return ''.join(block['text'] for block in response['content'] if block.get('type') == 'text')
         except (KeyError, TypeError):
             raise _malformed(self, 'no content[].text') from None
+
+
+@dataclass(eq=False)
+class OpenAIRerank(HTTPModel, Reranker):
+    """``POST {base_url}/rerank`` as vLLM, Jina, TEI and other OpenAI-compatible servers serve it: a query and
+    documents in, one relevance score per document out (higher is better). ``top_n`` asks for the best n only; the
+    others score ``-inf``."""
+
+    model: str = 'BAAI/bge-reranker-base'
+    base_url: str = 'http://localhost:8000/v1'
+    api_key_env: str | None = None
+    top_n: int | None = None
+    path: str = '/rerank'
+
+    def predict(self, query: str, documents: Sequence[str]) -> list[float]:
+        documents = list(documents)
+        if not documents:
+            return []
+        body = {'model': self.model, 'query': query, 'documents': documents,
+                'top_n': min(self.top_n or len(documents), len(documents))}
+        return _scores(self, self.post(self.path, body), len(documents))
+
+
+@dataclass(eq=False)
+class CohereRerank(OpenAIRerank):
+    """Cohere ``/v2/rerank``: a query and documents in, one relevance score per document out."""
+
+    model: str = 'rerank-v3.5'
+    base_url: str = 'https://api.cohere.com'
+    api_key_env: str | None = 'COHERE_API_KEY'
+    path: str = '/v2/rerank'
+
+
+def _scores(model: HTTPModel, response: Any, count: int) -> list[float]:
+    """Scores in the documents' order from ``{"results": [{"index", "relevance_score"}]}`` (Cohere, vLLM, Jina) or a
+    bare list of ``{"index", "score"}`` (TEI)."""
+    results = response.get('results') if isinstance(response, dict) else response
+    scores = [float('-inf')] * count
+    try:
+        for item in results:
+            score = item['relevance_score'] if 'relevance_score' in item else item['score']
+            scores[int(item['index'])] = float(score)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise _malformed(model, f'no results[].index/relevance_score ({type(e).__name__}: {e})') from None
+    return scores

