@@ -274,6 +274,8 @@ def serve(
     from superduper.server import serve as run
     from superduper.server.settings import ServeSettings
 
+    if outputs not in (None, 'sync', 'async'):
+        raise typer.BadParameter(f'{outputs!r}: expected sync or async', param_hint='--outputs')
     try:
         settings = ServeSettings(host=host, port=port, anonymous=anonymous, max_body_bytes=max_body,
                                  **({} if threads is None else {'threads': threads}))

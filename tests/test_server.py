@@ -172,6 +172,8 @@ def test_anonymous_access_only_as_configured(env, uri, keys):
             anonymous.post('/api/v1/tables/docs/rows', json={'rows': [{'txt': 'anon'}]}), 403)
     bad = subprocess.run(CLI + ['serve', uri, '--anonymous', 'admin'], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and 'anonymous' in bad.stderr
+    bad = subprocess.run(CLI + ['serve', uri, '--outputs', 'later'], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and 'expected sync or async' in bad.stderr
 
 
 # ---- predict -----------------------------------------------------------------------------------------------------
