@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from test_http_models import KEY, Handler, overlap, server  # noqa: F401  (server is a fixture)
 
-from superduper import Table, VectorIndex, superduper
-from superduper.base.exceptions import ModelError
+from superduper import ObjectModel, Table, VectorIndex, superduper
+from superduper.base.exceptions import ModelError, QueryError
 from superduper.components.model import ObjectReranker, Reranker
 from superduper.components.rerank import rerank
 from superduper.ext.http_api import CohereRerank, OpenAIEmbedding, OpenAIRerank
@@ -96,3 +96,36 @@ def test_cross_encoder_reranker(tiny_cross_encoder, sqlite_db, monkeypatch):
     top = rerank(model, 'the cat sat', ROWS, key='txt', n=3)
     assert [r['_rerank_score'] for r in top] == sorted(scores, reverse=True)[:3]
     assert model.predict('q', []) == []
+
+
+# ---- reranking inside a search query -------------------------------------------------------------------------------
+def length_vector(text: str) -> list[float]:
+    """Every text points the same way but the empty one: the vector search cannot tell the rows apart."""
+    return [1.0, 0.5, 0.25]
+
+
+@pytest.mark.backends('sqlite', 'mongomock')
+def test_a_search_query_reranks_its_candidates(db):
+    db.apply(Table('docs', fields={'txt': 'str', 'brand': 'str'}))
+    texts = ['a dog barks', 'the cat sat', 'a cat', 'the cat sat on a mat', 'dogs and cats', 'a bird']
+    db['docs'].insert([{'txt': t, 'brand': 'b' if 'cat' in t else 'a'} for t in texts]).execute()
+    model = ObjectModel('flat', object=length_vector, datatype='vector[float32:3]')
+    db.apply(VectorIndex('idx', indexing_listener=model.to_listener('docs', key='txt'), searcher='exact'))
+    reranker = db.apply(ObjectReranker('overlap', object=word_overlap))
+
+    search = db['docs'].like({'txt': 'x'}, vector_index='idx', n=2)
+    rows = search.rerank('overlap', 'the cat sat on a mat', key='txt').execute().tolist()
+    assert [r['txt'] for r in rows] == ['the cat sat on a mat', 'the cat sat']
+    assert [r['_rerank_score'] for r in rows] == [1.0, 0.5] and all(r['_score'] == pytest.approx(1.0) for r in rows)
+
+    selected = db['docs'].like({'txt': 'x'}, vector_index='idx', n=1).select('brand').rerank(
+        reranker, 'a bird', key='txt', candidates=6).filter(db['docs']['brand'] == 'a').execute().tolist()
+    assert [set(r) for r in selected] == [{'brand', '_score', '_rerank_score'}]  # txt read for the reranker only
+    assert selected[0]['_rerank_score'] == 1.0
+
+    with pytest.raises(QueryError, match='call like\\(\\) first'):
+        db['docs'].select().rerank(reranker, 'q', key='txt')
+    with pytest.raises(QueryError, match='candidates is a whole number >= n \\(2\\), got 1'):
+        db['docs'].like({'txt': 'x'}, vector_index='idx', n=2).rerank(reranker, 'q', key='txt', candidates=1)
+    with pytest.raises(ModelError, match="reranker 'overlap': a row has no 'body'"):
+        db['docs'].like({'txt': 'x'}, vector_index='idx', n=2).rerank(reranker, 'q', key='body').execute()

@@ -210,6 +210,7 @@ class Query:
     values: dict[str, Any] | None = None
     joined: tuple[str, ...] = ()  # predict ids whose outputs are joined to each row
     like_: tuple | None = field(default=None, compare=False)  # (spec, vector index, n)
+    rerank_: tuple | None = field(default=None, compare=False)  # (reranker, query text, key, candidates)
     keep_id: bool = False  # find() with a projection: '_id' comes back too, where rows have one (MongoDB's default)
     pipeline: tuple | None = field(default=None, repr=False)  # aggregate(): stages run by the database as given
 
@@ -259,6 +260,22 @@ class Query:
         if not isinstance(vector_index, str):
             raise QueryError(f'vector_index= names a vector index, got {vector_index!r}')
         return self._with(like_=(spec, vector_index, n))
+
+    def rerank(self, reranker: Any, query: str, key: str, candidates: int | None = None) -> 'Query':
+        """Rerank a ``like()`` search: its ``candidates`` nearest rows (default ``4 n``, at least 20), matching the
+        filters, are scored by ``reranker`` (a reranker model, or the identifier of an applied one) for the text
+        ``query`` against field ``key``; the best ``n`` come back, best first, with ``_rerank_score`` beside the
+        vector search's ``_score``."""
+        if self.like_ is None:
+            raise QueryError('rerank() reorders the rows of a search: call like() first')
+        if not isinstance(query, str) or not query:
+            raise QueryError(f'rerank() scores rows against a text, got {query!r}')
+        if not isinstance(key, str) or not key:
+            raise QueryError(f'rerank() needs key=, the field holding the text to score, got {key!r}')
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int)
+                                       or candidates < self.like_[2]):
+            raise QueryError(f'rerank() candidates is a whole number >= n ({self.like_[2]}), got {candidates!r}')
+        return self._with(rerank_=(reranker, query, key, candidates))
 
     def get(self, **equal: Any) -> 'Query':
         """The one row whose fields equal these values; ``execute()`` gives a ``Document`` or ``None``."""

@@ -8,12 +8,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from superduper.base.document import Document
 from superduper.base.exceptions import QueryError, UnknownTable
 from superduper.base.protocols import Runtime
 from superduper.base.query import And, Compare, Condition, Cursor, Query, key_in
 from superduper.components.listener import outputs_table
+from superduper.components.rerank import SCORE as RERANK_SCORE
+from superduper.components.rerank import rerank
 from superduper.runtime.inserts import Inserter, as_rows
 from superduper.runtime.tables import TableInfo, Tables, encode_condition
+
+#: the fewest candidates a reranked search fetches (by default four times the rows it returns)
+RERANK_CANDIDATES = 20
 
 
 class QueryExecutor:
@@ -111,10 +117,16 @@ class QueryExecutor:
     def _like(self, info: TableInfo, query: Query, where: Condition | None) -> Any:
         """Vector search, then the matching rows fetched by primary key, nearest first with ``_score``."""
         spec, name, n = query.like_
+        if query.rerank_ is not None:  # the reranker picks the n best of more candidates
+            n = query.rerank_[3] or max(4 * n, RERANK_CANDIDATES)
         loaded = self.db.vector_indexes.get(name)
         if loaded.component.source != info.name:
             raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
         pk = info.primary_key
+        selected = query.columns
+        only_for_reranker = query.rerank_ is not None and bool(selected) and query.rerank_[2] not in selected
+        if only_for_reranker:  # the reranker reads the field; the rows come back without it
+            query = query._with(columns=selected + (query.rerank_[2],))
         rows_filter = _FilteredRows(self.databackend, info.name, pk, where)
         hits = self.db.vector_indexes.search(loaded, self.db.vector_indexes.encode(loaded, spec), n, where, rows_filter, pk)
         scores = dict(hits)  # index id -> score; an index id is the key, or a composite key's text
@@ -137,11 +149,26 @@ class QueryExecutor:
             if wanted is not None and k not in wanted:
                 for row in rows:
                     del row[k]
+        if query.rerank_ is not None:
+            rows = self._reranked(rows, query, only_for_reranker)
         rows = rows[query.offset_ :][: query.limit_] if query.limit_ is not None else rows[query.offset_ :]
         if query.action == 'one':
             return next(iter(rows), None)
         outputs = [outputs_table(p) for p in query.joined]
-        return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, '_score'])
+        scores = ['_score'] + ([RERANK_SCORE] if query.rerank_ is not None else [])
+        if only_for_reranker:
+            wanted = list(selected)
+        return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, *scores])
+
+    def _reranked(self, rows: list, query: Query, drop_key: bool) -> list:
+        """The ``n`` best rows by the query's reranker (without its field if it was read only for it)."""
+        reranker, text, key, _ = query.rerank_
+        model = self.db.load('Model', reranker) if isinstance(reranker, str) else reranker
+        best = rerank(model, text, rows, key, query.like_[2])
+        if drop_key:
+            for row in best:
+                del row[key]
+        return [Document(row) for row in best]
 
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
         columns = self._columns(info, query)
