@@ -251,6 +251,14 @@ def seconds(tick: str) -> float:
     return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
+def one_row(db_uri: str, tmp_path, n: int):
+    """The test's database with a table ``one`` of one row (id 'a', ``n``)."""
+    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
+    db.apply(Table('one', fields={'n': 'int'}, folds=False))
+    db['one'].insert([{'id': 'a', 'n': n}]).execute()
+    return db
+
+
 def recorder(path: str) -> ObjectModel:
     """A model that appends a line to ``path`` per row it is given (defined here: pickled by value)."""
 
@@ -265,9 +273,7 @@ def recorder(path: str) -> ObjectModel:
 @pytest.mark.backends('sqlite')
 @pytest.mark.requires(shared=True, reason='worker processes share the database')
 def test_two_workers_run_each_tick_once(db_uri, tmp_path, env):
-    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
-    db.apply(Table('one', fields={'n': 'int'}, folds=False))
-    db['one'].insert([{'id': 'a', 'n': 1}]).execute()
+    db = one_row(db_uri, tmp_path, 1)
     runs = tmp_path / 'runs.txt'
     schedule = db.apply(Schedule('every-second', cron='* * * * * *', model=recorder(str(runs)), select='one',
                                  key='n'))
@@ -311,9 +317,7 @@ def slow_then_fast(path: str) -> ObjectModel:
 @pytest.mark.backends('sqlite')
 @pytest.mark.requires(shared=True, reason='worker processes share the database')
 def test_a_worker_killed_mid_run_is_taken_over(db_uri, tmp_path, env):
-    db = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
-    db.apply(Table('one', fields={'n': 'int'}, folds=False))
-    db['one'].insert([{'id': 'a', 'n': 7}]).execute()
+    db = one_row(db_uri, tmp_path, 7)
     log = tmp_path / 'log.txt'
     at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=4)
     cron = f'{at.minute} {at.hour} {at.day} {at.month} * {at.second}'  # once, a few seconds from now

@@ -5,6 +5,7 @@ OpenAPI fuzz run with schemathesis (no server errors)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -381,26 +382,35 @@ def test_openapi_fuzz_finds_no_server_errors(env, keys, uri, tmp_path):
     assert run.returncode == 0, run.stdout[-4000:]
 
 
+
+@contextlib.contextmanager
+def fresh_database(tmp_path, name: str):
+    """A new SQLite database for a server of its own, and the environment of that server: the datalayer to set it
+    up with (closed on leaving), the URI and the environment (sharing this process's signing secret)."""
+    uri = f'sqlite://{tmp_path}/{name}.db'
+    env = {**os.environ, 'SUPERDUPER_SECRET': SECRET, 'SUPERDUPER_PROGRESS': 'false',
+           'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts'}
+    os.environ['SUPERDUPER_SECRET'] = SECRET
+    db = superduper(uri, artifact_store=env['SUPERDUPER_ARTIFACT_STORE'], progress=False)
+    try:
+        yield db, uri, env
+    finally:
+        db.close()
+        os.environ.pop('SUPERDUPER_SECRET')
+
+
 # ---- the server with its own worker -------------------------------------------------------------------------------
 def test_serve_with_a_worker_computes_async_writes_and_runs_schedules(tmp_path):
     """``--worker --outputs async``: writes through the API only record their changes, and the server's own worker
     computes them and runs the schedules' ticks, as ``superduper start`` would."""
     from superduper import Schedule
 
-    uri = f'sqlite://{tmp_path}/together.db'
-    env = {**os.environ, 'SUPERDUPER_SECRET': SECRET, 'SUPERDUPER_PROGRESS': 'false',
-           'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts'}
-    os.environ['SUPERDUPER_SECRET'] = SECRET
-    try:
-        db = superduper(uri, artifact_store=env['SUPERDUPER_ARTIFACT_STORE'], progress=False)
+    with fresh_database(tmp_path, 'together') as (db, uri, env):
         db.apply(Table('docs', fields={'txt': 'str'}))
         db.apply(ObjectModel('upper', object=str.upper).to_listener('docs', key='txt', identifier='upper'))
         db.apply(Schedule('every-second', cron='* * * * * *', model=ObjectModel('size', object=len),
                           select='docs', key='txt'))
         key = ApiKeys(db.metadata).create('writer', 'write')
-        db.close()
-    finally:
-        os.environ.pop('SUPERDUPER_SECRET')
     with server(uri, env, '--worker', '--outputs', 'async') as base, client(base, key) as c:
         c.post('/api/v1/tables/docs/rows', json={'rows': [{'txt': 'later'}]}).raise_for_status()
 
@@ -420,19 +430,11 @@ def test_serve_with_a_worker_computes_async_writes_and_runs_schedules(tmp_path):
 def test_in_async_mode_writes_load_no_model(tmp_path):
     """``--outputs async``: the server records the changes of a write and answers; it never loads the listener's
     model (here one the server process could not even import: its function lives in this test module)."""
-    uri = f'sqlite://{tmp_path}/async.db'
-    env = {**os.environ, 'SUPERDUPER_SECRET': SECRET, 'SUPERDUPER_PROGRESS': 'false',
-           'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts'}
-    os.environ['SUPERDUPER_SECRET'] = SECRET
-    try:
-        db = superduper(uri, artifact_store=env['SUPERDUPER_ARTIFACT_STORE'], progress=False)
+    with fresh_database(tmp_path, 'async') as (db, uri, env):
         db.apply(Table('docs', fields={'txt': 'str'}))
         db.apply(ObjectModel('picky', object=picky).to_listener('docs', key='txt', identifier='picky'))
         key = ApiKeys(db.metadata).create('writer', 'write')
         admin = ApiKeys(db.metadata).create('admin', 'admin')
-        db.close()
-    finally:
-        os.environ.pop('SUPERDUPER_SECRET')
     with server(uri, env, '--outputs', 'async') as base, client(base, key) as c:
         assert c.post('/api/v1/tables/docs/rows', json={'rows': [{'txt': 'a'}, {'txt': 'b'}]}).status_code == 201
         (status,) = c.get('/api/v1/listeners').json()
