@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from superduper import DataType, ObjectModel, Table, VectorIndex, superduper
+from superduper.components.model import ObjectReranker
 from superduper.components.template import Template
 from superduper.server.keys import ApiKeys
 
@@ -38,6 +39,10 @@ def picky(text: str) -> str:
     if 'bad' in text:
         raise ValueError(f'cannot take {text!r}')
     return text.upper()
+
+
+def same_text(query: str, documents: list[str]) -> list[float]:
+    return [float(d == query) for d in documents]
 
 
 class Unprintable:
@@ -62,6 +67,7 @@ def prepare(uri: str, artifacts: str) -> dict[str, str]:
         db.apply(ObjectModel('picky', object=picky).to_listener('docs', key='txt'))
         db.apply(ObjectModel('broken', object=lambda x: Unprintable(), serve=True))
         db.apply(ObjectModel('echo', object=lambda x: x, serve=True, input_type=f'vector[float32:{DIM}]'))
+        db.apply(ObjectReranker('same-text', object=same_text, serve=True))
         keys = ApiKeys(db.metadata)
         return {scope: keys.create(f'{scope} key', scope) for scope in ('read', 'write', 'admin')}
     finally:
@@ -196,7 +202,7 @@ def test_predict_single_and_batch_with_typed_input_and_output(read, admin):
         admin.post('/api/v1/models/picky/predict', json={'input': 'bad'}), 422)
     assert 'nope' in error_of(read.post('/api/v1/models/nope/predict', json={'input': 'a'}), 404)
     served = {m['identifier']: m['served'] for m in read.get('/api/v1/models').json()}
-    assert served == {'emb': True, 'picky': False, 'broken': True, 'echo': True}
+    assert served == {'emb': True, 'picky': False, 'broken': True, 'echo': True, 'same-text': True}
 
 
 def test_an_output_that_cannot_be_sent_is_a_model_error_without_secrets(read):
@@ -247,6 +253,18 @@ def test_search_with_filters_returns_rows_and_scores(read):
     assert 'vector index' in error_of(read.post('/api/v1/indexes/idx/search', json={'query': [1.0, 2.0]}), 422)
     assert 'n' == read.post('/api/v1/indexes/idx/search', json={'query': {'txt': 'a'}, 'n': 0}).json()['field'][-1:]
     assert 'nope' in error_of(read.post('/api/v1/indexes/nope/search', json={'query': {'txt': 'a'}}), 404)
+
+
+def test_search_reranked_by_a_served_reranker(read):
+    body = {'query': {'txt': 'abc'}, 'n': 2, 'columns': ['txt'],
+            'rerank': {'model': 'same-text', 'query': 'xxxxx', 'key': 'txt', 'candidates': 13}}
+    found = read.post('/api/v1/indexes/idx/search', json=body).json()['results']
+    assert found[0] == {'score': pytest.approx(found[0]['score']), 'rerank_score': 1.0, 'row': {'txt': 'xxxxx'}}
+    assert found[1]['rerank_score'] == 0.0 and len(found) == 2
+    body['rerank']['model'] = 'picky'
+    assert 'serve=True' in error_of(read.post('/api/v1/indexes/idx/search', json=body), 403)
+    body['rerank'] = {'model': 'same-text', 'query': '', 'key': 'txt'}
+    assert error_of(read.post('/api/v1/indexes/idx/search', json=body), 422).startswith('body.rerank.query')
 
 
 # ---- tables -------------------------------------------------------------------------------------------------------

@@ -38,16 +38,27 @@ class PredictBody(Strict):
     inputs: Optional[list[Any]] = Field(default=None, description='a batch of inputs', max_length=100_000)
 
 
+class RerankBody(Strict):
+    model: str = Field(description='an applied reranker model, served (serve=True) unless the key is admin')
+    query: str = Field(min_length=1, description='the text the candidates are scored against')
+    key: str = Field(description='the field holding the text of each row')
+    candidates: Optional[int] = Field(default=None, ge=1, le=10_000, description='how many nearest rows are '
+                                      'reranked (default 4 n, at least 20)')
+
+
 class SearchBody(Strict):
     query: Union[list[float], dict[str, Any]] = Field(
         description="a vector (a list of numbers), or {key: value} encoded by the index's model")
     n: int = Field(default=10, ge=1, le=10_000, description='how many rows')
     filter: Filter = Field(default=None, description='only rows matching this filter, e.g. {"brand": "a"}')
     columns: Optional[list[str]] = Field(default=None, description='the columns to return (default: all)')
+    rerank: Optional[RerankBody] = Field(default=None, description='reorder the nearest rows with a reranker; '
+                                         'each result then has rerank_score')
 
 
 class Hit(BaseModel):
     score: Optional[float]
+    rerank_score: Optional[float] = None
     row: dict[str, Any]
 
 
@@ -125,9 +136,7 @@ def _type_name(value: Any) -> Any:
 def predict(identifier: str, body: PredictBody, request: Request, caller: Any = READ) -> JSONResponse:
     """Give ``input`` for one output, or ``inputs`` for a batch. Only models applied with ``serve=True`` are
     endpoints (an admin key may call any model). Bytes travel as ``{"$base64": ...}``."""
-    model = service(request).component('Model', identifier)
-    if not getattr(model, 'serve', False) and not caller.allows('admin'):
-        raise HTTPProblem(403, f'model {identifier!r} is not served: apply it with serve=True to make it an endpoint')
+    model = _served(request, identifier, caller)
     if (body.input is None) == (body.inputs is None):
         raise InvalidValue('give exactly one of input and inputs')
     batch = body.inputs if body.inputs is not None else [body.input]
@@ -135,6 +144,15 @@ def predict(identifier: str, body: PredictBody, request: Request, caller: Any = 
     inputs = [_model_input(model, x, 'input' if body.inputs is None else f'inputs[{i}]') for i, x in enumerate(batch)]
     outputs = _outputs_json(model, _run_model(model, inputs))
     return sent({'output': outputs[0]} if body.inputs is None else {'outputs': outputs})
+
+
+def _served(request: Request, identifier: str, caller: Any) -> Any:
+    """The latest version of model ``identifier``, if it is served (applied with ``serve=True``) or the caller is
+    an admin."""
+    model = service(request).component('Model', identifier)
+    if not getattr(model, 'serve', False) and not caller.allows('admin'):
+        raise HTTPProblem(403, f'model {identifier!r} is not served: apply it with serve=True to make it an endpoint')
+    return model
 
 
 def _model_input(model: Any, value: Any, where: str) -> Any:
@@ -199,11 +217,18 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
         query = query.filter(where)
     if body.columns:
         query = query.select(*(c for c in body.columns if c != '_score'))  # a search always gives the score
+    if body.rerank is not None:
+        reranker = _served(request, body.rerank.model, caller)
+        query = query.rerank(reranker, body.rerank.query, body.rerank.key, body.rerank.candidates)
     results = []
     for row in query.execute():
         row = dict(row)
         score = row.pop('_score', None)
-        results.append({'score': to_json(score), 'row': to_json(row)})
+        hit = {'score': to_json(score), 'row': None}
+        if '_rerank_score' in row:
+            hit['rerank_score'] = to_json(row.pop('_rerank_score'))
+        hit['row'] = to_json(row)
+        results.append(hit)
     return sent({'results': results})
 
 
