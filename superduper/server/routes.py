@@ -223,12 +223,10 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
     results = []
     for row in query.execute():
         row = dict(row)
-        score = row.pop('_score', None)
-        hit = {'score': to_json(score), 'row': None}
-        if '_rerank_score' in row:
+        hit = {'score': to_json(row.pop('_score', None))}
+        if body.rerank is not None:
             hit['rerank_score'] = to_json(row.pop('_rerank_score'))
-        hit['row'] = to_json(row)
-        results.append(hit)
+        results.append({**hit, 'row': to_json(row)})
     return sent({'results': results})
 
 
