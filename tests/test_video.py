@@ -73,10 +73,16 @@ def test_videos_round_trip_through_the_artifact_store(db, pk, tmp_path):
     assert (webm.format, webm.codec, webm.frame_count, webm.media_type) == ('webm', 'vp9', 2, 'video/webm')
     assert_colours(webm.frames(), COLOURS[:2])
 
+    assert video.metadata == {'format': 'mp4', 'codec': 'h264', 'width': 32, 'height': 24, 'frame_count': 6,
+                              'fps': 4.0, 'duration': 1.5}
+
     t = db['clips']
     t.filter(t[pk].isin(ids[:2])).delete().execute()
     assert db.collect_garbage(grace_seconds=0) == 1  # the mp4 no row refers to any more
     assert digest not in stored(db) and hashlib.sha256(other).hexdigest() in stored(db)
+    t.filter(t[pk] == ids[2]).update({'clip': data}).execute()
+    assert db.collect_garbage(grace_seconds=0) == 1  # the webm, replaced
+    assert stored(db) - before == {digest} and t.get(**{pk: ids[2]}).execute()['clip'].frame_count == 6
 
 
 def test_frames_are_sampled_lazily_and_bytes_fetched_once():

@@ -97,20 +97,24 @@ class Video:
         return self
 
     @property
-    def info(self) -> dict:
+    def metadata(self) -> dict:
+        """``format``, ``codec``, ``width``, ``height``, ``frame_count``, ``fps`` and ``duration`` (seconds)."""
+        return dict(self._checked_info())
+
+    def _checked_info(self) -> dict:
         return self.check()._info  # type: ignore[return-value]
 
-    duration = property(lambda self: self.info['duration'], doc='Seconds, as the file declares them.')
-    fps = property(lambda self: self.info['fps'], doc='Frames a second (the stream\'s average rate).')
-    frame_count = property(lambda self: self.info['frame_count'], doc='Frames in the video stream.')
-    width = property(lambda self: self.info['width'])
-    height = property(lambda self: self.info['height'])
-    codec = property(lambda self: self.info['codec'], doc="The video stream's codec, e.g. 'h264'.")
+    duration = property(lambda self: self._checked_info()['duration'], doc='Seconds, as the file declares them.')
+    fps = property(lambda self: self._checked_info()['fps'], doc="Frames a second (the stream's average rate).")
+    frame_count = property(lambda self: self._checked_info()['frame_count'], doc='Frames in the video stream.')
+    width = property(lambda self: self._checked_info()['width'])
+    height = property(lambda self: self._checked_info()['height'])
+    codec = property(lambda self: self._checked_info()['codec'], doc="The video stream's codec, e.g. 'h264'.")
 
     @property
     def format(self) -> str:
         """The container, e.g. 'mp4' (a stored video knows it without fetching its bytes)."""
-        return self._format or self.info['format']
+        return self._format or self._checked_info()['format']
 
     @property
     def media_type(self) -> str:
