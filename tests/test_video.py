@@ -171,8 +171,14 @@ def test_frames_are_encoded_to_mp4_on_insert(db):
     assert_colours(rows['array'].frames(), COLOURS[:3])
     assert (rows['video'].width, rows['video'].height, rows['video'].fps) == (25, 9, 10)
     assert np.abs(next(rows['video'].frames()).astype(int) - gradient).max() <= TOLERANCE
-    with pytest.raises(InvalidValue, match=r'frame 1: expected a uint8 RGB array of shape \(24, 32, 3\)'):
+    with pytest.raises(InvalidValue, match=r'frame 1: expected a uint8 RGB array .* \(24, 32, 3\), got uint8 of shape \(8'):
         Video.from_frames([frames[0], frames[0][:8]])
+    with pytest.raises(InvalidValue, match=r'frame 0: .* got uint8 of shape \(24, 32\)'):
+        Video.from_frames([frames[0][:, :, 0]])
+    with pytest.raises(InvalidValue, match='fps must be a positive number'):
+        Video.from_frames(frames, fps=0)
+    with pytest.raises(InvalidValue, match="cannot be encoded with 'no-such-codec'"):
+        Video.from_frames(frames, codec='no-such-codec')
 
 
 def test_videos_travel_over_the_rest_api_by_reference(tmp_path):
@@ -200,3 +206,13 @@ def test_videos_travel_over_the_rest_api_by_reference(tmp_path):
     finally:
         db.close()
     assert to_json(Video(data)) == {'$base64': base64.b64encode(data).decode(), 'media_type': 'video/mp4'}
+
+
+def test_without_pyav_a_video_names_the_extra_to_install(monkeypatch):
+    import sys
+
+    from superduper.base.exceptions import MissingDependency
+
+    monkeypatch.setitem(sys.modules, 'av', None)  # as if PyAV were not installed
+    with pytest.raises(MissingDependency, match=r"pip install 'superduper\[video\]'"):
+        Video(b"any bytes").check()

@@ -180,8 +180,8 @@ def as_video(value: Any) -> Video:
 
 
 def _is_frames(value: Any) -> bool:
-    if isinstance(value, (list, tuple)) and value:
-        return all(getattr(v, 'ndim', None) == 3 for v in value)
+    if isinstance(value, (list, tuple)):
+        return bool(value) and hasattr(value[0], 'shape')  # each frame is checked as it is encoded
     return getattr(value, 'ndim', None) == 4  # one array of frames: (count, height, width, 3)
 
 
@@ -193,17 +193,26 @@ def encode_frames(frames: Iterable[Any], fps: float = 24, codec: str = 'libx264'
     arrays = [numpy.asarray(f) for f in frames]
     if not arrays:
         raise InvalidValue('a video needs at least one frame')
-    height, width = arrays[0].shape[:2]
+    shape = arrays[0].shape if arrays[0].ndim == 3 else (*arrays[0].shape[:2], 3)
     for i, a in enumerate(arrays):
-        if a.dtype != numpy.uint8 or a.ndim != 3 or a.shape != (height, width, 3):
-            raise InvalidValue(f'frame {i}: expected a uint8 RGB array of shape {(height, width, 3)}, '
-                               f'got {a.dtype} of shape {a.shape}')
-    if not fps or fps <= 0:
-        raise InvalidValue(f'fps must be positive, got {fps!r}')
+        if a.dtype != numpy.uint8 or a.shape != shape or shape[2:] != (3,):
+            raise InvalidValue(f'frame {i}: expected a uint8 RGB array of shape (height, width, 3) like frame 0 '
+                               f'{shape}, got {a.dtype} of shape {a.shape}')
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or fps <= 0:
+        raise InvalidValue(f'fps must be a positive number, got {fps!r}')
+    try:
+        return _encoded(av, arrays, Fraction(fps).limit_denominator(1001), codec)
+    except (av.FFmpegError, ValueError) as e:
+        raise InvalidValue(f'the frames cannot be encoded with {codec!r}: {e}') from None
+
+
+def _encoded(av: Any, arrays: list, rate: Fraction, codec: str) -> bytes:
+    height, width = arrays[0].shape[:2]
     buffer = io.BytesIO()
     with av.open(buffer, mode='w', format='mp4') as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
+        # 4:2:0 colour (what every player plays) halves both sides, so it needs even ones
         stream.pix_fmt = 'yuv420p' if width % 2 == 0 and height % 2 == 0 else 'yuv444p'
         for a in arrays:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(a, format='rgb24')))
