@@ -39,6 +39,10 @@ def mean_colours(video: Video) -> list[list[float]]:
     return [frame.mean(axis=(0, 1)).round(1).tolist() for frame in video.frames(every=2, max_frames=8)]
 
 
+def frame_count(video: Video) -> int:
+    return video.frame_count
+
+
 def assert_colours(frames, colours) -> None:
     got = [f.reshape(-1, 3).mean(axis=0) for f in frames]
     assert len(got) == len(colours)
@@ -193,6 +197,7 @@ def test_videos_travel_over_the_rest_api_by_reference(tmp_path):
     db = superduper(f'sqlite://{tmp_path}/db.sqlite', artifact_store=f'filesystem://{tmp_path}/a', progress=False)
     try:
         db.apply(Table('clips', fields={'name': 'str', 'clip': 'video'}))
+        db.apply(ObjectModel('count-frames', object=frame_count, serve=True, input_type='video'))
         with TestClient(create_app(db, ServeSettings(anonymous='write'))) as c:
             sent = {'$base64': base64.b64encode(data).decode()}
             c.post('/api/v1/tables/clips/rows', json={'rows': [{'name': 'a', 'clip': sent}]}).raise_for_status()
@@ -202,6 +207,10 @@ def test_videos_travel_over_the_rest_api_by_reference(tmp_path):
             assert c.get(row['clip']['url']).content == data
             bad = c.post('/api/v1/tables/clips/rows', json={'rows': [{'name': 'b', 'clip': {'$base64': 'AAAA'}}]})
             assert bad.status_code == 422 and "table 'clips', rows[0].clip: not a valid video" in bad.json()['error']
+            predicted = c.post('/api/v1/models/count-frames/predict', json={'input': sent})  # the model gets a Video
+            assert predicted.json() == {'output': len(COLOURS)}
+            bad = c.post('/api/v1/models/count-frames/predict', json={'input': {'$base64': 'AAAA'}})
+            assert bad.status_code == 422 and "model 'count-frames', input: expected a video" in bad.json()['error']
         assert db['clips'].count().execute() == 1
     finally:
         db.close()
