@@ -153,7 +153,7 @@ def test_bad_videos_name_the_table_field_and_row_and_nothing_is_written(db, tmp_
         (clip(container='webm', codec='libvpx-vp9')[:-120], 'not a whole video file'),
         (picture.getvalue(), 'not a video: an image'),
         (str(tmp_path / 'missing.mp4'), 'cannot read the video file'),
-        (12, 'got int'),
+        (12, 'not a video: int'),
         ([np.zeros((4, 4, 3), np.float32)], 'frame 0: expected a uint8 RGB array'),
     ]
     for value, reason in cases:

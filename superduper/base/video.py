@@ -64,8 +64,7 @@ class Video:
             except OSError as e:
                 raise InvalidValue(f'cannot read the video file {os.fspath(source)!r}: {e.strerror or e}') from None
         else:
-            raise InvalidValue(f'a video is the bytes or path of a video file, a Video or a sequence of RGB frames, '
-                               f'got {type(source).__name__}')
+            raise InvalidValue(f'not a video: {type(source).__name__} (a video is a file, its path or its frames)')
 
     @classmethod
     def stored(cls, key: str, load: Callable[[str], bytes], format: str | None = None) -> 'Video':
@@ -228,7 +227,7 @@ def _probe(data: bytes) -> dict:
         try:
             container = av.open(io.BytesIO(data), mode='r')
         except failures as e:
-            raise InvalidValue(f'not a video file ({_reason(e)})') from None
+            raise InvalidValue(f'not a video file: {_reason(e)}') from None
         try:
             with container:
                 info = _read_packets(container, data)
@@ -237,9 +236,9 @@ def _probe(data: bytes) -> dict:
         except InvalidValue:
             raise
         except failures as e:
-            raise InvalidValue(f'not a whole video file ({_reason(e)})') from None
+            raise InvalidValue(f'not a whole video file: {_reason(e)}') from None
     if errors:
-        raise InvalidValue(f'not a whole video file (FFmpeg: {errors[0]})')
+        raise InvalidValue(f'not a whole video file: FFmpeg reports {errors[0]!r}')
     return info
 
 
