@@ -17,6 +17,7 @@ _EXPORTS = {
     'Config': 'superduper.base.config',
     'Document': 'superduper.base.document',
     'LazyArtifact': 'superduper.base.document',
+    'Video': 'superduper.base.video',
     'Query': 'superduper.base.query',
     'Cursor': 'superduper.base.query',
     'Component': 'superduper.components.component',
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from superduper.runtime.datalayer import Datalayer
     from superduper.runtime.factory import superduper
     from superduper.base.document import Document, LazyArtifact
+    from superduper.base.video import Video
     from superduper.base.query import Cursor, Query
     from superduper.components.application import Application
     from superduper.components.component import Component

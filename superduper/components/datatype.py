@@ -2,8 +2,8 @@
 
 Built-in names: ``str int float bool bytes json datetime``, ``vector[float32:N]`` (also ``vector[N]``),
 ``array[float32:AxB...]`` (numpy arrays of a fixed shape), ``tensor[float32:AxB...]`` (the same, read back as
-torch tensors), ``image`` (PIL images), ``audio`` (WAV; read back as ``{'array', 'sampling_rate'}``), ``pickle``
-and ``object``. A ``DataType`` component adds user encoders in one of the seed-003 modes:
+torch tensors), ``image`` (PIL images), ``audio`` (WAV; read back as ``{'array', 'sampling_rate'}``), ``video``
+(a video file in the artifact store, read back as a ``superduper.base.video.Video``), ``pickle`` and ``object``. A ``DataType`` component adds user encoders in one of the seed-003 modes:
 ``'encodable'`` (bytes in the row), ``'artifact'`` (bytes in the artifact store, a reference in the row),
 ``'lazy_artifact'`` (as ``'artifact'``, loaded on ``unpack()``) and ``'file'`` (a file or directory copied to
 the artifact store; reading gives a local path).
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 from superduper.base.document import LazyArtifact
-from superduper.base.exceptions import ConfigError
+from superduper.base.exceptions import ConfigError, InvalidValue
+from superduper.base.video import Video, as_video
 from superduper.components.component import Component
 
 if TYPE_CHECKING:
@@ -526,6 +527,49 @@ def _audio_decode(data: bytes) -> dict:
     return {'array': samples if channels == 1 else samples.reshape(-1, channels), 'sampling_rate': rate}
 
 
+@dataclass(eq=False)
+class VideoType(DataType):
+    """The built-in ``video`` type: the file's bytes in the artifact store (as given, or frames encoded to MP4),
+    read back as a ``Video`` that fetches them when first used. A file is checked whole before anything is
+    stored."""
+
+    encodable: str = 'artifact'
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return 'a video: the bytes or path of a video file, a Video, or a sequence of RGB frames'
+
+    def encode_one(self, x: Any) -> bytes:
+        return as_video(x).data
+
+    def decode_one(self, data: bytes) -> Video:
+        return Video(data).check()
+
+    def encode(self, values: list, artifacts: 'Artifacts') -> list:
+        out = []
+        for i, v in enumerate(values):
+            if v is None:
+                out.append(None)
+                continue
+            try:
+                video = as_video(v)
+            except InvalidValue as e:
+                raise BadValue(i, v, str(e)) from None
+            # the container's name after the key (as files keep theirs): its media type is known from the row
+            out.append(f'{BLOB_PREFIX}{artifacts.put_bytes(video.data)}/{video.format}')
+        return out
+
+    def decode(self, values: list, artifacts: 'Artifacts') -> list:
+        out = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            key, _, container = v[len(BLOB_PREFIX):].partition('/')
+            out.append(Video.stored(key, artifacts.get_bytes, container))
+        return out
+
+
 BUILTIN_DATATYPES: dict[str, Callable[[], DataType]] = {
     # WAV in the row; reading gives {'array': float32 samples, 'sampling_rate': hz}, ready for speech models
     'audio': lambda: DataType('audio', encoder=_audio_encode, decoder=_audio_decode),
@@ -535,6 +579,8 @@ BUILTIN_DATATYPES: dict[str, Callable[[], DataType]] = {
     'image': lambda: DataType('image', encoder=_image_encode, decoder=_image_decode),
     # any Python object, pickled into the row: the fallback type of model outputs
     'object': lambda: DataType('object', encoder=_cloudpickle_dumps, decoder=_cloudpickle_loads),
+    # a video file in the artifact store, read back as a Video (metadata, frames decoded lazily; the video extra)
+    'video': lambda: VideoType('video'),
 }
 _builtin_cache: dict[str, DataType] = {}
 
@@ -583,6 +629,8 @@ def infer_type(value: Any) -> str:
         return 'float'
     if isinstance(value, (bytes, bytearray)):
         return 'bytes'
+    if isinstance(value, Video):
+        return 'video'
     shape = getattr(value, 'shape', None)
     if shape is not None and len(shape) >= 1 and getattr(value, 'dtype', None) is not None:
         dtype = str(value.dtype).removeprefix('torch.')

@@ -2,8 +2,10 @@
 
 Out: vectors and arrays are JSON arrays; dates ISO 8601 text; bytes ``{"$base64": ...}``; an image
 ``{"$base64": <PNG>, "media_type": "image/png"}``; a value kept in the artifact store
-``{"$artifact": key, "url": "/api/v1/artifacts/<key>"}`` (fetched on demand); NaN and infinity ``null``.
-In: ``{"$base64": ...}`` becomes bytes (an image or audio field decodes them as its type does); everything else
+``{"$artifact": key, "url": "/api/v1/artifacts/<key>"}`` (fetched on demand), a video kept there the same with its
+``media_type`` (``"video/mp4"``; a video not stored, such as a model's output, as ``$base64`` with its ``media_type``);
+NaN and infinity ``null``.
+In: ``{"$base64": ...}`` becomes bytes (an image, audio or video field decodes them as its type does); everything else
 is taken as JSON gives it and checked by the field's type.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from superduper.base.document import LazyArtifact
 from superduper.base.exceptions import InvalidValue
+from superduper.base.video import Video
 
 ARTIFACTS_PATH = '/api/v1/artifacts/'
 
@@ -36,6 +39,8 @@ def to_json(value: Any) -> Any:
         return [to_json(v) for v in value]
     if isinstance(value, LazyArtifact):
         return {'$artifact': value.key, 'url': ARTIFACTS_PATH + value.key}
+    if isinstance(value, Video):
+        return _video_json(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {'$base64': base64.b64encode(bytes(value)).decode()}
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
@@ -49,6 +54,13 @@ def to_json(value: Any) -> Any:
         value.save(buffer, format='PNG')
         return {'$base64': base64.b64encode(buffer.getvalue()).decode(), 'media_type': 'image/png'}
     return str(value)
+
+
+def _video_json(video: Video) -> dict:
+    """A stored video by reference (its type read from the file's first bytes, not the whole file)."""
+    if video.key is None:
+        return {'$base64': base64.b64encode(video.data).decode(), 'media_type': video.media_type}
+    return {'$artifact': video.key, 'url': ARTIFACTS_PATH + video.key, 'media_type': video.media_type}
 
 
 def from_json(value: Any, where: str) -> Any:

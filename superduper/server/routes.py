@@ -26,7 +26,7 @@ READ, WRITE, ADMIN = Depends(requires('read')), Depends(requires('write')), Depe
 Filter = Optional[dict[str, Any]]
 ARTIFACT_KEY = re.compile(r'[0-9a-f]{64}(/[A-Za-z0-9._-]{1,200})?')
 #: a field type whose stored bytes are a plain file format, so that bytes sent by a client are decoded as it
-FILE_FORMATS = ('image', 'audio')
+FILE_FORMATS = ('image', 'audio', 'video')
 
 
 class Strict(BaseModel):
@@ -306,7 +306,7 @@ def delete(table: str, body: DeleteBody, request: Request, caller: Any = WRITE) 
 
 
 def _table_values(db: Any, table: str, rows: list[dict]) -> list[dict]:
-    """Rows from JSON: ``{"$base64": ...}`` to bytes, and bytes of an image or audio field decoded as that type."""
+    """Rows from JSON: ``{"$base64": ...}`` to bytes, and bytes of an image, audio or video field decoded as that type."""
     types = db.table_info(table).schema.types
     out = []
     for i, row in enumerate(rows):
