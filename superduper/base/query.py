@@ -288,7 +288,7 @@ class Query:
         ``query`` against field ``key``; the best ``n`` come back, best first, with ``_rerank_score`` beside the
         vector search's ``_score``."""
         if self.like_ is None and self.match_ is None:
-            raise QueryError('rerank() reorders the rows of a search: call like() or match() first')
+            raise QueryError('rerank() reorders the rows of a search: call like() first, or match()')
         if not isinstance(query, str) or not query:
             raise QueryError(f'rerank() scores rows against a text, got {query!r}')
         if not isinstance(key, str) or not key:
