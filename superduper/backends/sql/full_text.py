@@ -69,6 +69,10 @@ class FTS5(_SQLSearcher):
         trigger = lambda event: self.q(f'{self.name}_{event}')  # noqa: E731
         add = f'INSERT INTO {fts}(rowid, {col}) VALUES (new.rowid, new.{col});'
         remove = f"INSERT INTO {fts}({fts}, rowid, {col}) VALUES ('delete', old.rowid, old.{col});"
+        with self.backend.engine.connect() as conn:
+            made = conn.execute(sa.text("SELECT 1 FROM sqlite_master WHERE name = :n"), {'n': self.name}).first()
+        if made is not None:  # applied again: the triggers have kept it current
+            return
         self.run(
             f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5({col}, content={self.backend.sql_literal(self.table)}, "
             f"content_rowid='rowid', tokenize='{tokenizer}')",
