@@ -167,18 +167,7 @@ class KeywordIndexes:
                 own = encode_condition(index.select.where, self.db.table_info(table))
                 where = own if where is None else And((where, own))
             return loaded.searcher.search(text, n, where)
-        hits = loaded.searcher.scores(text)
-        if where is None:
-            return hits[:n]
-        found: list[tuple[Any, float]] = []
-        chunk = max(FILTER_CHUNK * n, 100)
-        for start in range(0, len(hits), chunk):  # best first, until n pass the filter
-            part = hits[start : start + chunk]
-            passing = allowed([key for key, _ in part])
-            found.extend(h for h in part if h[0] in passing)
-            if len(found) >= n:
-                break
-        return found[:n]
+        return loaded.searcher.search(text, n, allowed if where is not None else None, max(FILTER_CHUNK * n, 100))
 
 
 def passing(db: 'Runtime', table: str, primary_key: str, where: Condition) -> Callable[[list], set]:

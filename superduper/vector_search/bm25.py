@@ -62,6 +62,7 @@ class BM25Index:
         self._docs: dict[Any, list[str]] = {}
         self._keys: list[Any] = []
         self._model: Any = None  # the bm25s index of ``_keys``, None after a change
+        self._tie = np.zeros(0, dtype=np.int64)  # each key's place in key order
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -87,28 +88,41 @@ class BM25Index:
             self._docs = {key: self.terms(text) for key, text in items}
             self._model = None
 
-    def scores(self, text: str) -> list[tuple[Any, float]]:
-        """``(key, score)`` of every text holding a term of ``text``, best first (equal scores by key)."""
+    def search(self, text: str, n: int, allowed: Callable[[list], set] | None = None,
+               chunk: int = 100) -> list[tuple[Any, float]]:
+        """``(key, score)`` of the ``n`` best texts holding a term of ``text``, best first (equal scores by key);
+        with ``allowed``, among the keys it lets through (asked about ``chunk`` keys at a time, best first)."""
         terms = list(dict.fromkeys(self.terms(text)))
         with self._lock:
-            model, keys = self._built()
+            model, keys, tie = self._built()
         if model is None:
             return []
         ids = model.get_tokens_ids(terms)
         if not ids:
             return []
         scores = model.get_scores(ids)
-        hits = np.flatnonzero(scores > 0)
-        found = [(keys[i], float(scores[i])) for i in hits]
-        found.sort(key=lambda h: h[0])
-        found.sort(key=lambda h: -h[1])
-        return found
+        matched = np.flatnonzero(scores > 0)
+        order = matched[np.lexsort((tie[matched], -scores[matched]))]
+        if allowed is None:
+            return [(keys[i], float(scores[i])) for i in order[:n]]
+        found: list[tuple[Any, float]] = []
+        for start in range(0, len(order), chunk):
+            part = [(keys[i], float(scores[i])) for i in order[start : start + chunk]]
+            passing = allowed([k for k, _ in part])
+            found.extend(h for h in part if h[0] in passing)
+            if len(found) >= n:
+                break
+        return found[:n]
 
-    def _built(self) -> tuple[Any, list]:
+    def _built(self) -> tuple[Any, list, np.ndarray]:
         if self._model is None and self._docs:
             bm25s = _require('bm25s', 'bm25s', 'keyword search where the database has no full-text index')
             keys = list(self._docs)
             model = bm25s.BM25(k1=K1, b=B, method='atire', idf_method='lucene', dtype='float64')
             model.index([self._docs[k] for k in keys], show_progress=False)
-            self._model, self._keys = model, keys
-        return self._model, self._keys
+            try:  # equal scores come back in key order
+                tie = np.argsort(np.argsort(np.array(keys, dtype=object), kind='stable'), kind='stable')
+            except TypeError:  # keys of kinds that do not compare: in the order rows were indexed
+                tie = np.arange(len(keys))
+            self._model, self._keys, self._tie = model, keys, tie
+        return self._model, self._keys, self._tie
