@@ -225,6 +225,11 @@ def test_bad_input_names_the_thing(corpus, db):
         db.apply(KeywordIndex('bad', select='docs', key='body'))
     with pytest.raises(ComponentError, match="engine='fast'"):
         KeywordIndex('bad', select='docs', key='txt', engine='fast')
+    if engine(db) is None:
+        with pytest.raises(ComponentError, match="KeywordIndex 'bad': engine=\"native\" needs a database with a "
+                                                 'full-text index'):
+            db.apply(KeywordIndex('bad', select='docs', key='txt', engine='native'))
+    assert db.show('KeywordIndex') == ['kw']  # nothing of the refused ones was stored
 
 
 def test_keyword_index_is_a_versioned_component(corpus, db):
@@ -246,3 +251,13 @@ def test_in_process_engine_on_a_database_with_its_own(db, pk):
     assert not index.native and index.indexing_listener is not None
     rows = db['docs'].match('runs', keyword_index='kw').execute().tolist()  # stemmed: run
     assert {r[pk] for r in rows} == {ids[i] for i in (0, 2, 4, 7)}
+
+
+@pytest.mark.backends('any')
+def test_a_language_the_engine_cannot_stem_is_refused(db):
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    with pytest.raises(ComponentError, match="SQLite FTS5 stems only English"):
+        db.apply(KeywordIndex('kw', select='docs', key='txt', language='french'))
+    with pytest.raises(ComponentError, match="KeywordIndex 'kw': no stemmer for language 'klingon'"):
+        db.apply(KeywordIndex('kw', select='docs', key='txt', language='klingon', engine='inprocess'))
+    assert db.show('KeywordIndex') == [] and db.show('Listener') == []
