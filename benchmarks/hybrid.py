@@ -16,7 +16,7 @@ What each side does, per query (one thread, queries one after the other, rows re
 - superduper: ``t.like(vector, vector_index=..., n=10).match(text, keyword_index=...).select('txt')``: the exact
   vector search (in process, numpy) and the keyword search each rank ``max(4 n, 20)`` = 40 candidates, fused by
   RRF (k = 60), the 10 best rows fetched from the database. Keyword engine: SQLite FTS5 (``bm25()``, FTS5's idf) on
-  ``sqlite``, the in-process bm25s engine (BM25, Lucene's idf) on ``duckdb``.
+  ``sqlite``, the in-process BM25 engine (Lucene's idf) on ``duckdb``.
 - LanceDB: ``tbl.search(query_type='hybrid').vector(v).text(t).rerank(RRFReranker(K=60)).limit(10)``: a flat
   (exact) vector scan and its native BM25 full-text index (no stemming, no stopwords), each ranking 10 candidates
   (its sub-query limit is the final limit), fused by its RRF reranker; and the same with ``.limit(40)`` and the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import re
 
 import numpy as np
@@ -21,6 +22,7 @@ from conftest import plain_sql, wait_for
 from superduper import KeywordIndex, ObjectModel, Table, VectorIndex
 from superduper.base.exceptions import ComponentError, NotFound, QueryError, UnknownField
 from superduper.components.model import ObjectReranker
+from superduper.vector_search.bm25 import BM25Index
 
 DIM = 8
 TEXTS = [
@@ -261,3 +263,30 @@ def test_a_language_the_engine_cannot_stem_is_refused(db):
     with pytest.raises(ComponentError, match="KeywordIndex 'kw': no stemmer for language 'klingon'"):
         db.apply(KeywordIndex('kw', select='docs', key='txt', language='klingon', engine='inprocess'))
     assert db.show('KeywordIndex') == [] and db.show('Listener') == []
+
+
+def test_the_in_process_engine_stays_exact_through_changes():
+    rng = random.Random(0)
+    vocabulary = ['alpha', 'beta', 'gamma', 'delta', 'epsilon']
+    live: dict = {}
+    index = BM25Index()
+    for _ in range(3000):  # enough removals for a compaction or two
+        key = rng.randrange(200)
+        if rng.random() < 0.3:
+            index.remove([key])
+            live.pop(key, None)
+        else:
+            live[key] = ' '.join(rng.choice(vocabulary) for _ in range(rng.randint(1, 6)))
+            index.upsert([(key, live[key])])
+    for query in ('alpha delta', 'epsilon', 'beta beta gamma'):
+        expected = bm25(live, query, 'lucene')
+        found = index.search(query, 1000)
+        assert [k for k, _ in found] == [k for k, _ in expected]  # equal scores by key
+        assert [s for _, s in found] == pytest.approx([s for _, s in expected], rel=1e-9)
+        odd = index.search(query, 7, allowed=lambda keys: {k for k in keys if k % 2}, chunk=3)
+        assert odd == [h for h in found if h[0] % 2][:7]
+    fresh = BM25Index()
+    fresh.replace(live.items())
+    rebuilt, kept = fresh.search('alpha delta', 1000), index.search('alpha delta', 1000)
+    assert [k for k, _ in rebuilt] == [k for k, _ in kept]
+    assert [s for _, s in rebuilt] == pytest.approx([s for _, s in kept], rel=1e-9)
