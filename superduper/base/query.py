@@ -283,10 +283,10 @@ class Query:
         return self._with(match_=(text, keyword_index, n, _fusion_weights(weights, self.table), rrf_k))
 
     def rerank(self, reranker: Any, query: str, key: str, candidates: int | None = None) -> 'Query':
-        """Rerank a ``like()`` search: its ``candidates`` nearest rows (default ``4 n``, at least 20), matching the
-        filters, are scored by ``reranker`` (a reranker model, or the identifier of an applied one) for the text
-        ``query`` against field ``key``; the best ``n`` come back, best first, with ``_rerank_score`` beside the
-        vector search's ``_score``."""
+        """Rerank a ``like()`` search (or a ``match()``, alone or hybrid): its ``candidates`` best rows (default
+        ``4 n``, at least 20), matching the filters, are scored by ``reranker`` (a reranker model, or the identifier
+        of an applied one) for the text ``query`` against field ``key``; the best ``n`` come back, best first, with
+        ``_rerank_score`` beside the search's ``_score``."""
         if self.like_ is None and self.match_ is None:
             raise QueryError('rerank() reorders the rows of a search: call like() first, or match()')
         if not isinstance(query, str) or not query:
