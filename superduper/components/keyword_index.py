@@ -97,9 +97,11 @@ class KeywordIndex(Component):
 
     def check(self, db: Any) -> None:
         info = db.table_info(self.source)
-        if not info.schema.open and self.key not in info.schema.types:
+        fields = list(info.schema.types)
+        if self.key not in fields and (not info.schema.open or not db.listening.in_some_row(self.source, self.key,
+                                                                                              fields)):
             raise ComponentError(f'KeywordIndex {self.identifier!r}: table {self.source!r} has no field {self.key!r}; '
-                                 f'fields: {", ".join(info.schema.types)}')
+                                 f'fields: {", ".join(fields)}')
         if len(info.primary_key) != 1:
             raise ComponentError(f'KeywordIndex {self.identifier!r}: table {self.source!r} has a composite primary key '
                                  f'{info.primary_key}; keyword search needs a single-column key')
