@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import plain_sql, wait_for
 
-from superduper import KeywordIndex, ObjectModel, Table, VectorIndex
+from superduper import KeywordIndex, ObjectModel, Table, VectorIndex, superduper
 from superduper.base.exceptions import ComponentError, NotFound, QueryError
 from superduper.components.model import ObjectReranker
 from superduper.vector_search.bm25 import BM25Index
@@ -290,3 +290,19 @@ def test_the_in_process_engine_stays_exact_through_changes():
     rebuilt, kept = fresh.search('alpha delta', 1000), index.search('alpha delta', 1000)
     assert [k for k, _ in rebuilt] == [k for k, _ in kept]
     assert [s for _, s in rebuilt] == pytest.approx([s for _, s in kept], rel=1e-9)
+
+
+@pytest.mark.backends('any')
+def test_another_process_finds_the_rows_written_here(db, db_uri, tmp_path, pk):
+    """The in-process engine of another datalayer follows the outputs this one writes, within a poll interval."""
+    db.apply(Table('docs', fields={'txt': 'str', 'brand': 'str'}))
+    db.apply(KeywordIndex('kw', select='docs', key='txt', engine='inprocess'))
+    other = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, poll_interval=0.1)
+    try:
+        assert other['docs'].match('zebra', keyword_index='kw').execute().tolist() == []
+        (new,) = db['docs'].insert([{'txt': 'zebra print shoes', 'brand': 'north'}]).execute()
+        wait_for(lambda: [r[pk] for r in other['docs'].match('zebra', keyword_index='kw').execute()] == [new])
+        db['docs'].filter(db['docs'][pk] == new).delete().execute()
+        wait_for(lambda: other['docs'].match('zebra', keyword_index='kw').execute().tolist() == [])
+    finally:
+        other.close()
