@@ -227,6 +227,10 @@ def test_bad_input_names_the_thing(corpus, db):
         db.apply(KeywordIndex('bad', select='docs', key='body'))
     with pytest.raises(ComponentError, match="engine='fast'"):
         KeywordIndex('bad', select='docs', key='txt', engine='fast')
+    db.apply(Table('counts', fields={'n': 'int'}))
+    if engine(db) is not None:
+        with pytest.raises(ComponentError, match="KeywordIndex 'bad': field 'n' of 'counts' holds int, not text"):
+            db.apply(KeywordIndex('bad', select='counts', key='n'))
     if engine(db) is None:
         with pytest.raises(ComponentError, match="KeywordIndex 'bad': engine=\"native\" needs a database with a "
                                                  'full-text index'):

@@ -111,6 +111,10 @@ class KeywordIndex(Component):
                                  f'full-text index; {db.databackend!r} has none (use engine="auto")')
         if self.indexing_listener is None and full_text is None:
             self.indexing_listener = self._listener()
+        ftype = info.schema.types.get(self.key)
+        if self.native and ftype is not None and ftype.storage not in ('str', 'any'):
+            raise ComponentError(f'KeywordIndex {self.identifier!r}: field {self.key!r} of {self.source!r} holds '
+                                 f'{ftype.name}, not text; the database indexes text fields')
         if self.native:
             db.databackend.keyword_searcher('_keyword__check', self.source, self.key, info.primary_key[0],
                                             self.language)  # refuses a language the database cannot stem in
