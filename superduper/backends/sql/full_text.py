@@ -111,9 +111,10 @@ class TsVector(_SQLSearcher):
     def config(self) -> str:
         return self.language or 'simple'
 
-    def vector(self) -> str:
+    def vector(self, qualified: bool = True) -> str:
         """The indexed expression: the search repeats it word for word, so that PostgreSQL uses the index."""
-        return f"to_tsvector('{self.config}'::regconfig, coalesce({self.q(self.table)}.{self.q(self.key)}, ''))"
+        column = f'{self.q(self.table)}.{self.q(self.key)}' if qualified else self.q(self.key)
+        return f"to_tsvector('{self.config}'::regconfig, coalesce({column}, ''))"
 
     def build(self) -> None:
         with self.backend.engine.connect() as conn:
@@ -121,8 +122,8 @@ class TsVector(_SQLSearcher):
         if known is None:
             raise ComponentError(f'keyword index {self.name!r}: PostgreSQL has no text search configuration '
                                  f'{self.config!r} (see \\dF in psql)')
-        vector = self.vector().replace(f'{self.q(self.table)}.', '')
-        self.run(f'CREATE INDEX IF NOT EXISTS {self.q(self.name)} ON {self.q(self.table)} USING GIN (({vector}))')
+        self.run(f'CREATE INDEX IF NOT EXISTS {self.q(self.name)} ON {self.q(self.table)} '
+                 f'USING GIN (({self.vector(qualified=False)}))')
 
     def search(self, text: str, n: int, where: Condition | None) -> list[tuple[Any, float]]:
         from sqlalchemy.dialects.postgresql import TSQUERY
