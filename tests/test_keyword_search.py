@@ -310,3 +310,14 @@ def test_another_process_finds_the_rows_written_here(db, db_uri, tmp_path, pk):
         wait_for(lambda: other['docs'].match('zebra', keyword_index='kw').execute().tolist() == [])
     finally:
         other.close()
+
+
+@pytest.mark.backends('any')
+@pytest.mark.parametrize('kind', ['auto', 'inprocess'])
+def test_an_index_over_a_filtered_select_searches_only_its_rows(db, pk, kind):
+    db.apply(Table('docs', fields={'txt': 'str', 'brand': 'str'}))
+    ids = db['docs'].insert([{'txt': t, 'brand': b} for t, b in zip(TEXTS, BRANDS)]).execute()
+    t = db['docs']
+    db.apply(KeywordIndex('kw', select=t.filter(t['brand'] == 'north'), key='txt', engine=kind))
+    rows = t.match('running shoes', keyword_index='kw').execute().tolist()
+    assert {r[pk] for r in rows} == {ids[i] for i in (0, 2, 4)}

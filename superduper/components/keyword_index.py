@@ -41,7 +41,8 @@ class KeywordIndex(Component):
     ``select`` is a table name or a select query; ``language`` stems words (PostgreSQL: a text search configuration
     such as ``'english'``; SQLite: ``'english'`` only; in process: any PyStemmer language; MariaDB: none);
     ``engine`` is ``'native'`` (the database's own index, refused where it has none), ``'inprocess'`` (BM25 in this
-    process, following the table's changes) or ``'auto'`` (native where there is one).
+    process, following the table's changes) or ``'auto'`` (native where there is one). A select with a filter limits
+    the rows searched; the database's own index still counts the whole table in its statistics.
     """
 
     type_id: ClassVar[str] = 'KeywordIndex'
