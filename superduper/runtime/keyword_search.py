@@ -120,7 +120,11 @@ class KeywordIndexes:
         with loaded.lock:
             loaded.stale = False  # before looking: a write landing meanwhile asks for another look
             loaded.checked = now
-            self._look(loaded)
+            try:
+                self._look(loaded)
+            except BaseException:
+                loaded.stale = True  # the next search looks again
+                raise
 
     def _look(self, loaded: LoadedKeywordIndex) -> None:
         log, outputs = self.db.databackend.output_log(), loaded.outputs
