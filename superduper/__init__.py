@@ -29,6 +29,7 @@ _EXPORTS = {
     'Metric': 'superduper.components.model',
     'Listener': 'superduper.components.listener',
     'VectorIndex': 'superduper.components.vector_index',
+    'KeywordIndex': 'superduper.components.keyword_index',
     'Schedule': 'superduper.components.schedule',
     'TextSplitter': 'superduper.components.text',
     'LLM': 'superduper.components.llm',
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from superduper.components.text import TextSplitter
     from superduper.components.template import Template
     from superduper.components.vector_index import VectorIndex
+    from superduper.components.keyword_index import KeywordIndex
 
 
 def __getattr__(name: str) -> Any:

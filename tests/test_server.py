@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from superduper import DataType, ObjectModel, Table, VectorIndex, superduper
+from superduper import DataType, KeywordIndex, ObjectModel, Table, VectorIndex, superduper
 from superduper.components.model import ObjectReranker
 from superduper.components.template import Template
 from superduper.server.keys import ApiKeys
@@ -65,6 +65,7 @@ def prepare(uri: str, artifacts: str) -> dict[str, str]:
         emb = ObjectModel('emb', object=embed, serve=True, input_type='str', datatype=f'vector[float32:{DIM}]')
         db.apply(VectorIndex('idx', indexing_listener=emb.to_listener('docs', key='txt')))
         db.apply(ObjectModel('picky', object=picky).to_listener('docs', key='txt'))
+        db.apply(KeywordIndex('kw', select='docs', key='txt'))
         db.apply(ObjectModel('broken', object=lambda x: Unprintable(), serve=True))
         db.apply(ObjectModel('echo', object=lambda x: x, serve=True, input_type=f'vector[float32:{DIM}]'))
         db.apply(ObjectReranker('same-text', object=same_text, serve=True))
@@ -265,6 +266,18 @@ def test_search_reranked_by_a_served_reranker(read):
     assert 'serve=True' in error_of(read.post('/api/v1/indexes/idx/search', json=body), 403)
     body['rerank'] = {'model': 'same-text', 'query': '', 'key': 'txt'}
     assert error_of(read.post('/api/v1/indexes/idx/search', json=body), 422).startswith('body.rerank.query')
+
+
+def test_hybrid_search_fuses_a_keyword_search(read):
+    body = {'query': {'txt': 'bad row'}, 'n': 3, 'columns': ['txt'], 'match': {'keyword_index': 'kw', 'text': 'bad row'}}
+    found = read.post('/api/v1/indexes/idx/search', json=body).json()['results']
+    assert found[0]['row'] == {'txt': 'bad row'} and found[0]['keyword_rank'] == 1 and len(found) == 3
+    assert found[0]['score'] == pytest.approx(1 / 61 + 1 / (60 + found[0]['vector_rank']))
+    assert all(r['keyword_rank'] is None for r in found[1:])  # the only row with these words
+    body['match']['keyword_index'] = 'nope'
+    assert "no keyword index named 'nope'" in error_of(read.post('/api/v1/indexes/idx/search', json=body), 404)
+    body['match'] = {'keyword_index': 'kw', 'text': 'x', 'weights': {'vector': -1}}
+    assert 'weights are finite numbers >= 0' in error_of(read.post('/api/v1/indexes/idx/search', json=body), 422)
 
 
 # ---- tables -------------------------------------------------------------------------------------------------------

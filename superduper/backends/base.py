@@ -61,6 +61,9 @@ class Capabilities:
     #: reads can come column by column as Arrow arrays (``select_columns``): results go to DataFrames without
     #: becoming Python rows
     columnar_reads: bool = False
+    #: the database's own full-text index a ``KeywordIndex`` uses: 'fts5' (SQLite), 'tsvector' (PostgreSQL),
+    #: 'fulltext' (MariaDB/MySQL), 'text' (a MongoDB server); ``None``: an in-process BM25 engine follows the table
+    full_text: str | None = None
 
     @property
     def follows_other_writers(self) -> bool:
@@ -167,6 +170,24 @@ class DataBackend(Protocol):
         """The rows whose ``key`` is one of ``values``, in any order (vector search hits)."""
 
     def count(self, name: str, where: 'Condition | None' = None) -> int: ...
+
+    # ---- keyword search (where ``capabilities.full_text`` names the database's own index) -----------------------
+    def keyword_searcher(self, name: str, table: str, key: str, primary_key: str,
+                         language: str | None) -> 'KeywordSearcher':
+        """The database's full-text search of ``table``'s text field ``key`` (an index called ``name``)."""
+
+
+class KeywordSearcher(Protocol):
+    """A full-text index kept by the database itself, so that every writer's rows are indexed as they commit."""
+
+    def build(self) -> None:
+        """Make the index over the rows there are (idempotent)."""
+
+    def search(self, text: str, n: int, where: 'Condition | None') -> list[tuple[Any, float]]:
+        """``(primary key, score)`` of the ``n`` best rows matching ``text`` among those ``where`` selects, best
+        first."""
+
+    def drop(self) -> None: ...
 
 
 class MetadataStore(Protocol):

@@ -211,6 +211,7 @@ class Query:
     joined: tuple[str, ...] = ()  # predict ids whose outputs are joined to each row
     like_: tuple | None = field(default=None, compare=False)  # (spec, vector index, n)
     rerank_: tuple | None = field(default=None, compare=False)  # (reranker, query text, key, candidates)
+    match_: tuple | None = field(default=None, compare=False)  # (text, keyword index, n, weights, rrf_k)
     keep_id: bool = False  # find() with a projection: '_id' comes back too, where rows have one (MongoDB's default)
     pipeline: tuple | None = field(default=None, repr=False)  # aggregate(): stages run by the database as given
 
@@ -261,21 +262,48 @@ class Query:
             raise QueryError(f'vector_index= names a vector index, got {vector_index!r}')
         return self._with(like_=(spec, vector_index, n))
 
+    def match(self, text: str, keyword_index: str, n: int | None = None,
+              weights: Mapping[str, float] | Sequence[float] | None = None, rrf_k: int = 60) -> 'Query':
+        """Keyword search: the ``n`` rows (default 10) of the keyword index ``keyword_index`` best matching ``text``,
+        among the rows the query's filters match, best first with the engine's score in ``_score``.
+
+        After ``like()`` it is a hybrid search: each part ranks ``max(4 n, 20)`` candidates, and rows come back by
+        reciprocal rank fusion, ``_score = sum(weight / (rrf_k + rank))`` over the parts a row is in (ranks from 1),
+        with each part's rank in ``_vector_rank`` and ``_keyword_rank`` (``None`` where a part did not find the row);
+        ``n`` defaults to the ``like()`` one's. ``weights`` are ``{'vector': w, 'keyword': w}`` or ``(vector,
+        keyword)``, default 1 each."""
+        if not isinstance(text, str) or not text.strip():
+            raise QueryError(f'match() on {self.table!r} needs a non-empty text to search for, got {text!r}')
+        if not isinstance(keyword_index, str) or not keyword_index:
+            raise QueryError(f'match() on {self.table!r}: keyword_index= names a keyword index, got {keyword_index!r}')
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise QueryError(f'match() on {self.table!r} needs n >= 1, got {n!r}')
+        if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float)) or not rrf_k >= 0:
+            raise QueryError(f'match() on {self.table!r}: rrf_k is a number >= 0, got {rrf_k!r}')
+        return self._with(match_=(text, keyword_index, n, _fusion_weights(weights, self.table), rrf_k))
+
     def rerank(self, reranker: Any, query: str, key: str, candidates: int | None = None) -> 'Query':
-        """Rerank a ``like()`` search: its ``candidates`` nearest rows (default ``4 n``, at least 20), matching the
-        filters, are scored by ``reranker`` (a reranker model, or the identifier of an applied one) for the text
-        ``query`` against field ``key``; the best ``n`` come back, best first, with ``_rerank_score`` beside the
-        vector search's ``_score``."""
-        if self.like_ is None:
-            raise QueryError('rerank() reorders the rows of a search: call like() first')
+        """Rerank a ``like()`` search (or a ``match()``, alone or hybrid): its ``candidates`` best rows (default
+        ``4 n``, at least 20), matching the filters, are scored by ``reranker`` (a reranker model, or the identifier
+        of an applied one) for the text ``query`` against field ``key``; the best ``n`` come back, best first, with
+        ``_rerank_score`` beside the search's ``_score``."""
+        if self.like_ is None and self.match_ is None:
+            raise QueryError('rerank() reorders the rows of a search: call like() first, or match()')
         if not isinstance(query, str) or not query:
             raise QueryError(f'rerank() scores rows against a text, got {query!r}')
         if not isinstance(key, str) or not key:
             raise QueryError(f'rerank() needs key=, the field holding the text to score, got {key!r}')
+        n = self.search_n()
         if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int)
-                                       or candidates < self.like_[2]):
-            raise QueryError(f'rerank() candidates is a whole number >= n ({self.like_[2]}), got {candidates!r}')
+                                       or candidates < n):
+            raise QueryError(f'rerank() candidates is a whole number >= n ({n}), got {candidates!r}')
         return self._with(rerank_=(reranker, query, key, candidates))
+
+    def search_n(self) -> int:
+        """How many rows a search (``like``, ``match`` or both) returns."""
+        if self.match_ is not None and self.match_[2] is not None:
+            return self.match_[2]
+        return self.like_[2] if self.like_ is not None else 10
 
     def get(self, **equal: Any) -> 'Query':
         """The one row whose fields equal these values; ``execute()`` gives a ``Document`` or ``None``."""
@@ -403,6 +431,26 @@ class Query:
 
 
 _QUERY_FIELDS = frozenset(f.name for f in dataclasses.fields(Query))
+
+
+def _fusion_weights(weights: Any, table: str) -> tuple[float, float]:
+    """``(vector, keyword)`` weights of a hybrid search's parts."""
+    if weights is None:
+        return (1.0, 1.0)
+    if isinstance(weights, Mapping):
+        unknown = set(weights) - {'vector', 'keyword'}
+        if unknown:
+            raise QueryError(f'match() on {table!r}: weights are for "vector" and "keyword", got {sorted(unknown)}')
+        pair = (weights.get('vector', 1.0), weights.get('keyword', 1.0))
+    elif isinstance(weights, (list, tuple)) and len(weights) == 2:
+        pair = tuple(weights)
+    else:
+        raise QueryError(f'match() on {table!r}: weights are {{"vector": w, "keyword": w}} or (vector, keyword), '
+                         f'got {weights!r}')
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float('inf') for w in pair) \
+            or not any(pair):
+        raise QueryError(f'match() on {table!r}: weights are finite numbers >= 0, not all 0, got {weights!r}')
+    return (float(pair[0]), float(pair[1]))
 
 
 def _mongo_set(update: Any, table: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ compute, and hands each call to the part that does it:
 - ``artifacts`` (``runtime.artifact_gc``): who holds which artifact, and collecting those nothing holds;
 - ``listening`` (``runtime.listening``): keeping listeners' outputs current, jobs and failures;
 - ``vector_indexes`` (``runtime.vector_indexes``): loaded indexes and search;
+- ``keyword_indexes`` (``runtime.keyword_search``): keyword indexes and search (fused with vectors in
+  ``runtime.hybrid``);
 - ``training`` (``runtime.training``): fit and validate by query;
 - ``schedules`` (``runtime.schedules``): schedules' ticks, run by workers once each;
 - ``runtime.reports``: jobs, failures and status as the user reads them.
@@ -42,6 +44,7 @@ class Datalayer:
         self.training = Training(self)
         self._listening: Any = None
         self._vector_indexes: Any = None
+        self._keyword_indexes: Any = None
         self._changes: Any = None
         self._schedules: Any = None
 
@@ -73,6 +76,15 @@ class Datalayer:
 
             self._vector_indexes = VectorIndexes(self)
         return self._vector_indexes
+
+    @property
+    def keyword_indexes(self) -> Any:
+        """Loaded keyword indexes (see ``superduper.runtime.keyword_search``)."""
+        if self._keyword_indexes is None:
+            from superduper.runtime.keyword_search import KeywordIndexes
+
+            self._keyword_indexes = KeywordIndexes(self)
+        return self._keyword_indexes
 
     @property
     def schedules(self) -> Any:

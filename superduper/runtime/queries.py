@@ -15,6 +15,7 @@ from superduper.base.query import And, Compare, Condition, Cursor, Query, key_in
 from superduper.components.listener import outputs_table
 from superduper.components.rerank import SCORE as RERANK_SCORE
 from superduper.components.rerank import rerank
+from superduper.runtime import hybrid
 from superduper.runtime.inserts import Inserter, as_rows
 from superduper.runtime.tables import TableInfo, Tables, encode_condition
 
@@ -47,6 +48,8 @@ class QueryExecutor:
                 if handle is not None:
                     handle.add(ids)
             return ids[0] if query.action == 'insert_one' else ids
+        if query.match_ is not None:  # keyword search, alone or fused with like()
+            return hybrid.search(self, info, query, where)
         if query.like_ is not None:
             return self._like(info, query, where)
         if query.action == 'aggregate':

@@ -46,6 +46,13 @@ class RerankBody(Strict):
                                       'reranked (default 4 n, at least 20)')
 
 
+class MatchBody(Strict):
+    keyword_index: str = Field(description='an applied keyword index over the same table')
+    text: str = Field(min_length=1, description='the words to search for')
+    weights: Optional[dict[str, float]] = Field(default=None, description='{"vector": w, "keyword": w}, default 1 each')
+    rrf_k: float = Field(default=60, ge=0, description='the k of reciprocal rank fusion: sum(weight / (k + rank))')
+
+
 class SearchBody(Strict):
     query: Union[list[float], dict[str, Any]] = Field(
         description="a vector (a list of numbers), or {key: value} encoded by the index's model")
@@ -54,11 +61,16 @@ class SearchBody(Strict):
     columns: Optional[list[str]] = Field(default=None, description='the columns to return (default: all)')
     rerank: Optional[RerankBody] = Field(default=None, description='reorder the nearest rows with a reranker; '
                                          'each result then has rerank_score')
+    match: Optional[MatchBody] = Field(default=None, description='hybrid search: fuse the nearest rows with a '
+                                       'keyword search by reciprocal rank fusion; each result then has vector_rank '
+                                       'and keyword_rank, and score is the fused one')
 
 
 class Hit(BaseModel):
     score: Optional[float]
     rerank_score: Optional[float] = None
+    vector_rank: Optional[int] = None
+    keyword_rank: Optional[int] = None
     row: dict[str, Any]
 
 
@@ -217,6 +229,9 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
         query = query.filter(where)
     if body.columns:
         query = query.select(*(c for c in body.columns if c != '_score'))  # a search always gives the score
+    if body.match is not None:
+        query = query.match(body.match.text, body.match.keyword_index, weights=body.match.weights,
+                            rrf_k=body.match.rrf_k)
     if body.rerank is not None:
         reranker = _served(request, body.rerank.model, caller)
         query = query.rerank(reranker, body.rerank.query, body.rerank.key, body.rerank.candidates)
@@ -226,6 +241,8 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
         hit = {'score': to_json(row.pop('_score', None))}
         if body.rerank is not None:
             hit['rerank_score'] = to_json(row.pop('_rerank_score'))
+        if body.match is not None:
+            hit['vector_rank'], hit['keyword_rank'] = row.pop('_vector_rank'), row.pop('_keyword_rank')
         results.append({**hit, 'row': to_json(row)})
     return sent({'results': results})
 

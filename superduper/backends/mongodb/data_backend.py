@@ -76,7 +76,7 @@ class MongoDataBackend:
     schemaless: ClassVar[bool] = True
     tested = 'the shared suite on mongomock, in CI; on a server when SUPERDUPER_TEST_MONGODB_URI names one'
     capabilities: Capabilities = Capabilities(change_capture='change_stream', transactions=False, upsert=True,
-                                              pipelines=True)
+                                              pipelines=True, full_text='text')
 
     def __init__(self, uri: str, connection: Connection | None = None):
         self.uri = uri
@@ -86,7 +86,7 @@ class MongoDataBackend:
         self._output_log: Any = None
         if self.is_mock:
             self.capabilities = dataclasses.replace(
-                self.capabilities, change_capture='none', shared=False, persistent=False,
+                self.capabilities, change_capture='none', shared=False, persistent=False, full_text=None,
                 unshared_reason=f'mongomock keeps {uri!r} inside one process; use mongodb://')
 
     @classmethod
@@ -220,6 +220,12 @@ class MongoDataBackend:
         if key is None:
             return lambda f: f
         return lambda f: ID if f == key else f
+
+    def keyword_searcher(self, name: str, table: str, key: str, primary_key: str, language: str | None) -> Any:
+        """The server's text index of ``table.key`` (``capabilities.full_text``; not on mongomock)."""
+        from superduper.backends.mongodb.full_text import MongoText
+
+        return MongoText(self, name, table, key, primary_key, language)
 
     def _filter(self, name: str, where: Condition | None) -> dict:
         return to_filter(where, self._field(name))

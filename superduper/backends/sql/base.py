@@ -158,6 +158,12 @@ class SQLDataBackend:
     def native_vectors(self, table: str, field: str) -> bool:
         return False
 
+    def keyword_searcher(self, name: str, table: str, key: str, primary_key: str, language: str | None) -> Any:
+        """The database's full-text index (``capabilities.full_text``) of ``table.key``: ``backends.sql.full_text``."""
+        from superduper.backends.sql.full_text import searcher
+
+        return searcher(self, name, table, key, primary_key, language)
+
     @functools.cached_property
     def _output_log(self) -> Any:
         from superduper.backends.sql.outputs import SQLOutputLog

@@ -22,7 +22,8 @@ class MySQLDataBackend(SQLDataBackend):
     tested = 'the shared suite on a MariaDB server, in CI'
     needs_database_name = True
     # SKIP LOCKED: MariaDB 10.6+, MySQL 8+
-    capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, identifier_limit=64)
+    capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, identifier_limit=64,
+                                full_text='fulltext')
     stores_nan = False
     epoch_sql = 'UNIX_TIMESTAMP(NOW(6))'
 

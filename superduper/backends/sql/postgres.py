@@ -24,7 +24,7 @@ class PostgresDataBackend(SQLDataBackend):
     tested = 'the shared suite on a PostgreSQL server (pgvector on PostgreSQL 16 from pgserver), in CI'
     needs_database_name = True
     capabilities = Capabilities(change_capture='triggers', skip_locked=True, upsert=True, native_vectors=True,
-                                identifier_limit=63)
+                                identifier_limit=63, full_text='tsvector')
     epoch_sql = 'extract(epoch from clock_timestamp())'
 
     def capture_ddl(self, table: str, key: list[str]) -> list[str]:

@@ -38,7 +38,7 @@ class SQLiteDataBackend(SQLDataBackend):
     scheme = 'sqlite'
     tested = 'the shared suite, in CI'
     # one writer at a time: a write transaction holds the database, so claims need no row locks
-    capabilities = Capabilities(change_capture='triggers', upsert=True, serialized_writes=True)
+    capabilities = Capabilities(change_capture='triggers', upsert=True, serialized_writes=True, full_text='fts5')
     stores_nan = False
     epoch_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
