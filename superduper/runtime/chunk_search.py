@@ -136,3 +136,69 @@ def add_best_chunks(rows: list, pk: tuple[str, ...], index_id: dict, found: dict
         chunk = found[index_id[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)]]
         row[CHUNK] = chunk[chunks.column]
         row[CHUNK_POSITION] = chunk[POSITION]
+
+
+# ---- select().outputs(<flattening listener>): each row's chunks as a list ----------------------------------------
+def chunked_outputs(tables: Any, predict_ids: tuple[str, ...]) -> list[str]:
+    """The predict ids among ``predict_ids`` whose outputs are chunks (a flattening listener's)."""
+    listed = []
+    for predict_id in predict_ids:
+        try:
+            if CHUNK_ID in tables.get(outputs_table(predict_id)).schema.types:
+                listed.append(predict_id)
+        except Exception:  # not a table: the join reports it
+            continue
+    return listed
+
+
+def with_key(columns: tuple[str, ...] | None, pk: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The selected columns with the primary key added (the chunks are found by it)."""
+    return None if not columns else columns + tuple(k for k in pk if k not in columns)
+
+
+def with_chunk_lists(db: 'Runtime', cursor: Any, info: Any, predict_ids: list[str], selected: Any,
+                     batch_size: int) -> Any:
+    """The rows of ``cursor``, each with the list of its chunks of each flattening listener in ``predict_ids``, in
+    order of position (``[]`` for none), under the outputs table's name."""
+    from superduper.base.query import Cursor
+
+    pk = info.primary_key
+    tables = [outputs_table(p) for p in predict_ids]
+    dropped = [k for k in pk if selected and k not in selected]
+
+    def attach(rows: list) -> list:
+        keys = [row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk) for row in rows]
+        texts = dict(zip(keys, keys)) if len(pk) == 1 else db.databackend.render_keys(info.name, keys)
+        for table in tables:
+            lists = _chunk_lists(db, table, list(texts.values()))
+            for row, key in zip(rows, keys):
+                row[table] = lists.get(texts.get(key), [])
+        for row in rows:
+            for k in dropped:
+                del row[k]
+        return rows
+
+    def batches() -> Any:
+        rows: list = []
+        for row in cursor:
+            rows.append(row)
+            if len(rows) >= batch_size:
+                yield attach(rows)
+                rows = []
+        if rows:
+            yield attach(rows)
+
+    columns = None if cursor.columns is None else [c for c in cursor.columns if c not in dropped] + tables
+    return Cursor(batches(), columns)
+
+
+def _chunk_lists(db: 'Runtime', table: str, sources: list) -> dict[Any, list]:
+    """Each source's chunk values, in order of position."""
+    decode = db.table_info(table).schema.row_decoder([SOURCE, POSITION, table], db.artifact_store)
+    found: dict[Any, list] = {}
+    for i in range(0, len(sources), ID_CHUNK):
+        where = Compare(SOURCE, 'in', tuple(sources[i : i + ID_CHUNK]))
+        for batch in db.databackend.select(table, [SOURCE, POSITION, table], where):
+            for row in decode(batch):
+                found.setdefault(row[SOURCE], []).append((row[POSITION], row[table]))
+    return {k: [v for _, v in sorted(items, key=lambda x: x[0])] for k, items in found.items()}
