@@ -49,7 +49,7 @@ DOCS = [
 def docs(db, pk: str, rows=DOCS) -> list:
     db.apply(Table('docs', fields={'id': 'str', 'txt': 'str', 'brand': 'str'}))
     db['docs'].insert([dict(r) for r in rows]).execute()
-    return db['docs'].select(pk, 'id').execute()
+    return db['docs'].select(*dict.fromkeys([pk, 'id'])).execute().tolist()
 
 
 def splitter(db, **kwargs):
@@ -87,7 +87,7 @@ def test_each_item_is_a_row_with_its_source_and_position(db, pk):
     chunks = splitter(db)
     assert by_source(db, chunks, ids) == expected(DOCS)
     db['docs'].insert([{'id': 'd', 'txt': 'elder. fig. grape. apple', 'brand': 'z'}, {'id': 'e', 'txt': '', 'brand': 'z'}]).execute()
-    ids = key_of(pk, db['docs'].select(pk, 'id').execute())
+    ids = key_of(pk, db['docs'].select(*dict.fromkeys([pk, 'id'])).execute())
     assert by_source(db, chunks, ids)['d'] == [(0, 'elder'), (1, 'fig'), (2, 'grape'), (3, 'apple')]
     assert 'e' not in by_source(db, chunks, ids)  # an empty list: no chunk
 
@@ -120,8 +120,11 @@ def test_plain_sql_updates_and_deletes_replace_and_remove_chunks(db, pk):
 
 
 def indexed(db, index) -> set:
-    """The chunk ids the loaded index holds (alive), after it looked at its outputs."""
+    """The chunk ids the index holds, after it looked at its outputs (searched natively: those stored)."""
     loaded = db.vector_indexes.get(index.identifier)
+    if loaded.native:
+        outputs = index.indexing_listener.outputs
+        return {r['_source'] for r in db[outputs].select('_source', outputs).execute() if r[outputs] is not None}
     searcher = loaded.searcher
     return {i for i, p in searcher.positions.items() if searcher.alive[p]}
 
@@ -255,3 +258,83 @@ def test_a_worker_killed_around_storing_chunks_loses_and_duplicates_none(db_uri,
         assert db.status()[0]['pending'] == 0
     finally:
         db.close()
+
+
+def gated_sentences(text: str) -> list[str]:
+    """``sentences``; on a text starting with 'slow' it waits while the gate file exists (a model held where the
+    test chooses)."""
+    import os
+    import time
+
+    gate = os.environ.get('SD_TEST_GATE')
+    if gate and text.startswith('slow'):
+        open(gate + '.entered', 'w').close()
+        while os.path.exists(gate):
+            time.sleep(0.01)
+    return sentences(text)
+
+
+@pytest.mark.sql_only('another client writes with plain SQL; the chunks are counted with SQL')
+@pytest.mark.requires('follows_other_writers', reason='writes by other clients reach listeners')
+def test_an_older_change_never_overwrites_newer_chunks(db_uri, tmp_path, monkeypatch):
+    """Consumer A takes an insert and splits it slowly; the row changes to fewer sentences; consumer B stores the
+    newer chunks first; A finishes last: its older, longer list must not come back (nor any of its chunks)."""
+    import os
+    import threading
+    import time
+
+    gate = tmp_path / 'gate'
+    monkeypatch.setenv('SD_TEST_GATE', str(gate))
+    a, b = [superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False,
+                       follow_changes=False, lease_seconds=2) for _ in range(2)]
+    try:
+        a.apply(Table('docs', fields={'txt': 'str'}, folds=False))
+        chunks = a.apply(ObjectModel('gated', object=gated_sentences).to_listener('docs', key='txt', identifier='chunks',
+                                                                                 flatten=True))
+        gate.touch()
+        plain_sql(a, ("INSERT INTO docs (id, txt) VALUES ('r', 'slow one. two. three')", {}))
+        first = threading.Thread(target=a.listening.work)
+        first.start()
+        deadline = time.time() + 30
+        while not os.path.exists(str(gate) + '.entered'):
+            assert time.time() < deadline and first.is_alive(), 'consumer A never reached the model'
+            time.sleep(0.01)
+        plain_sql(a, ("UPDATE docs SET txt = 'fast' WHERE id = 'r'", {}))
+        while b.listening.work():
+            pass
+        gate.unlink()
+        first.join(timeout=60)
+        while a.listening.work() + b.listening.work():
+            pass
+        assert chunk_faults(a, chunks) == {'lost': 0, 'duplicated': 0, 'stale': 0}
+        assert [(r['_chunk_id'], r[chunks.outputs]) for r in a[chunks.outputs].select().execute()] == [('r#0', 'fast')]
+    finally:
+        a.close()
+        b.close()
+
+
+BROKEN = {'on': True}
+
+
+def flaky_sentences(text: str) -> list[str]:
+    if BROKEN['on'] and 'fig' in text:
+        raise RuntimeError('the splitter is down')
+    return sentences(text)
+
+
+def test_failed_rows_keep_no_chunks_and_a_retry_stores_them(db, pk):
+    ids = key_of(pk, docs(db, pk))
+    BROKEN['on'] = True
+    try:
+        chunks = db.apply(ObjectModel('flaky', object=flaky_sentences).to_listener('docs', key='txt',
+                                                                                  identifier='chunks', flatten=True))
+        assert sorted(by_source(db, chunks, ids)) == ['a']
+        t = db['docs']
+        t.filter(t['id'] == 'a').update({'txt': 'fig. apple'}).execute()  # now failing: its old chunks go
+        assert by_source(db, chunks, ids) == {} and len(db.failures('chunks')) == 3
+        BROKEN['on'] = False
+        assert db.retry('chunks') == 0
+        want = expected([{'id': 'a', 'txt': 'fig. apple'}, *DOCS[1:]])
+        assert by_source(db, chunks, ids) == want
+    finally:
+        BROKEN['on'] = True
