@@ -161,7 +161,7 @@ def test_like_returns_each_row_once_with_its_best_chunk(db, pk):
 def test_like_over_chunks_is_exact_under_filters(db, pk):
     many = [{'id': f'r{i:02d}', 'txt': f'{VOCAB[i % 7]}. {VOCAB[(i + 1) % 7]} {VOCAB[(i + 3) % 7]}',
              'brand': 'x' if i % 4 else 'y'} for i in range(40)]
-    ids = key_of(pk, docs(db, pk, many))
+    docs(db, pk, many)
     chunks = splitter(db)
     chunk_index(db, chunks)
     t = db['docs']
