@@ -1,0 +1,116 @@
+"""Chunked RAG backfill: long texts split into chunks and the chunks embedded with MiniLM, through superduper
+against the same work done by hand, same texts, same splitter, same model, same batch size.
+
+    python benchmarks/chunked_rag.py [--texts 1000] [--repeats 3]
+
+Texts: standard-library docstrings (real text), joined into long documents of about --length characters each.
+
+- by hand: for each batch of --batch documents, ``TextSplitter.predict`` on each (the same splitter), then
+  ``SentenceTransformer.encode(chunks, batch_size=32, normalize_embeddings=True)`` on the batch's chunks, then the
+  chunk rows (id, document, position, text) and the vectors (float32 bytes) written with ``sqlite3``'s
+  ``executemany`` into two tables, committed per batch: what a script without superduper would do.
+- superduper: ``db.apply`` of a ``flatten=True`` listener of the splitter on the documents' table (the chunks' table,
+  keyed by chunk, with source and position), then ``db.apply`` of the MiniLM listener on the chunks' table (vectors
+  stored next to them, each write numbered, changes followed): both backfills, timed together.
+
+Both after a warm-up, taking turns --repeats times (the machine is shared: medians); target <= 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples'))
+
+from stdlib_docs import docstrings  # noqa: E402
+
+from superduper import Listener, Table, superduper  # noqa: E402
+from superduper.components.text import TextSplitter  # noqa: E402
+from superduper.ext.sentence_transformers import SentenceTransformer  # noqa: E402
+
+
+def documents(n: int, length: int) -> list[str]:
+    docs = [row['doc'] for row in docstrings(limit=2000)]
+    out, k = [], 0
+    for i in range(n):
+        parts: list[str] = []
+        while sum(len(p) for p in parts) < length:
+            parts.append(docs[k % len(docs)])
+            k += 1
+        out.append('\n\n'.join(parts) + f' ({i})')
+    return out
+
+
+def by_hand(path: str, texts: list[str], splitter: TextSplitter, raw, batch: int) -> int:
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE chunks (id TEXT PRIMARY KEY, doc INTEGER, position INTEGER, txt TEXT)')
+    conn.execute('CREATE TABLE vectors (id TEXT PRIMARY KEY, v BLOB)')
+    count = 0
+    for start in range(0, len(texts), batch):
+        rows = [(f'{i}#{p}', i, p, chunk) for i in range(start, min(start + batch, len(texts)))
+                for p, chunk in enumerate(splitter.predict(texts[i]))]
+        vectors = raw.encode([r[3] for r in rows], batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False)
+        conn.executemany('INSERT INTO chunks VALUES (?, ?, ?, ?)', rows)
+        conn.executemany('INSERT INTO vectors VALUES (?, ?)', [(r[0], v.tobytes()) for r, v in zip(rows, vectors)])
+        conn.commit()
+        count += len(rows)
+    conn.close()
+    return count
+
+
+def with_superduper(db, splitter: TextSplitter, model: SentenceTransformer, repeat: int) -> int:
+    chunks = db.apply(splitter.to_listener('docs', key='txt', identifier=f'chunks-{repeat}', flatten=True))
+    embedded = db.apply(Listener(model=model, select=db[chunks.outputs].select(), key=chunks.outputs,
+                                 upstream=[chunks], identifier=f'minilm-{repeat}'))
+    count = db.databackend.count(embedded.outputs)
+    assert count == db.databackend.count(chunks.outputs)
+    db.remove('Listener', embedded.identifier)
+    db.remove('Listener', chunks.identifier)
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--texts', type=int, default=1000)
+    parser.add_argument('--length', type=int, default=3000, help='characters of each document, about')
+    parser.add_argument('--chunk-size', type=int, default=500)
+    parser.add_argument('--batch', type=int, default=100, help='documents per batch (both sides)')
+    parser.add_argument('--repeats', type=int, default=3, help='pairs of runs, by hand and superduper taking turns')
+    args = parser.parse_args()
+    texts = documents(args.texts, args.length)
+    splitter = TextSplitter('splitter', chunk_size=args.chunk_size, chunk_overlap=args.chunk_size // 10)
+    model = SentenceTransformer('minilm', encode_batch_size=32)
+    raw = model.loaded()
+    raw.encode(texts[:8], batch_size=32)  # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        db = superduper(f'sqlite://{tmp}/rag.db', artifact_store=f'filesystem://{tmp}/artifacts', progress=False,
+                        follow_changes=False, read_batch_size=args.batch)
+        db.apply(Table('docs', fields={'txt': 'str'}, folds=False))
+        db['docs'].insert([{'txt': t} for t in texts]).execute()
+        hand_times, our_times, counts = [], [], set()
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            counts.add(by_hand(f'{tmp}/hand-{repeat}.db', texts, splitter, raw, args.batch))
+            hand_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            counts.add(with_superduper(db, splitter, model, repeat))
+            our_times.append(time.perf_counter() - start)
+        db.close()
+    assert len(counts) == 1, f'the two sides made different numbers of chunks: {counts}'
+    ours, hand = statistics.median(our_times), statistics.median(hand_times)
+    pairs = statistics.median(o / h for o, h in zip(our_times, hand_times))
+    print(f'{len(texts)} documents of ~{args.length} characters -> {counts.pop()} chunks of <= {args.chunk_size}, '
+          f'MiniLM batch size 32, medians of {args.repeats}: superduper {ours:.1f}s, by hand {hand:.1f}s, ratio '
+          f'{ours / hand:.2f}x (median of pair ratios {pairs:.2f}x; target <= 1.15x)')
+
+
+if __name__ == '__main__':
+    main()
