@@ -37,6 +37,7 @@ class Chunks:
 
     table: str
     source: str
+    key: Any = None  # the field of ``source`` the flattening listener splits
 
     @property
     def column(self) -> str:
@@ -49,8 +50,17 @@ def chunks_of(db: 'Runtime', index: Any) -> Chunks | None:
     for source, records in db.listening.records().items():
         for record in records:
             if record['record'].get('flatten') and outputs_table(f"{record['identifier']}__{record['uuid'][:8]}") == table:
-                return Chunks(table, source)
+                return Chunks(table, source, record['record'].get('key'))
     return None
+
+
+def query_spec(spec: Any, chunks: Chunks, index: Any) -> Any:
+    """``like({field: text})`` may name the field the chunks are cut from: the index encodes the text as a chunk."""
+    if isinstance(spec, dict) and len(spec) == 1 and chunks.key is not None and next(iter(spec)) == chunks.key:
+        keys = [x.key for x in (index.indexing_listener, index.compatible_listener) if x is not None]
+        if chunks.key not in keys:
+            return {index.indexing_listener.key: next(iter(spec.values()))}
+    return spec
 
 
 class ChunkRows:

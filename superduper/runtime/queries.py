@@ -134,6 +134,8 @@ class QueryExecutor:
         if only_for_reranker:  # the reranker reads the field; the rows come back without it
             query = query._with(columns=selected + (query.rerank_[2],))
         rows_filter = _FilteredRows(self.databackend, info.name, pk, where)
+        if chunks is not None:
+            spec = chunk_search.query_spec(spec, chunks, loaded.component)
         vector = self.db.vector_indexes.encode(loaded, spec)
         found_chunks: dict = {}  # index id -> (chunk row) of a search through chunks
         if chunks is not None:
