@@ -338,3 +338,19 @@ def test_failed_rows_keep_no_chunks_and_a_retry_stores_them(db, pk):
         assert by_source(db, chunks, ids) == want
     finally:
         BROKEN['on'] = True
+
+
+@pytest.mark.backends('any')
+def test_a_search_through_chunks_reranks_by_the_best_chunk(db, pk):
+    from superduper.components.model import ObjectReranker
+
+    docs(db, pk)
+    chunks = splitter(db)
+    chunk_index(db, chunks)
+    t = db['docs']
+    # the reranker scores each row's best chunk (its '_chunk') by its count of 'fig'
+    figs = ObjectReranker('figs', object=lambda q, texts: [x.split().count('fig') for x in texts])
+    found = t.like({'txt': 'fig'}, vector_index='chunk_index', n=1).rerank(figs, 'fig', key='_chunk').execute().tolist()
+    assert [(r['id'], r['_chunk'], r['_rerank_score']) for r in found] == [('c', 'fig', 1.0)]
+    top = t.like({'txt': 'fig'}, vector_index='chunk_index', n=2, chunks=True).rerank(figs, 'fig', key='_chunk')
+    assert [r['_chunk'] for r in top.execute()] == ['fig', 'apple fig']
