@@ -5,13 +5,15 @@ against the same work done by hand, same texts, same splitter, same model, same 
 
 Texts: standard-library docstrings (real text), joined into long documents of about --length characters each.
 
-- by hand: for each batch of --batch documents, ``TextSplitter.predict`` on each (the same splitter), then
-  ``SentenceTransformer.encode(chunks, batch_size=32, normalize_embeddings=True)`` on the batch's chunks, then the
-  chunk rows (id, document, position, text) and the vectors (float32 bytes) written with ``sqlite3``'s
-  ``executemany`` into two tables, committed per batch: what a script without superduper would do.
-- superduper: ``db.apply`` of a ``flatten=True`` listener of the splitter on the documents' table (the chunks' table,
-  keyed by chunk, with source and position), then ``db.apply`` of the MiniLM listener on the chunks' table (vectors
-  stored next to them, each write numbered, changes followed): both backfills, timed together.
+- by hand: the documents read back from the same SQLite database with ``sqlite3``, in batches of --batch; each
+  batch split with ``TextSplitter.predict`` (the same splitter), its chunk rows (id, document, position, text)
+  written with ``executemany`` and committed; then the chunks read back in batches of --batch, each encoded with
+  ``SentenceTransformer.encode(texts, batch_size=32, normalize_embeddings=True)`` and its vectors (float32 bytes)
+  written and committed: what a script without superduper would do, taking the same --batch rows per step.
+- superduper (``read_batch_size=--batch``): ``db.apply`` of a ``flatten=True`` listener of the splitter on the
+  documents' table (the chunks' table, keyed by chunk, with source and position: guarded, numbered writes), then
+  ``db.apply`` of the MiniLM listener on the chunks' table (vectors stored next to them): both backfills, timed
+  together.
 
 Both after a warm-up, taking turns --repeats times (the machine is shared: medians); target <= 1.15x.
 """
@@ -48,22 +50,36 @@ def documents(n: int, length: int) -> list[str]:
     return out
 
 
-def by_hand(path: str, texts: list[str], splitter: TextSplitter, raw, batch: int) -> int:
+def by_hand(path: str, repeat: int, splitter: TextSplitter, raw, batch: int) -> int:
     conn = sqlite3.connect(path)
-    conn.execute('CREATE TABLE chunks (id TEXT PRIMARY KEY, doc INTEGER, position INTEGER, txt TEXT)')
-    conn.execute('CREATE TABLE vectors (id TEXT PRIMARY KEY, v BLOB)')
+    chunks, vectors = f'hand_chunks_{repeat}', f'hand_vectors_{repeat}'
+    conn.execute(f'CREATE TABLE {chunks} (id TEXT PRIMARY KEY, doc TEXT, position INTEGER, txt TEXT)')
+    conn.execute(f'CREATE TABLE {vectors} (id TEXT PRIMARY KEY, v BLOB)')
+    conn.commit()
+    for docs in _batches(conn, 'SELECT id, txt FROM docs', batch):
+        rows = [(f'{key}#{p}', key, p, chunk) for key, text in docs for p, chunk in enumerate(splitter.predict(text))]
+        conn.executemany(f'INSERT INTO {chunks} VALUES (?, ?, ?, ?)', rows)
+        conn.commit()
     count = 0
-    for start in range(0, len(texts), batch):
-        rows = [(f'{i}#{p}', i, p, chunk) for i in range(start, min(start + batch, len(texts)))
-                for p, chunk in enumerate(splitter.predict(texts[i]))]
-        vectors = raw.encode([r[3] for r in rows], batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
-                             show_progress_bar=False)
-        conn.executemany('INSERT INTO chunks VALUES (?, ?, ?, ?)', rows)
-        conn.executemany('INSERT INTO vectors VALUES (?, ?)', [(r[0], v.tobytes()) for r, v in zip(rows, vectors)])
+    for rows in _batches(conn, f'SELECT id, txt FROM {chunks}', batch):
+        encoded = raw.encode([text for _, text in rows], batch_size=32, normalize_embeddings=True,
+                             convert_to_numpy=True, show_progress_bar=False)
+        conn.executemany(f'INSERT INTO {vectors} VALUES (?, ?)', [(k, v.tobytes()) for (k, _), v in zip(rows, encoded)])
         conn.commit()
         count += len(rows)
+    conn.execute(f'DROP TABLE {chunks}')
+    conn.execute(f'DROP TABLE {vectors}')
+    conn.commit()
     conn.close()
     return count
+
+
+def _batches(conn: sqlite3.Connection, sql: str, size: int):
+    """The query's rows, ``size`` at a time, read before the batch's writes (as a script would)."""
+    cursor = conn.execute(sql)
+    rows = cursor.fetchall()
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
 
 
 def with_superduper(db, splitter: TextSplitter, model: SentenceTransformer, repeat: int) -> int:
@@ -82,7 +98,7 @@ def main() -> None:
     parser.add_argument('--texts', type=int, default=1000)
     parser.add_argument('--length', type=int, default=3000, help='characters of each document, about')
     parser.add_argument('--chunk-size', type=int, default=500)
-    parser.add_argument('--batch', type=int, default=100, help='documents per batch (both sides)')
+    parser.add_argument('--batch', type=int, default=2000, help='rows per step, both sides (superduper: read_batch_size)')
     parser.add_argument('--repeats', type=int, default=3, help='pairs of runs, by hand and superduper taking turns')
     args = parser.parse_args()
     texts = documents(args.texts, args.length)
@@ -98,7 +114,7 @@ def main() -> None:
         hand_times, our_times, counts = [], [], set()
         for repeat in range(args.repeats):
             start = time.perf_counter()
-            counts.add(by_hand(f'{tmp}/hand-{repeat}.db', texts, splitter, raw, args.batch))
+            counts.add(by_hand(f'{tmp}/rag.db', repeat, splitter, raw, args.batch))
             hand_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             counts.add(with_superduper(db, splitter, model, repeat))
