@@ -204,6 +204,8 @@ def test_select_outputs_of_a_flattening_listener_is_a_list_per_row(db, pk):
     assert sorted((r['id'], r[chunks.outputs]) for r in rows) == [
         ('a', ['apple banana', 'cherry date']), ('b', ['apple fig', 'grape']), ('c', ['cherry', 'cherry elder', 'fig'])]
     assert all(set(r) == {'id', chunks.outputs} for r in rows)
+    one = db['docs'].select('id').outputs(chunks.predict_id).get(id='b').execute()
+    assert one == {'id': 'b', chunks.outputs: ['apple fig', 'grape']}
 
 
 def test_a_model_returning_no_list_fails_per_row_naming_the_listener(db, pk):

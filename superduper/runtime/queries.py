@@ -206,7 +206,8 @@ class QueryExecutor:
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
         listed = chunk_search.chunked_outputs(self.tables, query.joined)
         if listed:  # a flattening listener's outputs: a list per row, read after the rows
-            cursor = self._select(info, query._with(joined=tuple(p for p in query.joined if p not in listed),
+            cursor = self._select(info, query._with(action=query.action,
+                                                    joined=tuple(p for p in query.joined if p not in listed),
                                                     columns=chunk_search.with_key(query.columns, info.primary_key)),
                                   where, limit)
             return chunk_search.with_chunk_lists(self.db, cursor, info, listed, query.columns,
