@@ -356,3 +356,56 @@ def test_a_search_through_chunks_reranks_by_the_best_chunk(db, pk):
     assert [(r['id'], r['_chunk'], r['_rerank_score']) for r in found] == [('c', 'fig', 1.0)]
     top = t.like({'txt': 'fig'}, vector_index='chunk_index', n=2, chunks=True).rerank(figs, 'fig', key='_chunk')
     assert [r['_chunk'] for r in top.execute()] == ['fig', 'apple fig']
+
+
+@pytest.mark.backends('parquet')
+@pytest.mark.requires(change_capture='versions', reason="another program's Delta commits reach listeners")
+def test_another_programs_delta_commits_replace_and_remove_chunks(db, pk, db_uri):
+    import os
+    import textwrap
+
+    ids = key_of(pk, docs(db, pk))
+    chunks = splitter(db)
+    index = chunk_index(db, chunks)
+    path = os.path.join(db_uri.split('://', 1)[1], 'docs')
+    subprocess.run([sys.executable, '-c', textwrap.dedent(f"""
+        import pyarrow as pa
+        from deltalake import DeltaTable, write_deltalake
+        DeltaTable({path!r}).update(updates={{'txt': "'fig'"}}, predicate="id = 'c'")
+        DeltaTable({path!r}).delete("id = 'a'")
+        table = DeltaTable({path!r}).to_pyarrow_table()
+        write_deltalake({path!r}, pa.table({{'id': ['n'], 'txt': ['date. elder'], 'brand': ['z'], '_fold': ['train']}},
+                                           schema=table.schema), mode='append')
+    """)], check=True, timeout=120)
+    ids['n'] = 'n'
+    want = expected([{'id': 'b', 'txt': 'apple fig. grape'}, {'id': 'c', 'txt': 'fig'}, {'id': 'n', 'txt': 'date. elder'}])
+    wait_for(lambda: by_source(db, chunks, ids) == want)
+    wait_for(lambda: indexed(db, index) == {'b#0', 'b#1', 'c#0', 'n#0', 'n#1'})
+
+
+@pytest.mark.backends('mongomock')
+def test_change_stream_events_replace_and_remove_chunks(db, pk):
+    """Another client's writes to a collection, as a change stream reports them (the server's stream stood in for,
+    as in ``test_mongodb``): the chunks and the index over them follow."""
+    from test_mongodb import Oplog, with_stream
+
+    ids = key_of(pk, docs(db, pk))
+    text = {v: str(k) for k, v in ids.items()}
+    oplog = Oplog()
+    consumer = with_stream(db, oplog)
+    chunks = splitter(db)
+    index = chunk_index(db, chunks)
+    raw = db.databackend.database['docs']
+    key = {v: k for k, v in ids.items()}
+    raw.update_one({'_id': key['c']}, {'$set': {'txt': 'fig'}})
+    oplog.add('update', 'docs', key['c'], 10)
+    raw.delete_one({'_id': key['a']})
+    oplog.add('delete', 'docs', key['a'], 11)
+    new = raw.insert_one({'_id': 'n', 'id': 'n', 'txt': 'date. elder', 'brand': 'z'}).inserted_id  # keyed as superduper keys it
+    oplog.add('insert', 'docs', new, 12)
+    ids[new] = 'n'
+    while consumer.consume():
+        pass
+    want = expected([{'id': 'b', 'txt': 'apple fig. grape'}, {'id': 'c', 'txt': 'fig'}, {'id': 'n', 'txt': 'date. elder'}])
+    assert by_source(db, chunks, ids) == want
+    assert indexed(db, index) == {f"{text['b']}#0", f"{text['b']}#1", f"{text['c']}#0", f'{new}#0', f'{new}#1'}
