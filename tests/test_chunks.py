@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import plain_sql, wait_for
+from conftest import other_engine, plain_sql, wait_for
 from superduper import Listener, ObjectModel, Table, VectorIndex, superduper
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # worker processes cannot import this module
@@ -409,3 +409,50 @@ def test_change_stream_events_replace_and_remove_chunks(db, pk):
     want = expected([{'id': 'b', 'txt': 'apple fig. grape'}, {'id': 'c', 'txt': 'fig'}, {'id': 'n', 'txt': 'date. elder'}])
     assert by_source(db, chunks, ids) == want
     assert indexed(db, index) == {f"{text['b']}#0", f"{text['b']}#1", f"{text['c']}#0", f'{new}#0', f'{new}#1'}
+
+
+@pytest.mark.sql_only('another client writes with plain SQL; the chunks are counted with SQL')
+@pytest.mark.requires('follows_other_writers', reason='writes by other clients reach listeners')
+def test_two_consumers_and_a_writer_at_once_leave_each_rows_chunks_exactly_once(db_uri, tmp_path):
+    import random
+    import threading
+
+    a, b = [superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False,
+                       follow_changes=False, lease_seconds=2) for _ in range(2)]
+    try:
+        a.apply(Table('docs', fields={'txt': 'str'}, folds=False))
+        a['docs'].insert([{'id': f'r{i}', 'txt': 'x. y'} for i in range(20)]).execute()
+        chunks = a.apply(ObjectModel('sentences', object=sentences).to_listener('docs', key='txt',
+                                                                               identifier='chunks', flatten=True))
+        rng = random.Random(7)
+        done = threading.Event()
+
+        def write() -> None:  # another client: one connection, a transaction a step
+            engine = other_engine(a)
+            try:
+                for _ in range(40):
+                    key, text = f'r{rng.randrange(25)}', '. '.join(['w'] * rng.randrange(0, 5))
+                    with engine.begin() as conn:
+                        conn.execute(sa.text('DELETE FROM docs WHERE id = :k'), {'k': key})
+                        if rng.random() > 0.15:
+                            conn.execute(sa.text('INSERT INTO docs (id, txt) VALUES (:k, :t)'), {'k': key, 't': text})
+            finally:
+                engine.dispose()
+                done.set()
+
+        def consume(db) -> None:
+            while not done.is_set():
+                db.listening.work(limit=5)
+
+        threads = [threading.Thread(target=write), threading.Thread(target=consume, args=(a,)),
+                   threading.Thread(target=consume, args=(b,))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        while a.listening.work() + b.listening.work():
+            pass
+        assert chunk_faults(a, chunks) == {'lost': 0, 'duplicated': 0, 'stale': 0}
+    finally:
+        a.close()
+        b.close()
