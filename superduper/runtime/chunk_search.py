@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from superduper.backends.base import CHUNK_ID, POSITION
-from superduper.base.query import Compare
+from superduper.base.document import Document
+from superduper.base.query import Compare, Cursor
 from superduper.components.listener import outputs_table
 
 if TYPE_CHECKING:
@@ -134,8 +135,6 @@ CHUNK_COLUMNS = (CHUNK_ID, SOURCE, POSITION, CHUNK, '_score')
 
 def chunk_documents(found: list[tuple[dict, float]], chunks: Chunks) -> list:
     """The chunks found, as rows: their key, source, position, value (``_chunk``) and score."""
-    from superduper.base.document import Document
-
     return [Document({CHUNK_ID: row[CHUNK_ID], SOURCE: row[SOURCE], POSITION: row[POSITION],
                       CHUNK: row[chunks.column], '_score': score}) for row, score in found]
 
@@ -170,8 +169,6 @@ def with_chunk_lists(db: 'Runtime', cursor: Any, info: Any, predict_ids: list[st
                      batch_size: int) -> Any:
     """The rows of ``cursor``, each with the list of its chunks of each flattening listener in ``predict_ids``, in
     order of position (``[]`` for none), under the outputs table's name."""
-    from superduper.base.query import Cursor
-
     pk = info.primary_key
     tables = [outputs_table(p) for p in predict_ids]
     dropped = [k for k in pk if selected and k not in selected]
