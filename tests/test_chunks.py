@@ -86,6 +86,8 @@ def test_each_item_is_a_row_with_its_source_and_position(db, pk):
     ids = key_of(pk, docs(db, pk))
     chunks = splitter(db)
     assert by_source(db, chunks, ids) == expected(DOCS)
+    (status,) = db.status()
+    assert (status['done'], status['chunks'], status['failed']) == (3, 7, 0)
     db['docs'].insert([{'id': 'd', 'txt': 'elder. fig. grape. apple', 'brand': 'z'}, {'id': 'e', 'txt': '', 'brand': 'z'}]).execute()
     ids = key_of(pk, db['docs'].select(*dict.fromkeys([pk, 'id'])).execute())
     assert by_source(db, chunks, ids)['d'] == [(0, 'elder'), (1, 'fig'), (2, 'grape'), (3, 'apple')]
