@@ -375,6 +375,9 @@ class Results:
     stored: list[tuple[Change, tuple]] = field(default_factory=list)  # (change, encoded row in ``keys`` order)
     gone: list[Change] = field(default_factory=list)
     failed: list[tuple[Change, str]] = field(default_factory=list)
+    #: a flattening listener's: ``keys`` are (``CHUNK_ID``, ``SOURCE``, ``POSITION``, output) and each stored entry
+    #: is ``(change, rows)``, the source's chunks (possibly none), which replace all it had
+    flatten: bool = False
 
 
 @dataclass
@@ -456,6 +459,14 @@ COMPONENTS_VERSION = 'components_version'
 # ---- versions of outputs tables -----------------------------------------------------------------------------------
 #: the column of an outputs table holding the number of the write that stored the row
 OUTPUT_SEQ = '_seq'
+#: the key of a flattening listener's outputs table (one row per item of a row's output: a chunk), and its position
+CHUNK_ID = '_chunk_id'
+POSITION = '_position'
+
+
+def chunk_id(source_text: str, position: int) -> str:
+    """A chunk's key: its source's key text and its position (unique: a position holds no ``#``)."""
+    return f'{source_text}#{position}'
 
 
 class OutputLog(Protocol):
@@ -480,6 +491,12 @@ class OutputLog(Protocol):
 
     def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
         """Delete the outputs of these sources, leaving deletions numbered ``seq``."""
+
+    def replace_chunks(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list],
+                       sources: Sequence[Any]) -> list:
+        """A flattening listener's outputs: delete every chunk of ``sources``, then insert the chunks in ``columns``
+        (``CHUNK_ID`` first), numbered ``seq``; the chunks deleted and not written again leave deletions (by chunk
+        id). Returns the chunk ids deleted or written."""
 
     def head(self, table: str) -> tuple[int, int] | None:
         """``(n, floor)``: every write up to ``n`` is visible; deletions up to ``floor`` were forgotten (a reader

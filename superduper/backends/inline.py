@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from superduper.backends.base import Batch, Change, Finished, Results
-from superduper.backends.feed import write_outputs
+from superduper.backends.feed import write_results
 from superduper.base.keys import dump_key
 from superduper.base.query import Condition
 
@@ -163,12 +163,11 @@ class InlineFeed:
             results = self._current(conn, batch, results)
             for res in results:
                 removed = res.gone + [c for c, _ in res.failed]
-                write_outputs(log, conn, res.outputs_table, res.keys, [row for _, row in res.stored],
-                              [c.output_key for c in removed])
+                touched = write_results(log, conn, res, res.stored, removed)
                 finished.stored[res.listener] = [c for c, _ in res.stored]
                 finished.gone[res.listener] = list(res.gone)
                 if res.outputs_table in followed:
-                    chained.setdefault(res.outputs_table, []).extend(c.key for c in finished.stored[res.listener] + removed)
+                    chained.setdefault(res.outputs_table, []).extend(touched)
             self._seen(conn, batch)
         for res in results:
             if res.failed:

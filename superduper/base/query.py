@@ -212,6 +212,7 @@ class Query:
     like_: tuple | None = field(default=None, compare=False)  # (spec, vector index, n)
     rerank_: tuple | None = field(default=None, compare=False)  # (reranker, query text, key, candidates)
     match_: tuple | None = field(default=None, compare=False)  # (text, keyword index, n, weights, rrf_k)
+    chunks_: bool = field(default=False, compare=False)  # like() over chunks: the chunks, not their sources
     keep_id: bool = False  # find() with a projection: '_id' comes back too, where rows have one (MongoDB's default)
     pipeline: tuple | None = field(default=None, repr=False)  # aggregate(): stages run by the database as given
 
@@ -253,14 +254,21 @@ class Query:
         ``_outputs__<predict_id>``, the same as the listener's output table."""
         return self._with(joined=self.joined + tuple(predict_ids))
 
-    def like(self, spec: Any, vector_index: str, n: int = 10) -> 'Query':
+    def like(self, spec: Any, vector_index: str, n: int = 10, chunks: bool = False) -> 'Query':
         """The ``n`` rows nearest to ``spec`` (``{key: value}`` encoded by the index's model, or a vector), among
-        the rows the query's filters match, nearest first, each with its similarity in ``_score``."""
+        the rows the query's filters match, nearest first, each with its similarity in ``_score``.
+
+        On a table whose rows a flattening listener splits into chunks, with an index over the chunks: each row
+        once, scored by its best chunk, with that chunk in ``_chunk`` and its place in ``_position``; with
+        ``chunks=True`` the ``n`` best chunks themselves (``_chunk_id``, ``_source``, ``_position``, ``_chunk``,
+        ``_score``), of the rows the filters match."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise QueryError(f'like() needs n >= 1, got {n!r}')
         if not isinstance(vector_index, str):
             raise QueryError(f'vector_index= names a vector index, got {vector_index!r}')
-        return self._with(like_=(spec, vector_index, n))
+        if chunks not in (True, False):
+            raise QueryError(f'like() takes chunks=True or False, got {chunks!r}')
+        return self._with(like_=(spec, vector_index, n), chunks_=chunks)
 
     def match(self, text: str, keyword_index: str, n: int | None = None,
               weights: Mapping[str, float] | Sequence[float] | None = None, rrf_k: int = 60) -> 'Query':

@@ -3,6 +3,10 @@
 Outputs go to ``_outputs__<identifier>__<uuid8>`` (one table per listener version), keyed by the source row's
 primary key in ``_source``, with the output in a column of the same name as the table, so that a downstream
 listener can take ``key=upstream.outputs`` on ``db[upstream.outputs].select()``.
+
+With ``flatten=True`` the model returns a list per source row and each item is a row of its own (a *chunk*): the
+outputs table is keyed by ``_chunk_id`` (``<source key text>#<position>``), with ``_source`` and ``_position`` beside
+the item; a source's chunks are replaced together whenever it is computed again, and removed with it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ class Listener(Outputs, Component):
     #: whether a write through superduper computes this listener's outputs before ``execute()`` returns (True), or
     #: only records its changes for the workers (False); ``None``: the datalayer's ``outputs`` setting
     sync: bool | None = field(default=None, metadata={'optional': True})
+    #: the model returns a list per row: store each item as a row of its own (a chunk), with the source key and the
+    #: item's position
+    flatten: bool = field(default=False, metadata={'optional': True})
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, Component) or self.model.type_id != 'Model':
@@ -74,6 +81,8 @@ class Listener(Outputs, Component):
         input_maker(self.key)  # a malformed key fails here, before any work
         if self.sync not in (None, True, False):
             raise ComponentError(f'Listener {self.identifier!r}: sync= is True, False or None, got {self.sync!r}')
+        if self.flatten not in (True, False):
+            raise ComponentError(f'Listener {self.identifier!r}: flatten= is True or False, got {self.flatten!r}')
         if isinstance(self.select, str):
             self.select = Query(self.select)
         if not isinstance(self.select, Query) or self.select.action != 'select':

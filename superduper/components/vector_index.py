@@ -37,6 +37,12 @@ class VectorIndex(Component):
             value = getattr(self, role)
             if value is not None and not isinstance(value, Listener) or (role == 'indexing_listener' and value is None):
                 raise ComponentError(f'VectorIndex {self.identifier!r}: {role} must be a Listener, got {type(value).__name__}')
+        if self.indexing_listener.flatten:
+            raise ComponentError(
+                f'VectorIndex {self.identifier!r}: listener {self.indexing_listener.identifier!r} flattens its '
+                "outputs into chunks; index a listener over the chunks instead (select=db[chunks.outputs].select(), "
+                'key=chunks.outputs)'
+            )
         if self.measure not in MEASURES:
             raise ComponentError(f'VectorIndex {self.identifier!r}: measure={self.measure!r}; expected one of {", ".join(MEASURES)}')
         if self.searcher not in SEARCHERS:

@@ -17,7 +17,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from superduper.backends.base import OUTPUT_SEQ, Batch, Change, Finished, LeaseLost, Results
+from superduper.backends.base import CHUNK_ID, OUTPUT_SEQ, POSITION, Batch, Change, Finished, LeaseLost, Results
+from superduper.backends.base import chunk_id
 from superduper.base import faults
 from superduper.base.background import BackgroundConsumer, Interrupted, exiting
 from superduper.base.exceptions import ComponentError, InvalidValue, UnknownField, UnknownTable
@@ -225,7 +226,8 @@ class Listening:
     def prepare(self, listener: 'Listener') -> None:
         """Check the listener and create its output table, before its metadata is stored. The outputs' type is
         the model's own (``Model.output_type``), else that of the first output of a few rows; with neither (an
-        empty table, rows the model fails on) the output column is added when the first output is stored."""
+        empty table, rows the model fails on) the output column is added when the first output is stored. A
+        flattening listener's outputs are the items of the model's lists: the model's type is an item's."""
         self.check(listener)
         datatype = listener.model.output_type() or self._infer_datatype(listener)
         self._outputs_table(listener, datatype)
@@ -239,7 +241,7 @@ class Listening:
     def predict_rows(self, target: Any, rows: list[tuple[Any, Any]]) -> Results:
         """The encoded outputs of ``(key, row)`` pairs for anything shaped like a listener, as a batch of changes
         would give them (rows the model fails on, or whose output does not fit, in ``failed``)."""
-        results = Results(target.uuid, target.outputs, (SOURCE, target.outputs))
+        results = _results(target)
         pairs = [(Change(target.source, key, target.uuid, str(key)), row) for key, row in rows]
         self._encode(target, self._predict(target, pairs, results), results)
         return results
@@ -260,9 +262,13 @@ class Listening:
         else:
             source_type = 'str'  # a composite key: its text rendering (``key_text``)
         fields = {SOURCE: source_type, OUTPUT_SEQ: 'int'}
+        key = SOURCE
+        if getattr(listener, 'flatten', False):  # one row per item: keyed by the chunk
+            fields = {CHUNK_ID: 'str', **fields, POSITION: 'int'}
+            key = CHUNK_ID
         if datatype is not None:
             fields[listener.outputs] = datatype
-        self.db.apply(Table(listener.outputs, fields=fields, primary_id=SOURCE, folds=False))
+        self.db.apply(Table(listener.outputs, fields=fields, primary_id=key, folds=False))
         self.db.forget_table(listener.outputs)
         self.db.databackend.output_log().prepare(listener.outputs)
 
@@ -272,7 +278,12 @@ class Listening:
         for row in self.db.execute(listener.select.limit(10)):
             try:
                 args, kwargs = make(row.unpack())
-                return infer_type(listener.model.predict(*args, **kwargs))
+                output = listener.model.predict(*args, **kwargs)
+                if getattr(listener, 'flatten', False):
+                    if not isinstance(output, (list, tuple)) or not output:
+                        continue
+                    output = output[0]
+                return infer_type(output)
             except Exception:  # such rows are recorded as failures by the backfill
                 continue
         return None
@@ -468,7 +479,9 @@ class Listening:
         outputs = outputs_table(f"{record['identifier']}__{record['uuid'][:8]}")
         error = f"listener {record['identifier']!r} " + self.problems.get(f"Listener {record['identifier']!r}",
                                                                           'cannot be loaded')
-        return Results(record['uuid'], outputs, (SOURCE, outputs), failed=[(c, error) for c in changes])
+        flatten = bool(record['record'].get('flatten'))
+        keys = (CHUNK_ID, SOURCE, POSITION, outputs) if flatten else (SOURCE, outputs)
+        return Results(record['uuid'], outputs, keys, failed=[(c, error) for c in changes], flatten=flatten)
 
     def compute(self, listener: 'Listener', changes: list[Change]) -> Results:
         """The listener's results for these changed keys: the rows are read as they are now."""
@@ -482,7 +495,7 @@ class Listening:
         for chunk in _chunks(list(by_key), ID_CHUNK):
             for row in self.db.execute(listener.select.filter(key_in(pk, chunk))):
                 found[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)] = row
-        results = Results(listener.uuid, listener.outputs, (SOURCE, listener.outputs))
+        results = _results(listener)
         results.gone = [c for k, c in by_key.items() if k not in found]
         done: list[tuple[Change, Any]] = []
         try:
@@ -524,6 +537,9 @@ class Listening:
 
     def _encode(self, listener: 'Listener', done: list[tuple[Change, Any]], results: Results) -> None:
         """Encode outputs for the outputs table; those that do not fit its type are failures."""
+        if results.flatten:
+            self._encode_chunks(listener, done, results)
+            return
         if not done:
             return
         table = listener.outputs
@@ -544,6 +560,50 @@ class Listening:
             except InvalidValue as e:
                 results.failed.append((change, f'model {listener.model.identifier!r} returned an output that does '
                                                f'not fit: {e}'))
+
+    def _encode_chunks(self, listener: 'Listener', done: list[tuple[Change, Any]], results: Results) -> None:
+        """A flattening listener's outputs: each row's list becomes its chunks, encoded together; a row whose
+        output is not a list, or whose items do not fit the table's type, fails (its old chunks go)."""
+        lists = []
+        for change, out in done:
+            if isinstance(out, (list, tuple)):
+                lists.append((change, list(out)))
+            else:
+                results.failed.append((change, f'listener {listener.identifier!r} has flatten=True: model '
+                                               f'{listener.model.identifier!r} must return a list for each row, '
+                                               f'got {type(out).__name__}'))
+        first = next((items[0] for _, items in lists if items), None)
+        if first is None:  # rows with no chunks: their old ones go
+            results.stored.extend((change, ()) for change, _ in lists)
+            return
+        schema = self._typed_schema(listener, first)
+        table = listener.outputs
+        for part in _chunks(lists, max(1, ID_CHUNK)):
+            try:
+                results.stored.extend(self._chunk_rows(schema, table, results, part))
+                continue
+            except InvalidValue:
+                pass
+            for change, items in part:
+                try:
+                    results.stored.extend(self._chunk_rows(schema, table, results, [(change, items)]))
+                except InvalidValue as e:
+                    results.failed.append((change, f'model {listener.model.identifier!r} returned an item that '
+                                                   f'does not fit: {e}'))
+
+    def _chunk_rows(self, schema: Any, table: str, results: Results,
+                    lists: list[tuple[Change, list]]) -> list[tuple[Change, tuple]]:
+        """``(change, rows)`` for each row's items, encoded in one go (``InvalidValue`` if any does not fit)."""
+        plain = [(c, i, item) for c, items in lists for i, item in enumerate(items)]
+        columns = [[chunk_id(str(c.output_key), i) for c, i, _ in plain], [c.output_key for c, _, _ in plain],
+                   [i for _, i, _ in plain], [item for _, _, item in plain]]
+        with self.db.artifacts.holding(table) as artifacts:
+            encoded = schema.encode_columns(table, list(results.keys), columns, artifacts) if plain else columns
+        rows = list(zip(*encoded))
+        by_change: dict[int, list] = {id(c): [] for c, _ in lists}
+        for (change, _, _), row in zip(plain, rows):
+            by_change[id(change)].append(row)
+        return [(change, tuple(by_change[id(change)])) for change, _ in lists]
 
     def _after(self, results: list[Results], finished: Finished) -> None:
         """Tell the hooks (vector indexes) and observers (Dask) of the output writes that were stored."""
@@ -593,6 +653,13 @@ class Listening:
             self.feed.enqueue(listener.source, listener.uuid, refs=failed)
             self.drain(listener.uuid)
         return self.failures.count(listener.uuid)
+
+
+def _results(target: Any) -> Results:
+    """The empty results of a listener (or anything shaped like one), with the outputs table's columns."""
+    if getattr(target, 'flatten', False):
+        return Results(target.uuid, target.outputs, (CHUNK_ID, SOURCE, POSITION, target.outputs), flatten=True)
+    return Results(target.uuid, target.outputs, (SOURCE, target.outputs))
 
 
 def _plain(row: Any) -> Any:

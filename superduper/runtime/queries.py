@@ -16,6 +16,7 @@ from superduper.components.listener import outputs_table
 from superduper.components.rerank import SCORE as RERANK_SCORE
 from superduper.components.rerank import rerank
 from superduper.runtime import hybrid
+from superduper.runtime import chunk_search
 from superduper.runtime.inserts import Inserter, as_rows
 from superduper.runtime.tables import TableInfo, Tables, encode_condition
 
@@ -123,15 +124,32 @@ class QueryExecutor:
         if query.rerank_ is not None:  # the reranker picks the n best of more candidates
             n = query.rerank_[3] or max(4 * n, RERANK_CANDIDATES)
         loaded = self.db.vector_indexes.get(name)
-        if loaded.component.source != info.name:
+        chunks = chunk_search.chunks_of(self.db, loaded.component) if loaded.component.source != info.name else None
+        if loaded.component.source != info.name and (chunks is None or chunks.source != info.name):
             raise QueryError(f'vector index {name!r} indexes table {loaded.component.source!r}, not {info.name!r}')
+        if query.chunks_ and chunks is None:
+            raise QueryError(f'like(chunks=True): vector index {name!r} indexes rows of {info.name!r}, not chunks '
+                             'of them (index a listener over a flatten=True listener\'s outputs)')
         pk = info.primary_key
         selected = query.columns
-        only_for_reranker = query.rerank_ is not None and bool(selected) and query.rerank_[2] not in selected
+        only_for_reranker = query.rerank_ is not None and bool(selected) and query.rerank_[2] not in selected \
+            and not (chunks is not None and query.rerank_[2] == chunk_search.CHUNK)
         if only_for_reranker:  # the reranker reads the field; the rows come back without it
             query = query._with(columns=selected + (query.rerank_[2],))
         rows_filter = _FilteredRows(self.databackend, info.name, pk, where)
-        hits = self.db.vector_indexes.search(loaded, self.db.vector_indexes.encode(loaded, spec), n, where, rows_filter, pk)
+        if chunks is not None:
+            spec = chunk_search.query_spec(spec, chunks, loaded.component)
+        vector = self.db.vector_indexes.encode(loaded, spec)
+        found_chunks: dict = {}  # index id -> (chunk row) of a search through chunks
+        if chunks is not None:
+            found = chunk_search.best_chunks(self.db, loaded, vector, n, where is not None,
+                                             chunk_search.ChunkRows(self.db, chunks, rows_filter), not query.chunks_)
+            if query.chunks_:
+                return self._chunk_rows(query, chunks, found)
+            hits = [(row['_source'], score) for row, score in found]
+            found_chunks = {row['_source']: row for row, _ in found}
+        else:
+            hits = self.db.vector_indexes.search(loaded, vector, n, where, rows_filter, pk)
         scores = dict(hits)  # index id -> score; an index id is the key, or a composite key's text
         keys = rows_filter.keys_of(list(scores))
         index_id = dict(zip(keys, scores))
@@ -147,6 +165,8 @@ class QueryExecutor:
         rank = {i: r for r, i in enumerate(scores)}  # the searcher's order: equal scores stay as it gave them
         for row in rows:
             row['_score'] = scores[index_id[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)]]
+        if chunks is not None:
+            chunk_search.add_best_chunks(rows, pk, index_id, found_chunks, chunks)
         rows.sort(key=lambda r: rank[index_id[r[pk[0]] if len(pk) == 1 else tuple(r[k] for k in pk)]])
         for k in pk:
             if wanted is not None and k not in wanted:
@@ -159,9 +179,22 @@ class QueryExecutor:
             return next(iter(rows), None)
         outputs = [outputs_table(p) for p in query.joined]
         scores = ['_score'] + ([RERANK_SCORE] if query.rerank_ is not None else [])
+        if chunks is not None:
+            scores = [chunk_search.CHUNK, chunk_search.CHUNK_POSITION, *scores]
         if only_for_reranker:
             wanted = list(selected)
         return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, *scores])
+
+    def _chunk_rows(self, query: Query, chunks: Any, found: list) -> Cursor:
+        """``like(chunks=True)``: the best chunks themselves (reranked if asked), nearest first."""
+        rows = chunk_search.chunk_documents(found, chunks)
+        if query.rerank_ is not None:
+            rows = self._reranked(rows, query, False)
+        rows = rows[query.offset_ :][: query.limit_] if query.limit_ is not None else rows[query.offset_ :]
+        if query.action == 'one':
+            return next(iter(rows), None)
+        extra = [RERANK_SCORE] if query.rerank_ is not None else []
+        return Cursor(iter([rows]), [*chunk_search.CHUNK_COLUMNS, *extra])
 
     def _reranked(self, rows: list, query: Query, drop_key: bool) -> list:
         """The ``n`` best rows by the query's reranker (without its field if it was read only for it)."""
@@ -174,6 +207,14 @@ class QueryExecutor:
         return [Document(row) for row in best]
 
     def _select(self, info: TableInfo, query: Query, where: Condition | None, limit: int | None = None) -> Cursor:
+        listed = chunk_search.chunked_outputs(self.tables, query.joined)
+        if listed:  # a flattening listener's outputs: a list per row, read after the rows
+            cursor = self._select(info, query._with(action=query.action,
+                                                    joined=tuple(p for p in query.joined if p not in listed),
+                                                    columns=chunk_search.with_key(query.columns, info.primary_key)),
+                                  where, limit)
+            return chunk_search.with_chunk_lists(self.db, cursor, info, listed, query.columns,
+                                                 self.cfg.read_batch_size)
         columns = self._columns(info, query)
         schema, joins = info.schema, []
         if query.joined:

@@ -31,7 +31,7 @@ def failures(db: Any, listener: str) -> list[dict]:
 
 
 def status(db: Any) -> list[dict]:
-    """Per listener: rows with outputs, changes pending (``None`` where the database cannot count them), rows
+    """Per listener: rows with outputs (a flattening listener's: rows with chunks, and ``chunks``), changes pending (``None`` where the database cannot count them), rows
     failed, the lag of the oldest pending change, and what stops it, if anything (``problem``). Read from the
     metadata: no model is loaded."""
     report = []
@@ -44,9 +44,12 @@ def status(db: Any) -> list[dict]:
         pending, lag = db.changes.pending(source)
         found = [problems.get(f'Listener {identifier!r}'), db.changes.problem_with(source)]
         found += [p for name, p in problems.items() if outputs in name]
+        done = db.databackend.count(outputs) if outputs in tables else 0
+        chunks = {'chunks': done} if record['record'].get('flatten') else {}
+        if chunks and done:  # rows with chunks, not chunks
+            done = len({row[0] for batch in db.databackend.select(outputs, ['_source']) for row in batch})
         report.append({
-            'listener': identifier, 'table': source, 'outputs': outputs,
-            'done': db.databackend.count(outputs) if outputs in tables else 0,
+            'listener': identifier, 'table': source, 'outputs': outputs, 'done': done, **chunks,
             'pending': pending, 'failed': db.listening.failures.count(record['uuid']), 'lag_seconds': lag,
             'problem': '; '.join(p for p in found if p) or None,
         })

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from superduper.backends.base import OUTPUT_SEQ
+from superduper.backends.base import CHUNK_ID, OUTPUT_SEQ
 from superduper.backends.outputs import SOURCE
 from superduper.backends.sql.outputs import SQLOutputLog
 from superduper.base.query import Compare
@@ -27,6 +27,10 @@ class LakeOutputLog(SQLOutputLog):
     def store(self, conn: Any, table: str, seq: int, keys: Sequence[str], columns: list[list]) -> None:
         count = len(columns[0])
         self.lake.insert(conn, table, [*keys, OUTPUT_SEQ], [*columns, [seq] * count], upsert_key=keys[0])
+
+    def _chunk_ids(self, conn: Any, table: str, sources: Sequence[Any]) -> list:
+        where = Compare(SOURCE, 'in', tuple(sources))
+        return [row[0] for batch in self.lake.select(table, [CHUNK_ID], where) for row in batch]
 
     def _delete_outputs(self, conn: Any, table: str, sources: Sequence[Any]) -> None:
         self.lake.delete(conn, table, Compare(SOURCE, 'in', tuple(sources)))

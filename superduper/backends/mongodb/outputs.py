@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from superduper.backends.base import OUTPUT_SEQ
-from superduper.backends.outputs import OutputRows
+from superduper.backends.outputs import SOURCE, OutputRows
 from superduper.base.keys import dump_key, load_key
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class MongoOutputLog(OutputRows):
         if table in self._prepared:
             return
         self.backend.database[table].create_index(OUTPUT_SEQ)
+        self.backend.database[table].create_index(SOURCE)  # a flattening listener's chunks go by their source
         self.deletes.create_index([('tbl', 1), ('seq', 1)])
         self.counters.update_one({'_id': table}, {'$setOnInsert': {'n': 0, 'floor': 0}}, upsert=True)
         self._prepared.add(table)
@@ -44,12 +45,9 @@ class MongoOutputLog(OutputRows):
                                                 return_document=ReturnDocument.AFTER)
         return int(doc['n'])
 
-    def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
-        if not sources:
-            return
-        self._delete_outputs(conn, table, sources)
+    def _log_deletions(self, conn: Any, table: str, seq: int, keys: Sequence[Any]) -> None:
         now = time.time()
-        self.deletes.insert_many([{'tbl': table, 'source': dump_key(s), 'seq': seq, 'at': now} for s in sources])
+        self.deletes.insert_many([{'tbl': table, 'source': dump_key(s), 'seq': seq, 'at': now} for s in keys])
 
     def head(self, table: str) -> tuple[int, int] | None:
         doc = self.counters.find_one({'_id': table})

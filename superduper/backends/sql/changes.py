@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import sqlalchemy as sa
 
 from superduper.backends.base import Batch, Change, Finished, LeaseLost, Results
-from superduper.backends.feed import CHUNK, chunks, write_outputs
+from superduper.backends.feed import CHUNK, chunks, write_results
 from superduper.backends.logs import retry_backoff
 from superduper.base.background import stop_at_exit
 
@@ -538,12 +538,11 @@ class SQLChangeFeed:
         if not entries:
             return [], []
         won = self._stamp(conn, res.listener, entries, stamp)
-        stored = [entries[d] for d in won if entries[d][0] == 'stored']
-        removed = [entries[d] for d in won if entries[d][0] != 'stored']
+        stored = [(c, row) for d in won for kind, c, row in (entries[d],) if kind == 'stored']
+        removed = [entries[d][1] for d in won if entries[d][0] != 'stored']
         # the outputs' counter is taken last: see ``superduper.backends.sql.outputs``
-        write_outputs(self.backend.output_log(), conn, res.outputs_table, res.keys, [row for _, _, row in stored],
-                      [c.output_key for _, c, _ in removed])
-        return [c for _, c, _ in stored], [c for _, c, _ in removed]
+        write_results(self.backend.output_log(), conn, res, stored, removed)
+        return [c for c, _ in stored], removed
 
     def _stamp(self, conn: Any, listener: str, entries: dict[str, tuple[str, Change, Any]], stamp: int) -> list[str]:
         """Move the rows' stamps that are lower than ``stamp`` to it (with the row's error, or none), locking them

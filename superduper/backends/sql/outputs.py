@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import sqlalchemy as sa
 
-from superduper.backends.base import OUTPUT_SEQ
-from superduper.backends.outputs import OutputRows
+from superduper.backends.base import CHUNK_ID, OUTPUT_SEQ
+from superduper.backends.outputs import SOURCE, OutputRows
+from superduper.base.query import Compare
 from superduper.base.keys import dump_key, load_key
 
 if TYPE_CHECKING:
@@ -78,11 +79,15 @@ class SQLOutputLog(OutputRows):
     def _index_seq(self, table: str) -> None:
         """An index on the outputs table's ``OUTPUT_SEQ`` (readers ask for the rows past a number)."""
         name = 'ix_superduper_seq_' + hashlib.sha1(table.encode()).hexdigest()[:16]
-        index = sa.Index(name, self.backend.table(table).c[OUTPUT_SEQ])
-        try:
-            index.create(self.backend.engine, checkfirst=True)
-        except sa.exc.DBAPIError:  # made by another process meanwhile
-            pass
+        columns = self.backend.table(table).c
+        indexes = [sa.Index(name, columns[OUTPUT_SEQ])]
+        if CHUNK_ID in columns:  # a flattening listener's chunks are replaced by their source
+            indexes.append(sa.Index(name.replace('_seq_', '_src_'), columns[SOURCE]))
+        for index in indexes:
+            try:
+                index.create(self.backend.engine, checkfirst=True)
+            except sa.exc.DBAPIError:  # made by another process meanwhile
+                pass
 
     def advance(self, conn: Any, table: str) -> int:
         c = self.counters.c
@@ -96,16 +101,17 @@ class SQLOutputLog(OutputRows):
         conn.execute(self.counters.insert(), {'tbl': table, 'n': 1, 'floor': 0})  # a table made before versions
         return 1
 
-    def remove(self, conn: Any, table: str, seq: int, sources: Sequence[Any]) -> None:
-        if not sources:
-            return
-        self._delete_outputs(conn, table, sources)
+    def _log_deletions(self, conn: Any, table: str, seq: int, keys: Sequence[Any]) -> None:
         now = time.time()
-        texts = dict.fromkeys(dump_key(s) for s in sources)
+        texts = dict.fromkeys(dump_key(s) for s in keys)
         conn.execute(self.deletes.insert(), [
             {'tbl': table, 'seq': seq, 'digest': hashlib.sha1(t.encode()).hexdigest(), 'source': t, 'at': now}
             for t in texts
         ])
+
+    def _chunk_ids(self, conn: Any, table: str, sources: Sequence[Any]) -> list:
+        where = Compare(SOURCE, 'in', tuple(sources))
+        return [row[0] for batch in self.backend.select(table, [CHUNK_ID], where, conn=conn) for row in batch]
 
     def head(self, table: str) -> tuple[int, int] | None:
         c = self.counters.c

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import decimal
 import hashlib
@@ -377,10 +378,9 @@ class PollingFeed(InlineFeed):
             claim.hashes.pop(text)
         if not changed:
             return results
-        return [Results(r.listener, r.outputs_table, r.keys,
-                        stored=[(c, row) for c, row in r.stored if c.text not in changed],
-                        gone=[c for c in r.gone if c.text not in changed],
-                        failed=[(c, e) for c, e in r.failed if c.text not in changed])
+        return [dataclasses.replace(r, stored=[(c, row) for c, row in r.stored if c.text not in changed],
+                                    gone=[c for c in r.gone if c.text not in changed],
+                                    failed=[(c, e) for c, e in r.failed if c.text not in changed])
                 for r in results]
 
     def _seen(self, conn: Any, batch: Batch) -> None:
