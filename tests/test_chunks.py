@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import other_engine, plain_sql, wait_for
-from superduper import Listener, ObjectModel, Table, VectorIndex, superduper
+from superduper import KeywordIndex, Listener, ObjectModel, Table, VectorIndex, superduper
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # worker processes cannot import this module
 CLI = [sys.executable, '-m', 'superduper.cli']
@@ -184,6 +184,25 @@ def test_like_over_chunks_is_exact_under_filters(db, pk):
 
 def _cosine(a, b) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_hybrid_search_through_chunks_fuses_rows_with_their_best_chunk(db, pk):
+    ids = key_of(pk, docs(db, pk))
+    chunk_index(db, splitter(db))
+    db.apply(KeywordIndex('kw', select='docs', key='txt'))
+    t = db['docs']
+    vector = t.like({'txt': 'cherry fig'}, vector_index='chunk_index', n=3).execute().tolist()
+    keyword = [r[pk] for r in t.match('fig grape', keyword_index='kw', n=3).execute()]
+    fused = {}  # RRF by hand from the two parts' own rankings (k = 60, weights 1)
+    for ranking in ([r[pk] for r in vector], keyword):
+        for rank, key in enumerate(ranking, 1):
+            fused[key] = fused.get(key, 0) + 1 / (60 + rank)
+    found = t.like({'txt': 'cherry fig'}, vector_index='chunk_index', n=3).match('fig grape', keyword_index='kw').execute().tolist()
+    assert [r[pk] for r in found] == sorted(fused, key=lambda k: -fused[k])[:3]
+    assert [r['_score'] for r in found] == pytest.approx(sorted(fused.values(), reverse=True)[:3])
+    best = {r[pk]: (r['_chunk'], r['_position']) for r in vector}
+    assert all((r['_chunk'], r['_position']) == best.get(r[pk], (None, None)) for r in found)
+    assert {ids[r[pk]] for r in found if r['_keyword_rank'] is not None} == {'b', 'c'}
 
 
 def test_chunks_on_request_and_by_searching_their_table(db, pk):

@@ -15,6 +15,7 @@ from superduper.base.query import Condition, Cursor, Query, key_in
 from superduper.components.listener import outputs_table
 from superduper.components.rerank import SCORE as RERANK_SCORE
 from superduper.components.rerank import rerank
+from superduper.runtime.chunk_search import CHUNK, CHUNK_POSITION
 from superduper.runtime.keyword_search import passing
 
 if TYPE_CHECKING:
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
 #: the fewest candidates each part of a hybrid (or reranked) search ranks: four times the rows returned, at least this
 CANDIDATES = 20
 RANKS = ('_vector_rank', '_keyword_rank')
+CHUNK_FIELDS = (CHUNK, CHUNK_POSITION)
+
+
+def chunked(rows: list) -> bool:
+    """Whether the vector part searched through an index over chunks (its rows carry their best chunk)."""
+    return any(CHUNK in row for row in rows)
 
 
 def candidates(n: int) -> int:
@@ -48,8 +55,12 @@ def search(executor: Any, info: 'TableInfo', query: Query, where: Condition | No
         spec, vector_index, _ = query.like_
         nearest = dataclasses.replace(query, match_=None, rerank_=None, like_=(spec, vector_index, depth),
                                       action='select', columns=(key,), joined=(), limit_=None, offset_=0, order=())
-        vector = [row[key] for row in executor._like(info, nearest, where)]
-        ranked = fuse(vector, [k for k, _ in keyword], weights, rrf_k)
+        found = list(executor._like(info, nearest, where))
+        ranked = fuse([row[key] for row in found], [k for k, _ in keyword], weights, rrf_k)
+        if chunked(found):  # through an index over chunks: each row's best chunk as like() gives it (None if none)
+            best = {row[key]: {c: row[c] for c in CHUNK_FIELDS} for row in found}
+            for k, entry in ranked:
+                entry.update(best.get(k, dict.fromkeys(CHUNK_FIELDS)))
     if query.rerank_ is None:
         ranked = ranked[:n]
     rows = _rows(executor, info, query, ranked)
@@ -57,6 +68,7 @@ def search(executor: Any, info: 'TableInfo', query: Query, where: Condition | No
         return next(iter(rows), None)
     wanted = executor._columns(info, query)
     scores = ['_score'] + (list(RANKS) if query.like_ is not None else [])
+    scores += list(CHUNK_FIELDS) if chunked(rows) else []
     scores += [RERANK_SCORE] if query.rerank_ is not None else []
     outputs = [outputs_table(p) for p in query.joined]
     return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, *scores])
