@@ -226,6 +226,14 @@ def wait_for(condition, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def wait_at_gate(gate, thread, timeout: float = 30.0) -> None:
+    """Wait until the gated model running in ``thread`` has entered its gate (it wrote ``<gate>.entered``)."""
+    deadline = time.time() + timeout
+    while not os.path.exists(str(gate) + '.entered'):
+        assert time.time() < deadline and thread.is_alive(), 'the consumer never reached the model'
+        time.sleep(0.01)
+
+
 def pending_changes(db) -> int:
     """Change rows waiting in the database's change log (any consumer's)."""
     with db.databackend.engine.connect() as conn:

@@ -20,7 +20,7 @@ import cloudpickle
 import pytest
 import sqlalchemy as sa
 
-from conftest import other_engine, plain_sql
+from conftest import other_engine, plain_sql, wait_at_gate
 from superduper import ObjectModel, Table, superduper
 
 # models here are stored by value: worker processes cannot import this test module
@@ -99,10 +99,7 @@ def test_an_older_change_never_overwrites_a_newer_result(db_uri, tmp_path, monke
         plain_sql(a, ("INSERT INTO docs (id, txt) VALUES ('r', 'slow v1')", {}))
         first = threading.Thread(target=a.listening.work)
         first.start()
-        deadline = time.time() + 30
-        while not os.path.exists(str(gate) + '.entered'):
-            assert time.time() < deadline and first.is_alive(), 'consumer A never reached the model'
-            time.sleep(0.01)
+        wait_at_gate(gate, first)
         if then == 'update':
             plain_sql(a, ("UPDATE docs SET txt = 'fast v2' WHERE id = 'r'", {}))
         else:

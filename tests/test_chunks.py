@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import other_engine, plain_sql, wait_for
+from conftest import other_engine, plain_sql, wait_at_gate, wait_for
 from superduper import KeywordIndex, Listener, ObjectModel, Table, VectorIndex, superduper
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # worker processes cannot import this module
@@ -302,9 +302,7 @@ def gated_sentences(text: str) -> list[str]:
 def test_an_older_change_never_overwrites_newer_chunks(db_uri, tmp_path, monkeypatch):
     """Consumer A takes an insert and splits it slowly; the row changes to fewer sentences; consumer B stores the
     newer chunks first; A finishes last: its older, longer list must not come back (nor any of its chunks)."""
-    import os
     import threading
-    import time
 
     gate = tmp_path / 'gate'
     monkeypatch.setenv('SD_TEST_GATE', str(gate))
@@ -318,10 +316,7 @@ def test_an_older_change_never_overwrites_newer_chunks(db_uri, tmp_path, monkeyp
         plain_sql(a, ("INSERT INTO docs (id, txt) VALUES ('r', 'slow one. two. three')", {}))
         first = threading.Thread(target=a.listening.work)
         first.start()
-        deadline = time.time() + 30
-        while not os.path.exists(str(gate) + '.entered'):
-            assert time.time() < deadline and first.is_alive(), 'consumer A never reached the model'
-            time.sleep(0.01)
+        wait_at_gate(gate, first)
         plain_sql(a, ("UPDATE docs SET txt = 'fast' WHERE id = 'r'", {}))
         while b.listening.work():
             pass
