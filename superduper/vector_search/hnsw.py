@@ -1,8 +1,8 @@
 """HNSW search with hnswlib (``pip install 'superduper[hnsw]'``), over the positions of the exact store.
 
-The exact store stays alongside: it answers filtered searches over small candidate sets exactly, and holds the
-vectors not yet in the graph. A written vector is not put into the graph at once: its old node (if any) is only
-marked deleted, and the position waits in ``pending``, searched exactly next to the graph, until ``flush`` adds the
+The vectors live in the graph only (no second copy beside hnswlib's own): exact search over a few candidates reads
+them back with ``get_items``. A written vector is not put into the graph at once: its old node (if any) is only
+marked deleted, and the vector waits in ``pending``, searched exactly next to the graph, until ``flush`` adds the
 pending vectors in one parallel batch as new nodes (reusing deleted slots). Replacing a node in place costs hnswlib
 about three times as much as adding one, and one write at a time costs more than a batch: following a stream of
 writes, or catching up with a thousand changed rows, costs little until the graph is next flushed (when enough
@@ -11,11 +11,14 @@ have waited, or when the index is saved).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from superduper.base.exceptions import InvalidValue
+from superduper.base.keys import dump_key, load_key
 from superduper.vector_search.exact import ExactSearcher
 
 SPACES = {'cosine': 'ip', 'dot': 'ip', 'l2': 'l2'}  # cosine rows are normalised by the store
@@ -42,7 +45,7 @@ class HnswSearcher(ExactSearcher):
         self.labels = np.zeros(0, dtype=np.int64)  # position -> its node's label in the graph (-1: none)
         self.position_of: dict[int, int] = {}  # label -> position
         self.next_label = 0
-        self.pending: set[int] = set()  # alive positions whose vector is not in the graph
+        self.pending: dict[int, np.ndarray] = {}  # alive position -> its vector, not yet in the graph
 
     def _new_index(self, capacity: int) -> Any:
         index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
@@ -53,22 +56,20 @@ class HnswSearcher(ExactSearcher):
         return index
 
     # ---- writes -----------------------------------------------------------------------------------------------
-    def upsert(self, ids: Sequence[Any], vectors: Any) -> np.ndarray:
-        positions = super().upsert(ids, vectors)
+    def _store(self, positions: np.ndarray, matrix: np.ndarray) -> None:
         if len(self.labels) < len(self.ids):
-            grown = np.full(len(self.ids), -1, dtype=np.int64)
+            grown = np.full(max(len(self.ids), int(len(self.labels) * 1.5) + 1024), -1, dtype=np.int64)
             grown[: len(self.labels)] = self.labels
             self.labels = grown
-        for pos in positions.tolist():
+        for pos, vector in zip(positions.tolist(), matrix):
             self._unlink(pos)
-            self.pending.add(pos)
-        return positions
+            self.pending[pos] = vector
 
     def remove(self, ids: Iterable[Any]) -> np.ndarray:
         positions = super().remove(ids)
         for pos in positions.tolist():
             self._unlink(pos)
-            self.pending.discard(pos)
+            self.pending.pop(pos, None)
         return positions
 
     def _unlink(self, pos: int) -> None:
@@ -81,20 +82,48 @@ class HnswSearcher(ExactSearcher):
 
     def flush(self) -> None:
         """Add the pending vectors to the graph, as new nodes."""
-        pending = np.array(sorted(self.pending), dtype=np.int64)
+        pending = sorted(self.pending)
         for start in range(0, len(pending), FLUSH_CHUNK):
-            positions = pending[start : start + FLUSH_CHUNK]
+            positions = np.array(pending[start : start + FLUSH_CHUNK], dtype=np.int64)
             needed = self.index.element_count + len(positions)
             if needed > self.index.get_max_elements():
                 self.index.resize_index(max(needed, int(self.index.get_max_elements() * 1.5)))
             labels = np.arange(self.next_label, self.next_label + len(positions), dtype=np.int64)
-            self.index.add_items(self.matrix[positions], labels, replace_deleted=True)
+            chunk = np.stack([self.pending.pop(p) for p in positions.tolist()])
+            self.index.add_items(chunk, labels, replace_deleted=True)
+            del chunk
             self.next_label += len(positions)
             self.labels[positions] = labels
             self.position_of.update(zip(labels.tolist(), positions.tolist()))
-        self.pending.clear()
 
     # ---- reads ------------------------------------------------------------------------------------------------
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at ``positions``, read back from the graph (zeros where none is stored)."""
+        out = np.zeros((len(positions), self.dim), dtype=np.float32)
+        labels = self.labels[positions]
+        linked = np.flatnonzero(labels >= 0)
+        if len(linked):
+            out[linked] = self.index.get_items(labels[linked], return_type='numpy')
+        for i in np.flatnonzero(labels < 0).tolist():
+            vector = self.pending.get(int(positions[i]))
+            if vector is not None:
+                out[i] = vector
+        return out
+
+    def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        if positions is None:
+            positions = np.arange(len(self.ids), dtype=np.int64)
+        rows = np.empty(0, dtype=np.float32)
+        parts = []
+        for start in range(0, len(positions), FLUSH_CHUNK):  # a chunk at a time: no copy of every vector at once
+            rows = self.vectors(positions[start : start + FLUSH_CHUNK])
+            if self.measure == 'l2':
+                diff = rows - query
+                parts.append(-np.einsum('ij,ij->i', diff, diff))
+            else:
+                parts.append(rows @ query)
+        return np.concatenate(parts) if parts else rows
+
     def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
         return candidates is not None or self._ef_for(n) == self._current_ef  # else the graph's ef is set first
 
@@ -106,28 +135,49 @@ class HnswSearcher(ExactSearcher):
         if candidates is not None or n >= alive or alive < 1000 or len(self.pending) * 2 > alive:
             return super().search(query, n, candidates)
         q = self.prepare(query)[0]
-        hits = self._graph_search(q, min(n, alive - len(self.pending)))
+        hits = self._graph_search(q, min(n, alive - len(self.pending)), self._ef_for(n))
         if hits is None:  # too few reachable nodes (many deleted): answer exactly
             return super().search(query, n)
-        if self.pending:
-            waiting = np.fromiter(self.pending, dtype=np.int64, count=len(self.pending))
-            scores = self.scores(q, waiting)
+        return self._with_pending(q, n, hits, None)
+
+    def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
+        """The ``n`` nearest among ``ids`` (many): the graph searched with hnswlib's filter callback over their
+        labels, its beam widened as they get fewer; the pending ones among them searched exactly beside."""
+        q = self.prepare(query)[0]
+        positions = [p for i in ids if (p := self.positions.get(i)) is not None and self.alive[p]]
+        if not positions:
+            return []
+        labels = self.labels[np.array(positions, dtype=np.int64)]
+        allowed = set(labels[labels >= 0].tolist())
+        share = len(allowed) / max(self.index.get_current_count(), 1)
+        ef = max(self._ef_for(n), math.ceil(4 * n / math.sqrt(max(share, 1e-6))))
+        hits = self._graph_search(q, min(n, len(allowed)), ef, allowed.__contains__) if allowed else []
+        if hits is None:  # the filtered graph did not reach enough of them: answer exactly
+            return super().search(query, n, ids)
+        waiting = {p for p in positions if p in self.pending}
+        return self._with_pending(q, n, hits, waiting)
+
+    def _with_pending(self, q: np.ndarray, n: int, hits: list, among: set | None) -> list[tuple[Any, float]]:
+        """The graph's hits merged with the nearest pending vectors (those ``among`` if given), as (id, score)."""
+        waiting = list(self.pending) if among is None else list(among)
+        if waiting:
+            positions = np.array(waiting, dtype=np.int64)
+            scores = self.scores(q, positions)
             top = np.argsort(-scores)[:n]
-            hits += list(zip(waiting[top].tolist(), scores[top].tolist()))
+            hits += list(zip(positions[top].tolist(), scores[top].tolist()))
             hits.sort(key=lambda h: -h[1])
         ids = self.ids
         return [(ids[p], s) for p, s in hits[:n]]
 
-    def _graph_search(self, q: np.ndarray, k: int) -> list[tuple[int, float]] | None:
-        """(position, score) of the ``k`` nearest nodes of the graph."""
+    def _graph_search(self, q: np.ndarray, k: int, ef: int, allowed: Any = None) -> list[tuple[int, float]] | None:
+        """(position, score) of the ``k`` nearest nodes of the graph (that ``allowed`` takes, if given)."""
         if k <= 0:
             return []
-        ef = self._ef_for(k)
         if ef != self._current_ef:
             self.index.set_ef(ef)
             self._current_ef = ef
         try:
-            labels, distances = self.index.knn_query(q, k=k)
+            labels, distances = self.index.knn_query(q, k=k, filter=allowed)
         except RuntimeError:
             return None
         position_of = self.position_of
@@ -137,19 +187,31 @@ class HnswSearcher(ExactSearcher):
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def save(self, folder: str) -> None:
+        """The graph (which holds the vectors) written by hnswlib straight to its file, and the positions: no
+        other copy of the vectors is made."""
         self.flush()
-        super().save(folder)
-        np.save(os.path.join(folder, 'labels.npy'), self.labels[: len(self.ids)])
+        size = len(self.ids)
+        with open(os.path.join(folder, 'ids.json'), 'w') as f:
+            f.write(dump_key(list(self.ids)))
+        np.save(os.path.join(folder, 'alive.npy'), self.alive[:size])
+        np.save(os.path.join(folder, 'labels.npy'), self.labels[:size])
         np.save(os.path.join(folder, 'next_label.npy'), np.array([self.next_label], dtype=np.int64))
         self.index.save_index(os.path.join(folder, 'hnsw.bin'))
 
     def load(self, folder: str) -> None:
-        super().load(folder)
+        with open(os.path.join(folder, 'ids.json')) as f:
+            self.ids = list(load_key(f.read()) or ())
+        self.positions = {id_: i for i, id_ in enumerate(self.ids)}
+        self.alive = np.load(os.path.join(folder, 'alive.npy'))
         self.labels = np.load(os.path.join(folder, 'labels.npy'))
+        if len(self.alive) != len(self.ids) or len(self.labels) != len(self.ids):
+            raise InvalidValue(f'saved index in {folder} is inconsistent: {len(self.ids)} ids, '
+                               f'{len(self.labels)} labels')
+        self._count = int(self.alive.sum())
         linked = np.flatnonzero(self.labels >= 0)
         self.position_of = dict(zip(self.labels[linked].tolist(), linked.tolist()))
         self.next_label = int(np.load(os.path.join(folder, 'next_label.npy'))[0])  # deleted nodes keep theirs
-        self.pending = set(np.flatnonzero(self.alive & (self.labels < 0)).tolist())
+        self.pending = {}  # saved after a flush: every alive vector is in the graph
         self.index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
         self.index.load_index(os.path.join(folder, 'hnsw.bin'), max_elements=max(len(self.ids), 1024),
                               allow_replace_deleted=True)
