@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from superduper.components.vector_index import VectorIndex
 
 #: ANN candidates taken per expected match: the n nearest matches lie about n / share deep, more or less by chance
-MARGIN = 2
+MARGIN = 3
 RESCAN_CHUNK = 10_000  # vectors compared with the database's at a time when an index catches up with a whole table
 SHARES_KEPT = 256  # filters whose share of matching rows is remembered, per process
 
@@ -468,14 +468,14 @@ class VectorIndexes:
         key = (loaded.component.uuid, repr(where))
         limit = int(min(self.db.cfg.exact_filter_limit, max(math.sqrt(8 * n * total), 4 * n)))
         share = self._shares.get(key)
-        if share is None or share * total <= 2 * limit:
+        if share is None or share * total <= 1.2 * limit:  # near the limit: look, the estimate may be off
             ids = rows.ids(None, limit=limit + 1)
             if len(ids) <= limit:
                 self._learn(key, len(ids) / total)
                 plan.update(strategy='exact over the matching ids', matching=len(ids))
                 return nearest(n, ids)
             share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
-        k = min(total, max(2 * n, math.ceil(MARGIN * n / share)))
+        k = min(total, max(5 * n, math.ceil(MARGIN * n / share)))
         for tries in range(2):
             candidates = nearest(k)
             allowed = set(rows.ids([c for c, _ in candidates])) if candidates else set()

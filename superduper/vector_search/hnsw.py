@@ -46,6 +46,7 @@ class HnswSearcher(ExactSearcher):
         self.position_of: dict[int, int] = {}  # label -> position
         self.next_label = 0
         self.pending: dict[int, np.ndarray] = {}  # alive position -> its vector, not yet in the graph
+        self.codes = Codes(dim)
 
     def _new_index(self, capacity: int) -> Any:
         index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
@@ -61,6 +62,7 @@ class HnswSearcher(ExactSearcher):
             grown = np.full(max(len(self.ids), int(len(self.labels) * 1.5) + 1024), -1, dtype=np.int64)
             grown[: len(self.labels)] = self.labels
             self.labels = grown
+        self.codes.put(positions, matrix, len(self.ids))
         for pos, vector in zip(positions.tolist(), matrix):
             self._unlink(pos)
             self.pending[pos] = vector
@@ -111,18 +113,34 @@ class HnswSearcher(ExactSearcher):
         return out
 
     def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-        if positions is None:
-            positions = np.arange(len(self.ids), dtype=np.int64)
-        rows = np.empty(0, dtype=np.float32)
-        parts = []
-        for start in range(0, len(positions), FLUSH_CHUNK):  # a chunk at a time: no copy of every vector at once
-            rows = self.vectors(positions[start : start + FLUSH_CHUNK])
-            if self.measure == 'l2':
-                diff = rows - query
-                parts.append(-np.einsum('ij,ij->i', diff, diff))
-            else:
-                parts.append(rows @ query)
-        return np.concatenate(parts) if parts else rows
+        """Exact scores, the vectors read back from the graph (for a few positions: reading costs)."""
+        rows = self.vectors(np.arange(len(self.ids), dtype=np.int64) if positions is None else positions)
+        if self.measure == 'l2':
+            diff = rows - query
+            return -np.einsum('ij,ij->i', diff, diff)
+        return rows @ query
+
+    def _exact(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
+        """The ``n`` nearest of ``positions`` (alive), exactly: scored on the int8 codes with a bound on each
+        score's error, then only those whose bound reaches the n-th best are scored again on the real vectors."""
+        if n <= 0 or not len(positions):
+            return []
+        approx, error = self.codes.scores(q, positions, self.measure)
+        low = approx - error
+        floor = np.partition(low, len(low) - n)[len(low) - n] if n < len(low) else -np.inf
+        close = positions[approx + error >= floor]
+        exact = self.scores(q, close)
+        top = np.argsort(-exact, kind='stable')[:n]
+        return [(self.ids[p], float(s)) for p, s in zip(close[top].tolist(), exact[top].tolist())]
+
+    def _exact_search(self, query: Any, n: int, candidates: Sequence[Any] | None) -> list[tuple[Any, float]]:
+        q = self.prepare(query)[0]
+        if candidates is None:
+            positions = np.flatnonzero(self.alive[: len(self.ids)])
+        else:
+            positions = np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
+                                 dtype=np.int64)
+        return self._exact(q, n, positions)
 
     def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
         return candidates is not None or self._ef_for(n) == self._current_ef  # else the graph's ef is set first
@@ -133,11 +151,11 @@ class HnswSearcher(ExactSearcher):
     def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
         alive = len(self)
         if candidates is not None or n >= alive or alive < 1000 or len(self.pending) * 2 > alive:
-            return super().search(query, n, candidates)
+            return self._exact_search(query, n, candidates)
         q = self.prepare(query)[0]
         hits = self._graph_search(q, min(n, alive - len(self.pending)), self._ef_for(n))
         if hits is None:  # too few reachable nodes (many deleted): answer exactly
-            return super().search(query, n)
+            return self._exact_search(query, n, None)
         return self._with_pending(q, n, hits, None)
 
     def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
@@ -153,7 +171,7 @@ class HnswSearcher(ExactSearcher):
         ef = max(self._ef_for(n), math.ceil(4 * n / math.sqrt(max(share, 1e-6))))
         hits = self._graph_search(q, min(n, len(allowed)), ef, allowed.__contains__) if allowed else []
         if hits is None:  # the filtered graph did not reach enough of them: answer exactly
-            return super().search(query, n, ids)
+            return self._exact_search(query, n, ids)
         waiting = {p for p in positions if p in self.pending}
         return self._with_pending(q, n, hits, waiting)
 
@@ -196,6 +214,7 @@ class HnswSearcher(ExactSearcher):
         np.save(os.path.join(folder, 'alive.npy'), self.alive[:size])
         np.save(os.path.join(folder, 'labels.npy'), self.labels[:size])
         np.save(os.path.join(folder, 'next_label.npy'), np.array([self.next_label], dtype=np.int64))
+        self.codes.save(folder, size)
         self.index.save_index(os.path.join(folder, 'hnsw.bin'))
 
     def load(self, folder: str) -> None:
@@ -217,6 +236,71 @@ class HnswSearcher(ExactSearcher):
                               allow_replace_deleted=True)
         self.index.set_ef(self.ef)
         self._current_ef = self.ef
+        self.codes = Codes(self.dim)
+        if not self.codes.load(folder, len(self.ids)):  # saved before the codes were: made from the graph
+            for start in range(0, len(self.ids), 1000):
+                positions = np.arange(start, min(start + 1000, len(self.ids)), dtype=np.int64)
+                self.codes.put(positions, self.vectors(positions), len(self.ids))
+
+
+class Codes:
+    """Each vector as int8 codes times a scale of its own, with the norm of what that loses: an exact search over
+    a few thousand candidates reads a quarter of the bytes, and only the vectors it cannot tell apart from the
+    n-th best are read back from the graph. Not a copy of the vectors: a quarter of their size."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.codes = np.zeros((0, dim), dtype=np.int8)
+        self.scale = np.zeros(0, dtype=np.float32)
+        self.error = np.zeros(0, dtype=np.float32)  # |v - scale * codes|
+        self.norm = np.zeros(0, dtype=np.float32)  # |scale * codes|
+
+    def put(self, positions: np.ndarray, vectors: np.ndarray, size: int) -> None:
+        if size > len(self.codes):
+            capacity = max(size, int(len(self.codes) * 1.5) + 1024)
+            self.codes = _grown(self.codes, (capacity, self.dim))
+            self.scale, self.error, self.norm = (_grown(a, (capacity,)) for a in (self.scale, self.error, self.norm))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        scale = np.abs(vectors).max(axis=1) / 127
+        scale[scale == 0] = 1
+        codes = np.rint(vectors / scale[:, None]).astype(np.int8)
+        decoded = codes * scale[:, None]
+        self.codes[positions] = codes
+        self.scale[positions] = scale
+        # rounded up, with a margin for the float32 arithmetic of the scores: the bound must hold
+        self.error[positions] = np.linalg.norm(vectors - decoded, axis=1) * 1.001 + 1e-6
+        self.norm[positions] = np.linalg.norm(decoded, axis=1)
+
+    def scores(self, q: np.ndarray, positions: np.ndarray, measure: str) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate scores of ``positions`` and a bound on how far each is from the exact one."""
+        scale, error = self.scale[positions], self.error[positions]
+        dots = (self.codes[positions].astype(np.float32) @ q) * scale
+        qnorm = float(np.linalg.norm(q))
+        reach = self.norm[positions] + error + qnorm  # bounds the terms float32 rounds, in both scores
+        margin = 1e-5 * (1 + reach * reach)
+        if measure == 'l2':  # -|v - q|^2 within error * (2 |v' - q| + error) of -|v' - q|^2
+            distance = np.sqrt(np.maximum(self.norm[positions] ** 2 - 2 * dots + qnorm * qnorm, 0))
+            return -distance ** 2, error * (2 * distance + error) + margin
+        return dots, error * qnorm + margin
+
+    def save(self, folder: str, size: int) -> None:
+        for name in ('codes', 'scale', 'error', 'norm'):
+            np.save(os.path.join(folder, f'{name}.npy'), getattr(self, name)[:size])
+
+    def load(self, folder: str, size: int) -> bool:
+        """Read what ``save`` wrote (the codes mapped, not read); ``False`` where it wrote nothing."""
+        if not os.path.exists(os.path.join(folder, 'codes.npy')):
+            return False
+        self.codes = np.load(os.path.join(folder, 'codes.npy'), mmap_mode='c').reshape(-1, self.dim)
+        self.scale, self.error, self.norm = (np.load(os.path.join(folder, f'{name}.npy'))
+                                             for name in ('scale', 'error', 'norm'))
+        return len(self.codes) == size
+
+
+def _grown(array: np.ndarray, shape: tuple) -> np.ndarray:
+    grown = np.zeros(shape, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 SEARCHERS = {'exact': ExactSearcher, 'hnsw': HnswSearcher}
