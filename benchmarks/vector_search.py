@@ -127,7 +127,6 @@ def main() -> None:
             raw.set_ef(params['ef'])
         db.close()
         memory(tmp, queries)
-        db.close()
 
 
 SEARCHING = '''

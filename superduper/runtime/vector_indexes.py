@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,6 +74,7 @@ class VectorIndexes:
         self._loaded: dict[str, LoadedIndex] = {}
         #: (index uuid, filter) -> share of rows it matched, last seen: plans only, never what is returned
         self._shares: dict[tuple, float] = {}
+        self._shares_lock = threading.Lock()
         self._generation = db.components_generation()
 
     @property
@@ -492,10 +494,11 @@ class VectorIndexes:
 
     def _learn(self, key: tuple, share: float) -> None:
         """Remember the share of rows a filter matched (near the query): the next search with it plans from it."""
-        self._shares.pop(key, None)
-        self._shares[key] = share
-        while len(self._shares) > SHARES_KEPT:
-            self._shares.pop(next(iter(self._shares)))
+        with self._shares_lock:
+            self._shares.pop(key, None)
+            self._shares[key] = share
+            while len(self._shares) > SHARES_KEPT:
+                self._shares.pop(next(iter(self._shares)))
 
 
 class FilteredRows(Protocol):
