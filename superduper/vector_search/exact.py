@@ -107,12 +107,14 @@ class ExactSearcher:
         """The ``n`` nearest among many ``ids`` (exact here; an ANN searcher searches its graph within them)."""
         return self.search(query, n, ids)
 
-    def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
-        """Whether ``search(..., n, candidates)`` changes nothing here (so searches may run side by side)."""
+    def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:
+        """Whether ``search(..., n, candidates, beam)`` changes nothing here (so searches may run side by side)."""
         return True
 
-    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
-        """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first."""
+    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
+               beam: int | None = None) -> list[tuple[Any, float]]:
+        """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first (``beam``: how wide an
+        ANN searcher looks; exact here)."""
         q = self.prepare(query)[0]
         if candidates is None:
             positions = None

@@ -142,18 +142,19 @@ class HnswSearcher(ExactSearcher):
                                  dtype=np.int64)
         return self._exact(q, n, positions)
 
-    def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
-        return candidates is not None or self._ef_for(n) == self._current_ef  # else the graph's ef is set first
+    def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:
+        return candidates is not None or self._ef_for(n, beam) == self._current_ef  # else the graph's ef is set first
 
-    def _ef_for(self, k: int) -> int:
-        return max(self.ef, 2 * k)  # a wider beam for the candidate lists of filtered searches
+    def _ef_for(self, k: int, beam: int | None = None) -> int:
+        return max(self.ef, 2 * k, beam or 0)  # a wider beam for the candidate lists of filtered searches
 
-    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
+    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
+               beam: int | None = None) -> list[tuple[Any, float]]:
         alive = len(self)
         if candidates is not None or n >= alive or alive < 1000 or len(self.pending) * 2 > alive:
             return self._exact_search(query, n, candidates)
         q = self.prepare(query)[0]
-        hits = self._graph_search(q, min(n, alive - len(self.pending)), self._ef_for(n))
+        hits = self._graph_search(q, min(n, alive - len(self.pending)), self._ef_for(n, beam))
         if hits is None:  # too few reachable nodes (many deleted): answer exactly
             return self._exact_search(query, n, None)
         return self._with_pending(q, n, hits, None)
