@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 #: ANN candidates taken per expected match: the n nearest matches lie about n / share deep, more or less by chance
 MARGIN = 3
 #: the graph's beam per candidate asked for: the rows matching far down the list (beyond the query's own cluster)
-#: are ranked well only by a wide beam (recall@10 at 10% of 100k clustered rows: 0.90 at 2, 0.96 at 4)
+#: are ranked well only by a wide beam (recall@10 at 10% of 100k clustered rows: 0.90 at 2, 0.96 at 4; 1.0 at 50%
+#: with 2)
 BEAM = 4
+WIDE_BELOW = 0.25  # the share of matching rows below which the beam is widened (above, the matches lie near)
 RESCAN_CHUNK = 10_000  # vectors compared with the database's at a time when an index catches up with a whole table
 SHARES_KEPT = 256  # filters whose share of matching rows is remembered, per process
 
@@ -482,7 +484,7 @@ class VectorIndexes:
             share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
         k = min(total, max(5 * n, math.ceil(MARGIN * n / share)))
         for tries in range(2):
-            candidates = nearest(k, beam=BEAM * k)
+            candidates = nearest(k, beam=(BEAM if share < WIDE_BELOW else 2) * k)
             allowed = set(rows.ids([c for c, _ in candidates])) if candidates else set()
             hits = [c for c in candidates if c[0] in allowed]
             self._learn(key, max(len(allowed), 1) / max(len(candidates), 1))
