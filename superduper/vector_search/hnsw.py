@@ -43,7 +43,7 @@ class HnswSearcher(ExactSearcher):
         self.M, self.ef_construction, self.ef = M, ef_construction, ef
         self.index = self._new_index(1024)
         self.labels = np.zeros(0, dtype=np.int64)  # position -> its node's label in the graph (-1: none)
-        self.position_of: dict[int, int] = {}  # label -> position
+        self.position_of = np.zeros(0, dtype=np.int64)  # label -> position (-1: none); an array, not a dict of ints
         self.next_label = 0
         self.pending: dict[int, np.ndarray] = {}  # alive position -> its vector, not yet in the graph
         self.codes = Codes(dim)
@@ -79,7 +79,7 @@ class HnswSearcher(ExactSearcher):
         label = int(self.labels[pos])
         if label >= 0:
             self.index.mark_deleted(label)
-            del self.position_of[label]
+            self.position_of[label] = -1
             self.labels[pos] = -1
 
     def flush(self) -> None:
@@ -96,7 +96,9 @@ class HnswSearcher(ExactSearcher):
             del chunk
             self.next_label += len(positions)
             self.labels[positions] = labels
-            self.position_of.update(zip(labels.tolist(), positions.tolist()))
+            if self.next_label > len(self.position_of):
+                self.position_of = _grown_to(self.position_of, max(self.next_label, len(self.position_of) * 3 // 2))
+            self.position_of[labels] = positions
 
     # ---- reads ------------------------------------------------------------------------------------------------
     def vectors(self, positions: np.ndarray) -> np.ndarray:
@@ -199,10 +201,10 @@ class HnswSearcher(ExactSearcher):
             labels, distances = self.index.knn_query(q, k=k, filter=allowed)
         except RuntimeError:
             return None
-        position_of = self.position_of
+        positions = self.position_of[labels[0]].tolist()
         if self.measure == 'l2':
-            return [(position_of[lb], -d) for lb, d in zip(labels[0].tolist(), distances[0].tolist())]
-        return [(position_of[lb], 1.0 - d) for lb, d in zip(labels[0].tolist(), distances[0].tolist())]
+            return [(p, -d) for p, d in zip(positions, distances[0].tolist())]
+        return [(p, 1.0 - d) for p, d in zip(positions, distances[0].tolist())]
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def save(self, folder: str) -> None:
@@ -229,7 +231,8 @@ class HnswSearcher(ExactSearcher):
                                f'{len(self.labels)} labels')
         self._count = int(self.alive.sum())
         linked = np.flatnonzero(self.labels >= 0)
-        self.position_of = dict(zip(self.labels[linked].tolist(), linked.tolist()))
+        self.position_of = np.full(int(self.labels.max(initial=-1)) + 1, -1, dtype=np.int64)
+        self.position_of[self.labels[linked]] = linked
         self.next_label = int(np.load(os.path.join(folder, 'next_label.npy'))[0])  # deleted nodes keep theirs
         self.pending = {}  # saved after a flush: every alive vector is in the graph
         self.index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
@@ -296,6 +299,12 @@ class Codes:
         self.scale, self.error, self.norm = (np.load(os.path.join(folder, f'{name}.npy'))
                                              for name in ('scale', 'error', 'norm'))
         return len(self.codes) == size
+
+
+def _grown_to(array: np.ndarray, size: int) -> np.ndarray:
+    grown = np.full(size, -1, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 def _grown(array: np.ndarray, shape: tuple) -> np.ndarray:
