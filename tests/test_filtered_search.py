@@ -196,3 +196,22 @@ def test_a_process_searching_an_hnsw_index_holds_little_more_than_hnswlib(tmp_pa
                                       capture_output=True, text=True).stdout) for kind in ('hnswlib', 'superduper')}
     assert grown['hnswlib'] > dim * rows * 4 // 1024  # the vectors at least (KB)
     assert grown["superduper"] <= 1.5 * grown["hnswlib"], grown
+
+
+def test_an_hnsw_index_saved_without_codes_makes_them_from_its_graph(tmp_path):
+    """A state saved before the searcher kept int8 codes (only the graph and the positions) opens, and its exact
+    searches stay exact."""
+    from superduper.vector_search.exact import ExactSearcher
+    from superduper.vector_search.hnsw import HnswSearcher
+
+    hnsw, exact = HnswSearcher(DIM, ef_construction=16), ExactSearcher(DIM)
+    for searcher in (hnsw, exact):
+        searcher.upsert(list(range(ROWS)), VECTORS)
+    hnsw.save(str(tmp_path))
+    for name in ('codes', 'scale', 'error', 'norm'):
+        os.remove(tmp_path / f'{name}.npy')
+    again = HnswSearcher(DIM)
+    again.load(str(tmp_path))
+    candidates = list(range(0, ROWS, 3))
+    for q in QUERIES[:5]:
+        assert [i for i, _ in again.search(q, 10, candidates)] == [i for i, _ in exact.search(q, 10, candidates)]
