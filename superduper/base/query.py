@@ -518,8 +518,10 @@ class Cursor:
     FRAME_BATCH = 1 << 20
 
     def __init__(self, batches: Iterator[list['Document']], columns: Sequence[str] | None = None,
-                 column_batches: Callable[[int | None], Iterator[list]] | None = None):
+                 column_batches: Callable[[int | None], Iterator[list]] | None = None, plan: dict | None = None):
         self._batches = batches
+        #: how a vector search found its rows (searcher, strategy, candidates checked); ``None`` for other reads
+        self.plan = plan
         self._current: Iterator['Document'] = iter(())
         self.columns: list[str] | None = list(columns) if columns is not None else None
         #: the same read, column by column (``batch size -> batches of columns``; ``None``: the read's own size),

@@ -183,7 +183,7 @@ class QueryExecutor:
             scores = [chunk_search.CHUNK, chunk_search.CHUNK_POSITION, *scores]
         if only_for_reranker:
             wanted = list(selected)
-        return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, *scores])
+        return Cursor(iter([rows]), None if wanted is None else [*wanted, *outputs, *scores], plan=rows_filter.plan)
 
     def _chunk_rows(self, query: Query, chunks: Any, found: list) -> Cursor:
         """``like(chunks=True)``: the best chunks themselves (reranked if asked), nearest first."""
@@ -271,19 +271,18 @@ class _FilteredRows:
     table: str
     primary_key: tuple[str, ...]
     where: Condition | None
-
-    def count(self) -> int:
-        return self.databackend.count(self.table, self.where)
+    #: how the search went (searcher, strategy, candidates): the result cursor's ``plan``
+    plan: dict = dataclasses.field(default_factory=dict)
 
     def keys_of(self, ids: list) -> list:
         """The primary keys of these index ids."""
         return ids if len(self.primary_key) == 1 else self.databackend.decode_keys(self.table, ids)
 
-    def ids(self, among: list | None) -> list:
+    def ids(self, among: list | None, limit: int | None = None) -> list:
         pk = list(self.primary_key)
         cond = self.where if among is None else And((self.where, key_in(tuple(pk), self.keys_of(among))))
-        found = [r[0] if len(pk) == 1 else tuple(r) for batch in self.databackend.select(self.table, pk, cond)
-                 for r in batch]
+        found = [r[0] if len(pk) == 1 else tuple(r) for batch in self.databackend.select(self.table, pk, cond,
+                                                                                          limit=limit) for r in batch]
         if len(pk) == 1:
             return found
         texts = dict(zip(self.keys_of(among), among)) if among is not None else \

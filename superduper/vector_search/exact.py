@@ -20,6 +20,7 @@ MEASURES = ('cosine', 'dot', 'l2')
 
 class ExactSearcher:
     kind = 'exact'
+    pending: Any = ()  # vectors waiting to be added to an ANN graph: none here
 
     def __init__(self, dim: int, measure: str = 'cosine'):
         if measure not in MEASURES:
@@ -49,6 +50,14 @@ class ExactSearcher:
     def upsert(self, ids: Sequence[Any], vectors: Any) -> np.ndarray:
         """Add or replace vectors; returns their positions."""
         matrix = self.prepare(vectors)
+        positions = self._place(ids)
+        self._store(positions, matrix)
+        self.alive[positions] = True
+        self._count = int(self.alive.sum())
+        return positions
+
+    def _place(self, ids: Sequence[Any]) -> np.ndarray:
+        """The positions of ``ids``, new ones appended."""
         positions = np.empty(len(ids), dtype=np.int64)
         new = []
         for i, id_ in enumerate(ids):
@@ -59,23 +68,26 @@ class ExactSearcher:
                 self.ids.append(id_)
                 new.append(pos)
             positions[i] = pos
-        self._reserve(len(self.ids))
-        self.matrix[positions] = matrix
-        self.alive[positions] = True
-        self._count = int(self.alive.sum())
+        if len(self.ids) > len(self.alive):
+            alive = np.zeros(max(len(self.ids), int(len(self.alive) * 1.5) + 1024), dtype=bool)
+            alive[: len(self.alive)] = self.alive
+            self.alive = alive
         return positions
+
+    def _store(self, positions: np.ndarray, matrix: np.ndarray) -> None:
+        """Keep the vectors at their positions."""
+        if len(self.ids) > len(self.matrix):
+            grown = np.zeros((max(len(self.ids), int(len(self.matrix) * 1.5) + 1024), self.dim), dtype=np.float32)
+            grown[: len(self.matrix)] = self.matrix
+            self.matrix = grown
+        self.matrix[positions] = matrix
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The stored (prepared) vectors at ``positions``."""
+        return self.matrix[positions]
 
     def flush(self) -> None:
         """Nothing waits here (an ANN searcher adds what waits to its graph)."""
-
-    def _reserve(self, size: int) -> None:
-        if size > len(self.matrix):
-            capacity = max(size, int(len(self.matrix) * 1.5) + 1024)
-            grown = np.zeros((capacity, self.dim), dtype=np.float32)
-            grown[: len(self.matrix)] = self.matrix
-            alive = np.zeros(capacity, dtype=bool)
-            alive[: len(self.alive)] = self.alive
-            self.matrix, self.alive = grown, alive
 
     def remove(self, ids: Iterable[Any]) -> np.ndarray:
         positions = np.array([self.positions[i] for i in ids if i in self.positions], dtype=np.int64)
@@ -91,12 +103,18 @@ class ExactSearcher:
             return -np.einsum('ij,ij->i', diff, diff)
         return rows @ query
 
-    def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
-        """Whether ``search(..., n, candidates)`` changes nothing here (so searches may run side by side)."""
+    def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
+        """The ``n`` nearest among many ``ids`` (exact here; an ANN searcher searches its graph within them)."""
+        return self.search(query, n, ids)
+
+    def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:
+        """Whether ``search(..., n, candidates, beam)`` changes nothing here (so searches may run side by side)."""
         return True
 
-    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
-        """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first."""
+    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
+               beam: int | None = None) -> list[tuple[Any, float]]:
+        """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first (``beam``: how wide an
+        ANN searcher looks; exact here)."""
         q = self.prepare(query)[0]
         if candidates is None:
             positions = None

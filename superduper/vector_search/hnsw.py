@@ -1,8 +1,8 @@
 """HNSW search with hnswlib (``pip install 'superduper[hnsw]'``), over the positions of the exact store.
 
-The exact store stays alongside: it answers filtered searches over small candidate sets exactly, and holds the
-vectors not yet in the graph. A written vector is not put into the graph at once: its old node (if any) is only
-marked deleted, and the position waits in ``pending``, searched exactly next to the graph, until ``flush`` adds the
+The vectors live in the graph only (no second copy beside hnswlib's own): exact search over a few candidates reads
+them back with ``get_items``. A written vector is not put into the graph at once: its old node (if any) is only
+marked deleted, and the vector waits in ``pending``, searched exactly next to the graph, until ``flush`` adds the
 pending vectors in one parallel batch as new nodes (reusing deleted slots). Replacing a node in place costs hnswlib
 about three times as much as adding one, and one write at a time costs more than a batch: following a stream of
 writes, or catching up with a thousand changed rows, costs little until the graph is next flushed (when enough
@@ -11,11 +11,14 @@ have waited, or when the index is saved).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from superduper.base.exceptions import InvalidValue
+from superduper.base.keys import dump_key, load_key
 from superduper.vector_search.exact import ExactSearcher
 
 SPACES = {'cosine': 'ip', 'dot': 'ip', 'l2': 'l2'}  # cosine rows are normalised by the store
@@ -40,9 +43,10 @@ class HnswSearcher(ExactSearcher):
         self.M, self.ef_construction, self.ef = M, ef_construction, ef
         self.index = self._new_index(1024)
         self.labels = np.zeros(0, dtype=np.int64)  # position -> its node's label in the graph (-1: none)
-        self.position_of: dict[int, int] = {}  # label -> position
+        self.position_of = np.zeros(0, dtype=np.int64)  # label -> position (-1: none); an array, not a dict of ints
         self.next_label = 0
-        self.pending: set[int] = set()  # alive positions whose vector is not in the graph
+        self.pending: dict[int, np.ndarray] = {}  # alive position -> its vector, not yet in the graph
+        self.codes = Codes(dim)
 
     def _new_index(self, capacity: int) -> Any:
         index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
@@ -53,22 +57,21 @@ class HnswSearcher(ExactSearcher):
         return index
 
     # ---- writes -----------------------------------------------------------------------------------------------
-    def upsert(self, ids: Sequence[Any], vectors: Any) -> np.ndarray:
-        positions = super().upsert(ids, vectors)
+    def _store(self, positions: np.ndarray, matrix: np.ndarray) -> None:
         if len(self.labels) < len(self.ids):
-            grown = np.full(len(self.ids), -1, dtype=np.int64)
+            grown = np.full(max(len(self.ids), int(len(self.labels) * 1.5) + 1024), -1, dtype=np.int64)
             grown[: len(self.labels)] = self.labels
             self.labels = grown
-        for pos in positions.tolist():
+        self.codes.put(positions, matrix, len(self.ids))
+        for pos, vector in zip(positions.tolist(), matrix):
             self._unlink(pos)
-            self.pending.add(pos)
-        return positions
+            self.pending[pos] = vector
 
     def remove(self, ids: Iterable[Any]) -> np.ndarray:
         positions = super().remove(ids)
         for pos in positions.tolist():
             self._unlink(pos)
-            self.pending.discard(pos)
+            self.pending.pop(pos, None)
         return positions
 
     def _unlink(self, pos: int) -> None:
@@ -76,85 +79,238 @@ class HnswSearcher(ExactSearcher):
         label = int(self.labels[pos])
         if label >= 0:
             self.index.mark_deleted(label)
-            del self.position_of[label]
+            self.position_of[label] = -1
             self.labels[pos] = -1
 
     def flush(self) -> None:
         """Add the pending vectors to the graph, as new nodes."""
-        pending = np.array(sorted(self.pending), dtype=np.int64)
+        pending = sorted(self.pending)
         for start in range(0, len(pending), FLUSH_CHUNK):
-            positions = pending[start : start + FLUSH_CHUNK]
+            positions = np.array(pending[start : start + FLUSH_CHUNK], dtype=np.int64)
             needed = self.index.element_count + len(positions)
             if needed > self.index.get_max_elements():
                 self.index.resize_index(max(needed, int(self.index.get_max_elements() * 1.5)))
             labels = np.arange(self.next_label, self.next_label + len(positions), dtype=np.int64)
-            self.index.add_items(self.matrix[positions], labels, replace_deleted=True)
+            chunk = np.stack([self.pending.pop(p) for p in positions.tolist()])
+            self.index.add_items(chunk, labels, replace_deleted=True)
+            del chunk
             self.next_label += len(positions)
             self.labels[positions] = labels
-            self.position_of.update(zip(labels.tolist(), positions.tolist()))
-        self.pending.clear()
+            if self.next_label > len(self.position_of):
+                self.position_of = _grown_to(self.position_of, max(self.next_label, len(self.position_of) * 3 // 2))
+            self.position_of[labels] = positions
 
     # ---- reads ------------------------------------------------------------------------------------------------
-    def reads_only(self, n: int, candidates: Sequence[Any] | None = None) -> bool:
-        return candidates is not None or self._ef_for(n) == self._current_ef  # else the graph's ef is set first
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at ``positions``, read back from the graph (zeros where none is stored)."""
+        out = np.zeros((len(positions), self.dim), dtype=np.float32)
+        labels = self.labels[positions]
+        linked = np.flatnonzero(labels >= 0)
+        if len(linked):
+            out[linked] = self.index.get_items(labels[linked], return_type='numpy')
+        for i in np.flatnonzero(labels < 0).tolist():
+            vector = self.pending.get(int(positions[i]))
+            if vector is not None:
+                out[i] = vector
+        return out
 
-    def _ef_for(self, k: int) -> int:
-        return max(self.ef, 2 * k)  # a wider beam for the candidate lists of filtered searches
+    def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Exact scores, the vectors read back from the graph (for a few positions: reading costs)."""
+        rows = self.vectors(np.arange(len(self.ids), dtype=np.int64) if positions is None else positions)
+        if self.measure == 'l2':
+            diff = rows - query
+            return -np.einsum('ij,ij->i', diff, diff)
+        return rows @ query
 
-    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None) -> list[tuple[Any, float]]:
+    def _exact(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
+        """The ``n`` nearest of ``positions`` (alive), exactly: scored on the int8 codes with a bound on each
+        score's error, then only those whose bound reaches the n-th best are scored again on the real vectors."""
+        if n <= 0 or not len(positions):
+            return []
+        approx, error = self.codes.scores(q, positions, self.measure)
+        low = approx - error
+        floor = np.partition(low, len(low) - n)[len(low) - n] if n < len(low) else -np.inf
+        close = positions[approx + error >= floor]
+        exact = self.scores(q, close)
+        top = np.argsort(-exact, kind='stable')[:n]
+        return [(self.ids[p], float(s)) for p, s in zip(close[top].tolist(), exact[top].tolist())]
+
+    def _exact_search(self, query: Any, n: int, candidates: Sequence[Any] | None) -> list[tuple[Any, float]]:
+        q = self.prepare(query)[0]
+        if candidates is None:
+            positions = np.flatnonzero(self.alive[: len(self.ids)])
+        else:
+            positions = np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
+                                 dtype=np.int64)
+        return self._exact(q, n, positions)
+
+    def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:
+        return candidates is not None or self._ef_for(n, beam) == self._current_ef  # else the graph's ef is set first
+
+    def _ef_for(self, k: int, beam: int | None = None) -> int:
+        return max(self.ef, 2 * k, beam or 0)  # a wider beam for the candidate lists of filtered searches
+
+    def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
+               beam: int | None = None) -> list[tuple[Any, float]]:
         alive = len(self)
         if candidates is not None or n >= alive or alive < 1000 or len(self.pending) * 2 > alive:
-            return super().search(query, n, candidates)
+            return self._exact_search(query, n, candidates)
         q = self.prepare(query)[0]
-        hits = self._graph_search(q, min(n, alive - len(self.pending)))
+        hits = self._graph_search(q, min(n, alive - len(self.pending)), self._ef_for(n, beam))
         if hits is None:  # too few reachable nodes (many deleted): answer exactly
-            return super().search(query, n)
-        if self.pending:
-            waiting = np.fromiter(self.pending, dtype=np.int64, count=len(self.pending))
-            scores = self.scores(q, waiting)
+            return self._exact_search(query, n, None)
+        return self._with_pending(q, n, hits, None)
+
+    def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
+        """The ``n`` nearest among ``ids`` (many): the graph searched with hnswlib's filter callback over their
+        labels, its beam widened as they get fewer; the pending ones among them searched exactly beside."""
+        q = self.prepare(query)[0]
+        positions = [p for i in ids if (p := self.positions.get(i)) is not None and self.alive[p]]
+        if not positions:
+            return []
+        labels = self.labels[np.array(positions, dtype=np.int64)]
+        allowed = set(labels[labels >= 0].tolist())
+        share = len(allowed) / max(self.index.get_current_count(), 1)
+        ef = max(self._ef_for(n), math.ceil(4 * n / math.sqrt(max(share, 1e-6))))
+        hits = self._graph_search(q, min(n, len(allowed)), ef, allowed.__contains__) if allowed else []
+        if hits is None:  # the filtered graph did not reach enough of them: answer exactly
+            return self._exact_search(query, n, ids)
+        waiting = {p for p in positions if p in self.pending}
+        return self._with_pending(q, n, hits, waiting)
+
+    def _with_pending(self, q: np.ndarray, n: int, hits: list, among: set | None) -> list[tuple[Any, float]]:
+        """The graph's hits merged with the nearest pending vectors (those ``among`` if given), as (id, score)."""
+        waiting = list(self.pending) if among is None else list(among)
+        if waiting:
+            positions = np.array(waiting, dtype=np.int64)
+            scores = self.scores(q, positions)
             top = np.argsort(-scores)[:n]
-            hits += list(zip(waiting[top].tolist(), scores[top].tolist()))
+            hits += list(zip(positions[top].tolist(), scores[top].tolist()))
             hits.sort(key=lambda h: -h[1])
         ids = self.ids
         return [(ids[p], s) for p, s in hits[:n]]
 
-    def _graph_search(self, q: np.ndarray, k: int) -> list[tuple[int, float]] | None:
-        """(position, score) of the ``k`` nearest nodes of the graph."""
+    def _graph_search(self, q: np.ndarray, k: int, ef: int, allowed: Any = None) -> list[tuple[int, float]] | None:
+        """(position, score) of the ``k`` nearest nodes of the graph (that ``allowed`` takes, if given)."""
         if k <= 0:
             return []
-        ef = self._ef_for(k)
         if ef != self._current_ef:
             self.index.set_ef(ef)
             self._current_ef = ef
         try:
-            labels, distances = self.index.knn_query(q, k=k)
+            labels, distances = self.index.knn_query(q, k=k, filter=allowed)
         except RuntimeError:
             return None
-        position_of = self.position_of
+        positions = self.position_of[labels[0]].tolist()
         if self.measure == 'l2':
-            return [(position_of[lb], -d) for lb, d in zip(labels[0].tolist(), distances[0].tolist())]
-        return [(position_of[lb], 1.0 - d) for lb, d in zip(labels[0].tolist(), distances[0].tolist())]
+            return [(p, -d) for p, d in zip(positions, distances[0].tolist())]
+        return [(p, 1.0 - d) for p, d in zip(positions, distances[0].tolist())]
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def save(self, folder: str) -> None:
+        """The graph (which holds the vectors) written by hnswlib straight to its file, and the positions: no
+        other copy of the vectors is made."""
         self.flush()
-        super().save(folder)
-        np.save(os.path.join(folder, 'labels.npy'), self.labels[: len(self.ids)])
+        size = len(self.ids)
+        with open(os.path.join(folder, 'ids.json'), 'w') as f:
+            f.write(dump_key(list(self.ids)))
+        np.save(os.path.join(folder, 'alive.npy'), self.alive[:size])
+        np.save(os.path.join(folder, 'labels.npy'), self.labels[:size])
         np.save(os.path.join(folder, 'next_label.npy'), np.array([self.next_label], dtype=np.int64))
+        self.codes.save(folder, size)
         self.index.save_index(os.path.join(folder, 'hnsw.bin'))
 
     def load(self, folder: str) -> None:
-        super().load(folder)
+        with open(os.path.join(folder, 'ids.json')) as f:
+            self.ids = list(load_key(f.read()) or ())
+        self.positions = {id_: i for i, id_ in enumerate(self.ids)}
+        self.alive = np.load(os.path.join(folder, 'alive.npy'))
         self.labels = np.load(os.path.join(folder, 'labels.npy'))
+        if len(self.alive) != len(self.ids) or len(self.labels) != len(self.ids):
+            raise InvalidValue(f'saved index in {folder} is inconsistent: {len(self.ids)} ids, '
+                               f'{len(self.labels)} labels')
+        self._count = int(self.alive.sum())
         linked = np.flatnonzero(self.labels >= 0)
-        self.position_of = dict(zip(self.labels[linked].tolist(), linked.tolist()))
+        self.position_of = np.full(int(self.labels.max(initial=-1)) + 1, -1, dtype=np.int64)
+        self.position_of[self.labels[linked]] = linked
         self.next_label = int(np.load(os.path.join(folder, 'next_label.npy'))[0])  # deleted nodes keep theirs
-        self.pending = set(np.flatnonzero(self.alive & (self.labels < 0)).tolist())
+        self.pending = {}  # saved after a flush: every alive vector is in the graph
         self.index = _hnswlib().Index(space=SPACES[self.measure], dim=self.dim)
         self.index.load_index(os.path.join(folder, 'hnsw.bin'), max_elements=max(len(self.ids), 1024),
                               allow_replace_deleted=True)
         self.index.set_ef(self.ef)
         self._current_ef = self.ef
+        self.codes = Codes(self.dim)
+        if not self.codes.load(folder, len(self.ids)):  # saved before the codes were: made from the graph
+            for start in range(0, len(self.ids), 1000):
+                positions = np.arange(start, min(start + 1000, len(self.ids)), dtype=np.int64)
+                self.codes.put(positions, self.vectors(positions), len(self.ids))
+
+
+class Codes:
+    """Each vector as int8 codes times a scale of its own, with the norm of what that loses: an exact search over
+    a few thousand candidates reads a quarter of the bytes, and only the vectors it cannot tell apart from the
+    n-th best are read back from the graph. Not a copy of the vectors: a quarter of their size."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.codes = np.zeros((0, dim), dtype=np.int8)
+        self.scale = np.zeros(0, dtype=np.float32)
+        self.error = np.zeros(0, dtype=np.float32)  # |v - scale * codes|
+        self.norm = np.zeros(0, dtype=np.float32)  # |scale * codes|
+
+    def put(self, positions: np.ndarray, vectors: np.ndarray, size: int) -> None:
+        if size > len(self.codes):
+            capacity = max(size, int(len(self.codes) * 1.5) + 1024)
+            self.codes = _grown(self.codes, (capacity, self.dim))
+            self.scale, self.error, self.norm = (_grown(a, (capacity,)) for a in (self.scale, self.error, self.norm))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        scale = np.abs(vectors).max(axis=1) / 127
+        scale[scale == 0] = 1
+        codes = np.rint(vectors / scale[:, None]).astype(np.int8)
+        decoded = codes * scale[:, None]
+        self.codes[positions] = codes
+        self.scale[positions] = scale
+        # rounded up, with a margin for the float32 arithmetic of the scores: the bound must hold
+        self.error[positions] = np.linalg.norm(vectors - decoded, axis=1) * 1.001 + 1e-6
+        self.norm[positions] = np.linalg.norm(decoded, axis=1)
+
+    def scores(self, q: np.ndarray, positions: np.ndarray, measure: str) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate scores of ``positions`` and a bound on how far each is from the exact one."""
+        scale, error = self.scale[positions], self.error[positions]
+        dots = (self.codes[positions].astype(np.float32) @ q) * scale
+        qnorm = float(np.linalg.norm(q))
+        reach = self.norm[positions] + error + qnorm  # bounds the terms float32 rounds, in both scores
+        margin = 1e-5 * (1 + reach * reach)
+        if measure == 'l2':  # -|v - q|^2 within error * (2 |v' - q| + error) of -|v' - q|^2
+            distance = np.sqrt(np.maximum(self.norm[positions] ** 2 - 2 * dots + qnorm * qnorm, 0))
+            return -distance ** 2, error * (2 * distance + error) + margin
+        return dots, error * qnorm + margin
+
+    def save(self, folder: str, size: int) -> None:
+        for name in ('codes', 'scale', 'error', 'norm'):
+            np.save(os.path.join(folder, f'{name}.npy'), getattr(self, name)[:size])
+
+    def load(self, folder: str, size: int) -> bool:
+        """Read what ``save`` wrote (the codes mapped, not read); ``False`` where it wrote nothing."""
+        if not os.path.exists(os.path.join(folder, 'codes.npy')):
+            return False
+        self.codes = np.load(os.path.join(folder, 'codes.npy'), mmap_mode='c').reshape(-1, self.dim)
+        self.scale, self.error, self.norm = (np.load(os.path.join(folder, f'{name}.npy'))
+                                             for name in ('scale', 'error', 'norm'))
+        return len(self.codes) == size
+
+
+def _grown_to(array: np.ndarray, size: int) -> np.ndarray:
+    grown = np.full(size, -1, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
+
+
+def _grown(array: np.ndarray, shape: tuple) -> np.ndarray:
+    grown = np.zeros(shape, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 SEARCHERS = {'exact': ExactSearcher, 'hnsw': HnswSearcher}

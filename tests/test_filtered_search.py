@@ -1,0 +1,217 @@
+"""Filtered vector search at every selectivity, the plan it reports, and the memory of a process searching an
+HNSW index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from superduper import ObjectModel, Table, VectorIndex
+
+DIM = 32
+ROWS = 3000
+rng = np.random.default_rng(7)
+CENTRES = rng.normal(size=(60, DIM)).astype(np.float32)
+CLUSTER = rng.integers(0, len(CENTRES), ROWS)
+VECTORS = (CENTRES[CLUSTER] + 0.6 * rng.normal(size=(ROWS, DIM))).astype(np.float32)
+VECTORS /= np.linalg.norm(VECTORS, axis=1, keepdims=True)
+QUERIES = VECTORS[rng.integers(0, ROWS, 20)] + 0.05 * rng.normal(size=(20, DIM)).astype(np.float32)
+
+
+def lookup(n: int) -> np.ndarray:
+    return VECTORS[n]
+
+
+def truth(query: np.ndarray, allowed: np.ndarray, n: int = 10) -> list[int]:
+    scores = VECTORS[allowed] @ (query / np.linalg.norm(query))
+    return allowed[np.argsort(-scores, kind='stable')[:n]].tolist()
+
+
+def points(db, rows: int, searcher: str) -> object:
+    db.apply(Table('points', fields={'n': 'int', 'bucket': 'int', 'cluster': 'int'}, folds=False))
+    db['points'].insert([{'id': str(i), 'n': i, 'bucket': i % 100, 'cluster': int(CLUSTER[i])}
+                         for i in range(rows)]).execute()
+    listener = ObjectModel('lookup', object=lookup, datatype=f'vector[float32:{DIM}]').to_listener('points', key='n')
+    db.apply(VectorIndex('pts', indexing_listener=listener, searcher=searcher))
+    return db['points']
+
+
+def search(t, query: np.ndarray, cond, n: int = 10) -> tuple[list[int], dict]:
+    cursor = t.filter(cond).like(query, vector_index='pts', n=n).execute() if cond is not None else \
+        t.like(query, vector_index='pts', n=n).execute()
+    return [int(r['id']) for r in cursor], cursor.plan
+
+
+@pytest.mark.backends('sqlite', 'duckdb')
+@pytest.mark.parametrize('exact_limit', [20000, 100])
+def test_filtered_recall_at_1_10_and_50_percent_against_brute_force(db, exact_limit):
+    """HNSW over 3,000 vectors: at 1%, 10% and 50% of the rows matching, always 10 rows, recall@10 >= 0.95; the
+    exact plan (few matching rows) is exact. A low limit sends 10% through the ANN candidates too."""
+    db.cfg.exact_filter_limit = exact_limit
+    t = points(db, ROWS, 'hnsw')
+    ids = np.arange(ROWS)
+    for share in (1, 10, 50):
+        allowed = ids[ids % 100 < share]
+        recalls, strategies = [], set()
+        for q in QUERIES:
+            got, plan = search(t, q, t['bucket'] < share)
+            expected = truth(q, allowed)
+            assert len(got) == 10 and all(i % 100 < share for i in got)
+            if plan['strategy'] == 'exact over the matching ids':
+                assert got == expected and plan['matching'] == len(allowed)
+            recalls.append(len(set(got) & set(expected)) / 10)
+            strategies.add(plan['strategy'])
+        assert np.mean(recalls) >= 0.95, (share, strategies)
+        if share == 1 or (share == 10 and exact_limit > 1000):
+            assert strategies == {'exact over the matching ids'}
+        if share == 50:
+            assert strategies == {'ann, candidates checked against the filter'}
+
+
+@pytest.mark.backends('sqlite', 'duckdb')
+def test_a_filter_far_from_the_query_is_searched_within_its_rows(db):
+    """Rows matching only far from the query: the ANN candidates miss them, widening, or the graph is searched
+    within the matching rows; still 10 rows, recall >= 0.95."""
+    db.cfg.exact_filter_limit = 50
+    t = points(db, ROWS, 'hnsw')
+    recalls, strategies = [], set()
+    for q in QUERIES:
+        far = np.argsort(CENTRES @ q)[:6].tolist()  # about a tenth of the rows, the farthest from q
+        allowed = np.flatnonzero(np.isin(CLUSTER, far))
+        for _ in range(2):  # the second search plans from the share the first one saw near q
+            got, plan = search(t, q, t['cluster'].isin(far))
+            assert len(got) == 10 and set(got) <= set(allowed.tolist())
+            recalls.append(len(set(got) & set(truth(q, allowed))) / 10)
+            strategies.add(plan['strategy'])
+    assert strategies <= {'ann, candidates checked against the filter', 'ann within the matching ids'}
+    assert np.mean(recalls) >= 0.95
+
+
+def test_hnsw_searched_within_many_ids_by_its_filter_callback():
+    """``search_within``: the graph searched with hnswlib's filter callback over the ids' labels, pending vectors
+    beside it; recall@10 >= 0.95 at 1, 10 and 50% of the rows, only those ids, and n of them."""
+    from superduper.vector_search.hnsw import HnswSearcher
+
+    searcher = HnswSearcher(DIM)
+    searcher.upsert(list(range(ROWS)), VECTORS)
+    searcher.flush()
+    searcher.upsert(list(range(0, 300, 3)), VECTORS[0:300:3])  # waiting outside the graph
+    for share in (1, 10, 50):
+        allowed = np.flatnonzero(np.arange(ROWS) % 100 < share)
+        recalls = []
+        for q in QUERIES:
+            got = [i for i, _ in searcher.search_within(q, 10, allowed.tolist())]
+            assert len(got) == 10 and set(got) <= set(allowed.tolist())
+            recalls.append(len(set(got) & set(truth(q, allowed))) / 10)
+        assert np.mean(recalls) >= 0.95, share
+
+
+def test_the_hnsw_searchers_exact_search_is_exact_for_every_measure():
+    """Candidates scored on int8 codes, then the ones within the codes' error of the n-th best scored again on
+    the real vectors: the same ids, order and scores as the exact searcher."""
+    from superduper.vector_search.exact import ExactSearcher
+    from superduper.vector_search.hnsw import HnswSearcher
+
+    data = (rng.normal(size=(2000, DIM)) * rng.uniform(0.1, 10, size=(2000, 1))).astype(np.float32)
+    data[5] = data[6]  # a tie
+    for measure in ('cosine', 'dot', 'l2'):
+        hnsw, exact = HnswSearcher(DIM, measure, ef_construction=16), ExactSearcher(DIM, measure)
+        for searcher in (hnsw, exact):
+            searcher.upsert(list(range(2000)), data)
+        hnsw.flush()
+        for searcher in (hnsw, exact):
+            searcher.upsert([1, 2, 3], data[:3] * 2)  # pending in the HNSW searcher
+            searcher.remove([7])
+        for q in data[:20] + 0.01:
+            candidates = list(range(0, 2000, 2))
+            got, expected = hnsw.search(q, 10, candidates), exact.search(q, 10, candidates)
+            assert [i for i, _ in got] == [i for i, _ in expected]
+            assert np.allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.backends('all', 'pgvector')
+def test_the_plan_is_reported_and_n_rows_come_back_when_n_match(db):
+    """Every backend: the cursor says how it searched; a filter matching few rows gives exactly them, nearest
+    first, and one matching none gives none."""
+    t = points(db, 200, 'auto')
+    q = QUERIES[0]
+    got, plan = search(t, q, None)
+    assert got == truth(q, np.arange(200)) and plan['searcher'] and plan['strategy']
+    got, plan = search(t, q, t['bucket'] < 7, n=20)
+    allowed = np.flatnonzero(np.arange(200) % 100 < 7)
+    assert sorted(got) == sorted(allowed.tolist()) and got == truth(q, allowed, 20)
+    assert plan['strategy'] in ('exact over the matching ids', 'in the database (one query, filter included)')
+    assert search(t, q, t['bucket'] > 1000)[0] == []
+
+
+SEARCHING = '''
+import sys, numpy as np
+def rss(): return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])
+folder, kind = sys.argv[1], sys.argv[2]
+queries = np.load(folder + '/../queries.npy')
+if kind == 'hnswlib':
+    import hnswlib
+    base = rss()
+    index = hnswlib.Index(space='ip', dim=queries.shape[1])
+    index.load_index(folder + '/hnsw.bin')
+    for q in queries:
+        index.knn_query(q, k=10)
+else:
+    import tempfile
+    from superduper.vector_search.hnsw import HnswSearcher
+    base = rss()
+    searcher = HnswSearcher(queries.shape[1])
+    searcher.load(folder)
+    some = searcher.ids[::10]
+    for q in queries:
+        searcher.search(q, 10)
+        searcher.search(q, 10, candidates=some[:500])
+    searcher.search_within(queries[0], 10, some)
+    with tempfile.TemporaryDirectory() as out:
+        searcher.save(out)
+print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) - base)  # this program's own peak
+'''
+
+
+def test_a_process_searching_an_hnsw_index_holds_little_more_than_hnswlib(tmp_path):
+    """The searcher keeps no second copy of the vectors: a process that opens a saved index, searches it (with
+    and without candidates) and saves it again peaks at <= 1.5x the memory of hnswlib alone holding the graph."""
+    from superduper.vector_search.hnsw import HnswSearcher
+
+    dim, rows = 384, 20_000
+    data = np.random.default_rng(0).normal(size=(rows, dim)).astype(np.float32)
+    searcher = HnswSearcher(dim, ef_construction=16)
+    searcher.upsert([f'row-{i}' for i in range(rows)], data)
+    folder = tmp_path / 'index'
+    folder.mkdir()
+    searcher.save(str(folder))
+    del searcher
+    np.save(tmp_path / 'queries.npy', data[:50])
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([os.getcwd(), os.environ.get('PYTHONPATH', '')])}
+    grown = {kind: int(subprocess.run([sys.executable, '-c', SEARCHING, str(folder), kind], check=True, env=env,
+                                      capture_output=True, text=True).stdout) for kind in ('hnswlib', 'superduper')}
+    assert grown['hnswlib'] > dim * rows * 4 // 1024  # the vectors at least (KB)
+    assert grown["superduper"] <= 1.5 * grown["hnswlib"], grown
+
+
+def test_an_hnsw_index_saved_without_codes_makes_them_from_its_graph(tmp_path):
+    """A state saved before the searcher kept int8 codes (only the graph and the positions) opens, and its exact
+    searches stay exact."""
+    from superduper.vector_search.exact import ExactSearcher
+    from superduper.vector_search.hnsw import HnswSearcher
+
+    hnsw, exact = HnswSearcher(DIM, ef_construction=16), ExactSearcher(DIM)
+    for searcher in (hnsw, exact):
+        searcher.upsert(list(range(ROWS)), VECTORS)
+    hnsw.save(str(tmp_path))
+    for name in ('codes', 'scale', 'error', 'norm'):
+        os.remove(tmp_path / f'{name}.npy')
+    again = HnswSearcher(DIM)
+    again.load(str(tmp_path))
+    candidates = list(range(0, ROWS, 3))
+    for q in QUERIES[:5]:
+        assert [i for i, _ in again.search(q, 10, candidates)] == [i for i, _ in exact.search(q, 10, candidates)]
