@@ -10,7 +10,6 @@ runs over the chunk ids. With ``chunks=True`` the best chunks come back themselv
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,20 +69,20 @@ class ChunkRows:
 
     def __init__(self, db: 'Runtime', chunks: Chunks, sources: 'FilteredRows'):
         self.db, self.chunks, self.sources = db, chunks, sources
+        self.plan = sources.plan  # the search's plan is the result's, as for a search of the rows themselves
         self.found: dict[Any, dict] = {}  # chunk id -> chunk row, read once
 
-    def count(self) -> int:
-        """An estimate (the matching rows' share of the chunks): it only chooses how the index searches."""
-        backend = self.db.databackend
-        rows = backend.count(self.chunks.source)
-        return 0 if not rows else math.ceil(self.sources.count() * backend.count(self.chunks.table) / rows)
-
-    def ids(self, among: list | None) -> list:
+    def ids(self, among: list | None, limit: int | None = None) -> list:
+        """The chunk ids (of ``among``, or all: at most ``limit``) whose source row matches the filter."""
         if among is None:
             keys = self.sources.ids(None)
-            where = [Compare(SOURCE, 'in', tuple(keys[i : i + ID_CHUNK])) for i in range(0, len(keys), ID_CHUNK)]
-            backend = self.db.databackend
-            return [r[0] for w in where for batch in backend.select(self.chunks.table, [CHUNK_ID], w) for r in batch]
+            backend, found = self.db.databackend, []
+            for i in range(0, len(keys), ID_CHUNK):
+                where = Compare(SOURCE, 'in', tuple(keys[i : i + ID_CHUNK]))
+                found += [r[0] for batch in backend.select(self.chunks.table, [CHUNK_ID], where) for r in batch]
+                if limit is not None and len(found) >= limit:
+                    return found[:limit]
+            return found
         rows = self.rows(among)
         allowed = set(self.sources.ids(list(dict.fromkeys(r[SOURCE] for r in rows.values()))))
         return [c for c in among if c in rows and rows[c][SOURCE] in allowed]
