@@ -203,8 +203,13 @@ def test_videos_travel_over_the_rest_api_by_reference(tmp_path):
             c.post('/api/v1/tables/clips/rows', json={'rows': [{'name': 'a', 'clip': sent}]}).raise_for_status()
             row = c.post('/api/v1/tables/clips/select', json={'filter': {'name': 'a'}}).json()['rows'][0]
             digest = hashlib.sha256(data).hexdigest()
-            assert row['clip'] == {'$artifact': digest, 'url': f'/api/v1/artifacts/{digest}', 'media_type': 'video/mp4'}
-            assert c.get(row['clip']['url']).content == data
+            assert row['clip'] == {'$artifact': digest, 'url': f'/api/v1/artifacts/{digest}?media_type=video/mp4',
+                                   'media_type': 'video/mp4'}
+            got = c.get(row['clip']['url'])
+            assert got.content == data and got.headers['content-type'] == 'video/mp4'  # a browser can play it
+            assert c.get(f'/api/v1/artifacts/{digest}').headers['content-type'] == 'application/octet-stream'
+            refused = c.get(f'/api/v1/artifacts/{digest}?media_type=text/html')  # never served as a page
+            assert refused.status_code == 422 and 'text/html' in refused.json()['error']
             bad = c.post('/api/v1/tables/clips/rows', json={'rows': [{'name': 'b', 'clip': {'$base64': 'AAAA'}}]})
             assert bad.status_code == 422 and "table 'clips', rows[0].clip: not a valid video" in bad.json()['error']
             predicted = c.post('/api/v1/models/count-frames/predict', json={'input': sent})  # the model gets a Video

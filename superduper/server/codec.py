@@ -19,6 +19,7 @@ import io
 import math
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from superduper.base.document import LazyArtifact
 from superduper.base.exceptions import InvalidValue
@@ -60,7 +61,8 @@ def _video_json(video: Video) -> dict:
     """A stored video by reference (its type read from the file's first bytes, not the whole file)."""
     if video.key is None:
         return {'$base64': base64.b64encode(video.data).decode(), 'media_type': video.media_type}
-    return {'$artifact': video.key, 'url': ARTIFACTS_PATH + video.key, 'media_type': video.media_type}
+    url = f'{ARTIFACTS_PATH}{video.key}?media_type={quote(video.media_type)}'  # served with its type: playable
+    return {'$artifact': video.key, 'url': url, 'media_type': video.media_type}
 
 
 def from_json(value: Any, where: str) -> Any:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from superduper.base.exceptions import InvalidValue, ModelError, NotFound, QueryError, SuperduperError
 from superduper.base.query import from_mongo
+from superduper.base.video import MEDIA_TYPES
 from superduper.components.datatype import Array, BadValue, DataType, resolve_type
 from superduper.server.service import requires
 from superduper.server.codec import from_json, to_json, without_signatures
@@ -24,6 +25,8 @@ from superduper.server.errors import HTTPProblem
 router = APIRouter(prefix='/api/v1')
 READ, WRITE, ADMIN = Depends(requires('read')), Depends(requires('write')), Depends(requires('admin'))
 Filter = Optional[dict[str, Any]]
+#: the types a stored value may be served as (a browser plays a video only with its type); anything else is bytes
+SERVED_MEDIA_TYPES = frozenset(MEDIA_TYPES.values())
 ARTIFACT_KEY = re.compile(r'[0-9a-f]{64}(/[A-Za-z0-9._-]{1,200})?')
 #: a field type whose stored bytes are a plain file format, so that bytes sent by a client are decoded as it
 FILE_FORMATS = ('image', 'audio', 'video')
@@ -443,12 +446,16 @@ def run_schedule(identifier: str, request: Request, caller: Any = WRITE) -> dict
 # ---- artifacts -----------------------------------------------------------------------------------------------
 @router.get('/artifacts/{key:path}', tags=['artifacts'], summary='the bytes of a stored value',
             response_class=Response, responses={200: {'content': {'application/octet-stream': {}}}})
-def artifact(key: str, request: Request, caller: Any = READ) -> Response:
+def artifact(key: str, request: Request, caller: Any = READ,
+             media_type: Optional[str] = Param(None, description='the type to serve it as: one a video is stored as')
+             ) -> Response:
     if not ARTIFACT_KEY.fullmatch(key):
         raise QueryError(f'{key[:80]!r} is not an artifact key')
+    if media_type is not None and media_type not in SERVED_MEDIA_TYPES:
+        raise QueryError(f'media_type {media_type[:80]!r} is not served; one of {sorted(SERVED_MEDIA_TYPES)}')
     store = service(request).db.artifact_store
     try:
         data = store.get_bytes(key)
     except (FileNotFoundError, KeyError):
         raise NotFound(f'no artifact {key[:16]}...') from None
-    return Response(bytes(data), media_type='application/octet-stream')
+    return Response(bytes(data), media_type=media_type or 'application/octet-stream')
