@@ -472,3 +472,27 @@ def test_two_consumers_and_a_writer_at_once_leave_each_rows_chunks_exactly_once(
     finally:
         a.close()
         b.close()
+
+
+def test_the_rest_search_goes_through_chunks_to_the_rows_they_were_cut_from(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from superduper.server import create_app
+    from superduper.server.settings import ServeSettings
+
+    db = superduper(f'sqlite://{tmp_path}/db.sqlite', artifact_store=f'filesystem://{tmp_path}/a', progress=False)
+    try:
+        docs(db, 'id')
+        chunks = splitter(db)
+        chunk_index(db, chunks)
+        with TestClient(create_app(db, ServeSettings(anonymous='read'))) as c:
+            search = {'query': {'txt': 'cherry'}, 'n': 2, 'columns': ['id']}
+            rows = c.post('/api/v1/indexes/chunk_index/search', json={**search, 'table': 'docs'}).json()['results']
+            assert [(h['row']['id'], h['chunk'], h['position']) for h in rows] == [('c', 'cherry', 0), ('a', 'cherry date', 1)]
+            direct = c.post('/api/v1/indexes/chunk_index/search',  # the index's own table: the chunks
+                            json={'query': {chunks.outputs: 'cherry'}, 'n': 2}).json()['results']
+            assert [h['row']['_chunk_id'] for h in direct] == ['c#0', 'a#1'] and 'chunk' not in direct[0]
+            unknown = c.post('/api/v1/indexes/chunk_index/search', json={**search, 'table': 'nope'})
+            assert unknown.status_code in (404, 422) and 'nope' in unknown.json()['error']
+    finally:
+        db.close()

@@ -67,6 +67,9 @@ class SearchBody(Strict):
     match: Optional[MatchBody] = Field(default=None, description='hybrid search: fuse the nearest rows with a '
                                        'keyword search by reciprocal rank fusion; each result then has vector_rank '
                                        'and keyword_rank, and score is the fused one')
+    table: Optional[str] = Field(default=None, description="the table whose rows come back (default: the index's); "
+                                 'for an index over chunks, the table they were cut from: each row once, with its '
+                                 'best chunk and position')
 
 
 class Hit(BaseModel):
@@ -74,6 +77,8 @@ class Hit(BaseModel):
     rerank_score: Optional[float] = None
     vector_rank: Optional[int] = None
     keyword_rank: Optional[int] = None
+    chunk: Optional[Any] = None
+    position: Optional[int] = None
     row: dict[str, Any]
 
 
@@ -227,7 +232,7 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
         spec = np.asarray(spec, dtype=np.float32)
     else:
         spec = from_json(spec, 'query')
-    query = db[index.source].like(spec, vector_index=identifier, n=body.n)
+    query = db[body.table or index.source].like(spec, vector_index=identifier, n=body.n)
     if (where := from_mongo(body.filter)) is not None:
         query = query.filter(where)
     if body.columns:
@@ -246,6 +251,8 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
             hit['rerank_score'] = to_json(row.pop('_rerank_score'))
         if body.match is not None:
             hit['vector_rank'], hit['keyword_rank'] = row.pop('_vector_rank'), row.pop('_keyword_rank')
+        if '_chunk' in row:  # searched through chunks: the row's best one
+            hit['chunk'], hit['position'] = to_json(row.pop('_chunk')), row.pop('_position')
         results.append({**hit, 'row': to_json(row)})
     return sent({'results': results})
 
