@@ -27,14 +27,18 @@ def model(**kwargs):
     return ObjectModel('embed', object=embed, datatype=f'vector[float32:{DIM}]', **kwargs)
 
 
+def pk(db, table: str = 'docs') -> str:
+    return db.table_info(table).primary_key[0]  # 'id', or '_id' on MongoDB
+
+
 def docs(db, rows: int = 30, with_vectors: bool = True) -> None:
     db.apply(Table('docs', fields={'txt': 'str', 'emb': f'vector[float32:{DIM}]'}, folds=False))
-    db['docs'].insert([{'id': f'd{i}', 'txt': f'doc {i}', **({'emb': vector(f'doc {i}')} if with_vectors else {})}
+    db['docs'].insert([{pk(db): f'd{i}', 'txt': f'doc {i}', **({'emb': vector(f'doc {i}')} if with_vectors else {})}
                        for i in range(rows)]).execute()
 
 
 def nearest(db, text: str, n: int = 1) -> list[str]:
-    return [r['id'] for r in db['docs'].like({'txt': text}, vector_index='idx', n=n).execute()]
+    return [r[pk(db)] for r in db['docs'].like({'txt': text}, vector_index='idx', n=n).execute()]
 
 
 @pytest.mark.backends('all', 'pgvector')
@@ -48,7 +52,7 @@ def test_adopted_vectors_are_searchable_at_once_and_new_rows_are_computed(db):
     assert len(outputs) == 30 and np.allclose(outputs['d4'], vector('doc 4'))
     assert nearest(db, 'doc 7') == ['d7'] and CALLS == ['doc 7']  # the model encodes the query
     CALLS.clear()
-    db['docs'].insert([{'id': 'new', 'txt': 'a new row'}]).execute()
+    db['docs'].insert([{pk(db): 'new', 'txt': 'a new row'}]).execute()
     assert CALLS == ['a new row']  # no vector given: computed by the model
     assert nearest(db, 'a new row') == ['new']
 
@@ -57,7 +61,7 @@ def test_adopted_vectors_are_searchable_at_once_and_new_rows_are_computed(db):
 def test_vectors_adopted_from_another_table_keyed_by_the_same_ids(db):
     docs(db, with_vectors=False)
     db.apply(Table('vectors', fields={'v': f'vector[float32:{DIM}]'}, folds=False))
-    db['vectors'].insert([{'id': f'd{i}', 'v': vector(f'doc {i}')} for i in range(0, 30, 2)]).execute()
+    db['vectors'].insert([{pk(db, 'vectors'): f'd{i}', 'v': vector(f'doc {i}')} for i in range(0, 30, 2)]).execute()
     CALLS.clear()
     listener = model().to_listener('docs', key='txt', adopt=('vectors', 'v'))
     db.apply(VectorIndex('idx', indexing_listener=listener))
