@@ -67,6 +67,7 @@ class Listening:
         self._loaded: dict[str, Listener] = {}  # uuid -> listener, loaded when its table is written or computed
         self._model_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()  # only for the dict above: never held while waiting on anything
+        self._adopted_dims: dict[str, int | None] = {}  # listener uuid -> its adopted vectors' length, checked
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
         self.observers: list = []  # [fn(table, ids, deleted)] told of every write stored here (Dask workers)
         #: what cannot run now and why (a listener that cannot be loaded, a hook that failed), for ``db.status()``
@@ -217,7 +218,7 @@ class Listening:
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
         if getattr(listener, 'adopt', None) is not None:
-            self.adopted_dim(listener)
+            self._adopted_dims[listener.uuid] = self.adopted_dim(listener)
 
     def adopted_dim(self, listener: 'Listener') -> int | None:
         """The length of the vectors a listener adopts, every one checked (numeric, one length, the model's declared
@@ -261,7 +262,7 @@ class Listening:
         self.check(listener)
         datatype = listener.model.output_type()
         if datatype is None and getattr(listener, 'adopt', None) is not None:  # typed by the vectors, not the model
-            dim = self.adopted_dim(listener)
+            dim = self._adopted_dims.pop(listener.uuid)  # found by ``check`` just now: the vectors are read once
             datatype = f'vector[float32:{dim}]' if dim else None
         datatype = datatype or self._infer_datatype(listener)
         self._outputs_table(listener, datatype)

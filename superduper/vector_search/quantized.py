@@ -25,8 +25,8 @@ from superduper.vector_search.hnsw import Codes, _grown
 
 QUANTIZATIONS = ('int8', 'binary')
 SCAN_CHUNK = 16_384  # codes decoded at a time during a scan (bounds the scan's temporary memory)
-RESCORE = 20  # binary: candidates rescored exactly per result asked for
-RESCORE_MIN = 200
+RESCORE = 40  # binary: candidates rescored exactly per result asked for
+RESCORE_MIN = 400
 #: each byte value's eight bits as +-1 (numpy packs the first value into the highest bit)
 SIGNS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1
 
