@@ -5,8 +5,8 @@ system caches it, like a database's pages).
 
 int8 uses ``Codes`` (a scale per vector and a bound on what rounding lost): only the candidates whose bound reaches
 the n-th best are rescored, so the answer is the exact one. Binary keeps the sign of each value and its vector's mean
-magnitude; the query is not binarised (each byte of a code is scored against the query's eight values by a table of
-256 partial sums), and the ``RESCORE`` x n best are rescored.
+magnitude: the codes nearest the query's signs by Hamming distance (a popcount a 64-bit word) are scored against the
+query's values (each byte of a code by a table of 256 partial sums), and the ``RESCORE`` x n best of those rescored.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ QUANTIZATIONS = ('int8', 'binary')
 SCAN_CHUNK = 16_384  # codes decoded at a time during a scan (bounds the scan's temporary memory)
 RESCORE = 40  # binary: candidates rescored exactly per result asked for
 RESCORE_MIN = 400
+SHORTLIST = 400  # binary: candidates kept by Hamming distance per result asked for, scored against the query
+SHORTLIST_MIN = 4000
 #: each byte value's eight bits as +-1 (numpy packs the first value into the highest bit)
 SIGNS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1
 
@@ -96,7 +98,7 @@ class Bits:
     """Each vector as the signs of its values (packed bits) times its mean magnitude, with its norm."""
 
     def __init__(self, dim: int):
-        self.dim, self.width = dim, (dim + 7) // 8
+        self.dim, self.width = dim, (dim + 63) // 64 * 8  # whole 64-bit words: counted a word at a time
         self.codes = np.zeros((0, self.width), dtype=np.uint8)
         self.scale = np.zeros(0, dtype=np.float32)
         self.norm = np.zeros(0, dtype=np.float32)
@@ -107,7 +109,8 @@ class Bits:
             self.codes = _grown(self.codes, (capacity, self.width))
             self.scale, self.norm = (_grown(a, (capacity,)) for a in (self.scale, self.norm))
         vectors = np.asarray(vectors, dtype=np.float32)
-        self.codes[positions] = np.packbits(vectors > 0, axis=1)
+        bits = np.packbits(vectors > 0, axis=1)
+        self.codes[positions, : bits.shape[1]] = bits
         self.scale[positions] = np.abs(vectors).mean(axis=1)
         self.norm[positions] = np.linalg.norm(vectors, axis=1)
 
@@ -120,6 +123,14 @@ class Bits:
         if measure == 'l2':
             return -(self.norm[positions] ** 2 - 2 * dots + float(q @ q))
         return dots
+
+    def hamming(self, q: np.ndarray, positions: Any) -> np.ndarray:
+        """How many signs of each vector differ from the query's (a first, coarser cut)."""
+        packed = np.zeros(self.width, dtype=np.uint8)
+        bits = np.packbits(q > 0)
+        packed[: len(bits)] = bits
+        words = self.codes[positions].view(np.uint64)
+        return np.bitwise_count(words ^ packed.view(np.uint64)).sum(axis=1, dtype=np.uint32)
 
     def save(self, folder: str, size: int) -> None:
         for name in ('codes', 'scale', 'norm'):
@@ -174,22 +185,36 @@ class QuantizedSearcher(ExactSearcher):
 
     def _candidates(self, q: np.ndarray, n: int, positions: np.ndarray) -> np.ndarray:
         """The positions to rescore: int8, those whose error bound reaches the n-th best (the exact answer is among
-        them); binary, the best ``RESCORE`` x n by the codes."""
+        them); binary, the best by the codes."""
+        if not isinstance(self.codes, Codes):
+            return self._binary_candidates(q, n, positions)
         whole = len(positions) == len(self.ids)  # every position alive: scanned by slices, not copied
-        score = self.codes.scan if isinstance(self.codes, Codes) else self.codes.scores
         end = len(positions)
-        parts = [score(q, slice(i, min(i + SCAN_CHUNK, end)) if whole else positions[i : i + SCAN_CHUNK], self.measure)
+        parts = [self.codes.scan(q, slice(i, min(i + SCAN_CHUNK, end)) if whole else positions[i : i + SCAN_CHUNK],
+                                 self.measure)
                  for i in range(0, end, SCAN_CHUNK)]
-        if isinstance(self.codes, Codes):
-            approx = np.concatenate([a for a, _ in parts])
-            error = np.concatenate([e for _, e in parts])
-            low = approx - error
-            floor = np.partition(low, len(low) - n)[len(low) - n] if n < len(low) else -np.inf
-            return positions[approx + error >= floor]
-        approx = np.concatenate(parts)
+        approx = np.concatenate([a for a, _ in parts])
+        error = np.concatenate([e for _, e in parts])
+        low = approx - error
+        floor = np.partition(low, len(low) - n)[len(low) - n] if n < len(low) else -np.inf
+        return positions[approx + error >= floor]
+
+    def _binary_candidates(self, q: np.ndarray, n: int, positions: np.ndarray) -> np.ndarray:
+        """The ``SHORTLIST`` x n nearest by Hamming distance to the query's signs, of those the ``RESCORE`` x n
+        best scored against the query's values."""
+        bits: Bits = self.codes  # type: ignore[assignment]
         k = max(RESCORE * n, RESCORE_MIN)
-        if k >= len(approx):
+        if k >= len(positions):
             return positions
+        short = max(SHORTLIST * n, SHORTLIST_MIN)
+        if short < len(positions):
+            whole = len(positions) == len(self.ids)
+            end = len(positions)
+            distance = np.concatenate([
+                bits.hamming(q, slice(i, min(i + SCAN_CHUNK, end)) if whole else positions[i : i + SCAN_CHUNK])
+                for i in range(0, end, SCAN_CHUNK)])
+            positions = positions[np.argpartition(distance, short - 1)[:short]]
+        approx = bits.scores(q, positions, self.measure)
         return positions[np.argpartition(-approx, k - 1)[:k]]
 
     # ---- persistence ------------------------------------------------------------------------------------------
