@@ -260,10 +260,8 @@ class Listening:
         empty table, rows the model fails on) the output column is added when the first output is stored. A
         flattening listener's outputs are the items of the model's lists: the model's type is an item's."""
         self.check(listener)
-        datatype = listener.model.output_type()
-        if datatype is None and getattr(listener, 'adopt', None) is not None:  # typed by the vectors, not the model
-            dim = self._adopted_dims.pop(listener.uuid)  # found by ``check`` just now: the vectors are read once
-            datatype = f'vector[float32:{dim}]' if dim else None
+        dim = self._adopted_dims.pop(listener.uuid, None)  # adopted vectors' length, found by ``check`` just now
+        datatype = listener.model.output_type() or (f'vector[float32:{dim}]' if dim else None)
         datatype = datatype or self._infer_datatype(listener)
         self._outputs_table(listener, datatype)
 
