@@ -18,6 +18,9 @@ for HNSW and tell nothing), queries drawn the same way, k = 10. Ground truth is 
 4. Memory: peak RSS of a process that opens the saved index, searches it (with and without filters) and saves
    it, against a process where hnswlib alone loads the same graph and searches it (each less the process's RSS
    before the index is opened). Target <= 1.5x.
+5. Quantised indexes (``quantization='int8'`` and ``'binary'``) over the same outputs: QPS and recall@10 of
+   ``like()`` against the float32 HNSW index, and the RSS of a process searching each saved index against the float32
+   searcher's. Target: recall >= 0.95, memory <= 1/4.
 """
 
 from __future__ import annotations
@@ -125,8 +128,29 @@ def main() -> None:
                   f'hnswlib filter callback (ef={ef}) recall {raw_f_rec:.3f}, {raw_full:.0%} returned 10, '
                   f'{raw_f_qps:.0f} QPS')
             raw.set_ef(params['ef'])
+        quantised = quantised_search(db, listener, queries, truth, ours_qps, ours_recall)
         db.close()
-        memory(tmp, queries)
+        float32 = memory(tmp, queries)
+        quantised_memory(tmp, queries, float32, args.rows, quantised)
+
+
+def quantised_search(db, listener, queries: np.ndarray, truth: np.ndarray, qps32: float, recall32: float) -> dict:
+    """QPS and recall@10 of ``like()`` on an int8 and a binary index of the same outputs, against the float32 one."""
+    points = db['points']
+    figures = {}
+    for kind in ('int8', 'binary'):
+        start = time.perf_counter()
+        db.apply(VectorIndex(f'bench-{kind}', indexing_listener=listener, quantization=kind))
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        hits = [[int(r['id']) for r in points.like(q, vector_index=f'bench-{kind}', n=10).select().execute()]
+                for q in queries]
+        qps = len(queries) / (time.perf_counter() - start)
+        rec = np.mean([recall(h, t) for h, t in zip(hits, truth)])
+        figures[kind] = (qps, rec)
+        print(f'quantised {kind}: build {build:.1f}s, {qps:.0f} QPS, recall {rec:.3f}; float32 HNSW {qps32:.0f} QPS, '
+              f'recall {recall32:.3f} (target: recall >= 0.95)')
+    return figures
 
 
 SEARCHING = '''
@@ -178,6 +202,47 @@ def memory(tmp: str, queries: np.ndarray) -> None:
     ours, raw = (figures[k][2] - figures[k][0] for k in ('superduper', 'hnswlib'))
     print(f'memory ratio (searching, filtered searches and saving, vs hnswlib searching): {ours / raw:.2f}x '
           '(target <= 1.5x)')
+    return figures
+
+
+QUANTISED = '''
+import sys, numpy as np
+def rss(): return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024
+def peak(): return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024
+folder, queries, kind = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]
+from superduper.vector_search.quantized import QuantizedSearcher
+np.ones((256, 256), dtype=np.float32) @ np.ones((256, 256), dtype=np.float32)
+base = rss()
+searcher = QuantizedSearcher(queries.shape[1], 'cosine', kind)
+searcher.load(folder)
+ids = searcher.ids[::10]
+for q in queries:
+    searcher.search(q, 10)
+    searcher.search(q, 10, candidates=ids[:2000])
+print(base, rss(), peak())
+'''
+
+
+def quantised_memory(tmp: str, queries: np.ndarray, float32: dict, rows: int, quantised: dict) -> None:
+    """RSS of a process searching each saved quantised index against the float32 HNSW one (the rescoring store is a
+    file read a row at a time: its size on disk is given beside)."""
+    import glob
+    import subprocess
+    import sys
+
+    folders = glob.glob(f'{tmp}/artifacts/**/vectors.f32', recursive=True)
+    base32, _, top32 = float32['superduper']
+    for kind, marker in (('int8', 'codes.npy'), ('binary', 'bits_codes.npy')):
+        folder = max((os.path.dirname(f) for f in folders if os.path.exists(os.path.join(os.path.dirname(f), marker))),
+                     key=os.path.getmtime)
+        out = subprocess.run([sys.executable, '-c', QUANTISED, folder, f'{tmp}/queries.npy', kind], check=True,
+                             capture_output=True, text=True).stdout.split()
+        base, steady, top = map(float, out)
+        disk = os.path.getsize(os.path.join(folder, 'vectors.f32')) / 2**20
+        print(f'quantised memory, {kind}: {steady - base:.0f} MB steady, {top - base:.0f} MB peak above the process '
+              f'before opening ({(top - base) / (top32 - base32):.2f}x the float32 HNSW searcher, target <= 0.25x; '
+              f'float32 vectors alone {rows * DIM * 4 / 2**20:.0f} MB); rescoring store on disk {disk:.0f} MB; '
+              f'{quantised[kind][0]:.0f} QPS, recall {quantised[kind][1]:.3f}')
 
 
 if __name__ == '__main__':

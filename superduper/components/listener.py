@@ -71,6 +71,10 @@ class Listener(Outputs, Component):
     #: the model returns a list per row: store each item as a row of its own (a chunk), with the source key and the
     #: item's position
     flatten: bool = field(default=False, metadata={'optional': True})
+    #: vectors the rows already have, taken as the listener's outputs instead of computing them: a column of the
+    #: selected table (``'embedding'``) or ``(table, column)`` of another table keyed by the same primary key
+    #: values. Rows without one are computed by the model (which also encodes queries)
+    adopt: Any = field(default=None, metadata={'optional': True})
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, Component) or self.model.type_id != 'Model':
@@ -83,6 +87,7 @@ class Listener(Outputs, Component):
             raise ComponentError(f'Listener {self.identifier!r}: sync= is True, False or None, got {self.sync!r}')
         if self.flatten not in (True, False):
             raise ComponentError(f'Listener {self.identifier!r}: flatten= is True or False, got {self.flatten!r}')
+        self._check_adopt()
         if isinstance(self.select, str):
             self.select = Query(self.select)
         if not isinstance(self.select, Query) or self.select.action != 'select':
@@ -90,6 +95,25 @@ class Listener(Outputs, Component):
         self.select = self.select.bind(None)  # stored declaratively; run against whichever db applies it
         self.identifier = self.identifier or self.model.identifier
         super().__post_init__()
+
+    def _check_adopt(self) -> None:
+        adopt = self.adopt
+        if isinstance(adopt, (tuple, list)):
+            self.adopt = adopt = list(adopt)
+        if adopt is None or isinstance(adopt, str) and adopt or (
+                isinstance(adopt, list) and len(adopt) == 2 and all(isinstance(a, str) and a for a in adopt)):
+            if adopt is not None and self.flatten:
+                raise ComponentError(f'Listener {self.identifier!r}: adopt= takes one vector a row; flatten=True '
+                                     'makes chunks')
+            return
+        raise ComponentError(f"Listener {self.identifier!r}: adopt= is a column name or (table, column), got {adopt!r}")
+
+    @property
+    def adopted_from(self) -> tuple[str, str] | None:
+        """(table, column) whose vectors are taken as outputs; ``None`` if none are."""
+        if self.adopt is None:
+            return None
+        return (self.source, self.adopt) if isinstance(self.adopt, str) else (self.adopt[0], self.adopt[1])
 
     def check(self, db: Any) -> None:
         db.listening.check(self)

