@@ -18,6 +18,14 @@ from superduper.base.keys import dump_key, load_key
 MEASURES = ('cosine', 'dot', 'l2')
 
 
+def scored(rows: np.ndarray, query: np.ndarray, measure: str) -> np.ndarray:
+    """Each row's score against ``query`` (prepared vectors): higher is nearer; l2 as the negated squared distance."""
+    if measure == 'l2':
+        diff = rows - query
+        return -np.einsum('ij,ij->i', diff, diff)
+    return rows @ query
+
+
 class ExactSearcher:
     kind = 'exact'
     pending: Any = ()  # vectors waiting to be added to an ANN graph: none here
@@ -97,11 +105,8 @@ class ExactSearcher:
 
     # ---- reads ------------------------------------------------------------------------------------------------
     def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-        rows = self.matrix[: len(self.ids)] if positions is None else self.matrix[positions]
-        if self.measure == 'l2':
-            diff = rows - query
-            return -np.einsum('ij,ij->i', diff, diff)
-        return rows @ query
+        return scored(self.matrix[: len(self.ids)] if positions is None else self.matrix[positions], query,
+                      self.measure)
 
     def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
         """The ``n`` nearest among many ``ids`` (exact here; an ANN searcher searches its graph within them)."""

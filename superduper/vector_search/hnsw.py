@@ -19,7 +19,7 @@ import numpy as np
 
 from superduper.base.exceptions import InvalidValue
 from superduper.base.keys import dump_key, load_key
-from superduper.vector_search.exact import ExactSearcher
+from superduper.vector_search.exact import ExactSearcher, scored
 
 SPACES = {'cosine': 'ip', 'dot': 'ip', 'l2': 'l2'}  # cosine rows are normalised by the store
 FLUSH_CHUNK = 10_000  # vectors added to the graph per call (bounds the copy handed to hnswlib)
@@ -117,10 +117,7 @@ class HnswSearcher(ExactSearcher):
     def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """Exact scores, the vectors read back from the graph (for a few positions: reading costs)."""
         rows = self.vectors(np.arange(len(self.ids), dtype=np.int64) if positions is None else positions)
-        if self.measure == 'l2':
-            diff = rows - query
-            return -np.einsum('ij,ij->i', diff, diff)
-        return rows @ query
+        return scored(rows, query, self.measure)
 
     def _exact(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
         """The ``n`` nearest of ``positions`` (alive), exactly: scored on the int8 codes with a bound on each

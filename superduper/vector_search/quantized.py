@@ -20,7 +20,7 @@ import numpy as np
 
 from superduper.base.exceptions import InvalidValue
 from superduper.base.keys import dump_key, load_key
-from superduper.vector_search.exact import ExactSearcher
+from superduper.vector_search.exact import ExactSearcher, scored
 from superduper.vector_search.hnsw import Codes, _grown
 
 QUANTIZATIONS = ('int8', 'binary')
@@ -163,10 +163,7 @@ class QuantizedSearcher(ExactSearcher):
 
     def scores(self, query: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         rows = self.vectors(np.arange(len(self.ids), dtype=np.int64) if positions is None else positions)
-        if self.measure == 'l2':
-            diff = rows - query
-            return -np.einsum('ij,ij->i', diff, diff)
-        return rows @ query
+        return scored(rows, query, self.measure)
 
     def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
                beam: int | None = None) -> list[tuple[Any, float]]:
