@@ -297,6 +297,16 @@ def test_insert_select_update_delete(read, write):
     assert read.post('/api/v1/tables/docs/select', json={'filter': {'n': {'$gte': 100}}}).json() == {'rows': []}
 
 
+def test_superdupers_own_tables_are_not_reached(read, admin):
+    """The metadata, API keys and full-text index tables are superduper's: not listed, not read, not written."""
+    tables = admin.get('/api/v1/tables').json()
+    assert 'docs' in tables and not [t for t in tables if t.startswith('_superduper')]
+    assert "superduper's own" in error_of(read.post('/api/v1/tables/_superduper_api_keys/select', json={}), 404)
+    assert "superduper's own" in error_of(admin.get('/api/v1/tables/_superduper_api_keys/rows'), 404)
+    assert "superduper's own" in error_of(
+        admin.post('/api/v1/tables/_superduper_api_keys/delete', json={'filter': {}}), 404)
+
+
 def test_bad_rows_are_refused_by_field_and_nothing_is_written(read, write):
     before = len(read.post('/api/v1/tables/docs/select', json={'limit': 1000}).json()['rows'])
     message = error_of(write.post('/api/v1/tables/docs/rows', json={'rows': [{'txt': 'ok', 'n': 1},

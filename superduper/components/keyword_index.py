@@ -87,10 +87,10 @@ class KeywordIndex(Component):
     @property
     def index_name(self) -> str:
         """The name of the database's index: one per version, shortened with a hash where names are limited."""
-        name = f'_keyword__{self.identifier}__{self.ensure_uuid()[:8]}'
+        name = f'_superduper_keyword__{self.identifier}__{self.ensure_uuid()[:8]}'  # superduper's own: not listed
         if len(name.encode()) <= NAME_LIMIT - 3:  # room for the suffix of SQLite's triggers
             return name
-        return f'_keyword__{hashlib.sha1(name.encode()).hexdigest()[:16]}'
+        return f'_superduper_keyword__{hashlib.sha1(name.encode()).hexdigest()[:16]}'
 
     def _listener(self) -> Listener:
         name = f'{self.identifier}__text'
@@ -117,7 +117,7 @@ class KeywordIndex(Component):
             raise ComponentError(f'KeywordIndex {self.identifier!r}: field {self.key!r} of {self.source!r} holds '
                                  f'{ftype.name}, not text; the database indexes text fields')
         if self.native:
-            db.databackend.keyword_searcher('_keyword__check', self.source, self.key, info.primary_key[0],
+            db.databackend.keyword_searcher('_superduper_keyword__check', self.source, self.key, info.primary_key[0],
                                             self.language)  # refuses a language the database cannot stem in
         else:
             from superduper.vector_search.bm25 import stemmer

@@ -27,6 +27,7 @@ READ, WRITE, ADMIN = Depends(requires('read')), Depends(requires('write')), Depe
 Filter = Optional[dict[str, Any]]
 #: the types a stored value may be served as (a browser plays a video only with its type); anything else is bytes
 SERVED_MEDIA_TYPES = frozenset(MEDIA_TYPES.values())
+INTERNAL_PREFIX = '_superduper'
 ARTIFACT_KEY = re.compile(r'[0-9a-f]{64}(/[A-Za-z0-9._-]{1,200})?')
 #: a field type whose stored bytes are a plain file format, so that bytes sent by a client are decoded as it
 FILE_FORMATS = ('image', 'audio', 'video')
@@ -260,19 +261,18 @@ def search(identifier: str, body: SearchBody, request: Request, caller: Any = RE
 # ---- tables --------------------------------------------------------------------------------------------------
 @router.get('/tables', tags=['tables'], summary='the tables of the database')
 def list_tables(request: Request, caller: Any = READ) -> list[str]:
-    return sorted(t for t in service(request).db.databackend.table_names() if not t.startswith('_superduper'))
+    return sorted(t for t in service(request).db.databackend.table_names() if not t.startswith(INTERNAL_PREFIX))
 
 
 @router.post('/tables/{table}/select', tags=['tables'], response_model=Rows, summary='rows matching a filter')
 def select(table: str, body: SelectBody, request: Request, caller: Any = READ) -> JSONResponse:
-    db = service(request).db
+    query = _user_table(request, table)
     _capped(service(request), body.limit, f'table {table!r}')
-    query = db[table]
     if (where := from_mongo(body.filter)) is not None:
         query = query.filter(where)
     if body.columns:
         query = query.select(*body.columns)
-    named = {_predict_id(db, name): name for name in body.outputs}
+    named = {_predict_id(service(request).db, name): name for name in body.outputs}
     if named:
         query = query.outputs(*named)
     if body.order_by:
@@ -307,17 +307,16 @@ def rows(request: Request, table: str, limit: int = Param(100, ge=0), offset: in
 
 @router.post('/tables/{table}/rows', tags=['tables'], summary='insert rows; returns their keys', status_code=201)
 def insert(table: str, body: InsertBody, request: Request, caller: Any = WRITE) -> dict:
-    db = service(request).db
+    query = _user_table(request, table)
     _capped(service(request), len(body.rows), f'table {table!r}')
-    rows = _table_values(db, table, body.rows)
-    return {'ids': to_json(db[table].insert(rows).execute())}
+    rows = _table_values(service(request).db, table, body.rows)
+    return {'ids': to_json(query.insert(rows).execute())}
 
 
 @router.patch('/tables/{table}/rows', tags=['tables'], summary='update the rows matching a filter')
 def update(table: str, body: UpdateBody, request: Request, caller: Any = WRITE) -> dict:
-    db = service(request).db
-    values = _table_values(db, table, [body.set])[0]
-    query = db[table]
+    query = _user_table(request, table)
+    values = _table_values(service(request).db, table, [body.set])[0]
     if (where := from_mongo(body.filter)) is not None:
         query = query.filter(where)
     return {'updated': query.update(values).execute()}
@@ -325,11 +324,18 @@ def update(table: str, body: UpdateBody, request: Request, caller: Any = WRITE) 
 
 @router.post('/tables/{table}/delete', tags=['tables'], summary='delete the rows matching a filter')
 def delete(table: str, body: DeleteBody, request: Request, caller: Any = WRITE) -> dict:
-    db = service(request).db
-    query = db[table]
+    query = _user_table(request, table)
     if (where := from_mongo(body.filter)) is not None:
         query = query.filter(where)
     return {'deleted': query.delete().execute()}
+
+
+def _user_table(request: Request, table: str) -> Any:
+    """``db[table]``, for a table of the user's (or listeners' outputs): superduper's own tables (metadata, API
+    keys, change logs, full-text indexes) are not reached through the API."""
+    if table.startswith(INTERNAL_PREFIX):
+        raise NotFound(f'no table {table!r}: tables named {INTERNAL_PREFIX}* are superduper\'s own')
+    return service(request).db[table]
 
 
 def _table_values(db: Any, table: str, rows: list[dict]) -> list[dict]:
