@@ -190,3 +190,14 @@ def crash(db_uri: str, env: dict, tmp_path, point: str | None) -> None:
 
 def switch_of(db) -> str:
     return next(r for r in db.status() if r['listener'] == 'embed')['switch'] or ''
+
+
+@pytest.mark.backends('sqlite', 'mongomock')
+def test_pointing_an_index_at_another_listener_switches_it(db, pk):
+    old = setup(db, pk)
+    model = ObjectModel('other-embedder', object=new_embed, datatype='vector[float32:3]')
+    db.apply(VectorIndex('idx', indexing_listener=model.to_listener('docs', key='txt', identifier='embed2')))
+    assert nearest(db) in NEW
+    row = next(r for r in db.status() if r['listener'] == 'embed2')
+    assert 'switched from v0 to v1' in row['switch']
+    assert 'embed' not in db.show('Listener') and old.indexing_listener.outputs not in db.databackend.table_names()
