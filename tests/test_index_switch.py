@@ -62,7 +62,7 @@ def outputs_tables(db) -> list[str]:
     return [t for t in db.databackend.table_names() if t.startswith('_outputs__embed')]
 
 
-@pytest.mark.backends('sqlite', 'postgresql', 'mongomock')
+@pytest.mark.backends('sqlite', 'postgresql', 'mongomock', 'pgvector')
 def test_a_model_switch_keeps_searches_answering(db, db_uri, pk, tmp_path, monkeypatch):
     old = setup(db, pk)
     assert nearest(db) in OLD
@@ -192,7 +192,7 @@ def switch_of(db) -> str:
     return next(r for r in db.status() if r['listener'] == 'embed')['switch'] or ''
 
 
-@pytest.mark.backends('sqlite', 'mongomock')
+@pytest.mark.backends('sqlite', 'postgresql', 'mongomock', 'pgvector')
 def test_pointing_an_index_at_another_listener_switches_it(db, pk):
     old = setup(db, pk)
     model = ObjectModel('other-embedder', object=new_embed, datatype='vector[float32:3]')
