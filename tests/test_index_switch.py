@@ -201,3 +201,17 @@ def test_pointing_an_index_at_another_listener_switches_it(db, pk):
     row = next(r for r in db.status() if r['listener'] == 'embed2')
     assert 'switched from v0 to v1' in row['switch']
     assert 'embed' not in db.show('Listener') and old.indexing_listener.outputs not in db.databackend.table_names()
+
+
+@pytest.mark.backends('sqlite')
+def test_a_failed_apply_of_a_new_version_leaves_the_old_index(db, pk):
+    from superduper.base.exceptions import UnknownField
+
+    setup(db, pk)
+    model = ObjectModel('embedder', object=new_embed, datatype='vector[float32:3]')
+    with pytest.raises(UnknownField):  # refused after the switch began, before anything of it was stored
+        db.apply(VectorIndex('idx', indexing_listener=model.to_listener('docs', key='nope', identifier='embed')))
+    assert nearest(db) in OLD and db.show('VectorIndex', 'idx') == [0]
+    assert 'apply it again' in switch_of(db)
+    db.apply(index_of(new_embed))
+    assert nearest(db) in NEW and 'switched from v0 to v1' in switch_of(db)

@@ -77,6 +77,7 @@ class IndexSwitches:
         latest = self.db.metadata.versions('VectorIndex', index.identifier)[-1]
         self._write(index.identifier, {'serving': current['uuid'], 'from': current['version'], 'to': latest + 1,
                                        'listener': index.indexing_listener.identifier, 'state': 'backfilling',
+                                       'listener_uuid': index.indexing_listener.ensure_uuid(),
                                        'at': _now()})
 
     def complete(self, index: 'VectorIndex') -> bool:
@@ -160,11 +161,20 @@ class IndexSwitches:
                 text = f"VectorIndex {identifier!r} switched from v{state['from']} to v{to} at {state['at']}"
             elif state['state'] == 'cancelled':
                 text = f"VectorIndex {identifier!r}: switch from v{state['from']} cancelled at {state['at']}"
+            elif self._abandoned(identifier, state):
+                text = (f"VectorIndex {identifier!r}: the apply of v{to} stopped before its listener was stored "
+                        f"(searches use v{state['from']}); apply it again")
             else:
                 text = (f"VectorIndex {identifier!r} {state['state']} v{to} since {state['at']} "
                         f"(searches use v{state['from']})")
             found[state['listener']] = text
         return found
+
+    def _abandoned(self, identifier: str, state: dict) -> bool:
+        """An apply that failed (and took back what it stored) or died before storing the new listener."""
+        latest = self.db.metadata.get('VectorIndex', identifier)
+        return (latest is not None and latest['uuid'] == state.get('serving') and bool(state.get('listener_uuid'))
+                and self.db.metadata.get_by_uuid(state['listener_uuid']) is None)
 
 
 def _now() -> str:
