@@ -132,6 +132,9 @@ def status(uri: str = typer.Argument(..., help='database URI')) -> None:
     rows = [(r['listener'], r['table'], r['done'], 'unknown' if r['pending'] is None else r['pending'], r['failed'],
              '-' if r['lag_seconds'] is None else f'{r["lag_seconds"]:.1f}', r['problem'] or '') for r in report]
     _table(rows, ('listener', 'table', 'done', 'pending', 'failed', 'lag (s)', 'problem'))
+    for r in report:
+        if r.get('switch'):
+            typer.echo(r['switch'])
     if timed:
         typer.echo('')
         _table([(r['schedule'], r['cron'], r['action'], r['last_tick'] or '-', r['status'] or '-', r['error'] or '')

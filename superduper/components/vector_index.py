@@ -78,11 +78,18 @@ class VectorIndex(Component):
             )
         return ftype.dim
 
+    def check(self, db: Any) -> None:
+        db.vector_indexes.switches.begin(self)  # before the new listener is applied: searches keep this version
+
     def on_create(self, db: Any) -> None:
         self.dimension(db)
 
     def on_applied(self, db: Any) -> None:
-        db.vector_indexes.build(self)
+        if not db.vector_indexes.switches.complete(self):
+            db.vector_indexes.build(self)
+
+    def on_reapplied(self, db: Any) -> None:
+        db.vector_indexes.switches.complete(self)  # a switch whose applying process died is finished
 
     def on_remove(self, db: Any) -> None:
         db.vector_indexes.drop(self)

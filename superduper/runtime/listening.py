@@ -30,6 +30,7 @@ from superduper.components.datatype import SCALARS, infer_type
 from superduper.components.listener import outputs_table
 from superduper.components.inputs import input_maker, key_fields
 from superduper.components.table import Table
+from superduper.runtime.index_switch import IndexSwitches
 from superduper.runtime.tables import encode_condition
 
 if TYPE_CHECKING:
@@ -84,13 +85,18 @@ class Listening:
         records = self._records
         if records is None or generation != self._generation:
             latest: dict[str, dict] = {}
+            served: list[dict] = []  # an older version that an index under a switch still searches
+            keep = IndexSwitches(self.db).served_listeners()
             for record in self.db.metadata.all():  # by version: the latest of each listener comes last
                 if record['type_id'] == 'Listener':
+                    previous = latest.get(record['identifier'])
+                    if previous is not None and previous['uuid'] in keep:
+                        served.append(previous)
                     latest[record['identifier']] = record
             records = {}
-            for record in latest.values():
+            for record in [*latest.values(), *served]:
                 records.setdefault(record['record']['select']['_query']['table'], []).append(record)
-            current = {r['uuid'] for r in latest.values()}
+            current = {r['uuid'] for r in [*latest.values(), *served]}
             self._loaded = {u: x for u, x in self._loaded.items() if u in current}
             self._records, self._generation = records, generation
             self._started(list(latest.values()))

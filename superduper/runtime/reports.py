@@ -32,11 +32,13 @@ def failures(db: Any, listener: str) -> list[dict]:
 
 def status(db: Any) -> list[dict]:
     """Per listener: rows with outputs (a flattening listener's: rows with chunks, and ``chunks``), changes pending (``None`` where the database cannot count them), rows
-    failed, the lag of the oldest pending change, and what stops it, if anything (``problem``). Read from the
+    failed, the lag of the oldest pending change, what stops it, if anything (``problem``), and the switch of the
+    vector index it feeds to a new model, if one is under way or was the last (``switch``). Read from the
     metadata: no model is loaded."""
     report = []
     tables = set(db.databackend.table_names())
     problems = dict(db.listening.problems)
+    switches = db.vector_indexes.switches.describe()
     for identifier in db.metadata.identifiers('Listener'):
         record = db.metadata.get('Listener', identifier)
         source = record['record']['select']['_query']['table']
@@ -51,7 +53,7 @@ def status(db: Any) -> list[dict]:
         report.append({
             'listener': identifier, 'table': source, 'outputs': outputs, 'done': done, **chunks,
             'pending': pending, 'failed': db.listening.failures.count(record['uuid']), 'lag_seconds': lag,
-            'problem': '; '.join(p for p in found if p) or None,
+            'problem': '; '.join(p for p in found if p) or None, 'switch': switches.get(identifier),
         })
     return report
 

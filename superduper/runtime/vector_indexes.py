@@ -26,6 +26,7 @@ from superduper.base.exceptions import ComponentError, InvalidValue, NotFound, Q
 from superduper.base.query import Compare, Condition
 from superduper.base.rwlock import ReadWriteLock
 from superduper.runtime.artifact_gc import HeldArtifacts, index_holder
+from superduper.runtime.index_switch import IndexSwitches
 from superduper.vector_search.quantized import QUANTIZATIONS
 
 if TYPE_CHECKING:
@@ -82,15 +83,19 @@ class VectorIndexes:
         self._shares: dict[tuple, float] = {}
         self._shares_lock = threading.Lock()
         self._generation = db.components_generation()
+        self.switches = IndexSwitches(db)
 
     @property
     def log(self) -> Any:
         return self.db.databackend.output_log()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
-    def build(self, index: 'VectorIndex') -> None:
-        """A new searcher over every vector in the index's outputs table, saved to the artifact store."""
-        if self._pushdown(index):
+    def build(self, index: 'VectorIndex', attach: bool = True) -> None:
+        """A new searcher over every vector in the index's outputs table, saved to the artifact store; searched
+        from now on here if ``attach`` (else it is only saved: an index being switched to)."""
+        if not attach and self._native_searcher(index) is not None:
+            return
+        if attach and self._pushdown(index):
             return
         self.db.listening.versioned(index.indexing_listener)
         outputs = index.indexing_listener.outputs
@@ -98,7 +103,8 @@ class VectorIndexes:
         loaded = LoadedIndex(index, self._new_searcher(index, count))
         if loaded.searcher is not None:
             loaded.seen = loaded.low = self._read_all(loaded.searcher, outputs)
-        self._attach(loaded)
+        if attach:
+            self._attach(loaded)
         self.save(loaded)
 
     def _read_all(self, searcher: Any, outputs: str) -> int:
@@ -184,6 +190,7 @@ class VectorIndexes:
             self._detach(loaded)
         self.db.metadata.set_index_state(index.uuid, None)
         self.db.artifacts.release_all(index_holder(index.uuid, ''))
+        self.switches.cancelled(index)
 
     def save(self, loaded: LoadedIndex) -> None:
         """Store the index's files and the write number they are current to, held by this state; the previous
@@ -232,12 +239,24 @@ class VectorIndexes:
         self._drop_replaced()
         loaded = self._loaded.get(identifier)
         if loaded is None:
-            if identifier not in self.db.metadata.identifiers('VectorIndex'):
-                existing = ', '.join(self.db.metadata.identifiers('VectorIndex')) or '(none)'
-                raise NotFound(f'no vector index named {identifier!r}; existing: {existing}')
-            loaded = self._open(self.db.load('VectorIndex', identifier))
+            loaded = self._open_serving(identifier)
         self.follow(loaded)
         return loaded
+
+    def _open_serving(self, identifier: str) -> LoadedIndex:
+        """Open the version searches use (during a switch: the old one, until the new one is complete)."""
+        record = self.switches.serving(identifier)
+        if record is None:
+            existing = ', '.join(self.db.metadata.identifiers('VectorIndex')) or '(none)'
+            raise NotFound(f'no vector index named {identifier!r}; existing: {existing}')
+        try:
+            return self._open(self.db.load_record(record))
+        except Exception:
+            again = self.switches.serving(identifier)
+            if again is None or again['uuid'] == record['uuid']:
+                raise
+            # switched meanwhile by another process (the old version's outputs went): open the new one
+            return self._open(self.db.load_record(again))
 
     def _drop_replaced(self) -> None:
         """Forget loaded indexes that another process removed or replaced with a new version."""
@@ -246,7 +265,7 @@ class VectorIndexes:
             return
         self._generation = generation
         for identifier, loaded in list(self._loaded.items()):
-            record = self.db.metadata.get('VectorIndex', identifier)
+            record = self.switches.serving(identifier)
             if record is None or record['uuid'] != loaded.component.uuid:
                 self._detach(loaded)
                 self._loaded.pop(identifier, None)

@@ -17,6 +17,8 @@ MAX_BACKOFF = 30.0
 def work_round(db: Any, batch: int) -> int:
     """One round: up to ``batch`` changes (or due retries), then due schedule ticks; returns how much was done."""
     taken = db.listening.work(batch) or db.listening.retry_due()
+    if not taken:  # idle: finish index switches whose applying process died once their outputs are stored
+        taken = db.vector_indexes.switches.advance()
     return taken + db.schedules.run_due()  # every round: a tick is not kept waiting behind changes
 
 
