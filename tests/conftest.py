@@ -22,9 +22,13 @@ so. Skips are only for the environment (a server not reachable, no MongoDB serve
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 import time
 import uuid
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -306,6 +310,8 @@ def drop_mongo_database(uri: str) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line('markers', 'restarts_server: the test restarts its database server (no other test uses '
+                                       'that server meanwhile)')
     config.addinivalue_line('markers', "backends(*names): the backends a test runs on: families of FAMILIES ('all', "
                                        "'sql', 'server', 'mongo', 'any') or named backends (default: all of BACKENDS)")
 
@@ -369,13 +375,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize('backend', params, scope='function')
 
 
+@contextlib.contextmanager
+def server_in_use(backend: str, exclusive: bool) -> Iterator[None]:
+    """While a test uses a server of the machine's (PostgreSQL, MariaDB), one that restarts it waits for every other
+    test on it, in any worker or test session, and they wait for it: a lock file per server, shared or exclusive."""
+    if backend not in SERVERS:
+        yield
+        return
+    fd = os.open(os.path.join(tempfile.gettempdir(), f'superduper-test-{backend}.lock'), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @pytest.fixture
-def db_uri(backend, tmp_path):
-    """The database of the test; a server's scratch database is emptied after it."""
-    uri = backend_uri(backend, tmp_path)
-    yield uri
-    if backend in SERVERS or backend == 'pgvector':
-        server(backend).reset()
+def db_uri(backend, tmp_path, request):
+    """The database of the test; a server's scratch database is emptied after it. A test marked
+    ``restarts_server`` has its server to itself."""
+    with server_in_use(backend, exclusive=request.node.get_closest_marker('restarts_server') is not None):
+        uri = backend_uri(backend, tmp_path)
+        yield uri
+        if backend in SERVERS or backend == 'pgvector':
+            server(backend).reset()
     if backend == 'fakesnow':
         server(backend).drop_database(uri)
     if backend in ('mongomock', 'mongodb'):

@@ -18,7 +18,7 @@ from superduper.base.exceptions import ComponentError
 from superduper.base.package import PackageError
 from superduper.ext.http_api import OpenAIEmbedding
 
-from conftest import backend_uri, server
+from conftest import backend_uri, server, server_in_use
 
 WORDS = ['apple pie', 'banana bread', 'cherry tart', 'date loaf', 'elderberry jam', 'fig roll']
 
@@ -242,7 +242,14 @@ def cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300, env={**os.environ, **env})
 
 
+@pytest.fixture
+def in_use(target_backend):
+    with server_in_use(target_backend, exclusive=False):
+        yield
+
+
 @pytest.mark.parametrize('target_backend', ['sqlite', 'postgresql'])
+@pytest.mark.usefixtures('in_use')
 def test_cli_export_apply_show_remove(source, tmp_path, target_backend):
     source_uri = f'sqlite://{tmp_path}/source.db'
     target_uri = backend_uri(target_backend, tmp_path / 'target') if target_backend == 'sqlite' else \

@@ -412,11 +412,13 @@ def test_metrics(read):
 
 # ---- fuzz ---------------------------------------------------------------------------------------------------------
 def test_openapi_fuzz_finds_no_server_errors(env, keys, uri, tmp_path):
-    """Every operation with generated valid and invalid requests, as an admin (so that everything is reached)."""
+    """Every operation with generated valid and invalid requests, as an admin (so that everything is reached). One
+    schemathesis worker: hypothesis describes strategies with ast.parse, which CPython 3.11 can fail on in two
+    threads at once ("AST constructor recursion depth mismatch", seen in CI)."""
     with server(uri, env) as base:
         run = subprocess.run(
             [os.path.join(os.path.dirname(sys.executable), 'schemathesis'), 'run', f'{base}/openapi.json',
-             '--checks', 'not_a_server_error', '--max-examples', '25', '--seed', '1', '--workers', '2',
+             '--checks', 'not_a_server_error', '--max-examples', '25', '--seed', '1', '--workers', '1',
              '-H', f"Authorization: Bearer {keys['admin']}", '--phases', 'examples,coverage,fuzzing',
              '--generation-database', 'none', '--report-dir', str(tmp_path)],
             env=env, capture_output=True, text=True, timeout=300)

@@ -163,6 +163,7 @@ def restart_postgresql() -> None:
 
 
 @pytest.mark.backends('postgresql')
+@pytest.mark.restarts_server
 @workers
 def test_worker_survives_a_database_restart(db_uri, tmp_path, env, backend):
     if not os.path.isdir('/etc/postgresql') or os.geteuid() != 0:
