@@ -94,6 +94,13 @@ class ExactSearcher:
         """The stored (prepared) vectors at ``positions``."""
         return self.matrix[positions]
 
+    def alive_positions(self, candidates: Sequence[Any] | None) -> np.ndarray:
+        """The positions of the stored, not removed, vectors: all, or those of ``candidates``' ids."""
+        if candidates is None:
+            return np.flatnonzero(self.alive[: len(self.ids)])
+        return np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
+                        dtype=np.int64)
+
     def flush(self) -> None:
         """Nothing waits here (an ANN searcher adds what waits to its graph)."""
 

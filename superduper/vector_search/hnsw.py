@@ -134,11 +134,7 @@ class HnswSearcher(ExactSearcher):
 
     def _exact_search(self, query: Any, n: int, candidates: Sequence[Any] | None) -> list[tuple[Any, float]]:
         q = self.prepare(query)[0]
-        if candidates is None:
-            positions = np.flatnonzero(self.alive[: len(self.ids)])
-        else:
-            positions = np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
-                                 dtype=np.int64)
+        positions = self.alive_positions(candidates)
         return self._exact(q, n, positions)
 
     def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:

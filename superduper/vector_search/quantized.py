@@ -168,11 +168,7 @@ class QuantizedSearcher(ExactSearcher):
     def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
                beam: int | None = None) -> list[tuple[Any, float]]:
         q = self.prepare(query)[0]
-        if candidates is None:
-            positions = np.flatnonzero(self.alive[: len(self.ids)])
-        else:
-            positions = np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
-                                 dtype=np.int64)
+        positions = self.alive_positions(candidates)
         if n <= 0 or not len(positions):
             return []
         close = self._candidates(q, n, positions)
