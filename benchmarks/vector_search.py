@@ -1,6 +1,7 @@
 """Vector search end to end against the raw ANN library, in the same run.
 
     python benchmarks/vector_search.py [--rows 100000] [--queries 1000] [--backend sqlite]
+                                       [--lancedb-python /tmp/lancedb-venv/bin/python]
 
 Data: unit vectors of 384 dimensions drawn around 2,000 Gaussian centres (uniform random vectors are the worst case
 for HNSW and tell nothing), queries drawn the same way, k = 10. Ground truth is exact search with numpy.
@@ -13,7 +14,11 @@ for HNSW and tell nothing), queries drawn the same way, k = 10. Ground truth is 
    Target >= 0.5x of the raw QPS at recall >= 0.95.
 3. Filtered search at 1%, 10% and 50% selectivity (``.filter(t['bucket'] < b)``, ``bucket`` indexed): recall@10
    against exact filtered search, the share of queries that returned 10 rows, QPS and the plan chosen, against
-   hnswlib's ``knn_query`` with a filter callback over a position mask (the same graph, no database). Target:
+   hnswlib's ``knn_query`` with a filter callback over a position mask (the same graph, no database), and against
+   LanceDB in its own environment (``python3 -m venv /tmp/lancedb-venv && /tmp/lancedb-venv/bin/pip install
+   lancedb``, given as ``--lancedb-python``): the same vectors and buckets in a Lance table with an IVF_PQ index
+   (256 partitions, 48 sub-vectors, cosine; searched with 20 probes, refine factor 10) and a B-tree index on
+   ``bucket``, searched unfiltered and with ``.where('bucket < b', prefilter=True)``, fetching id and bucket. Target:
    recall >= 0.95, always 10 rows, QPS >= 0.3x of the unfiltered ``like()``.
 4. Memory: peak RSS of a process that opens the saved index, searches it (with and without filters) and saves
    it, against a process where hnswlib alone loads the same graph and searches it (each less the process's RSS
@@ -26,16 +31,17 @@ for HNSW and tell nothing), queries drawn the same way, k = 10. Ground truth is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from superduper import ObjectModel, Table, VectorIndex, superduper
-from superduper.vector_search.hnsw import HnswSearcher
-
 DIM = 384
+SHARES = (0.01, 0.10, 0.50)
 
 
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
@@ -47,19 +53,68 @@ def recall(got: list, truth: np.ndarray) -> float:
     return len(set(got) & set(truth.tolist())) / len(truth) if len(truth) else 1.0
 
 
-def main() -> None:
-    import hnswlib
+def lancedb_side(folder: str) -> None:
+    """Run in LanceDB's environment: one JSON line per search (unfiltered, then each share) with QPS and results."""
+    import lancedb
+    import pyarrow as pa
 
+    vectors, queries = np.load(f'{folder}/vectors.npy'), np.load(f'{folder}/queries.npy')
+    db = lancedb.connect(f'{folder}/lance')
+    data = pa.table({'id': pa.array(np.arange(len(vectors))), 'bucket': pa.array(np.arange(len(vectors)) % 1000),
+                     'vector': pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)})
+    tbl = db.create_table('points', data, mode='overwrite')
+    start = time.perf_counter()
+    tbl.create_index(metric='cosine', index_type='IVF_PQ', num_partitions=256, num_sub_vectors=48)
+    tbl.create_scalar_index('bucket')
+    build = time.perf_counter() - start
+    for share in (None, *SHARES):
+        def run(q: np.ndarray) -> list[int]:
+            search = tbl.search(q).distance_type('cosine').nprobes(20).refine_factor(10).select(['id', 'bucket'])
+            if share is not None:
+                search = search.where(f'bucket < {int(1000 * share)}', prefilter=True)
+            return search.limit(10).to_arrow()['id'].to_pylist()
+
+        run(queries[0])
+        start = time.perf_counter()
+        hits = [run(q) for q in queries]
+        qps = len(queries) / (time.perf_counter() - start)
+        print(json.dumps({'share': share, 'qps': qps, 'hits': hits, 'build': build}), flush=True)
+
+
+def lancedb_figures(python: str, vectors: np.ndarray, queries: np.ndarray) -> dict:
+    """LanceDB's figures, run in its own environment: {share (None: unfiltered): (qps, hits)}."""
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(f'{folder}/vectors.npy', vectors)
+        np.save(f'{folder}/queries.npy', queries)
+        done = subprocess.run([python, os.path.abspath(__file__), '--lancedb-side', folder], capture_output=True,
+                              text=True, check=True)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    print(f'LanceDB: IVF_PQ index and bucket index built in {lines[0]["build"]:.1f}s')
+    return {line['share']: (line['qps'], line['hits']) for line in lines}
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--rows', type=int, default=100_000)
     parser.add_argument('--queries', type=int, default=1000)
     parser.add_argument('--backend', default='sqlite', help='sqlite or a database URI')
+    parser.add_argument('--lancedb-python', default=None, help="the Python of LanceDB's own environment")
+    parser.add_argument('--lancedb-side', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lancedb_side:
+        lancedb_side(args.lancedb_side)
+        return
+    import hnswlib
+
+    from superduper import ObjectModel, Table, VectorIndex, superduper
+    from superduper.vector_search.hnsw import HnswSearcher
+
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(2000, DIM)).astype(np.float32)
     vectors = clustered(rng, args.rows, centres)
     queries = clustered(rng, args.queries, centres)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    lance = lancedb_figures(args.lancedb_python, vectors, queries) if args.lancedb_python else {}
     searcher = HnswSearcher(DIM)  # the parameters superduper uses
     params = {'M': searcher.M, 'ef_construction': searcher.ef_construction, 'ef': searcher.ef}
 
@@ -91,15 +146,21 @@ def main() -> None:
 
         points = db['points']
         start = time.perf_counter()
-        ours_hits = [[int(r['id']) for r in points.like(q, vector_index='bench', n=10).select().execute()] for q in queries]
+        ours_hits = [[int(r['id']) for r in points.like(q, vector_index='bench', n=10).select().execute()]
+                     for q in queries]
         ours_qps = len(queries) / (time.perf_counter() - start)
         ours_recall = np.mean([recall(h, t) for h, t in zip(ours_hits, truth)])
 
         print(f'{args.rows} x {DIM} clustered vectors, {len(queries)} queries, k=10, hnswlib {params}')
-        print(f'build: superduper {ours_build:.1f}s, hnswlib {raw_build:.1f}s, ratio {ours_build / raw_build:.2f}x (target <= 1.3x)')
+        print(f'build: superduper {ours_build:.1f}s, hnswlib {raw_build:.1f}s, ratio {ours_build / raw_build:.2f}x '
+              '(target <= 1.3x)')
         print(f'search: superduper {ours_qps:.0f} QPS (recall {ours_recall:.3f}), hnswlib {raw_qps:.0f} QPS '
               f'(recall {raw_recall:.3f}), ratio {ours_qps / raw_qps:.2f}x (target >= 0.5x)')
-        for share in (0.01, 0.10, 0.50):
+        if None in lance:
+            qps, hits = lance[None]
+            lance_recall = np.mean([recall(h, t) for h, t in zip(hits, truth)])
+            print(f'search: LanceDB IVF_PQ {qps:.0f} QPS (recall {lance_recall:.3f})')
+        for share in SHARES:
             bound = int(1000 * share)
             mask = np.arange(args.rows) % 1000 < bound
             allowed = np.flatnonzero(mask)
@@ -127,6 +188,11 @@ def main() -> None:
                   f'{qps:.0f} QPS ({qps / ours_qps:.2f}x unfiltered, target >= 0.3x), plans {plans}; '
                   f'hnswlib filter callback (ef={ef}) recall {raw_f_rec:.3f}, {raw_full:.0%} returned 10, '
                   f'{raw_f_qps:.0f} QPS')
+            if share in lance:
+                l_qps, l_hits = lance[share]
+                print(f'filtered {share:.0%}: LanceDB prefilter recall '
+                      f'{np.mean([recall(h, t) for h, t in zip(l_hits, sub_truth)]):.3f}, '
+                      f'{np.mean([len(h) == 10 for h in l_hits]):.0%} returned 10, {l_qps:.0f} QPS')
             raw.set_ef(params['ef'])
         quantised = quantised_search(db, listener, queries, truth, ours_qps, ours_recall)
         db.close()
@@ -136,6 +202,8 @@ def main() -> None:
 
 def quantised_search(db, listener, queries: np.ndarray, truth: np.ndarray, qps32: float, recall32: float) -> dict:
     """QPS and recall@10 of ``like()`` on an int8 and a binary index of the same outputs, against the float32 one."""
+    from superduper import VectorIndex
+
     points = db['points']
     figures = {}
     for kind in ('int8', 'binary'):
@@ -173,10 +241,11 @@ else:
     searcher = HnswSearcher(queries.shape[1])
     searcher.load(folder)
     ids = searcher.ids[::10]
+    subset = searcher.subset(ids)  # the rows a filter matched, remembered between searches
     for q in queries:
         searcher.search(q, 10)
         searcher.search(q, 10, candidates=ids[:2000])
-    searcher.search_within(queries[0], 10, ids)
+        searcher.search_subset(q, 10, subset)
     with tempfile.TemporaryDirectory() as out:
         searcher.save(out)
 print(base, rss(), peak())
@@ -186,8 +255,6 @@ print(base, rss(), peak())
 def memory(tmp: str, queries: np.ndarray) -> None:
     """Peak RSS of a process searching (and saving) the saved index against hnswlib alone holding its graph."""
     import glob
-    import subprocess
-    import sys
 
     folder = os.path.dirname(max(glob.glob(f'{tmp}/artifacts/**/hnsw.bin', recursive=True), key=os.path.getmtime))
     np.save(f'{tmp}/queries.npy', queries[:200])
@@ -227,8 +294,6 @@ def quantised_memory(tmp: str, queries: np.ndarray, float32: dict, rows: int, qu
     """RSS of a process searching each saved quantised index against the float32 HNSW one (the rescoring store is a
     file read a row at a time: its size on disk is given beside)."""
     import glob
-    import subprocess
-    import sys
 
     folders = glob.glob(f'{tmp}/artifacts/**/vectors.f32', recursive=True)
     base32, _, top32 = float32['superduper']

@@ -12,6 +12,8 @@ import pytest
 
 from superduper import ObjectModel, Table, VectorIndex
 
+from conftest import plain_sql, wait_for
+
 DIM = 32
 ROWS = 3000
 rng = np.random.default_rng(7)
@@ -46,6 +48,10 @@ def search(t, query: np.ndarray, cond, n: int = 10) -> tuple[list[int], dict]:
     return [int(r['id']) for r in cursor], cursor.plan
 
 
+EXACT = {'exact over the matching ids', 'exact among the matching rows read earlier'}
+REMEMBERED = {'exact among the matching rows read earlier', 'ann among the matching rows read earlier'}
+
+
 @pytest.mark.backends('sqlite', 'duckdb')
 @pytest.mark.parametrize('exact_limit', [20000, 100])
 def test_filtered_recall_at_1_10_and_50_percent_against_brute_force(db, exact_limit):
@@ -61,15 +67,18 @@ def test_filtered_recall_at_1_10_and_50_percent_against_brute_force(db, exact_li
             got, plan = search(t, q, t['bucket'] < share)
             expected = truth(q, allowed)
             assert len(got) == 10 and all(i % 100 < share for i in got)
-            if plan['strategy'] == 'exact over the matching ids':
+            if plan['strategy'] in EXACT:
                 assert got == expected and plan['matching'] == len(allowed)
             recalls.append(len(set(got) & set(expected)) / 10)
             strategies.add(plan['strategy'])
         assert np.mean(recalls) >= 0.95, (share, strategies)
+        # the first search with a filter plans by itself; the next ones search among the rows it matched, read once
+        assert REMEMBERED & strategies, strategies
         if share == 1 or (share == 10 and exact_limit > 1000):
-            assert strategies == {'exact over the matching ids'}
-        if share == 50:
-            assert strategies == {'ann, candidates checked against the filter'}
+            assert strategies <= EXACT
+        if exact_limit < len(allowed):  # more than the limit: never scanned exactly
+            assert strategies <= {'ann, candidates checked against the filter', 'ann among the matching rows read '
+                                  'earlier'}
 
 
 @pytest.mark.backends('sqlite', 'duckdb')
@@ -87,21 +96,63 @@ def test_a_filter_far_from_the_query_is_searched_within_its_rows(db):
             assert len(got) == 10 and set(got) <= set(allowed.tolist())
             recalls.append(len(set(got) & set(truth(q, allowed))) / 10)
             strategies.add(plan['strategy'])
-    assert strategies <= {'ann, candidates checked against the filter', 'ann within the matching ids'}
+    assert strategies <= {'ann, candidates checked against the filter', 'ann within the matching ids',
+                          'ann among the matching rows read earlier'}
     assert np.mean(recalls) >= 0.95
 
 
-def test_hnsw_searched_within_many_ids_by_its_filter_callback():
+@pytest.mark.backends('sqlite', 'postgresql', 'mariadb')
+def test_the_rows_a_filter_matched_are_searched_again_and_never_stale(db):
+    """A filter used again is searched among the rows it matched, read once. A row another client makes stop
+    matching is never returned, even before they are read again; a row inserted through the API is found by the next
+    search; a row another client makes match is found within a poll interval."""
+    db.cfg.poll_interval = 3600  # nothing read again by time in the first part
+    t = points(db, ROWS, 'hnsw')
+    q, cond = QUERIES[0], t['bucket'] < 10
+    matching = set(np.flatnonzero(np.arange(ROWS) % 100 < 10).tolist())
+    search(t, q, cond)
+    got, plan = search(t, q, cond)
+    assert plan['strategy'] == 'exact among the matching rows read earlier' and plan['matching'] == len(matching)
+    assert got == truth(q, np.array(sorted(matching)))
+
+    plain_sql(db, ('UPDATE points SET bucket = 99 WHERE id = :id', {'id': str(got[0])}))
+    matching.discard(got[0])
+    again, _ = search(t, q, cond)
+    assert got[0] not in again and again == truth(q, np.array(sorted(matching)))
+
+    nearest_other = next(i for i in np.argsort(-(VECTORS @ q)).tolist() if i not in matching and i != got[0])
+    t.insert([{'id': 'new', 'n': nearest_other, 'bucket': 3, 'cluster': 0}]).execute()
+    for _ in range(3):  # planned afresh, then among the rows read again
+        found, plan = search_ids(t, q, cond)
+        assert found[0] == 'new' and plan['strategy'] != 'ann, candidates checked against the filter'
+
+    db.cfg.poll_interval = 0.1
+    far = next(i for i in np.argsort(-(VECTORS @ q)).tolist() if i not in matching and i != got[0]
+               and i != nearest_other)
+    plain_sql(db, ('UPDATE points SET bucket = 5 WHERE id = :id', {'id': str(far)}))
+    wait_for(lambda: str(far) in search_ids(t, q, cond)[0])
+    assert all(int(i) in matching | {far} for i in search_ids(t, q, cond)[0] if i != 'new')
+
+
+def search_ids(t, query: np.ndarray, cond) -> tuple[list[str], dict]:
+    cursor = t.filter(cond).like(query, vector_index='pts', n=10).execute()
+    return [r['id'] for r in cursor], cursor.plan
+
+
+def test_hnsw_searched_within_many_ids_by_its_filter_callback(monkeypatch):
     """``search_within``: the graph searched with hnswlib's filter callback over the ids' labels, pending vectors
     beside it; recall@10 >= 0.95 at 1, 10 and 50% of the rows, only those ids, and n of them."""
+    from superduper.vector_search import hnsw
     from superduper.vector_search.hnsw import HnswSearcher
 
+    monkeypatch.setattr(hnsw, 'EXACT_AMONG', 0)  # 3,000 rows: else a subset this small is scanned exactly
     searcher = HnswSearcher(DIM)
     searcher.upsert(list(range(ROWS)), VECTORS)
     searcher.flush()
     searcher.upsert(list(range(0, 300, 3)), VECTORS[0:300:3])  # waiting outside the graph
     for share in (1, 10, 50):
         allowed = np.flatnonzero(np.arange(ROWS) % 100 < share)
+        assert searcher.subset_is_exact(10, searcher.subset(allowed.tolist())) == (share < 50)
         recalls = []
         for q in QUERIES:
             got = [i for i, _ in searcher.search_within(q, 10, allowed.tolist())]
@@ -167,9 +218,11 @@ else:
     searcher = HnswSearcher(queries.shape[1])
     searcher.load(folder)
     some = searcher.ids[::10]
+    subset = searcher.subset(some)  # the rows a filter matched, remembered between searches
     for q in queries:
         searcher.search(q, 10)
         searcher.search(q, 10, candidates=some[:500])
+        searcher.search_subset(q, 10, subset)
     searcher.search_within(queries[0], 10, some)
     with tempfile.TemporaryDirectory() as out:
         searcher.save(out)

@@ -27,6 +27,7 @@ from superduper.base.query import Compare, Condition
 from superduper.base.rwlock import ReadWriteLock
 from superduper.runtime.artifact_gc import HeldArtifacts, index_holder
 from superduper.runtime.index_switch import IndexSwitches
+from superduper.runtime.matching_rows import MAX_ROWS, Matching, MatchingRows
 from superduper.vector_search.quantized import QUANTIZATIONS
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class VectorIndexes:
         #: (index uuid, filter) -> share of rows it matched, last seen: plans only, never what is returned
         self._shares: dict[tuple, float] = {}
         self._shares_lock = threading.Lock()
+        self.matching = MatchingRows()
         self._generation = db.components_generation()
         self.switches = IndexSwitches(db)
 
@@ -500,6 +502,9 @@ class VectorIndexes:
             plan['strategy'] = 'empty'
             return []
         key = (loaded.component.uuid, repr(where))
+        hits = self._among_matching(loaded, key, vector, n, rows)
+        if hits is not None:
+            return hits
         limit = int(min(self.db.cfg.exact_filter_limit, max(math.sqrt(8 * n * total), 4 * n)))
         share = self._shares.get(key)
         if share is None or share * total <= 1.2 * limit:  # near the limit: look, the estimate may be off
@@ -523,6 +528,44 @@ class VectorIndexes:
         plan.update(strategy='ann within the matching ids', matching=len(ids))
         with loaded.lock.write():  # the graph's beam is set for this search
             return searcher.search_within(vector, n, ids)
+
+    def _among_matching(self, loaded: LoadedIndex, key: tuple, vector: np.ndarray, n: int,
+                        rows: 'FilteredRows') -> list[tuple[Any, float]] | None:
+        """The ``n`` nearest among the rows the filter matched when last read (``matching_rows``), read now if that
+        is due and the filter was used before; ``None`` if none are remembered, or a hit no longer matches."""
+        searcher, ttl = loaded.searcher, self.db.cfg.poll_interval
+        matching = self.matching.fresh(key, searcher, ttl)
+        if matching is None:
+            if key not in self._shares or not self.matching.due(key, ttl):
+                return None  # a filter used once: planned per search
+            matching = self._read_matching(loaded, key, rows)
+            if matching is None:
+                return None
+        subset, limit = matching.subset, self.db.cfg.exact_filter_limit
+        with loaded.lock.read() if searcher.subset_reads_only(n, subset, limit) else loaded.lock.write():
+            hits = searcher.search_subset(vector, n, subset, limit)
+        if hits is None:  # the vectors changed since the rows were read
+            return None
+        if hits and len(rows.ids([h for h, _ in hits])) < len(hits):
+            self.matching.forget(key, ttl)
+            return None
+        how = 'exact' if searcher.subset_is_exact(n, subset, limit) else 'ann'
+        rows.plan.update(strategy=f'{how} among the matching rows read earlier', matching=matching.count)
+        return hits
+
+    def _read_matching(self, loaded: LoadedIndex, key: tuple, rows: 'FilteredRows') -> Matching | None:
+        """Read every id the filter matches (the database outside the lock) and keep them as a subset."""
+        read_at = time.monotonic()
+        ids = rows.ids(None, limit=MAX_ROWS + 1)
+        if len(ids) > MAX_ROWS:
+            self.matching.keep(key, read_at + 10 * self.db.cfg.poll_interval)
+            return None
+        with loaded.lock.read():
+            subset = loaded.searcher.subset(ids)
+        self._learn(key, len(ids) / max(len(loaded.searcher), 1))
+        matching = Matching(loaded.searcher, subset, len(ids), read_at)
+        self.matching.keep(key, matching)
+        return matching
 
     def _learn(self, key: tuple, share: float) -> None:
         """Remember the share of rows a filter matched (near the query): the next search with it plans from it."""

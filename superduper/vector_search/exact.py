@@ -8,6 +8,7 @@ positions as its labels. For ``cosine`` the rows are stored normalised and score
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -16,6 +17,17 @@ from superduper.base.exceptions import InvalidValue
 from superduper.base.keys import dump_key, load_key
 
 MEASURES = ('cosine', 'dot', 'l2')
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Some stored vectors, prepared for repeated searches among them (the rows a filter matched): valid while the
+    searcher's ``version`` is the one it was made at."""
+
+    positions: np.ndarray
+    version: int
+    allowed: Any = None  # an ANN searcher's graph labels among them
+    waiting: frozenset = frozenset()  # an ANN searcher's positions among them not yet in its graph
 
 
 def scored(rows: np.ndarray, query: np.ndarray, measure: str) -> np.ndarray:
@@ -39,6 +51,8 @@ class ExactSearcher:
         self.matrix = np.zeros((0, dim), dtype=np.float32)
         self.alive = np.zeros(0, dtype=bool)
         self._count = 0
+        #: grows with every change of the stored vectors or their positions: a ``Subset`` is made at one version
+        self.version = 0
 
     def __len__(self) -> int:
         return self._count
@@ -62,6 +76,7 @@ class ExactSearcher:
         self._store(positions, matrix)
         self.alive[positions] = True
         self._count = int(self.alive.sum())
+        self.version += 1
         return positions
 
     def _place(self, ids: Sequence[Any]) -> np.ndarray:
@@ -108,6 +123,7 @@ class ExactSearcher:
         positions = np.array([self.positions[i] for i in ids if i in self.positions], dtype=np.int64)
         self.alive[positions] = False
         self._count = int(self.alive.sum())
+        self.version += 1
         return positions
 
     # ---- reads ------------------------------------------------------------------------------------------------
@@ -117,7 +133,7 @@ class ExactSearcher:
 
     def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
         """The ``n`` nearest among many ``ids`` (exact here; an ANN searcher searches its graph within them)."""
-        return self.search(query, n, ids)
+        return self._among(self.prepare(query)[0], n, self.subset(ids), None)
 
     def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:
         """Whether ``search(..., n, candidates, beam)`` changes nothing here (so searches may run side by side)."""
@@ -128,14 +144,17 @@ class ExactSearcher:
         """The ``n`` nearest alive vectors (among ``candidates`` ids if given), nearest first (``beam``: how wide an
         ANN searcher looks; exact here)."""
         q = self.prepare(query)[0]
-        if candidates is None:
-            positions = None
-            scores = self.scores(q)
-            scores[~self.alive[: len(self.ids)]] = -np.inf
-        else:
-            positions = np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
-                                 dtype=np.int64)
-            scores = self.scores(q, positions)
+        if candidates is not None:
+            return self._nearest_of(q, n, self.alive_positions(candidates))
+        scores = self.scores(q)
+        scores[~self.alive[: len(self.ids)]] = -np.inf
+        return self._best(n, scores, None)
+
+    def _nearest_of(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
+        """The ``n`` nearest of ``positions`` (alive), exactly."""
+        return self._best(n, self.scores(q, positions), positions)
+
+    def _best(self, n: int, scores: np.ndarray, positions: np.ndarray | None) -> list[tuple[Any, float]]:
         n = min(n, int(np.isfinite(scores).sum()))
         if n <= 0:
             return []
@@ -143,6 +162,30 @@ class ExactSearcher:
         top = top[np.argsort(-scores[top], kind='stable')]
         chosen = top if positions is None else positions[top]
         return [(self.ids[p], float(s)) for p, s in zip(chosen, scores[top])]
+
+    # ---- searches among a prepared subset ------------------------------------------------------------------------
+    def subset(self, ids: Sequence[Any]) -> Subset:
+        """The alive vectors of ``ids``, prepared for ``search_subset``."""
+        return Subset(self.alive_positions(ids), self.version)
+
+    def search_subset(self, query: Any, n: int, subset: Subset,
+                      exact_limit: int | None = None) -> list[tuple[Any, float]] | None:
+        """The ``n`` nearest in ``subset``, nearest first (scanned exactly if an ANN searcher would, and there are
+        at most ``exact_limit``); ``None`` if the vectors changed since it was made."""
+        if subset.version != self.version:
+            return None
+        return self._among(self.prepare(query)[0], n, subset, exact_limit)
+
+    def _among(self, q: np.ndarray, n: int, subset: Subset, exact_limit: int | None) -> list[tuple[Any, float]]:
+        return self._nearest_of(q, n, subset.positions)
+
+    def subset_reads_only(self, n: int, subset: Subset, exact_limit: int | None = None) -> bool:
+        """Whether ``search_subset(...)`` changes nothing here (searches may run side by side)."""
+        return True
+
+    def subset_is_exact(self, n: int, subset: Subset, exact_limit: int | None = None) -> bool:
+        """Whether ``search_subset(...)`` scans the subset (else it searches an ANN graph)."""
+        return True
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def save(self, folder: str) -> None:
@@ -165,3 +208,4 @@ class ExactSearcher:
             raise InvalidValue(f'saved index in {folder} is inconsistent: {len(self.ids)} ids, '
                                f'{len(self.matrix)} vectors')
         self._count = int(self.alive.sum())
+        self.version += 1

@@ -19,10 +19,11 @@ import numpy as np
 
 from superduper.base.exceptions import InvalidValue
 from superduper.base.keys import dump_key, load_key
-from superduper.vector_search.exact import ExactSearcher, scored
+from superduper.vector_search.exact import ExactSearcher, Subset, scored
 
 SPACES = {'cosine': 'ip', 'dot': 'ip', 'l2': 'l2'}  # cosine rows are normalised by the store
 FLUSH_CHUNK = 10_000  # vectors added to the graph per call (bounds the copy handed to hnswlib)
+EXACT_AMONG = 2000  # vectors of a subset scanned on their codes rather than searched in the graph, at least
 
 
 def _hnswlib() -> Any:
@@ -85,6 +86,8 @@ class HnswSearcher(ExactSearcher):
     def flush(self) -> None:
         """Add the pending vectors to the graph, as new nodes."""
         pending = sorted(self.pending)
+        if pending:
+            self.version += 1
         for start in range(0, len(pending), FLUSH_CHUNK):
             positions = np.array(pending[start : start + FLUSH_CHUNK], dtype=np.int64)
             needed = self.index.element_count + len(positions)
@@ -119,7 +122,7 @@ class HnswSearcher(ExactSearcher):
         rows = self.vectors(np.arange(len(self.ids), dtype=np.int64) if positions is None else positions)
         return scored(rows, query, self.measure)
 
-    def _exact(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
+    def _nearest_of(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
         """The ``n`` nearest of ``positions`` (alive), exactly: scored on the int8 codes with a bound on each
         score's error, then only those whose bound reaches the n-th best are scored again on the real vectors."""
         if n <= 0 or not len(positions):
@@ -135,7 +138,7 @@ class HnswSearcher(ExactSearcher):
     def _exact_search(self, query: Any, n: int, candidates: Sequence[Any] | None) -> list[tuple[Any, float]]:
         q = self.prepare(query)[0]
         positions = self.alive_positions(candidates)
-        return self._exact(q, n, positions)
+        return self._nearest_of(q, n, positions)
 
     def reads_only(self, n: int, candidates: Sequence[Any] | None = None, beam: int | None = None) -> bool:
         return candidates is not None or self._ef_for(n, beam) == self._current_ef  # else the graph's ef is set first
@@ -154,22 +157,35 @@ class HnswSearcher(ExactSearcher):
             return self._exact_search(query, n, None)
         return self._with_pending(q, n, hits, None)
 
-    def search_within(self, query: Any, n: int, ids: Sequence[Any]) -> list[tuple[Any, float]]:
-        """The ``n`` nearest among ``ids`` (many): the graph searched with hnswlib's filter callback over their
-        labels, its beam widened as they get fewer; the pending ones among them searched exactly beside."""
-        q = self.prepare(query)[0]
-        positions = [p for i in ids if (p := self.positions.get(i)) is not None and self.alive[p]]
-        if not positions:
-            return []
-        labels = self.labels[np.array(positions, dtype=np.int64)]
+    def subset(self, ids: Sequence[Any]) -> Subset:
+        positions = self.alive_positions(ids)
+        labels = self.labels[positions]
         allowed = set(labels[labels >= 0].tolist())
-        share = len(allowed) / max(self.index.get_current_count(), 1)
-        ef = max(self._ef_for(n), math.ceil(4 * n / math.sqrt(max(share, 1e-6))))
-        hits = self._graph_search(q, min(n, len(allowed)), ef, allowed.__contains__) if allowed else []
+        return Subset(positions, self.version, allowed, frozenset(positions[labels < 0].tolist()))
+
+    def _among(self, q: np.ndarray, n: int, subset: Subset, exact_limit: int | None) -> list[tuple[Any, float]]:
+        """A few: exactly, on the codes. Many: the graph searched with hnswlib's filter callback over their labels,
+        its beam widened as they get fewer; the pending ones among them searched exactly beside."""
+        if self.subset_is_exact(n, subset, exact_limit):
+            return self._nearest_of(q, n, subset.positions)
+        allowed = subset.allowed
+        hits = self._graph_search(q, min(n, len(allowed)), self._subset_ef(n, subset), allowed.__contains__)
         if hits is None:  # the filtered graph did not reach enough of them: answer exactly
-            return self._exact_search(query, n, ids)
-        waiting = {p for p in positions if p in self.pending}
-        return self._with_pending(q, n, hits, waiting)
+            return self._nearest_of(q, n, subset.positions)
+        return self._with_pending(q, n, hits, subset.waiting)
+
+    def subset_is_exact(self, n: int, subset: Subset, exact_limit: int | None = None) -> bool:
+        """Scanning the codes of this many costs less than walking the graph for them (and they are at most
+        ``exact_limit``)."""
+        few = max(EXACT_AMONG, math.sqrt(8 * n * max(len(self), 1)))
+        return not subset.allowed or len(subset.positions) <= min(few, exact_limit or few)
+
+    def _subset_ef(self, n: int, subset: Subset) -> int:
+        share = len(subset.allowed) / max(self.index.get_current_count(), 1)
+        return max(self._ef_for(n), math.ceil(4 * n / math.sqrt(max(share, 1e-6))))
+
+    def subset_reads_only(self, n: int, subset: Subset, exact_limit: int | None = None) -> bool:
+        return self.subset_is_exact(n, subset, exact_limit) or self._subset_ef(n, subset) == self._current_ef
 
     def _with_pending(self, q: np.ndarray, n: int, hits: list, among: set | None) -> list[tuple[Any, float]]:
         """The graph's hits merged with the nearest pending vectors (those ``among`` if given), as (id, score)."""
@@ -223,6 +239,7 @@ class HnswSearcher(ExactSearcher):
             raise InvalidValue(f'saved index in {folder} is inconsistent: {len(self.ids)} ids, '
                                f'{len(self.labels)} labels')
         self._count = int(self.alive.sum())
+        self.version += 1
         linked = np.flatnonzero(self.labels >= 0)
         self.position_of = np.full(int(self.labels.max(initial=-1)) + 1, -1, dtype=np.int64)
         self.position_of[self.labels[linked]] = linked

@@ -167,8 +167,9 @@ class QuantizedSearcher(ExactSearcher):
 
     def search(self, query: Any, n: int, candidates: Sequence[Any] | None = None,
                beam: int | None = None) -> list[tuple[Any, float]]:
-        q = self.prepare(query)[0]
-        positions = self.alive_positions(candidates)
+        return self._nearest_of(self.prepare(query)[0], n, self.alive_positions(candidates))
+
+    def _nearest_of(self, q: np.ndarray, n: int, positions: np.ndarray) -> list[tuple[Any, float]]:
         if n <= 0 or not len(positions):
             return []
         close = self._candidates(q, n, positions)
@@ -229,3 +230,4 @@ class QuantizedSearcher(ExactSearcher):
             raise InvalidValue(f'saved index in {folder} is inconsistent: {size} ids')
         self.store.load(os.path.join(folder, 'vectors.f32'), size)
         self._count = int(self.alive.sum())
+        self.version += 1
