@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from superduper import ObjectModel, Table, VectorIndex
+from superduper import ObjectModel, Table, VectorIndex, superduper
 
 from conftest import plain_sql, wait_for
 
@@ -268,3 +268,27 @@ def test_an_hnsw_index_saved_without_codes_makes_them_from_its_graph(tmp_path):
     candidates = list(range(0, ROWS, 3))
     for q in QUERIES[:5]:
         assert [i for i, _ in again.search(q, 10, candidates)] == [i for i, _ in exact.search(q, 10, candidates)]
+
+
+@pytest.mark.backends('sqlite', 'postgresql', 'mongomock')
+def test_an_auto_index_that_grows_gets_an_hnsw_graph_and_says_so(db, db_uri, monkeypatch, tmp_path):
+    """``searcher='auto'``: exact while small, an HNSW graph once it holds enough vectors (built beside, swapped in,
+    saved: a process opening it later gets the graph too); the plan names the searcher each time."""
+    from superduper.runtime import vector_indexes
+
+    monkeypatch.setattr(vector_indexes, 'AUTO_HNSW_FROM', 1000)
+    t = points(db, 300, 'auto')
+    q = QUERIES[1]
+    got, plan = search(t, q, None)
+    assert plan['searcher'] == 'exact' and got == truth(q, np.arange(300))
+    t.insert([{'id': str(i), 'n': i, 'bucket': i % 100, 'cluster': int(CLUSTER[i])} for i in range(300, 1200)])\
+        .execute()
+    got, plan = search(t, q, None)
+    assert plan['searcher'] == 'hnsw' and len(set(got) & set(truth(q, np.arange(1200)))) >= 9
+    got, plan = search(t, q, t['bucket'] < 5)
+    assert plan['searcher'] == 'hnsw' and got == truth(q, np.flatnonzero(np.arange(1200) % 100 < 5))
+    db.close()
+    again = superduper(db_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False)
+    got, plan = search(again['points'], q, None)
+    assert plan['searcher'] == 'hnsw'
+    again.close()

@@ -320,6 +320,7 @@ class VectorIndexes:
                 if self._look(loaded):
                     break
             self._flush_if_due(loaded)
+            self._grow_if_due(loaded)
         except Exception as e:  # searches go on with what the index holds; the next search looks again
             loaded.stale = True
             log.exception('%s could not catch up with its outputs', problem)
@@ -335,6 +336,28 @@ class VectorIndexes:
         if len(pending) >= max(FLUSH_AT, len(loaded.searcher) // 100):
             with loaded.lock.write():
                 loaded.searcher.flush()
+
+    def _grow_if_due(self, loaded: LoadedIndex) -> None:
+        """An index left to choose its searcher (``'auto'``) that started exact, small, gets an HNSW graph once it
+        holds ``AUTO_HNSW_FROM`` vectors: built beside from a copy, swapped in if nothing changed meanwhile (else
+        the next look tries again), then saved, so that other processes open it as HNSW too."""
+        searcher, index = loaded.searcher, loaded.component
+        if searcher is None or searcher.kind != 'exact' or index.searcher != 'auto' or index.quantization \
+                or len(searcher) < AUTO_HNSW_FROM or not _has_hnswlib():
+            return
+        from superduper.vector_search.hnsw import HnswSearcher
+
+        with loaded.lock.read():
+            version, positions = searcher.version, searcher.alive_positions(None)
+            ids, vectors = [searcher.ids[p] for p in positions.tolist()], searcher.vectors(positions)
+        grown = HnswSearcher(searcher.dim, index.measure)
+        grown.upsert(ids, vectors)
+        grown.flush()
+        with loaded.lock.write():
+            if loaded.searcher is not searcher or searcher.version != version:
+                return
+            loaded.searcher = grown
+        self.save(loaded)
 
     def _look(self, loaded: LoadedIndex) -> bool:
         """Read what changed since the index's write number and apply it; ``False`` if another thread moved the
