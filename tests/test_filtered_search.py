@@ -139,26 +139,31 @@ def search_ids(t, query: np.ndarray, cond) -> tuple[list[str], dict]:
     return [r['id'] for r in cursor], cursor.plan
 
 
-def test_hnsw_searched_within_many_ids_by_its_filter_callback(monkeypatch):
-    """``search_within``: the graph searched with hnswlib's filter callback over the ids' labels, pending vectors
-    beside it; recall@10 >= 0.95 at 1, 10 and 50% of the rows, only those ids, and n of them."""
+def test_hnsw_searched_among_many_ids_by_their_signs_or_its_graph(monkeypatch):
+    """``search_within`` / ``search_subset`` past the exact limit: a shortlist of the vectors whose signs differ
+    least from the query's, scored exactly, or (most of the index) the graph's nearest checked for membership;
+    pending vectors beside; recall@10 >= 0.95 at 1, 10 and 50% of the rows, only those ids, and n of them."""
     from superduper.vector_search import hnsw
     from superduper.vector_search.hnsw import HnswSearcher
 
-    monkeypatch.setattr(hnsw, 'EXACT_AMONG', 0)  # 3,000 rows: else a subset this small is scanned exactly
+    monkeypatch.setattr(hnsw, 'SHORTLIST', 15)  # 3,000 rows: a shortlist that leaves some out
     searcher = HnswSearcher(DIM)
     searcher.upsert(list(range(ROWS)), VECTORS)
     searcher.flush()
     searcher.upsert(list(range(0, 300, 3)), VECTORS[0:300:3])  # waiting outside the graph
     for share in (1, 10, 50):
         allowed = np.flatnonzero(np.arange(ROWS) % 100 < share)
-        assert searcher.subset_is_exact(10, searcher.subset(allowed.tolist())) == (share < 50)
+        subset = searcher.subset(allowed.tolist())
+        assert not searcher.subset_is_exact(10, subset, exact_limit=1)
         recalls = []
         for q in QUERIES:
-            got = [i for i, _ in searcher.search_within(q, 10, allowed.tolist())]
-            assert len(got) == 10 and set(got) <= set(allowed.tolist())
-            recalls.append(len(set(got) & set(truth(q, allowed))) / 10)
+            for got in (searcher.search_subset(q, 10, subset, exact_limit=1), searcher.search_within(q, 10, allowed)):
+                got = [i for i, _ in got]
+                assert len(got) == 10 and set(got) <= set(allowed.tolist())
+                recalls.append(len(set(got) & set(truth(q, allowed))) / 10)
         assert np.mean(recalls) >= 0.95, share
+    searcher.upsert([5], VECTORS[5:6])
+    assert searcher.search_subset(QUERIES[0], 10, subset) is None  # made before a change: not used
 
 
 def test_the_hnsw_searchers_exact_search_is_exact_for_every_measure():

@@ -26,8 +26,9 @@ class Subset:
 
     positions: np.ndarray
     version: int
-    allowed: Any = None  # an ANN searcher's graph labels among them
-    waiting: frozenset = frozenset()  # an ANN searcher's positions among them not yet in its graph
+    member: Any = None  # an ANN searcher's: a boolean per position, whether it is in the subset
+    signs: Any = None  # an ANN searcher's: the packed signs of their vectors, in ``positions`` order
+    waiting: frozenset = frozenset()  # an ANN searcher's: the positions among them not yet in its graph
 
 
 def scored(rows: np.ndarray, query: np.ndarray, measure: str) -> np.ndarray:

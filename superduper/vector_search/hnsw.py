@@ -20,10 +20,17 @@ import numpy as np
 from superduper.base.exceptions import InvalidValue
 from superduper.base.keys import dump_key, load_key
 from superduper.vector_search.exact import ExactSearcher, Subset, scored
+from superduper.vector_search.signs import hamming, pack_signs
 
 SPACES = {'cosine': 'ip', 'dot': 'ip', 'l2': 'l2'}  # cosine rows are normalised by the store
 FLUSH_CHUNK = 10_000  # vectors added to the graph per call (bounds the copy handed to hnswlib)
 EXACT_AMONG = 2000  # vectors of a subset scanned on their codes rather than searched in the graph, at least
+#: a subset holding at least this share of the vectors is searched in the graph, its nearest nodes checked for
+#: membership: GRAPH_MARGIN x n / share deep (recall@10 1.0 at 50% of 100k clustered vectors, 0.93 at 20% with 2x)
+GRAPH_FROM, GRAPH_MARGIN = 0.25, 4
+#: a smaller subset: the vectors whose signs differ least from the query's, this many per result, scored exactly
+#: (recall@10 at 10% of 100k clustered vectors 0.97 with 200, 0.94 with 100)
+SHORTLIST = 200
 
 
 def _hnswlib() -> Any:
@@ -158,34 +165,50 @@ class HnswSearcher(ExactSearcher):
         return self._with_pending(q, n, hits, None)
 
     def subset(self, ids: Sequence[Any]) -> Subset:
+        """The alive vectors of ``ids``, with a membership mask over positions and the signs of their codes."""
         positions = self.alive_positions(ids)
-        labels = self.labels[positions]
-        allowed = set(labels[labels >= 0].tolist())
-        return Subset(positions, self.version, allowed, frozenset(positions[labels < 0].tolist()))
+        member = np.zeros(len(self.ids), dtype=bool)
+        member[positions] = True
+        signs = pack_signs(self.codes.codes[positions], self.dim)
+        waiting = frozenset(positions[self.labels[positions] < 0].tolist())
+        return Subset(positions, self.version, member, signs, waiting)
 
     def _among(self, q: np.ndarray, n: int, subset: Subset, exact_limit: int | None) -> list[tuple[Any, float]]:
-        """A few: exactly, on the codes. Many: the graph searched with hnswlib's filter callback over their labels,
-        its beam widened as they get fewer; the pending ones among them searched exactly beside."""
+        """A few: exactly, on the codes. Many (most of the index): the graph's nearest, deep enough that ``n`` of
+        them are in the subset. Between: the vectors whose signs differ least from the query's, a shortlist scored
+        exactly (hnswlib's filter callback calls Python at every node it visits: slower than either)."""
+        positions = subset.positions
         if self.subset_is_exact(n, subset, exact_limit):
-            return self._nearest_of(q, n, subset.positions)
-        allowed = subset.allowed
-        hits = self._graph_search(q, min(n, len(allowed)), self._subset_ef(n, subset), allowed.__contains__)
-        if hits is None:  # the filtered graph did not reach enough of them: answer exactly
-            return self._nearest_of(q, n, subset.positions)
-        return self._with_pending(q, n, hits, subset.waiting)
+            return self._nearest_of(q, n, positions)
+        if self._graph_among(n, subset):
+            k = self._graph_depth(n, subset)
+            hits = self._graph_search(q, k, max(self.ef, k))
+            if hits is not None:
+                member = subset.member
+                hits = [h for h in hits if member[h[0]]]
+                if len(hits) >= min(n, len(positions) - len(subset.waiting)):
+                    return self._with_pending(q, n, hits, subset.waiting)
+        shortlist = min(len(positions), SHORTLIST * n)
+        close = np.argpartition(hamming(subset.signs, q), shortlist - 1)[:shortlist] \
+            if shortlist < len(positions) else np.arange(len(positions))
+        return self._nearest_of(q, n, positions[close])
 
     def subset_is_exact(self, n: int, subset: Subset, exact_limit: int | None = None) -> bool:
-        """Scanning the codes of this many costs less than walking the graph for them (and they are at most
-        ``exact_limit``)."""
+        """Scanning the codes of this many costs less than any other way (and they are at most ``exact_limit``)."""
         few = max(EXACT_AMONG, math.sqrt(8 * n * max(len(self), 1)))
-        return not subset.allowed or len(subset.positions) <= min(few, exact_limit or few)
+        return len(subset.positions) <= min(few, exact_limit or few)
 
-    def _subset_ef(self, n: int, subset: Subset) -> int:
-        share = len(subset.allowed) / max(self.index.get_current_count(), 1)
-        return max(self._ef_for(n), math.ceil(4 * n / math.sqrt(max(share, 1e-6))))
+    def _graph_among(self, n: int, subset: Subset) -> bool:
+        return len(subset.positions) >= GRAPH_FROM * len(self) and len(self.pending) * 2 <= len(self)
+
+    def _graph_depth(self, n: int, subset: Subset) -> int:
+        share = len(subset.positions) / max(len(self), 1)
+        return min(math.ceil(GRAPH_MARGIN * n / share), len(self) - len(self.pending))
 
     def subset_reads_only(self, n: int, subset: Subset, exact_limit: int | None = None) -> bool:
-        return self.subset_is_exact(n, subset, exact_limit) or self._subset_ef(n, subset) == self._current_ef
+        if self.subset_is_exact(n, subset, exact_limit) or not self._graph_among(n, subset):
+            return True
+        return max(self.ef, self._graph_depth(n, subset)) == self._current_ef
 
     def _with_pending(self, q: np.ndarray, n: int, hits: list, among: set | None) -> list[tuple[Any, float]]:
         """The graph's hits merged with the nearest pending vectors (those ``among`` if given), as (id, score)."""
@@ -199,15 +222,15 @@ class HnswSearcher(ExactSearcher):
         ids = self.ids
         return [(ids[p], s) for p, s in hits[:n]]
 
-    def _graph_search(self, q: np.ndarray, k: int, ef: int, allowed: Any = None) -> list[tuple[int, float]] | None:
-        """(position, score) of the ``k`` nearest nodes of the graph (that ``allowed`` takes, if given)."""
+    def _graph_search(self, q: np.ndarray, k: int, ef: int) -> list[tuple[int, float]] | None:
+        """(position, score) of the ``k`` nearest nodes of the graph."""
         if k <= 0:
             return []
         if ef != self._current_ef:
             self.index.set_ef(ef)
             self._current_ef = ef
         try:
-            labels, distances = self.index.knn_query(q, k=k, filter=allowed)
+            labels, distances = self.index.knn_query(q, k=k)
         except RuntimeError:
             return None
         positions = self.position_of[labels[0]].tolist()

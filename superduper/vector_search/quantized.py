@@ -22,6 +22,7 @@ from superduper.base.exceptions import InvalidValue
 from superduper.base.keys import dump_key, load_key
 from superduper.vector_search.exact import ExactSearcher, scored
 from superduper.vector_search.hnsw import Codes, _grown
+from superduper.vector_search.signs import hamming, pack_signs, width
 
 QUANTIZATIONS = ('int8', 'binary')
 SCAN_CHUNK = 16_384  # codes decoded at a time during a scan (bounds the scan's temporary memory)
@@ -98,7 +99,7 @@ class Bits:
     """Each vector as the signs of its values (packed bits) times its mean magnitude, with its norm."""
 
     def __init__(self, dim: int):
-        self.dim, self.width = dim, (dim + 63) // 64 * 8  # whole 64-bit words: counted a word at a time
+        self.dim, self.width = dim, width(dim)
         self.codes = np.zeros((0, self.width), dtype=np.uint8)
         self.scale = np.zeros(0, dtype=np.float32)
         self.norm = np.zeros(0, dtype=np.float32)
@@ -109,8 +110,7 @@ class Bits:
             self.codes = _grown(self.codes, (capacity, self.width))
             self.scale, self.norm = (_grown(a, (capacity,)) for a in (self.scale, self.norm))
         vectors = np.asarray(vectors, dtype=np.float32)
-        bits = np.packbits(vectors > 0, axis=1)
-        self.codes[positions, : bits.shape[1]] = bits
+        self.codes[positions] = pack_signs(vectors, self.dim)
         self.scale[positions] = np.abs(vectors).mean(axis=1)
         self.norm[positions] = np.linalg.norm(vectors, axis=1)
 
@@ -126,11 +126,7 @@ class Bits:
 
     def hamming(self, q: np.ndarray, positions: Any) -> np.ndarray:
         """How many signs of each vector differ from the query's (a first, coarser cut)."""
-        packed = np.zeros(self.width, dtype=np.uint8)
-        bits = np.packbits(q > 0)
-        packed[: len(bits)] = bits
-        words = self.codes[positions].view(np.uint64)
-        return np.bitwise_count(words ^ packed.view(np.uint64)).sum(axis=1, dtype=np.uint32)
+        return hamming(self.codes[positions], q)
 
     def save(self, folder: str, size: int) -> None:
         for name in ('codes', 'scale', 'norm'):
