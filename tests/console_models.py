@@ -16,3 +16,8 @@ def shout(text: str) -> str:
     if 'bad' in text:
         raise ValueError(f'cannot shout {text!r}')
     return text.upper()
+
+
+def vowels_squared(text: str) -> list[float]:
+    """Another embedding of the same length: a new model version for an index to switch to."""
+    return [(1.0 + text.count(c)) ** 2 for c in VOWELS]

@@ -307,3 +307,31 @@ def test_markup_is_only_what_the_console_makes():
 
     made = _tag('a', '<b>', Html('<i>ok</i>'), href='"><script>', data_key='x')
     assert made == '<a href="&quot;&gt;&lt;script&gt;" data-key="x">&lt;b&gt;<i>ok</i></a>'
+
+
+def test_the_overview_shows_a_vector_index_switching_models(tmp_path, monkeypatch):
+    """A new version of an indexed listener's model: the listeners table says the index switched to it."""
+    from fastapi.testclient import TestClient
+
+    from superduper import ObjectModel, Table, VectorIndex, superduper
+    from superduper.server import create_app
+    from superduper.server.settings import ServeSettings
+
+    monkeypatch.setenv('SUPERDUPER_SECRET', SECRET)
+    monkeypatch.syspath_prepend(str(TESTS))
+    from console_models import vowels, vowels_squared
+
+    db = superduper(f'sqlite:///{tmp_path}/db.sqlite', artifact_store=f'filesystem://{tmp_path}/artifacts',
+                    progress=False)
+    try:
+        db.apply(Table('docs', fields={'txt': 'str'}))
+        db['docs'].insert([{'txt': t} for t in ROWS[:3]]).execute()
+        for embedding in (vowels, vowels_squared):
+            embed = ObjectModel('vowels', object=embedding, datatype='vector[float32:5]')
+            db.apply(VectorIndex('docs-index', indexing_listener=embed.to_listener('docs', key='txt',
+                                                                                   identifier='vowels')))
+        with TestClient(create_app(db, ServeSettings(anonymous='read'))) as client:
+            page = client.get('/').text
+        assert '<th>index switch</th>' in page and "VectorIndex &#x27;docs-index&#x27; switched from v0 to v1" in page
+    finally:
+        db.close()

@@ -140,9 +140,10 @@ def overview(request: Request) -> Response:
 
 def _listeners(status: list[dict]) -> Html:
     rows = [[_link(_path('listeners', s['listener']), s['listener']), s['table'], s['done'], _maybe(s['pending']),
-             _failed(s['failed']), _lag(s['lag_seconds']), s['problem'] or '']
+             _failed(s['failed']), _lag(s['lag_seconds']), s['problem'] or '', s.get('switch') or '']
             for s in status]
-    return _table(['listener', 'table', 'done', 'pending', 'failed', 'lag', 'problem'], rows, 'no listeners')
+    return _table(['listener', 'table', 'done', 'pending', 'failed', 'lag', 'problem', 'index switch'], rows,
+                  'no listeners')
 
 
 def _maybe(value: Any) -> Any:
