@@ -561,7 +561,7 @@ class VectorIndexes:
         if matching is None:
             if key not in self._shares or not self.matching.due(key, ttl):
                 return None  # a filter used once: planned per search
-            matching = self._read_matching(loaded, key, rows)
+            matching = self._read_matching(loaded, searcher, key, rows)
             if matching is None:
                 return None
         subset, limit = matching.subset, self.db.cfg.exact_filter_limit
@@ -576,17 +576,18 @@ class VectorIndexes:
         rows.plan.update(strategy=f'{how} among the matching rows read earlier', matching=matching.count)
         return hits
 
-    def _read_matching(self, loaded: LoadedIndex, key: tuple, rows: 'FilteredRows') -> Matching | None:
-        """Read every id the filter matches (the database outside the lock) and keep them as a subset."""
+    def _read_matching(self, loaded: LoadedIndex, searcher: Any, key: tuple, rows: 'FilteredRows') -> Matching | None:
+        """Read every id the filter matches (the database outside the lock) and keep them as a subset of
+        ``searcher``'s vectors."""
         read_at = time.monotonic()
         ids = rows.ids(None, limit=MAX_ROWS + 1)
         if len(ids) > MAX_ROWS:
             self.matching.keep(key, read_at + 10 * self.db.cfg.poll_interval)
             return None
         with loaded.lock.read():
-            subset = loaded.searcher.subset(ids)
-        self._learn(key, len(ids) / max(len(loaded.searcher), 1))
-        matching = Matching(loaded.searcher, subset, len(ids), read_at)
+            subset = searcher.subset(ids)
+        self._learn(key, len(ids) / max(len(searcher), 1))
+        matching = Matching(searcher, subset, len(ids), read_at)
         self.matching.keep(key, matching)
         return matching
 
