@@ -311,7 +311,7 @@ class Codes:
     def scores(self, q: np.ndarray, positions: np.ndarray, measure: str) -> tuple[np.ndarray, np.ndarray]:
         """Approximate scores of ``positions`` and a bound on how far each is from the exact one."""
         scale, error = self.scale[positions], self.error[positions]
-        dots = (self.codes[positions].astype(np.float32) @ q) * scale
+        dots = np.einsum('ij,j->i', self.codes[positions], q) * scale  # converted as multiplied, never copied
         qnorm = float(np.linalg.norm(q))
         reach = self.norm[positions] + error + qnorm  # bounds the terms float32 rounds, in both scores
         margin = 1e-5 * (1 + reach * reach)
