@@ -178,6 +178,12 @@ class Listening:
         self._closed = True
         self.consumer.stop()
 
+    @property
+    def _stopping(self) -> bool:
+        """Closed, with the changes queued in the database: a backfill here stops after its batch and leaves the rest
+        to workers. Where the queue lives in this process only, it is finished first (else it would be lost)."""
+        return self._closed and self.feed.durable
+
     def active(self, identifier: str) -> 'Listener':
         for records in self.records().values():
             for record in records:
@@ -410,7 +416,7 @@ class Listening:
         try:
             with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
                       unit='rows', leave=False) as bar:
-                while not self._closed:  # closed: what is left stays queued for workers
+                while not self._stopping:
                     for rows, failures in self._backfill_parts(listener, total):
                         done += rows
                         failed += failures
@@ -437,8 +443,8 @@ class Listening:
 
     def _claimed(self, listener_uuid: str) -> Iterator[Batch]:
         """The changes queued for one listener, claimed a batch at a time until none is left here."""
-        while not self._closed and (batch := self.feed.claim(self.db.cfg.read_batch_size,
-                                                             listener=listener_uuid)) is not None:
+        while not self._stopping and (batch := self.feed.claim(self.db.cfg.read_batch_size,
+                                                               listener=listener_uuid)) is not None:
             faults.point('after_claim')
             yield batch
 
