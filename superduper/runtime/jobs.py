@@ -100,8 +100,9 @@ class Job:
 
 class BackgroundApplies:
     """The steps non-blocking applies left to run (each component's ``on_applied`` or ``on_reapplied``), run in order
-    on one thread of this process. With ``outputs='async'`` this process computes nothing: the workers do (they take
-    the queued backfills, finish index switches, and any process builds an index it opens)."""
+    on one thread of this process. With ``outputs='async'``, where the queue is in the database, this process computes
+    nothing: the workers do (they take the queued backfills, finish index switches, and any process builds an index it
+    opens)."""
 
     def __init__(self, db: 'Runtime'):
         self.db = db
@@ -109,7 +110,7 @@ class BackgroundApplies:
 
     def submit(self, steps: list[tuple['Component', Callable[[Any], None]]], job_ids: list[str]) -> list[Job]:
         applying = None
-        if steps and self.db.cfg.outputs == 'sync':
+        if steps and not (self.db.cfg.outputs == 'async' and self.db.changes.durable):
             applying = self._worker.submit(lambda: self._run(steps, job_ids))
         return [Job(self.db, job_id, applying) for job_id in job_ids]
 
