@@ -86,7 +86,7 @@ def test_apply_returns_before_the_backfill_and_the_job_follows_it(db, gate):
     assert ENTERED.wait(30)  # computing in the background, held by the gate
     status = job.status()
     assert (status['kind'], status['status'], status['done'], status['total']) == ('backfill', 'running', 0, ROWS)
-    assert [j['id'] for j in db.jobs('upper')] == [job.id] and 'running, 0/30 rows' in repr(job)
+    assert [j['id'] for j in db.jobs('upper')] == [job.id] and 'running, 0/30 rows' in repr(job) and not job.done()
     with pytest.raises(JobTimeout, match=rf"backfill of Listener 'upper' \(job '{job.id}'\) still running"):
         job.wait(timeout=0.2)  # the gate holds it: it cannot end meanwhile
     GATE.set()
@@ -166,6 +166,31 @@ def test_closing_keeps_what_the_background_left_queued(connect, gate):
     again.apply(upper())  # the same declaration: resumes the queued backfill
     assert again.job(job.id).wait(timeout=60)['status'] == 'success'
     assert outputs(again, listener) == expected()
+
+
+@pytest.mark.requires('opened_by_uri', reason='another datalayer opens the database by its URI after the first was closed')
+def test_closing_with_an_apply_not_started_loses_nothing(connect, gate):
+    """A second non-blocking apply waits behind the first when the datalayer is closed: it is not started (its
+    backfill stays queued; where the queue lives in the process, ``close()`` runs it)."""
+    db = connect(follow_changes=False)
+    docs(db)
+    (first,), _ = db.apply(upper(), wait=False)  # holds the background thread
+    (second,), plain = db.apply(upper(str.upper, 'plain'), wait=False)
+    assert ENTERED.wait(30)
+    closing = threading.Thread(target=db.close)
+    closing.start()
+    wait_for(lambda: db.listening._closed)
+    GATE.set()
+    closing.join(60)
+    again = connect(follow_changes=False)
+    left = again.job(second.id).status()
+    if db.changes.durable:
+        assert (left['status'], left['done']) == ('running', 0)
+    else:
+        assert (left['status'], left['done']) == ('success', ROWS)
+    again.apply(upper(str.upper, 'plain'))
+    assert again.job(second.id).wait(timeout=60)['status'] == 'success'
+    assert outputs(again, plain) == expected()
 
 
 # ---- other processes ---------------------------------------------------------------------------------------------

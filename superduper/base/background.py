@@ -91,8 +91,8 @@ class BackgroundConsumer:
 
 class SerialWorker:
     """Runs the tasks handed to it one after another, in a daemon thread of its own started with the first. ``stop``
-    cancels the tasks not started and joins the thread (the running task ends as its own code decides: between model
-    batches when the interpreter exits)."""
+    cancels the tasks not started (unless ``finish``: they run first) and joins the thread (the running task ends as
+    its own code decides: between model batches when the interpreter exits)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -123,11 +123,11 @@ class SerialWorker:
             except BaseException as e:  # the future carries it to whoever waits
                 future.set_exception(e)
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float | None = 30, finish: bool = False) -> None:
         with self._lock:
             self._stopped = True
             thread, self._thread = self._thread, None
-        while True:
+        while not finish:
             try:
                 item = self._tasks.get_nowait()
             except queue.Empty:

@@ -137,8 +137,9 @@ class BackgroundApplies:
 
     def close(self) -> None:
         """Stop: steps not started are dropped (their work stays queued), a running backfill stops after its
-        batch (``Listening.close`` comes first)."""
-        self._worker.stop()
+        batch (``Listening.close`` comes first). Where the queue lives in this process only, every step runs first."""
+        durable = self.db.changes.durable
+        self._worker.stop(timeout=30 if durable else None, finish=not durable)
 
 
 def _uuids(component: 'Component') -> set[str]:
