@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from superduper import Application, ObjectModel, Table, Template, VectorIndex, superduper
+from superduper import Application, KeywordIndex, ObjectModel, Table, Template, VectorIndex, superduper
 from superduper.base.exceptions import JobFailed, JobTimeout, NotFound
 
 from conftest import wait_for
@@ -77,6 +77,10 @@ def expected(n: int = ROWS) -> list[str]:
     return sorted(f'TEXT {i}' for i in range(n))
 
 
+#: tests that open the database again after closing it
+reopened = pytest.mark.requires('opened_by_uri', reason='another datalayer opens the database by its URI later')
+
+
 # ---- in this process ---------------------------------------------------------------------------------------------
 def test_apply_returns_before_the_backfill_and_the_job_follows_it(db, gate):
     docs(db)
@@ -135,6 +139,51 @@ def test_a_vector_index_is_built_over_the_backfill_in_the_background(db):
     assert [row['txt'] for row in found] == ['aaa']
 
 
+def test_a_keyword_index_answers_once_its_jobs_ended(db):
+    """Over the database's own full-text index it is built before apply returns (no job); over an in-process engine
+    its internal listener's backfill is the job."""
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    db['docs'].insert([{'txt': 'red shoes'}, {'txt': 'blue hat'}]).execute()
+    jobs, _ = db.apply(KeywordIndex('kw', select='docs', key='txt'), wait=False)
+    assert len(jobs) == (0 if db.databackend.capabilities.full_text else 1)
+    for job in jobs:
+        job.wait(timeout=60)
+    assert [r['txt'] for r in db['docs'].select().match('shoes', keyword_index='kw').execute()] == ['red shoes']
+
+
+#: two models ordering the rows in opposite ways for the query 'q': each answer says which index gave it
+OLD = {'apple': [1.0, 0.0], 'zebra': [0.0, 1.0], 'q': [1.0, 0.0]}
+NEW = {**OLD, 'q': [0.0, 1.0]}
+
+
+def old_vectors(text: str) -> np.ndarray:
+    return np.array(OLD[text], dtype=np.float32)
+
+
+def new_vectors(text: str) -> np.ndarray:
+    gated('')
+    return np.array(NEW[text], dtype=np.float32)
+
+
+def test_an_index_switches_to_a_new_model_after_its_backfill(db, gate):
+    def index(embed) -> VectorIndex:
+        model = ObjectModel('embedder', object=embed, datatype='vector[float32:2]')
+        return VectorIndex('idx', indexing_listener=model.to_listener('docs', key='txt', identifier='embed'))
+
+    def nearest() -> str:
+        return [r['txt'] for r in db['docs'].like({'txt': 'q'}, vector_index='idx', n=1).select('txt').execute()][0]
+
+    db.apply(Table('docs', fields={'txt': 'str'}))
+    db['docs'].insert([{'txt': 'apple'}, {'txt': 'zebra'}]).execute()
+    db.apply(index(old_vectors))
+    jobs, new = db.apply(index(new_vectors), wait=False)
+    assert ENTERED.wait(30) and nearest() == 'apple'  # the old version answers while the new one backfills
+    GATE.set()
+    for job in jobs:
+        job.wait(timeout=60)  # in this process: the switch that follows the backfill too
+    assert nearest() == 'zebra' and db.show('VectorIndex', 'idx') == [new.version] == [1]
+
+
 def test_nothing_to_compute_gives_no_jobs(db):
     jobs, table = db.apply(Table('plain', fields={'txt': 'str'}), wait=False)
     assert jobs == [] and db.show('Table') == ['plain'] and table.version == 0
@@ -142,7 +191,7 @@ def test_nothing_to_compute_gives_no_jobs(db):
         db.job('nope')
 
 
-@pytest.mark.requires('opened_by_uri', reason='another datalayer opens the database by its URI after the first was closed')
+@reopened
 def test_closing_keeps_what_the_background_left_queued(connect, gate):
     """``close()`` while a background backfill computes: the batch in hand is stored, the rest stays queued with the
     job running; applying the listener again (another process would too) finishes it, each output once. Where the
@@ -168,7 +217,7 @@ def test_closing_keeps_what_the_background_left_queued(connect, gate):
     assert outputs(again, listener) == expected()
 
 
-@pytest.mark.requires('opened_by_uri', reason='another datalayer opens the database by its URI after the first was closed')
+@reopened
 def test_closing_with_an_apply_not_started_loses_nothing(connect, gate):
     """A second non-blocking apply waits behind the first when the datalayer is closed: it is not started (its
     backfill stays queued; where the queue lives in the process, ``close()`` runs it)."""
@@ -239,8 +288,8 @@ def test_cli_apply_no_wait_queues_for_the_workers(connect, db_uri, env, tmp_path
     app = Application('app', components=[ObjectModel('upper', object=str.upper, datatype='str').to_listener(
         'docs', key='txt', identifier='upper')])
     Template('app', component=app).export(tmp_path / 'app')
-    applied = subprocess.run(CLI + ['apply', str(tmp_path / 'app'), db_uri, '--no-wait', '--trust'], capture_output=True,
-                             text=True, timeout=120, env=env)
+    applied = subprocess.run(CLI + ['apply', str(tmp_path / 'app'), db_uri, '--no-wait', '--trust'],
+                             capture_output=True, text=True, timeout=120, env=env)
     assert applied.returncode == 0, applied.stderr
     lines = applied.stdout.splitlines()
     assert lines[0].startswith("applied Application 'app' version 0") and lines[1].startswith('queued job backfill-')

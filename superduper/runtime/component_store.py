@@ -78,7 +78,7 @@ class ComponentStore:
             applied = self._apply(component, created)
             if deferred is None:
                 return applied
-            job_ids = list(dict.fromkeys(j for c, _ in deferred for j in c.on_deferred(self.db)))
+            deferred, job_ids = self._defer(deferred)
         except Exception:  # all or nothing: take back what this apply had stored so far, newest first
             for record in reversed(created):
                 still_there = self.metadata.get_by_uuid(record['uuid']) is not None  # a listener takes its outputs
@@ -98,6 +98,21 @@ class ComponentStore:
             step(self.db)
         else:
             deferred.append((component, step))
+
+    def _defer(self, steps: list[tuple[Component, Callable[[Any], None]]]) -> tuple[list, list[str]]:
+        """The steps a non-blocking apply leaves to the background, with the ids of the jobs recording them: from the
+        first whose work is a job (a listener's backfill, queued durably here), in order. The steps before it run
+        now (a keyword index over the database's own full-text index): there is no job to wait for them by."""
+        later: list[tuple[Component, Callable[[Any], None]]] = []
+        job_ids: list[str] = []
+        for component, step in steps:
+            ids = component.on_deferred(self.db)
+            if ids or later:
+                later.append((component, step))
+                job_ids += ids
+            else:
+                step(self.db)
+        return later, list(dict.fromkeys(job_ids))
 
     def close(self) -> None:
         self.background.close()

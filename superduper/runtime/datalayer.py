@@ -134,7 +134,8 @@ class Datalayer:
     def apply(self, component: Component | Any, wait: Literal[True] = True, **variables: str) -> Component: ...
 
     @overload
-    def apply(self, component: Component | Any, wait: Literal[False], **variables: str) -> tuple[list[Job], Component]: ...
+    def apply(self, component: Component | Any, wait: Literal[False],
+              **variables: str) -> tuple[list[Job], Component]: ...
 
     def apply(self, component: Component | Any, wait: bool = True, **variables: str) -> Any:
         """Store a component: a no-op if unchanged since its latest version, else a new version. A ``Template`` is

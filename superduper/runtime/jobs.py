@@ -57,7 +57,8 @@ class Job:
             return f'<Job {self.id}>'
         progress = f", {job['done'] or 0}/{job['total']} rows" if job['total'] is not None else ''
         failed = f", {job['failed']} failed" if job['failed'] else ''
-        return f"<Job {self.id}: {job['kind']} of {job['type_id']} {job['identifier']!r}, {job['status']}{progress}{failed}>"
+        what = f"{job['kind']} of {job['type_id']} {job['identifier']!r}"
+        return f"<Job {self.id}: {what}, {job['status']}{progress}{failed}>"
 
     def status(self) -> dict:
         """The job's row as of now: ``status`` ('running', 'success' or 'failed'), ``done``, ``total`` and
