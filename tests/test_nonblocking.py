@@ -123,6 +123,20 @@ def test_an_error_in_the_background_is_recorded_on_the_job(db, monkeypatch):
     assert db.jobs('lost')[0]['status'] == 'failed'
 
 
+@pytest.mark.backends('any')
+def test_an_index_that_cannot_be_built_fails_the_job_it_follows(db, monkeypatch):
+    docs(db)
+
+    def full(*args, **kwargs):
+        raise OSError('no space left on device')
+
+    monkeypatch.setattr(db.vector_indexes, 'build', full)
+    model = ObjectModel('ones', object=lambda text: np.ones(2, dtype=np.float32), datatype='vector[float32:2]')
+    (job,), _ = db.apply(VectorIndex('idx', indexing_listener=model.to_listener('docs', key='txt')), wait=False)
+    with pytest.raises(JobFailed, match=r"failed: VectorIndex 'idx' after the backfill: OSError: no space left"):
+        job.wait(timeout=60)
+
+
 def test_a_vector_index_is_built_over_the_backfill_in_the_background(db):
     db.apply(Table('docs', fields={'txt': 'str'}))
     db['docs'].insert([{'txt': t} for t in ['aaa', 'abc', 'zzz']]).execute()

@@ -108,11 +108,13 @@ class BackgroundApplies:
     def __init__(self, db: 'Runtime'):
         self.db = db
         self._worker = SerialWorker('superduper-apply')
+        self._used = False
 
     def submit(self, steps: list[tuple['Component', Callable[[Any], None]]], job_ids: list[str]) -> list[Job]:
         applying = None
         if steps and not (self.db.cfg.outputs == 'async' and self.db.changes.durable):
             applying = self._worker.submit(lambda: self._run(steps, job_ids))
+            self._used = True
         return [Job(self.db, job_id, applying) for job_id in job_ids]
 
     def _run(self, steps: list[tuple['Component', Callable[[Any], None]]], job_ids: list[str]) -> None:
@@ -126,7 +128,7 @@ class BackgroundApplies:
 
     def _failed(self, component: 'Component', job_ids: list[str], error: str) -> None:
         """Record a step's error on the jobs of the listeners it concerns (its own backfill, or the one an index is
-        built over); with none, in the log."""
+        built over), and in the log."""
         mine = _uuids(component)
         jobs = self.db.listening.jobs
         concerned = [j for j in map(jobs.get, job_ids) if j is not None and j['component_uuid'] in mine]
@@ -139,6 +141,8 @@ class BackgroundApplies:
     def close(self) -> None:
         """Stop: steps not started are dropped (their work stays queued), a running backfill stops after its
         batch (``Listening.close`` comes first). Where the queue lives in this process only, every step runs first."""
+        if not self._used:
+            return
         durable = self.db.changes.durable
         self._worker.stop(timeout=30 if durable else None, finish=not durable)
 
