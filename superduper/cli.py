@@ -182,6 +182,8 @@ def apply(path: Path = typer.Argument(..., help='a package folder or .zip (from 
           uri: str = typer.Argument(..., help='database URI to apply it to'),
           var: list[str] = typer.Option([], '--var', help='a template variable, name=value (repeatable)'),
           trust: bool = typer.Option(False, '--trust', help='allow pickled objects in the package (runs their code)'),
+          no_wait: bool = typer.Option(False, '--no-wait', help='return once the backfills are queued, printing their '
+                                       'job ids: workers (superduper start) compute them'),
           ) -> None:
     """Apply an exported component or template to a database, filling in its variables."""
     from superduper.components.template import Template
@@ -193,12 +195,16 @@ def apply(path: Path = typer.Argument(..., help='a package folder or .zip (from 
         template = Template.read(path, trust=trust)  # a bad package is refused before the database is touched
     except SuperduperError as e:
         _fail(e)
-    with _database(uri, create=True) as db:
+    # without waiting, this process computes nothing (outputs='async'): it queues the work and returns
+    with _database(uri, create=True, **({'outputs': 'async'} if no_wait else {})) as db:
         try:
-            component = db.apply(template, **variables)
+            jobs, component = db.apply(template, wait=False, **variables) if no_wait else \
+                ([], db.apply(template, **variables))
         finally:
             template.close()
         typer.echo(f'applied {component.type_id} {component.identifier!r} version {component.version} to {uri}')
+        for job in jobs:
+            typer.echo(f'queued job {job.id}')
 
 
 @app.command()

@@ -391,6 +391,23 @@ def test_components_list_show_upload_and_remove(read, admin, tmp_path):
     assert 'loud' in error_of(read.post('/api/v1/models/loud/predict', json={'input': 'hi'}), 404)
 
 
+def test_apply_without_waiting_answers_with_the_queued_jobs(admin, read, tmp_path):
+    package = tmp_path / 'lengths.zip'
+    listener = ObjectModel('lengths', object=len, datatype='int').to_listener('docs', key='txt', identifier='lengths')
+    Template('lengths', component=listener).export(package)
+    applied = admin.post('/api/v1/components', files={'package': ('lengths.zip', package.read_bytes())},
+                         data={'trust': 'true', 'wait': 'false'})
+    assert applied.status_code == 201, applied.text
+    (job,) = applied.json()['jobs']
+    assert job.startswith('backfill-') and applied.json()['identifier'] == 'lengths'
+
+    def status() -> str:
+        return {j['id']: j['status'] for j in read.get('/api/v1/jobs', params={'identifier': 'lengths'}).json()}[job]
+
+    wait_for(lambda: status() == 'success', timeout=30)  # computed by the server's background thread
+    assert admin.delete('/api/v1/components/Listener/lengths').status_code == 200
+
+
 def test_listener_status_failures_retry_and_jobs(read, write):
     status = {s['listener']: s for s in read.get('/api/v1/listeners').json()}
     assert status['picky']['failed'] == 1 and status['emb']['failed'] == 0 and status['emb']['done'] >= 13

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import queue
 import threading
 import weakref
-from typing import Callable, Protocol
+from concurrent.futures import Future
+from typing import Any, Callable, Protocol
 
 log = logging.getLogger('superduper')
 MAX_BACKOFF = 30.0
@@ -84,4 +86,55 @@ class BackgroundConsumer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)  # meanwhile ``start`` sees it alive: the stopping thread cannot start another
         self._thread = None
+        _running.discard(self)
+
+
+class SerialWorker:
+    """Runs the tasks handed to it one after another, in a daemon thread of its own started with the first. ``stop``
+    cancels the tasks not started (unless ``finish``: they run first) and joins the thread (the running task ends as
+    its own code decides: between model batches when the interpreter exits)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._tasks: 'queue.SimpleQueue[tuple[Callable[[], Any], Future] | None]' = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # ``submit`` against ``stop``: never held while waiting on anything
+        self._stopped = False
+
+    def submit(self, task: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError(f'{self.name}: stopped (the datalayer was closed)')
+            self._tasks.put((task, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+                stop_at_exit(self)
+        return future
+
+    def _run(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            task, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(task())
+            except BaseException as e:  # the future carries it to whoever waits
+                future.set_exception(e)
+
+    def stop(self, timeout: float | None = 30, finish: bool = False) -> None:
+        with self._lock:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+        while not finish:
+            try:
+                item = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[1].cancel()
+        self._tasks.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
         _running.discard(self)

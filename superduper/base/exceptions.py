@@ -45,3 +45,16 @@ class DatabaseError(SuperduperError):
 
 class ModelError(SuperduperError):
     """A model failed or returned outputs of the wrong number, type or shape."""
+
+
+class JobFailed(SuperduperError):
+    """A job (a backfill, a training run) ended with an error, or with rows its model failed on; ``status`` holds the
+    job's row as it ended."""
+
+    def __init__(self, message: str, status: dict):
+        super().__init__(message)
+        self.status = status
+
+
+class JobTimeout(SuperduperError, TimeoutError):
+    """``Job.wait(timeout=)`` ran out before the job ended (the job goes on)."""

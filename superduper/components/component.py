@@ -54,6 +54,12 @@ class Component:
     def on_reapplied(self, db: Any) -> None:
         """Applied again unchanged: finish what an earlier apply may have left undone (it died half way)."""
 
+    def on_deferred(self, db: Any) -> list[str]:
+        """``db.apply(..., wait=False)``: before it returns, make the work of ``on_applied`` (or ``on_reapplied``)
+        durable, which then runs in the background (a listener queues its backfill); returns the ids of the jobs
+        recording that work."""
+        return []
+
     def on_load(self, db: Any) -> None:
         """Called after the component is rebuilt from its stored record."""
 

@@ -127,5 +127,8 @@ class Listener(Outputs, Component):
     def on_reapplied(self, db: Any) -> None:
         db.listening.resume(self)
 
+    def on_deferred(self, db: Any) -> list[str]:
+        return db.listening.queue(self)
+
     def on_remove(self, db: Any) -> None:
         db.listening.stop(self)

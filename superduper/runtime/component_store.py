@@ -9,7 +9,7 @@ import math
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from superduper.base import faults
 from superduper.base.exceptions import ComponentError, NotFound
@@ -18,6 +18,7 @@ from superduper.components.component import (
     Component, decode_record, encode_component, import_class, ordered_references, references,
 )
 from superduper.runtime.artifact_gc import ArtifactCollector, component_holder, table_holder
+from superduper.runtime.jobs import BackgroundApplies
 from superduper.runtime.tables import Tables
 
 log = logging.getLogger('superduper')
@@ -38,6 +39,7 @@ class ComponentStore:
         self._token: str | None = None
         self._checked = -math.inf
         self._generation = 0
+        self.background = BackgroundApplies(db)
 
     def generation(self, fresh: bool = False) -> int:
         """A number that grows when components were applied or removed, by this process or another, since the
@@ -54,9 +56,11 @@ class ComponentStore:
                 self._token = token
         return self._generation
 
-    def apply(self, component: Component | Any, **variables: str) -> Component:
+    def apply(self, component: Component | Any, wait: bool = True, **variables: str) -> Any:
         """Store a component: a no-op if unchanged since its latest version, else a new version. A ``Template`` is
-        built with ``variables`` filled in, and the component it gives is applied."""
+        built with ``variables`` filled in, and the component it gives is applied. Returns the component; with
+        ``wait=False``, ``(jobs, component)`` as soon as the metadata is stored and the backfills are queued (the
+        rest runs in the background, ``runtime.jobs``)."""
         from superduper.components.template import Template
 
         if isinstance(component, Template):
@@ -69,8 +73,12 @@ class ComponentStore:
         if created is not None:  # applied while applying another (a listener's outputs table): one unit with it
             return self._apply(component, created)
         created = self._applying.created = []
+        deferred = self._applying.deferred = None if wait else []
         try:
-            return self._apply(component, created)
+            applied = self._apply(component, created)
+            if deferred is None:
+                return applied
+            deferred, job_ids = self._defer(deferred)
         except Exception:  # all or nothing: take back what this apply had stored so far, newest first
             for record in reversed(created):
                 still_there = self.metadata.get_by_uuid(record['uuid']) is not None  # a listener takes its outputs
@@ -79,7 +87,35 @@ class ComponentStore:
             self._collect_artifacts([r for r in created if self.metadata.get_by_uuid(r['uuid']) is None])
             raise
         finally:
-            self._applying.created = None
+            self._applying.created = self._applying.deferred = None
+        return self.background.submit(deferred, job_ids), applied
+
+    def _then(self, component: Component, step: Callable[[Any], None]) -> None:
+        """Run what follows storing ``component`` (``on_applied``, ``on_reapplied``) now, or after the apply in the
+        background if it does not wait."""
+        deferred = getattr(self._applying, 'deferred', None)
+        if deferred is None:
+            step(self.db)
+        else:
+            deferred.append((component, step))
+
+    def _defer(self, steps: list[tuple[Component, Callable[[Any], None]]]) -> tuple[list, list[str]]:
+        """The steps a non-blocking apply leaves to the background, with the ids of the jobs recording them: from the
+        first whose work is a job (a listener's backfill, queued durably here), in order. The steps before it run
+        now (a keyword index over the database's own full-text index): there is no job to wait for them by."""
+        later: list[tuple[Component, Callable[[Any], None]]] = []
+        job_ids: list[str] = []
+        for component, step in steps:
+            ids = component.on_deferred(self.db)
+            if ids or later:
+                later.append((component, step))
+                job_ids += ids
+            else:
+                step(self.db)
+        return later, list(dict.fromkeys(job_ids))
+
+    def close(self) -> None:
+        self.background.close()
 
     def _apply(self, component: Component, created: list[dict] | None = None) -> Component:
         component.check(self.db)
@@ -90,7 +126,7 @@ class ComponentStore:
         stored = self.metadata.get_by_uuid(uuid)
         if stored is not None:  # this declaration is already applied (its artifacts are stored with it)
             component.version, component.uuid = stored['version'], uuid
-            component.on_reapplied(self.db)
+            self._then(component, component.on_reapplied)
             return component
         holder = component_holder(uuid, os.urandom(8).hex())
         self.collector.hold(holder, blobs)  # before the bytes: a concurrent collection keeps them
@@ -114,7 +150,7 @@ class ComponentStore:
                             'version': component.version, 'record': record})
         self._loaded[uuid] = component
         faults.point('after_metadata_commit', component.type_id)
-        component.on_applied(self.db)
+        self._then(component, component.on_applied)
         return component
 
     def load(self, type_id: str, identifier: str, version: int | None = None) -> Component:

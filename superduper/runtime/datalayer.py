@@ -16,7 +16,7 @@ compute, and hands each call to the part that does it:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from superduper.base.config import Config
 from superduper.base.exceptions import QueryError
@@ -25,6 +25,7 @@ from superduper.components.component import Component
 from superduper.runtime import reports
 from superduper.runtime.artifact_gc import GRACE_SECONDS, ArtifactCollector
 from superduper.runtime.component_store import ComponentStore
+from superduper.runtime.jobs import Job
 from superduper.runtime.queries import QueryExecutor
 from superduper.runtime.tables import TableInfo, Tables
 from superduper.runtime.training import Training
@@ -98,6 +99,7 @@ class Datalayer:
     def close(self) -> None:
         if self._listening is not None:
             self._listening.close()
+        self.components.close()  # after the listening: a backfill in the background stops after its batch
         if self._changes is not None:
             self._changes.close()
         if self._vector_indexes is not None:
@@ -128,10 +130,19 @@ class Datalayer:
         self.tables.forget(name)
 
     # ---- components -------------------------------------------------------------------------------------------
-    def apply(self, component: Component | Any, **variables: str) -> Component:
+    @overload
+    def apply(self, component: Component | Any, wait: Literal[True] = True, **variables: str) -> Component: ...
+
+    @overload
+    def apply(self, component: Component | Any, wait: Literal[False],
+              **variables: str) -> tuple[list[Job], Component]: ...
+
+    def apply(self, component: Component | Any, wait: bool = True, **variables: str) -> Any:
         """Store a component: a no-op if unchanged since its latest version, else a new version. A ``Template`` is
-        built with ``variables`` filled in, and the component it gives is applied."""
-        return self.components.apply(component, **variables)
+        built with ``variables`` filled in, and the component it gives is applied. Returns the component once its
+        backfills are computed; with ``wait=False``, ``(jobs, component)`` as soon as the metadata is stored and the
+        backfills are queued: they are computed in the background (see ``runtime.jobs``)."""
+        return self.components.apply(component, wait, **variables)
 
     add = apply  # the older seed name
 
@@ -183,6 +194,12 @@ class Datalayer:
         """Run schedule ``identifier`` once now, here, through a claimed tick as a worker would; returns the tick's
         row (``status`` 'success' or 'failed', ``error``, ``job``)."""
         return self.schedules.run_now(identifier)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on job ``job_id`` (an id from ``db.jobs()``, or printed by ``superduper apply --no-wait``)."""
+        job = Job(self, job_id)
+        job.status()  # an unknown id fails here
+        return job
 
     def jobs(self, identifier: str | None = None) -> list[dict]:
         """Backfills, training and schedule runs: kind, component, status, progress, error and timings."""

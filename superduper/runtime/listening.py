@@ -178,6 +178,12 @@ class Listening:
         self._closed = True
         self.consumer.stop()
 
+    @property
+    def _stopping(self) -> bool:
+        """Closed, with the changes queued in the database: a backfill here stops after its batch and leaves the rest
+        to workers. Where the queue lives in this process only, it is finished first (else it would be lost)."""
+        return self._closed and self.feed.durable
+
     def active(self, identifier: str) -> 'Listener':
         for records in self.records().values():
             for record in records:
@@ -370,6 +376,16 @@ class Listening:
             return None
         return job_id
 
+    def queue(self, listener: 'Listener') -> list[str]:
+        """Follow the listener and queue its backfill, as ``start`` does before computing it (which a non-blocking
+        apply leaves to the background); returns the backfill's job id while it is running."""
+        self._loaded[listener.uuid] = listener
+        self.reload()
+        self._start_consumer()
+        self.ensure_started(listener)
+        job = self.jobs.get(backfill_job(listener.uuid))
+        return [job['id']] if job is not None and job['status'] == 'running' else []
+
     def resume(self, listener: 'Listener') -> None:
         """Applied again: finish what an applying process that died left undone (its backfill queued or not)."""
         job = self.ensure_started(listener)
@@ -400,7 +416,7 @@ class Listening:
         try:
             with tqdm(total=total, desc=f'backfill {listener.identifier}', disable=not self.db.cfg.progress,
                       unit='rows', leave=False) as bar:
-                while True:
+                while not self._stopping:
                     for rows, failures in self._backfill_parts(listener, total):
                         done += rows
                         failed += failures
@@ -410,6 +426,8 @@ class Listening:
                         break
                     # other consumers hold the rest: wait for them (or for their leases to run out, then take it)
                     time.sleep(min(self.db.cfg.poll_interval, 0.1))
+        except Interrupted:  # the interpreter is exiting: the job goes on elsewhere
+            raise
         except Exception as e:
             self.jobs.finish(job, error=_error_text(e))
             raise
@@ -425,7 +443,8 @@ class Listening:
 
     def _claimed(self, listener_uuid: str) -> Iterator[Batch]:
         """The changes queued for one listener, claimed a batch at a time until none is left here."""
-        while (batch := self.feed.claim(self.db.cfg.read_batch_size, listener=listener_uuid)) is not None:
+        while not self._stopping and (batch := self.feed.claim(self.db.cfg.read_batch_size,
+                                                               listener=listener_uuid)) is not None:
             faults.point('after_claim')
             yield batch
 

@@ -8,18 +8,13 @@ from typing import Any
 from superduper.base.exceptions import NotFound
 from superduper.components.listener import outputs_table
 from superduper.runtime.component_store import not_found
+from superduper.runtime.jobs import current
 
 
 def jobs(db: Any, identifier: str | None = None) -> list[dict]:
     """Backfills and training runs: kind, component, status, progress, error and timings. A running backfill's
     progress is what is no longer queued, whichever consumers computed it."""
-    jobs = [j for j in db.listening.jobs.list() if identifier is None or j['identifier'] == identifier]
-    for job in jobs:
-        if job['kind'] == 'backfill' and job['status'] == 'running' and job['total'] is not None:
-            pending = db.changes.pending_for(job['component_uuid'])
-            if pending is not None:
-                job['done'] = max(job['done'] or 0, job['total'] - pending)
-    return jobs
+    return [current(db, j) for j in db.listening.jobs.list() if identifier is None or j['identifier'] == identifier]
 
 
 def failures(db: Any, listener: str) -> list[dict]:

@@ -390,6 +390,8 @@ def show_version(type_id: str, identifier: str, version: int, request: Request, 
 def apply_package(request: Request, package: UploadFile = File(description='a .zip from `superduper export`'),
                   variables: str = Form('{}', description='template variables, a JSON object of strings'),
                   trust: bool = Form(False, description='allow pickled code in the package (runs it)'),
+                  wait: bool = Form(True, description='answer once the backfills are computed; false: once they are '
+                                    'queued, with their job ids (see /jobs)'),
                   caller: Any = ADMIN) -> dict:
     from superduper.components.template import Template
 
@@ -406,11 +408,13 @@ def apply_package(request: Request, package: UploadFile = File(description='a .z
                 f.write(chunk)
         template = Template.read(path, trust=trust)
         try:
-            component = service(request).db.apply(template, **values)
+            jobs, component = service(request).db.apply(template, wait=False, **values) if not wait else \
+                (None, service(request).db.apply(template, **values))
         finally:
             template.close()
             service(request).components_changed()
-    return {'type_id': component.type_id, 'identifier': component.identifier, 'version': component.version}
+    applied = {'type_id': component.type_id, 'identifier': component.identifier, 'version': component.version}
+    return applied if jobs is None else {**applied, 'jobs': [job.id for job in jobs]}
 
 
 @router.delete('/components/{type_id}/{identifier}', tags=['components'], summary='remove a component')
