@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 class LocalComputeBackend:
     scheme = 'local'
-    #: whether listeners' work and training are sent elsewhere (see ``superduper.compute.dask``)
+    #: whether listeners' work and training are sent elsewhere (see ``superduper.compute.base``)
     distributed = False
 
     def __init__(self, uri: str = 'local', cfg: Any = None, databackend: Any = None):
