@@ -66,10 +66,11 @@ class DaskComputeBackend(DistributedCompute):
         return self.client.submit(fn, *args, key=key, pure=False, retries=TASK_RETRIES)
 
     def first_done(self, handles: list) -> tuple[list, list]:
-        from distributed import wait
+        from distributed import as_completed
 
-        done, pending = wait(handles, return_when='FIRST_COMPLETED')
-        return list(done), list(pending)
+        next(as_completed(handles, loop=self.client.loop))  # this client's loop: it is not the default client
+        finished = [f.done() for f in handles]  # asked once: a task may finish meanwhile
+        return ([f for f, d in zip(handles, finished) if d], [f for f, d in zip(handles, finished) if not d])
 
     def result(self, handle: Any) -> Any:
         return handle.result()
