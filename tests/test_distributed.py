@@ -473,3 +473,8 @@ def test_ray_joins_a_running_instance_only_at_its_address(ray_cluster, tmp_path)
     db.close()
     with pytest.raises(ConfigError, match='this process already uses the Ray instance at'):
         superduper(uri, compute='ray://local?num_cpus=1')
+    with pytest.raises(ConfigError, match=rf"compute='ray://local\?workers={RAY_CPUS + 1}&timeout=3': {RAY_CPUS} of "
+                                          rf'{RAY_CPUS + 1} Ray workers started \(each takes one CPU; 0 free\)'):
+        superduper(uri, compute=f'ray://local?workers={RAY_CPUS + 1}&timeout=3')
+    db = superduper(uri, compute='ray://local?workers=2', follow_changes=False)  # their CPUs were given back
+    db.close()

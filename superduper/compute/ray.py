@@ -27,6 +27,7 @@ from superduper.compute.base import TASK_RETRIES, DistributedCompute
 
 LOCAL_DEFAULTS: dict[str, Any] = {'include_dashboard': False, 'object_store_memory': 200 * 1024 * 1024,
                                   'log_to_driver': False}
+ACTOR_START_TIMEOUT = 60.0  # seconds for the worker actors to start, unless ?timeout= says
 RAY_ENVIRONMENT = {'RAY_USAGE_STATS_ENABLED': '0'}  # read when Ray starts: no usage report attempts offline
 
 _lock = threading.Lock()
@@ -61,6 +62,18 @@ class RayComputeBackend(DistributedCompute):
         self.actors = [actor.remote() for _ in range(max(1, count))]
         self.queued = [0] * len(self.actors)  # tasks sent to each actor and not yet collected
         self.sent: dict[Any, int] = {}  # task -> its actor's index
+        self._started(ray)
+
+    def _started(self, ray: Any) -> None:
+        """Wait for the actors: one that never starts (no CPU free for it) is an error now, not a task that hangs."""
+        timeout = self.timeout if 'timeout=' in self.uri else ACTOR_START_TIMEOUT
+        started, _ = ray.wait([a.run.remote(os.getpid) for a in self.actors], num_returns=len(self.actors),
+                              timeout=timeout)
+        if len(started) < len(self.actors):
+            free = ray.available_resources().get('CPU', 0)
+            self.disconnect()
+            raise ConfigError(f'compute={self.uri!r}: {len(started)} of {len(self.actors)} Ray workers started (each '
+                              f'takes one CPU; {free:g} free): ask for fewer with ?workers=')
 
     def _join(self, ray: Any, options: dict[str, Any]) -> None:
         if self.address != 'local':
