@@ -70,10 +70,10 @@ class RayComputeBackend(DistributedCompute):
         started, _ = ray.wait([a.run.remote(os.getpid) for a in self.actors], num_returns=len(self.actors),
                               timeout=timeout)
         if len(started) < len(self.actors):
-            free = ray.available_resources().get('CPU', 0)
+            message = (f'compute={self.uri!r}: {len(started)} of {len(self.actors)} Ray workers started (each takes '
+                       f"one CPU; {ray.available_resources().get('CPU', 0):g} free): ask for fewer with ?workers=")
             self.disconnect()
-            raise ConfigError(f'compute={self.uri!r}: {len(started)} of {len(self.actors)} Ray workers started (each '
-                              f'takes one CPU; {free:g} free): ask for fewer with ?workers=')
+            raise ConfigError(message)
 
     def _join(self, ray: Any, options: dict[str, Any]) -> None:
         if self.address != 'local':
