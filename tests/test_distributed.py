@@ -88,6 +88,7 @@ def ray_cluster():
 
     _in_checkout(lambda: ray.init(num_cpus=RAY_CPUS, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
                                   log_to_driver=False))
+    assert ray.get(ray.remote(_datalayer_file).remote()) == datalayer_module.__file__
     gcs = ray.get_runtime_context().gcs_address
     yield Engine('ray', 'ray://local?workers=2', f'ray://{gcs}?workers=2', lambda: None)
     ray.shutdown()

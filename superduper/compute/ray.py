@@ -62,6 +62,7 @@ class RayComputeBackend(DistributedCompute):
         self.actors = [actor.remote() for _ in range(max(1, count))]
         self.queued = [0] * len(self.actors)  # tasks sent to each actor and not yet collected
         self.sent: dict[Any, int] = {}  # task -> its actor's index
+        self.balance = threading.Lock()  # a write's follow-up and the background consumer may send at once
         self._started(ray)
 
     def _started(self, ray: Any) -> None:
@@ -112,10 +113,11 @@ class RayComputeBackend(DistributedCompute):
 
     def submit(self, fn: Callable[..., Any], *args: Any, name: str = 'task') -> Any:
         """Run ``fn(*args)`` on the actor with the fewest tasks queued; a ``ray.ObjectRef``."""
-        index = min(range(len(self.actors)), key=self.queued.__getitem__)
-        ref = self.actors[index].run.options(name=f'superduper-{name}', retry_exceptions=True).remote(fn, *args)
-        self.queued[index] += 1
-        self.sent[ref] = index
+        with self.balance:
+            index = min(range(len(self.actors)), key=self.queued.__getitem__)
+            ref = self.actors[index].run.options(name=f'superduper-{name}', retry_exceptions=True).remote(fn, *args)
+            self.queued[index] += 1
+            self.sent[ref] = index
         return ref
 
     def first_done(self, handles: list) -> tuple[list, list]:
@@ -142,9 +144,10 @@ class RayComputeBackend(DistributedCompute):
                 pass
 
     def _collected(self, ref: Any) -> None:
-        index = self.sent.pop(ref, None)
-        if index is not None:
-            self.queued[index] -= 1
+        with self.balance:
+            index = self.sent.pop(ref, None)
+            if index is not None:
+                self.queued[index] -= 1
 
     def on_each_worker(self, fn: Callable[..., Any], *args: Any) -> list:
         import ray
