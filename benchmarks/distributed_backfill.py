@@ -149,8 +149,8 @@ def main() -> None:
     for name in engines:
         speedup = unit / median[f'{name}, 2 workers x 1 thread']
         verdict = 'met' if ceiling - speedup <= 0.1 else 'missed'
-        print(f'{name}: {speedup:.2f}x vs the ceiling\'s {ceiling:.2f}x ({ceiling - speedup:+.2f} below; target: within '
-              f'0.1, {verdict})')
+        print(f"{name}: {speedup:.2f}x vs the ceiling's {ceiling:.2f}x ({ceiling - speedup:+.2f} below; "
+              f'target: within 0.1, {verdict})')
 
 
 if __name__ == '__main__':

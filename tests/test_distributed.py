@@ -255,11 +255,11 @@ def test_writes_by_other_clients_are_computed_on_the_cluster(db_uri, tmp_path, e
     try:
         db.apply(Table('events', fields={'n': 'int'}, folds=False))
         listener = db.apply(ObjectModel('tag', object=Tagger(str(tmp_path / 'loads'))).to_listener('events', key='n'))
-        engine = other_engine(db)
-        with engine.begin() as conn:  # plain SQL, as another program would write
+        writer = other_engine(db)
+        with writer.begin() as conn:  # plain SQL, as another program would write
             conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'),
                          [{'id': f'e{i}', 'n': i} for i in range(60)])
-        engine.dispose()
+        writer.dispose()
         wait_for(lambda: db.databackend.count(listener.outputs) == 60, 60)
         assert {int(v.split('@')[1]) for v in outputs(db, listener).values()} <= worker_pids(db)
     finally:
@@ -367,8 +367,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-UNREACHABLE = {'dask': ('dask://tcp://127.0.0.1:{port}?timeout=1', "cannot reach the Dask scheduler at 'tcp://127.0.0.1:{port}'"),
-               'ray': ('ray://127.0.0.1:{port}?timeout=1', "cannot reach the Ray cluster at '127.0.0.1:{port}'")}
+UNREACHABLE = {  # compute=, and the error it gives
+    'dask': ('dask://tcp://127.0.0.1:{port}?timeout=1', "cannot reach the Dask scheduler at 'tcp://127.0.0.1:{port}'"),
+    'ray': ('ray://127.0.0.1:{port}?timeout=1', "cannot reach the Ray cluster at '127.0.0.1:{port}'"),
+}
 
 
 @pytest.mark.parametrize('name', ENGINES)
