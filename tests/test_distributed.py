@@ -476,7 +476,7 @@ def test_ray_joins_a_running_instance_only_at_its_address(ray_cluster, tmp_path)
     db.close()
     with pytest.raises(ConfigError, match='this process already uses the Ray instance at'):
         superduper(uri, compute='ray://local?num_cpus=1')
-    too_many = f'ray://local?workers={RAY_CPUS + 1}&timeout=5'  # one actor more than the CPUs: it never starts
+    too_many = f'ray://local?workers={RAY_CPUS + 1}&timeout=2'  # one actor more than the CPUs: it never starts
     with pytest.raises(ConfigError, match=re.escape(f'compute={too_many!r}: ') + rf'\d of {RAY_CPUS + 1} Ray workers '
                                           r'started \(each takes one CPU; [\d.]+ free\): ask for fewer'):
         superduper(uri, compute=too_many)

@@ -6,7 +6,8 @@ joins a running cluster at its head's address (what ``ray start --head`` prints)
 many actors compute (default: the cluster's CPUs; each actor takes one); ``?timeout=5`` bounds reaching the head.
 
 Each actor is one worker process: it keeps one datalayer per client session, with the models it loads, between tasks
-(``superduper.compute.base`` does the work, the same for every engine). Tasks go to the actor with the fewest queued;
+(``superduper.compute.base`` does the work, the same for every engine); the clients of one process share the actors,
+which stop when the last of them closes. Tasks go to the actor with the fewest queued;
 an actor whose process dies is restarted by Ray and its queued and running tasks are run again (``max_restarts``,
 ``max_task_retries``) under the same lease, and the keyed, guarded output write stores each output once.
 
@@ -31,7 +32,9 @@ ACTOR_START_TIMEOUT = 60.0  # seconds for the worker actors to start, unless ?ti
 RAY_ENVIRONMENT = {'RAY_USAGE_STATS_ENABLED': '0'}  # read when Ray starts: no usage report attempts offline
 
 _lock = threading.Lock()
-_users = {'count': 0, 'started_here': False}  # backends of this process on its Ray connection (Ray is per process)
+#: this process's Ray connection (Ray is one per process): the backends using it, whether one of them started Ray,
+#: and the worker actors they share (kept between clients, as a Dask cluster's workers are)
+_shared: dict[str, Any] = {'count': 0, 'started_here': False, 'actors': []}
 
 
 class Worker:
@@ -54,12 +57,14 @@ class RayComputeBackend(DistributedCompute):
         wanted = options.pop('workers', None)
         with _lock:
             self._join(ray, options)
-            _users['count'] += 1
-        self.started_here = _users['started_here']
+            _shared['count'] += 1
+            self.started_here = _shared['started_here']
+            count = max(1, int(wanted) if wanted else int(ray.cluster_resources().get('CPU', 1)))
+            actor = ray.remote(Worker).options(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)
+            pool = _shared['actors']
+            pool += [actor.remote() for _ in range(count - len(pool))]
+            self.actors = pool[:count]
         self.gcs_address = ray.get_runtime_context().gcs_address
-        count = int(wanted) if wanted else int(ray.cluster_resources().get('CPU', 1))
-        actor = ray.remote(Worker).options(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)
-        self.actors = [actor.remote() for _ in range(max(1, count))]
         self.queued = [0] * len(self.actors)  # tasks sent to each actor and not yet collected
         self.sent: dict[Any, int] = {}  # task -> its actor's index
         self.balance = threading.Lock()  # a write's follow-up and the background consumer may send at once
@@ -68,11 +73,16 @@ class RayComputeBackend(DistributedCompute):
     def _started(self, ray: Any) -> None:
         """Wait for the actors: one that never starts (no CPU free for it) is an error now, not a task that hangs."""
         timeout = self.timeout if 'timeout=' in self.uri else ACTOR_START_TIMEOUT
-        started, _ = ray.wait([a.run.remote(os.getpid) for a in self.actors], num_returns=len(self.actors),
-                              timeout=timeout)
+        refs = [a.run.remote(os.getpid) for a in self.actors]
+        started, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(started) < len(self.actors):
             message = (f'compute={self.uri!r}: {len(started)} of {len(self.actors)} Ray workers started (each takes '
                        f"one CPU; {ray.available_resources().get('CPU', 0):g} free): ask for fewer with ?workers=")
+            with _lock:  # the actors that found no CPU are not kept
+                idle = [a for a, ref in zip(self.actors, refs) if ref not in started]
+                _shared['actors'] = [a for a in _shared['actors'] if not any(a is i for i in idle)]
+            for actor in idle:
+                ray.kill(actor)
             self.disconnect()
             raise ConfigError(message)
 
@@ -92,7 +102,7 @@ class RayComputeBackend(DistributedCompute):
                 ray.init(**{**LOCAL_DEFAULTS, **options})
             except (TypeError, ValueError, RuntimeError) as e:
                 raise ConfigError(f'compute={self.uri!r}: cannot start Ray with {options}: {e}') from None
-            _users['started_here'] = True
+            _shared['started_here'] = True
             return
         _send_token_if_any()
         try:
@@ -100,7 +110,7 @@ class RayComputeBackend(DistributedCompute):
         except Exception as e:  # Ray raises ConnectionError, RuntimeError or its AuthenticationError
             raise ConfigError(f'cannot join the Ray cluster at {self.address!r} (compute={self.uri!r}): '
                               f'{str(e).splitlines()[0]}') from None
-        _users['started_here'] = False
+        _shared['started_here'] = False
 
     def __repr__(self) -> str:
         if not self.connected:
@@ -157,14 +167,17 @@ class RayComputeBackend(DistributedCompute):
     def disconnect(self) -> None:
         import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
         self.actors, self.sent = [], {}
         with _lock:
-            _users['count'] -= 1
-            if _users['count'] == 0 and _users['started_here']:
+            _shared['count'] -= 1
+            if _shared['count'] > 0:
+                return
+            for actor in _shared['actors']:
+                ray.kill(actor)
+            _shared['actors'] = []
+            if _shared['started_here']:
                 ray.shutdown()
-                _users['started_here'] = False
+                _shared['started_here'] = False
 
 
 def _same_address(ray: Any, address: str) -> bool:
