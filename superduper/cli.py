@@ -86,13 +86,13 @@ def start(
     interval: float = typer.Option(0.5, help='seconds between looks for changes when idle'),
     once: bool = typer.Option(False, help='follow what is pending (waiting for leases of dead workers to run out), '
                               'then exit'),
-    compute: Optional[str] = typer.Option(None, help="where outputs are computed: 'local' (here) or a Dask "
-                                          'scheduler, e.g. dask://tcp://host:8786'),
+    compute: Optional[str] = typer.Option(None, help="where outputs are computed: 'local' (here), a Dask "
+                                          'scheduler or a Ray cluster, e.g. dask://tcp://host:8786, ray://host:6379'),
 ) -> None:
     """Run a worker: follow every recorded change (writes from any client, queued backfills), retry failures and run
     schedules' ticks (each once, whichever worker claims it).
     Several workers share the work (FOR UPDATE SKIP LOCKED on PostgreSQL and MariaDB). With --compute dask://...
-    the worker reads the changes and the Dask cluster computes them."""
+    (or ray://...) the worker reads the changes and the cluster computes them."""
     from superduper.base.exceptions import SuperduperError
 
     from superduper.backends.registry import missing_database

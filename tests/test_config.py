@@ -83,8 +83,8 @@ def test_malformed_and_unknown_uris():
         superduper('foo://bar')
     with pytest.raises(ConfigError, match="artifact store 'nosuchproto://x'"):
         superduper('sqlite://x.db', artifact_store='nosuchproto://x')
-    with pytest.raises(ConfigError, match="unknown compute scheme 'ray://'"):
-        superduper('sqlite://x.db', compute='ray://head:10001')
+    with pytest.raises(ConfigError, match="unknown compute scheme 'slurm://'"):
+        superduper('sqlite://x.db', compute='slurm://head:6817')
 
 
 def test_missing_driver_names_scheme_and_extra(monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 LAYERS: list[tuple[str, ...]] = [
     ('superduper',),  # entry points: the package's exports (__init__) and the command line (cli)
     ('superduper.server',),  # superduper serve: the REST API, console and metrics over a datalayer
-    ('superduper.compute',),  # engines running the runtime on workers (local, Dask)
+    ('superduper.compute',),  # engines running the runtime on workers (local, Dask, Ray)
     ('superduper.runtime',),  # the datalayer and its parts
     ('superduper.backends', 'superduper.ext'),  # databases; model integrations
     ('superduper.backends.base',),  # what a backend implements

@@ -51,6 +51,7 @@ artifact_stores.register('mongomock', 'superduper.backends.mongodb.artifacts:Mon
 compute_backends = Registry('compute')
 compute_backends.register('local', 'superduper.compute.local:LocalComputeBackend')
 compute_backends.register('dask', 'superduper.compute.dask:DaskComputeBackend', 'dask', 'dask[distributed]')
+compute_backends.register('ray', 'superduper.compute.ray:RayComputeBackend', 'ray', 'ray')
 
 
 def scheme_of(uri: str) -> str:
@@ -160,8 +161,8 @@ def connect_artifact_store(uri: str, cache_dir: str) -> Any:
 
 
 def connect_compute(uri: str, cfg: Any = None, databackend: Any = None) -> Any:
-    """The compute backend for ``uri`` ('local', 'dask://...'); ``cfg`` tells remote workers how to connect, and a
-    distributed backend refuses a ``databackend`` other processes cannot open."""
+    """The compute backend for ``uri`` ('local', 'dask://...', 'ray://...'); ``cfg`` tells remote workers how to
+    connect, and a distributed backend refuses a ``databackend`` other processes cannot open."""
     scheme = uri.split('://', 1)[0].lower() if '://' in uri else uri
     return compute_backends.create(scheme, uri, cfg, databackend)
 

@@ -32,7 +32,7 @@ class Config(BaseSettings):
         default=None, description='where artifacts go; default: the filesystem under the data home'
     )
     metadata_store: str | None = Field(default=None, description='URI of the metadata database; default: the data backend')
-    compute: str = Field(default='local', description="'local' or a Dask address such as 'dask://tcp://host:8786'")
+    compute: str = Field(default='local', description="'local', 'dask://tcp://host:8786' or 'ray://host:6379'")
     outputs: Literal['sync', 'async'] = Field(
         default='sync', description="'sync': a write through this process computes its listeners' outputs before "
         "execute() returns (models load here); 'async': it only records its changes and workers (superduper "

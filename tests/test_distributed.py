@@ -1,16 +1,21 @@
-"""The Dask compute backend on a real ``LocalCluster`` (2 worker processes, 1 thread each), on SQLite and PostgreSQL:
-backfills and follow-up writes computed by the workers, a worker killed mid-job, a model failing on some rows,
-training on a worker, and the errors of a bad configuration."""
+"""The distributed engines, Dask and Ray, on one shared suite: each case runs on a Dask ``LocalCluster`` and on a local
+Ray instance (2 worker processes each), on SQLite and PostgreSQL: backfills and follow-up writes computed by the
+workers, a worker killed mid-job, a model failing on some rows, training on a worker, a vector index following the
+workers' writes, other clients' writes, and the errors of a bad configuration; local compute needs neither."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import cloudpickle
 import numpy as np
@@ -19,38 +24,79 @@ import sqlalchemy as sa
 
 import superduper.runtime.datalayer as datalayer_module
 from superduper import ObjectModel, Table, VectorIndex, superduper
-from superduper.compute.dask import DaskComputeBackend, worker_settings
 from superduper.base.config import load_config
 from superduper.base.exceptions import ConfigError, MissingDependency
+from superduper.compute.base import DistributedCompute, worker_settings
 from superduper.ext.sklearn import SklearnModel
 
 from conftest import other_engine, wait_for
 
-pytest.importorskip('distributed')
 # the models below are stored (and sent to the workers) by value: the workers cannot import this test module
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROWS = 400
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(datalayer_module.__file__)))
+ENGINES = ('dask', 'ray')
+RAY_CPUS = 4  # logical CPUs: the tests' client (2 actors) and another process's client (2 more) at once
 
 
-@pytest.fixture(scope='module')
-def cluster():
-    """One LocalCluster for the module; its processes start in the checkout, so they import this superduper."""
-    from distributed import Client, LocalCluster
+@dataclass
+class Engine:
+    """A running cluster of 2 worker processes, and how clients reach it."""
 
+    name: str
+    uri: str  # compute= for this process's clients
+    other_uri: str  # compute= for another process's clients
+    wait_for_workers: Callable[[], Any]
+
+
+def _in_checkout(start: Callable[[], Any]) -> Any:
+    """Start a cluster from the checkout, so its worker processes import this superduper."""
     here = os.getcwd()
     os.chdir(CHECKOUT)
     try:
-        local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=':0')
+        return start()
     finally:
         os.chdir(here)
+
+
+@pytest.fixture(scope='module')
+def dask_cluster():
+    pytest.importorskip('distributed')
+    from distributed import Client, LocalCluster
+
+    local = _in_checkout(lambda: LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                              dashboard_address=':0'))
     client = Client(local, set_as_default=False)
     client.wait_for_workers(2, timeout=60)
     assert set(client.run(_datalayer_file).values()) == {datalayer_module.__file__}
-    yield client
+    address = f'dask://{local.scheduler_address}'
+    yield Engine('dask', address, address, lambda: client.wait_for_workers(2, timeout=60))
     client.close()
     local.close()
+
+
+@pytest.fixture(scope='session')
+def ray_cluster():
+    """One local Ray instance for the session (Ray is one per process): offline, no dashboard, a capped store."""
+    pytest.importorskip('ray')
+    os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray pickles task arguments with its own copy
+
+    _in_checkout(lambda: ray.init(num_cpus=RAY_CPUS, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+                                  log_to_driver=False))
+    assert ray.get(ray.remote(_datalayer_file).remote()) == datalayer_module.__file__
+    gcs = ray.get_runtime_context().gcs_address
+    yield Engine('ray', 'ray://local?workers=2', f'ray://{gcs}?workers=2', lambda: None)
+    ray.shutdown()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> Engine:
+    return request.getfixturevalue(f'{request.param}_cluster')
 
 
 def _datalayer_file() -> str:
@@ -60,23 +106,23 @@ def _datalayer_file() -> str:
 
 
 pytestmark = [pytest.mark.sql_only('other clients write with plain SQL'),
-              pytest.mark.requires(shared=True, reason='the Dask workers open the database themselves')]
+              pytest.mark.requires(shared=True, reason='the workers open the database themselves')]
 
 
-def connect(db_uri, tmp_path, cluster, **overrides):
-    return superduper(db_uri, compute=f'dask://{cluster.scheduler.address}',
-                      artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False, **overrides)
+def connect(db_uri, tmp_path, engine, **overrides):
+    return superduper(db_uri, compute=engine.uri, artifact_store=f'filesystem://{tmp_path}/artifacts', progress=False,
+                      **overrides)
 
 
 @pytest.fixture
-def ddb(db_uri, tmp_path, cluster):
-    db = connect(db_uri, tmp_path, cluster, follow_changes=False)
+def ddb(db_uri, tmp_path, engine):
+    db = connect(db_uri, tmp_path, engine, follow_changes=False)
     yield db
     db.close()
 
 
-def worker_pids(cluster) -> set[int]:
-    return set(cluster.run(os.getpid).values())
+def worker_pids(db) -> set[int]:
+    return set(db.compute.on_each_worker(os.getpid))
 
 
 def numbers_table(db, rows: int = ROWS) -> None:
@@ -119,9 +165,9 @@ class JobWatcher(threading.Thread):
             time.sleep(0.02)
 
 
-def test_backfill_and_follow_up_writes_are_computed_by_the_workers(ddb, cluster, tmp_path):
+def test_backfill_and_follow_up_writes_are_computed_by_the_workers(ddb, tmp_path):
     db = ddb
-    assert f'scheduler at {cluster.scheduler.address}, 2 workers' in repr(db.compute)
+    assert repr(db.compute).endswith(', 2 workers)')
     numbers_table(db)
     loads = tmp_path / 'loads'
     watcher = JobWatcher(db)
@@ -130,11 +176,11 @@ def test_backfill_and_follow_up_writes_are_computed_by_the_workers(ddb, cluster,
     watcher.stop.set()
     watcher.join()
 
-    workers = worker_pids(cluster)
+    workers = worker_pids(db)
     found = outputs(db, listener)
     assert set(found) == {f'r{i:04d}' for i in range(ROWS)}
     assert all(found[f'r{i:04d}'].split('@')[0] == str(2 * i) for i in range(ROWS))
-    assert {int(v.split('@')[1]) for v in found.values()} <= workers  # computed by the workers, not here
+    assert {int(v.split('@')[1]) for v in found.values()} == workers  # computed by both workers, not here
     (job,) = db.jobs('tag')
     assert (job['kind'], job['status'], job['done'], job['total']) == ('backfill', 'success', ROWS, ROWS)
     assert job['failed'] == 0
@@ -180,7 +226,7 @@ def test_rows_the_model_fails_on_are_recorded_per_row(ddb, tmp_path):
     assert len(outputs(db, listener)) == ROWS + 2 and db.failures('fragile') == []
 
 
-def test_a_worker_killed_mid_backfill_is_replaced_and_nothing_is_duplicated(ddb, cluster, tmp_path):
+def test_a_worker_killed_mid_backfill_is_replaced_and_nothing_is_duplicated(ddb, engine, tmp_path):
     db = ddb
     numbers_table(db)
     marker = tmp_path / 'killed'
@@ -192,7 +238,7 @@ def test_a_worker_killed_mid_backfill_is_replaced_and_nothing_is_duplicated(ddb,
             os.kill(os.getpid(), signal.SIGKILL)
         return 2 * n
 
-    before = worker_pids(cluster)
+    before = worker_pids(db)
     listener = db.apply(ObjectModel('fatal', object=fatal_once).to_listener('nums', key='n', identifier='fatal'))
     killed = int(marker.read_text())
     assert killed in before
@@ -200,43 +246,44 @@ def test_a_worker_killed_mid_backfill_is_replaced_and_nothing_is_duplicated(ddb,
     (job,) = db.jobs('fatal')
     assert (job['status'], job['done'], job['failed']) == ('success', ROWS, 0)
     assert db.failures('fatal') == [] and db.status()[0]['pending'] == 0
-    cluster.wait_for_workers(2, timeout=60)  # the nanny started a new worker process
-    assert killed not in worker_pids(cluster)
+    engine.wait_for_workers()  # Dask's nanny started a new worker process; Ray restarted the actor
+    assert killed not in worker_pids(db) and len(worker_pids(db)) == 2
 
 
-def test_writes_by_other_clients_are_computed_on_the_cluster(db_uri, tmp_path, cluster):
-    db = connect(db_uri, tmp_path, cluster, poll_interval=0.1)  # follows changes in the background
+def test_writes_by_other_clients_are_computed_on_the_cluster(db_uri, tmp_path, engine):
+    db = connect(db_uri, tmp_path, engine, poll_interval=0.1)  # follows changes in the background
     try:
         db.apply(Table('events', fields={'n': 'int'}, folds=False))
         listener = db.apply(ObjectModel('tag', object=Tagger(str(tmp_path / 'loads'))).to_listener('events', key='n'))
-        engine = other_engine(db)
-        with engine.begin() as conn:  # plain SQL, as another program would write
+        writer = other_engine(db)
+        with writer.begin() as conn:  # plain SQL, as another program would write
             conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'),
                          [{'id': f'e{i}', 'n': i} for i in range(60)])
-        engine.dispose()
+        writer.dispose()
         wait_for(lambda: db.databackend.count(listener.outputs) == 60, 60)
-        assert {int(v.split('@')[1]) for v in outputs(db, listener).values()} <= worker_pids(cluster)
+        assert {int(v.split('@')[1]) for v in outputs(db, listener).values()} <= worker_pids(db)
     finally:
         db.close()
 
 
-def test_cli_worker_sends_change_batches_to_the_cluster(db_uri, tmp_path, cluster):
-    db = connect(db_uri, tmp_path, cluster, follow_changes=False)
+def test_cli_worker_sends_change_batches_to_the_cluster(db_uri, tmp_path, engine):
+    db = connect(db_uri, tmp_path, engine, follow_changes=False)
     db.apply(Table('events', fields={'n': 'int'}, folds=False))
     listener = db.apply(ObjectModel('tag', object=Tagger(str(tmp_path / 'loads'))).to_listener('events', key='n'))
     with db.databackend.engine.begin() as conn:
         conn.execute(sa.text('INSERT INTO events (id, n) VALUES (:id, :n)'),
                      [{'id': f'e{i}', 'n': i} for i in range(30)])
     env = {**os.environ, 'SUPERDUPER_ARTIFACT_STORE': f'filesystem://{tmp_path}/artifacts', 'PYTHONPATH': CHECKOUT}
-    worker = subprocess.run(
-        [sys.executable, '-m', 'superduper.cli', 'start', db_uri, '--once',
-         '--compute', f'dask://{cluster.scheduler.address}'],
-        env=env, capture_output=True, text=True, timeout=120,
+    worker = subprocess.Popen(
+        [sys.executable, '-m', 'superduper.cli', 'start', db_uri, '--once', '--compute', engine.other_uri],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert worker.returncode == 0, worker.stderr
-    assert 'computing with DaskComputeBackend' in worker.stderr
+    _, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 0, stderr
+    assert f'computing with {engine.name.capitalize()}ComputeBackend' in stderr
     found = outputs(db, listener)
-    assert len(found) == 30 and {int(v.split('@')[1]) for v in found.values()} <= worker_pids(cluster)
+    computed_by = {int(v.split('@')[1]) for v in found.values()}
+    assert len(found) == 30 and not computed_by & {os.getpid(), worker.pid}  # by the cluster's workers
     db.close()
 
 
@@ -253,13 +300,13 @@ class MeanClassifier:
 
 
 @pytest.mark.backends('any')
-def test_training_runs_on_a_worker(ddb, cluster):
+def test_training_runs_on_a_worker(ddb):
     db = ddb
     db.apply(Table('points', fields={'x': 'float', 'label': 'int'}))
     db['points'].insert([{'x': float(i), 'label': int(i >= 50)} for i in range(100)]).execute()
     model = SklearnModel('clf', object=MeanClassifier())
     model.fit(X='x', y='label', db=db, select=db['points'].select())
-    assert model.object.fitted_by_ in worker_pids(cluster)  # the caller's model is the version fitted there
+    assert model.object.fitted_by_ in worker_pids(db)  # the caller's model is the version fitted there
     assert db.show('Model', 'clf') == [0] and model.version == 0 and db.load('Model', 'clf').uuid == model.uuid
     train = db['points'].filter(db['points']['_fold'] == 'train').count().execute()
     (job,) = db.jobs('clf')
@@ -289,13 +336,13 @@ def test_a_vector_index_follows_the_outputs_the_workers_write(ddb):
 @pytest.mark.backends('any')
 def test_backfill_tasks_carry_keys_covering_every_selected_row_once(ddb, monkeypatch):
     sent = []
-    original = DaskComputeBackend._send
+    original = DistributedCompute._send
 
     def send(self, db, batch, name):
         sent.append(batch)
         return original(self, db, batch, name)
 
-    monkeypatch.setattr(DaskComputeBackend, '_send', send)
+    monkeypatch.setattr(DistributedCompute, '_send', send)
     numbers_table(ddb, 103)
     nums = ddb['nums']
     listener = ddb.apply(ObjectModel('m', object=lambda n: n).to_listener(nums.filter(nums['n'] >= 10), key='n'))
@@ -320,7 +367,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dask_local_and_bad_configuration(tmp_path):
+UNREACHABLE = {  # compute=, and the error it gives
+    'dask': ('dask://tcp://127.0.0.1:{port}?timeout=1', "cannot reach the Dask scheduler at 'tcp://127.0.0.1:{port}'"),
+    'ray': ('ray://127.0.0.1:{port}?timeout=1', "cannot reach the Ray cluster at '127.0.0.1:{port}'"),
+}
+
+
+@pytest.mark.parametrize('name', ENGINES)
+def test_bad_configuration_names_the_uri_and_loses_nothing(tmp_path, name):
+    pytest.importorskip({'dask': 'distributed', 'ray': 'ray'}[name])
+    uri = f'sqlite://{tmp_path}/data.db'
+    db = superduper(uri, follow_changes=False, progress=False)
+    numbers_table(db, 20)
+    db.close()
+
+    port = free_port()
+    compute, message = (text.format(port=port) for text in UNREACHABLE[name])
+    with pytest.raises(ConfigError, match=re.escape(message) + '.*' + re.escape(f'compute={compute!r}')):
+        superduper(uri, compute=compute)
+    with pytest.raises(ConfigError, match=f"compute='{name}://' names no {name.capitalize()} cluster"):
+        superduper(uri, compute=f'{name}://')
+    with pytest.raises(ConfigError, match="in-memory database 'sqlite://:memory:'"):
+        superduper('sqlite://:memory:', compute=f'{name}://local')
+    with pytest.raises(ConfigError, match='DuckDB opens'):
+        superduper(f'duckdb://{tmp_path}/x.duckdb', compute=f'{name}://local')
+    with pytest.raises(ConfigError, match="in-memory artifact store 'memory://x'"):
+        superduper(uri, artifact_store='memory://x', compute=f'{name}://local')
+    db = superduper(uri, follow_changes=False)  # nothing stored was lost
+    assert db['nums'].count().execute() == 20
+    db.close()
+
+
+@pytest.mark.parametrize('name', ENGINES)
+def test_local_compute_needs_neither_engine(tmp_path, monkeypatch, name):
+    modules = {'dask': ('dask', 'distributed'), 'ray': ('ray',)}[name]
+    for module in modules:  # as if the engine were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    uri = f'sqlite://{tmp_path}/data.db'
+    package = {'dask': r'dask\[distributed\]', 'ray': 'ray'}[name]
+    hint = rf"'{name}://' needs the {package} package.*pip install 'superduper\[{name}\]'"
+    with pytest.raises(MissingDependency, match=hint):
+        superduper(uri, compute=f'{name}://local')
+    db = superduper(uri, follow_changes=False, progress=False)
+    numbers_table(db, 5)
+    listener = db.apply(ObjectModel('double', object=lambda n: 2 * n).to_listener('nums', key='n'))
+    assert len(outputs(db, listener)) == 5
+    db.close()
+
+
+# ---- engine-specific: starting a cluster of one's own -----------------------------------------------------------
+def test_dask_local_starts_and_closes_a_local_cluster(tmp_path):
+    pytest.importorskip('distributed')
     uri = f'sqlite://{tmp_path}/data.db'
     db = superduper(uri, compute='dask://local?n_workers=1', progress=False, follow_changes=False)
     assert repr(db.compute).startswith("DaskComputeBackend('dask://local?n_workers=1', LocalCluster at tcp://")
@@ -330,34 +427,58 @@ def test_dask_local_and_bad_configuration(tmp_path):
     cluster = db.compute.cluster
     db.close()
     assert cluster.status.name == 'closed'
-
-    port = free_port()
-    with pytest.raises(ConfigError, match=f"cannot reach the Dask scheduler at 'tcp://127.0.0.1:{port}'"):
-        superduper(uri, compute=f'dask://tcp://127.0.0.1:{port}?timeout=1')
-    with pytest.raises(ConfigError, match='names no Dask scheduler'):
-        superduper(uri, compute='dask://')
-    with pytest.raises(ConfigError, match="in-memory database 'sqlite://:memory:'"):
-        superduper('sqlite://:memory:', compute='dask://local')
-    with pytest.raises(ConfigError, match='DuckDB opens'):
-        superduper(f'duckdb://{tmp_path}/x.duckdb', compute='dask://local')
-    with pytest.raises(ConfigError, match="in-memory artifact store 'memory://x'"):
-        superduper(uri, artifact_store='memory://x', compute='dask://local')
     with pytest.raises(ConfigError, match="cannot start a LocalCluster with {'nonsense': 1}"):
         superduper(uri, compute='dask://local?nonsense=1')
-    db = superduper(uri, follow_changes=False)  # nothing stored was lost
-    assert len(outputs(db, db.load('Listener', 'double'))) == 20
-    db.close()
 
 
-def test_local_compute_needs_no_dask(tmp_path, monkeypatch):
-    for name in ('dask', 'distributed'):  # as if dask were not installed
-        monkeypatch.setitem(sys.modules, name, None)
-    uri = f'sqlite://{tmp_path}/data.db'
-    hint = r"'dask://' needs the dask\[distributed\] package.*pip install 'superduper\[dask\]'"
-    with pytest.raises(MissingDependency, match=hint):
-        superduper(uri, compute='dask://local')
-    db = superduper(uri, follow_changes=False, progress=False)
-    numbers_table(db, 5)
+RAY_LOCAL = textwrap.dedent("""
+    import sys
+    import ray
+    from superduper import ObjectModel, Table, superduper
+    from superduper.base.exceptions import ConfigError
+
+    uri = sys.argv[1]
+    try:
+        superduper(uri, compute='ray://local?nonsense=1')
+    except ConfigError as e:
+        print('refused:', e)
+    db = superduper(uri, compute='ray://local?num_cpus=1&object_store_memory=100000000', progress=False,
+                    follow_changes=False)
+    print(repr(db.compute))
+    db.apply(Table('nums', fields={'n': 'int'}, folds=False))
+    db['nums'].insert([{'id': f'r{i}', 'n': i} for i in range(20)]).execute()
     listener = db.apply(ObjectModel('double', object=lambda n: 2 * n).to_listener('nums', key='n'))
-    assert len(outputs(db, listener)) == 5
+    print('outputs:', db.databackend.count(listener.outputs), 'cpus:', ray.cluster_resources()['CPU'])
+    db.close()
+    print('still running:', ray.is_initialized())
+""")
+
+
+def test_ray_local_starts_and_stops_ray_in_the_process(tmp_path):
+    """In a process of its own: Ray is one per process, and this one already runs the suite's."""
+    pytest.importorskip('ray')
+    env = {**os.environ, 'PYTHONPATH': CHECKOUT}
+    done = subprocess.run([sys.executable, '-c', RAY_LOCAL, f'sqlite://{tmp_path}/data.db'], cwd=CHECKOUT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused: compute='ray://local?nonsense=1': cannot start Ray with {'nonsense': 1}")
+    assert lines[1].startswith("RayComputeBackend('ray://local?num_cpus=1&object_store_memory=100000000', "
+                               'started here at ') and lines[1].endswith(', 1 workers)')
+    assert lines[2:] == ['outputs: 20 cpus: 1.0', 'still running: False']
+
+
+def test_ray_joins_a_running_instance_only_at_its_address(ray_cluster, tmp_path):
+    gcs = ray_cluster.other_uri.split('://')[1].split('?')[0]
+    uri = f'sqlite://{tmp_path}/data.db'
+    db = superduper(uri, compute=f'ray://{gcs}?workers=1', follow_changes=False)
+    assert repr(db.compute).endswith(f'cluster at {gcs}, 1 workers)')
+    db.close()
+    with pytest.raises(ConfigError, match='this process already uses the Ray instance at'):
+        superduper(uri, compute='ray://local?num_cpus=1')
+    too_many = f'ray://local?workers={RAY_CPUS + 1}&timeout=2'  # one actor more than the CPUs: it never starts
+    with pytest.raises(ConfigError, match=re.escape(f'compute={too_many!r}: ') + rf'\d of {RAY_CPUS + 1} Ray workers '
+                                          r'started \(each takes one CPU; [\d.]+ free\): ask for fewer'):
+        superduper(uri, compute=too_many)
+    db = superduper(uri, compute='ray://local?workers=2', follow_changes=False)  # their CPUs were given back
     db.close()
