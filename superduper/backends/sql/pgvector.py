@@ -67,9 +67,10 @@ class PgVector(sa.types.UserDefinedType):
 #: pgvector's default ``hnsw.ef_search`` and its most (a scan returns at most that many rows)
 EF_DEFAULT, EF_MAX = 40, 1000
 MARGIN = 3  # candidates per expected match: the n nearest matches lie about n / share deep
-#: the scan's ef per candidate asked for, below and above ``WIDE_BELOW`` of the rows matching: the matches far down
-#: the list are ranked well only by a wide scan (see benchmarks/pgvector_search.py)
-BEAM, NARROW_BEAM, WIDE_BELOW = 4, 2, 0.25
+#: the scan's ef per candidate asked for: pgvector's graph (m=16, ef_construction=64) ranks the rows beyond the
+#: query's own cluster well only with a wide scan (recall@10 at 50% of 20,000 clustered rows: 0.89 at 2, 0.96 at 4;
+#: benchmarks/pgvector_search.py)
+BEAM = 4
 #: the cost of a candidate's ef in the HNSW scan against a matching row's exact distance (about 25x, measured on
 #: 100,000 rows of 384 dimensions), times BEAM and MARGIN: with ``m`` rows matching of ``total``, the exact scan costs
 #: about ``m``, the candidates ``COST * n * total / m``; equal at ``m = sqrt(COST * n * total)``
@@ -148,7 +149,8 @@ class _Search:
             plan.update(strategy='exact')
             return self._hits(conn.execute(stmt.order_by(self.distance + 0).limit(self.n)))
         ef = max(EF_DEFAULT, self.n)
-        self._settings(conn, ef)
+        if ef > EF_DEFAULT:
+            self._settings(conn, ef)
         plan.update(strategy='ann', ef=ef)
         return self._hits(conn.execute(stmt.order_by(self.distance).limit(self.n)))
 
@@ -163,7 +165,7 @@ class _Search:
             share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
         k = min(total, EF_MAX, max(5 * n, math.ceil(MARGIN * n / share)))
         for tries in range(2):
-            ef = min(EF_MAX, max(EF_DEFAULT, (BEAM if share < WIDE_BELOW else NARROW_BEAM) * k))
+            ef = min(EF_MAX, max(EF_DEFAULT, BEAM * k))
             hits = self._candidates(conn, k, ef)
             plan.update(strategy='ann, candidates checked against the filter', candidates=k, ef=ef, tries=tries + 1,
                         share=max(len(hits), 1) / k)
@@ -190,16 +192,18 @@ class _Search:
         if limit is not None:
             matching = matching.limit(limit + 1)
         m = matching.cte('sd_matching')
-        self._settings(conn, EF_DEFAULT)  # each matching row's vector read through the outputs' key
         counted = sa.select(sa.func.count().label('matching')).select_from(m).subquery('sd_count')
-        nearest = sa.select(self.out.c._source, self.distance.label('d')).select_from(
-            m.join(self.out, self.out.c._source == m.c.k)).where(self.column.is_not(None))
+        # each matching row's vector looked up by its key (LIMIT 1: a subquery the planner keeps, not a join it
+        # would make a hash of the whole outputs table)
+        vector = sa.select(self.out.c._source, self.distance.label('d')).where(
+            self.out.c._source == m.c.k, self.column.is_not(None)).limit(1).lateral('sd_vector')
+        nearest = sa.select(vector.c._source, vector.c.d).select_from(m.join(vector, sa.true()))
         if limit is not None:
             nearest = nearest.where(counted.c.matching <= limit)
-        nearest = nearest.order_by(self.distance + 0).limit(self.n).lateral('sd_nearest')
+        nearest = nearest.order_by(vector.c.d).limit(self.n).lateral('sd_nearest')
         rows = conn.execute(sa.select(counted.c.matching, nearest.c._source, nearest.c.d).select_from(
             counted.outerjoin(nearest, sa.true())).order_by(nearest.c.d)).all()
-        return self._hits([r[1:] for r in rows if r[1] is not None]), rows[0][0]
+        return self._hits([r[1:] for r in rows if r[1] is not None]), rows[0][0] if rows else 0  # (none: offline)
 
     def _candidates(self, conn: Any, k: int, ef: int) -> list[tuple[Any, float]]:
         """Of the ``k`` nearest rows through the HNSW index, those matching the filter, nearest first (each looked

@@ -235,7 +235,9 @@ def _vector_search(c: Catalogue, backend: Any) -> None:
 
     fields = {'_source': 'str', OUTPUT_SEQ: 'int', VECTORS: 'vector[float32:3]'}
     backend.bind_table(VECTORS, {k: resolve_type(v) for k, v in fields.items()}, '_source')
-    db = types.SimpleNamespace(databackend=backend)
+    from superduper.base.config import Config
+
+    db = types.SimpleNamespace(databackend=backend, cfg=Config())
     query = np.array([0.5, -1.0, 2.0], dtype=np.float32)
     for measure in MEASURES:
         index = types.SimpleNamespace(indexing_listener=types.SimpleNamespace(outputs=VECTORS), source=TABLE,

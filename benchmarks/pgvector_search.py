@@ -1,0 +1,203 @@
+"""Vector search pushed down to PostgreSQL with pgvector, unfiltered and filtered, against the same SQL run on a raw
+psycopg connection, in the same run.
+
+    python benchmarks/pgvector_search.py [--rows 50000] [--queries 200] [--uri postgresql://...]
+
+Without ``--uri`` a PostgreSQL 16 with pgvector is started from the ``pgserver`` wheel in a temporary folder (as
+the tests do), with ``maintenance_work_mem`` raised so that the HNSW index is built in memory.
+
+Data: unit vectors of 384 dimensions drawn around 2,000 Gaussian centres (as ``vector_search.py``), queries drawn
+the same way, k = 10. Each row has a ``bucket`` (its number modulo 1000, indexed); ``bucket < b`` keeps 1%, 10% or
+50% of the rows. Ground truth is exact (filtered) search with numpy. One listener stores the vectors natively
+(``VECTOR(384)`` with pgvector's HNSW index, default m=16, ef_construction=64); ``searcher='pgvector'``.
+
+Each side, one query at a time, after one untimed pass (which also teaches superduper each filter's share):
+
+- ``superduper``: ``t.like(vector, vector_index=..., n=10)[.filter(t['bucket'] < b)].select().execute()``: the
+  search planned by the share of rows matching (exact over the matching rows, or HNSW candidates checked against
+  the filter), then the ten rows fetched by key and decoded;
+- ``raw``: the same search statements superduper sent for that query (recorded in the untimed pass, with their
+  parameters, ``SET``s included), then ``SELECT id, n, bucket FROM points WHERE id = ANY(...)`` for the hits, on a
+  psycopg connection: the work of the database without superduper's;
+- ``old plan`` (filtered only): the statement superduper sent before the plan was selectivity-aware, on psycopg:
+  every matching row's distance (``ORDER BY distance + 0``, joined to the filtered rows), exact.
+
+Printed: QPS, recall@10, the share of queries that returned 10 rows, the plans followed (strategy, candidates, ef),
+and the ratios superduper / raw and filtered / unfiltered (target >= 0.3x). The machine may be shared and noisy:
+the script reports what it measures and never fails on a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import threading
+import time
+
+import numpy as np
+import sqlalchemy as sa
+
+from benchmarks.vector_search import DIM, clustered, recall
+from superduper import ObjectModel, Table, VectorIndex, superduper
+
+SHARES = (None, 0.01, 0.10, 0.50)
+
+
+def start_server(folder: str) -> object:
+    import pgserver
+
+    server = pgserver.get_server(folder, cleanup_mode='delete')
+    server.psql("ALTER SYSTEM SET maintenance_work_mem = '1GB'")
+    server.psql('SELECT pg_reload_conf()')
+    return server
+
+
+def load(db, vectors: np.ndarray) -> str:
+    start = time.perf_counter()
+    db.apply(Table('points', fields={'n': 'int', 'bucket': 'int'}, folds=False))
+    db['points'].insert([{'id': str(i), 'n': i, 'bucket': i % 1000} for i in range(len(vectors))]).execute()
+    with db.databackend.begin() as conn:
+        conn.exec_driver_sql('CREATE INDEX points_bucket ON points (bucket)')
+    listener = ObjectModel('lookup', object=lambda i: vectors[i], datatype=f'vector[float32:{DIM}]').to_listener(
+        'points', key='n')
+    db.apply(listener)
+    loaded = time.perf_counter()
+    db.apply(VectorIndex('bench', indexing_listener=listener, searcher='pgvector'))
+    with db.databackend.begin() as conn:
+        conn.exec_driver_sql('ANALYZE')
+    print(f'{len(vectors)} x {DIM} vectors stored in {loaded - start:.0f}s, HNSW index built in '
+          f'{time.perf_counter() - loaded:.0f}s')
+    return listener.outputs
+
+
+class Recorder:
+    """The statements (and parameters) this thread sends through the engine while on."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine, self.sent, self.on = engine, [], False
+        self.thread = threading.get_ident()
+        sa.event.listen(engine, 'before_cursor_execute', self.record)
+
+    def record(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if self.on and threading.get_ident() == self.thread:
+            self.sent.append((statement, parameters))
+
+    def take(self) -> list:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def like(points, q: np.ndarray, share: float | None):
+    query = points.like(q, vector_index='bench', n=10)
+    return query if share is None else query.filter(points['bucket'] < round(1000 * share))
+
+
+def superduper_side(db, points, queries: np.ndarray, share: float | None) -> tuple[float, list, list, list]:
+    """QPS, hits and plans of the timed pass, and the search statements of the untimed one before it, per query."""
+    recorder = Recorder(db.databackend.engine)
+    statements = []
+    recorder.on = True
+    for q in queries:
+        found = [r['id'] for r in like(points, q, share).select().execute()]
+        statements.append((recorder.take(), found))
+    recorder.on = False
+    sa.event.remove(db.databackend.engine, 'before_cursor_execute', recorder.record)
+    hits, plans = [], []
+    start = time.perf_counter()
+    for q in queries:
+        cursor = like(points, q, share).select().execute()
+        hits.append([int(r['id']) for r in cursor])
+        plans.append(cursor.plan)
+    return len(queries) / (time.perf_counter() - start), hits, plans, statements
+
+
+def raw_side(conn, statements: list) -> float:
+    """The same search statements, then the rows of the hits by key, on psycopg."""
+    start = time.perf_counter()
+    for sent, found in statements:
+        with conn.cursor() as cursor:
+            for statement, parameters in sent:
+                cursor.execute(statement, parameters)
+                cursor.fetchall()
+            cursor.execute('SELECT id, n, bucket FROM points WHERE id = ANY(%s)', (found,))
+            cursor.fetchall()
+        conn.rollback()
+    return len(statements) / (time.perf_counter() - start)
+
+
+OLD = ('SELECT o._source FROM "{outputs}" o JOIN points s ON s.id = o._source WHERE o."{outputs}" IS NOT NULL '
+       'AND s.bucket < %s ORDER BY (o."{outputs}" <=> %s::vector) + 0 LIMIT 10')
+
+
+def old_plan(conn, outputs: str, queries: np.ndarray, share: float) -> tuple[float, list]:
+    sql, hits = OLD.format(outputs=outputs), []
+    start = time.perf_counter()
+    for q in queries:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, (round(1000 * share), '[' + ','.join(map(str, q.tolist())) + ']'))
+            found = [row[0] for row in cursor.fetchall()]
+            cursor.execute('SELECT id, n, bucket FROM points WHERE id = ANY(%s)', (found,))
+            cursor.fetchall()
+        conn.rollback()
+        hits.append([int(i) for i in found])
+    return len(queries) / (time.perf_counter() - start), hits
+
+
+def described(plans: list) -> str:
+    counted = collections.Counter(
+        (p['strategy'], p.get('candidates'), p.get('ef')) if 'candidates' in p else (p['strategy'], p.get('ef'))
+        for p in plans)
+    return '; '.join(f'{n}x {", ".join(str(x) for x in key if x is not None)}' for key, n in counted.most_common(4))
+
+
+def main() -> None:
+    import psycopg
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--rows', type=int, default=50_000)
+    parser.add_argument('--queries', type=int, default=200)
+    parser.add_argument('--uri', help='a PostgreSQL database with the vector extension (default: pgserver)')
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2000, DIM)).astype(np.float32)
+    vectors = clustered(rng, args.rows, centres)
+    queries = clustered(rng, args.queries, centres)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None if args.uri else start_server(f'{tmp}/pg')
+        uri = args.uri or server.get_uri()
+        db = superduper(uri, artifact_store=f'filesystem://{tmp}/artifacts', home=f'{tmp}/home', progress=False)
+        try:
+            outputs = load(db, vectors)
+            points = db['points']
+            conn = psycopg.connect(str(db.databackend.engine.url.set(drivername='postgresql')
+                                       .render_as_string(hide_password=False)))
+            print(f'{args.queries} queries, k=10, one at a time; superduper / raw: the same search SQL on psycopg')
+            unfiltered = None
+            for share in SHARES:
+                rows = np.arange(args.rows)
+                allowed = rows if share is None else rows[rows % 1000 < round(1000 * share)]
+                truth = allowed[np.argsort(-(queries @ vectors[allowed].T), axis=1)[:, :10]]
+                qps, hits, plans, statements = superduper_side(db, points, queries, share)
+                raw = raw_side(conn, statements)
+                rec = np.mean([recall(h, t) for h, t in zip(hits, truth)])
+                full = np.mean([len(h) == 10 for h in hits])
+                label = 'unfiltered' if share is None else f'filtered {share:.0%}'
+                unfiltered = unfiltered or qps
+                line = (f'{label}: superduper {qps:.0f} QPS, recall {rec:.3f}, {full:.0%} returned 10 rows; raw {raw:.0f}'
+                        f' QPS ({qps / raw:.2f}x)')
+                if share is not None:
+                    old_qps, old_hits = old_plan(conn, outputs, queries, share)
+                    old_rec = np.mean([recall(h, t) for h, t in zip(old_hits, truth)])
+                    line += (f'; {qps / unfiltered:.2f}x unfiltered (target >= 0.3x); old plan (exact scan) '
+                             f'{old_qps:.0f} QPS, recall {old_rec:.3f}, superduper {qps / old_qps:.2f}x it')
+                print(line)
+                print(f'    plans: {described(plans)}; statements a search: '
+                      f'{np.mean([len(s) for s, _ in statements]):.1f}')
+            conn.close()
+        finally:
+            db.close()
+
+
+if __name__ == '__main__':
+    main()
