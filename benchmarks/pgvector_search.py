@@ -20,7 +20,9 @@ Each side, one query at a time, after one untimed pass (which also teaches super
   parameters, ``SET``s included), then ``SELECT id, n, bucket FROM points WHERE id = ANY(...)`` for the hits, on a
   psycopg connection: the work of the database without superduper's;
 - ``old plan`` (filtered only): the statement superduper sent before the plan was selectivity-aware, on psycopg:
-  every matching row's distance (``ORDER BY distance + 0``, joined to the filtered rows), exact.
+  every matching row's distance (``ORDER BY distance + 0``, joined to the filtered rows), exact; then the rows.
+
+The sides take turns query by query (a busy machine slows each alike); QPS is queries / the side's summed time.
 
 Printed: QPS, recall@10, the share of queries that returned 10 rows, the plans followed (strategy, candidates, ef),
 and the ratios superduper / raw and filtered / unfiltered (target >= 0.3x). The machine may be shared and noisy:
@@ -93,55 +95,52 @@ def like(points, q: np.ndarray, share: float | None):
     return query if share is None else query.filter(points['bucket'] < round(1000 * share))
 
 
-def superduper_side(db, points, queries: np.ndarray, share: float | None) -> tuple[float, list, list, list]:
-    """QPS, hits and plans of the timed pass, and the search statements of the untimed one before it, per query."""
+def record(db, points, queries: np.ndarray, share: float | None) -> list:
+    """The untimed pass: per query, the statements superduper sent for the search and the keys it found."""
     recorder = Recorder(db.databackend.engine)
-    statements = []
-    recorder.on = True
+    recorder.on, sent = True, []
     for q in queries:
         found = [r['id'] for r in like(points, q, share).select().execute()]
-        statements.append((recorder.take(), found))
-    recorder.on = False
+        sent.append((recorder.take(), found))
     sa.event.remove(db.databackend.engine, 'before_cursor_execute', recorder.record)
-    hits, plans = [], []
+    return sent
+
+
+def timed(action) -> tuple[float, object]:
     start = time.perf_counter()
-    for q in queries:
-        cursor = like(points, q, share).select().execute()
-        hits.append([int(r['id']) for r in cursor])
-        plans.append(cursor.plan)
-    return len(queries) / (time.perf_counter() - start), hits, plans, statements
+    result = action()
+    return time.perf_counter() - start, result
 
 
-def raw_side(conn, statements: list) -> float:
+def ours(points, q: np.ndarray, share: float | None) -> tuple[list, dict]:
+    cursor = like(points, q, share).select().execute()
+    return [int(r['id']) for r in cursor], cursor.plan
+
+
+def raw(conn, sent: list, found: list) -> None:
     """The same search statements, then the rows of the hits by key, on psycopg."""
-    start = time.perf_counter()
-    for sent, found in statements:
-        with conn.cursor() as cursor:
-            for statement, parameters in sent:
-                cursor.execute(statement, parameters)
-                cursor.fetchall()
-            cursor.execute('SELECT id, n, bucket FROM points WHERE id = ANY(%s)', (found,))
+    with conn.cursor() as cursor:
+        for statement, parameters in sent:
+            cursor.execute(statement, parameters)
             cursor.fetchall()
-        conn.rollback()
-    return len(statements) / (time.perf_counter() - start)
+        cursor.execute('SELECT id, n, bucket FROM points WHERE id = ANY(%s)', (found,))
+        cursor.fetchall()
+    conn.rollback()
 
 
 OLD = ('SELECT o._source FROM "{outputs}" o JOIN points s ON s.id = o._source WHERE o."{outputs}" IS NOT NULL '
        'AND s.bucket < %s ORDER BY (o."{outputs}" <=> %s::vector) + 0 LIMIT 10')
 
 
-def old_plan(conn, outputs: str, queries: np.ndarray, share: float) -> tuple[float, list]:
-    sql, hits = OLD.format(outputs=outputs), []
-    start = time.perf_counter()
-    for q in queries:
-        with conn.cursor() as cursor:
-            cursor.execute(sql, (round(1000 * share), '[' + ','.join(map(str, q.tolist())) + ']'))
-            found = [row[0] for row in cursor.fetchall()]
-            cursor.execute('SELECT id, n, bucket FROM points WHERE id = ANY(%s)', (found,))
-            cursor.fetchall()
-        conn.rollback()
-        hits.append([int(i) for i in found])
-    return len(queries) / (time.perf_counter() - start), hits
+def old_plan(conn, outputs: str, q: np.ndarray, share: float) -> list:
+    """The statement of the search before it planned by selectivity (exact over every matching row), on psycopg."""
+    with conn.cursor() as cursor:
+        cursor.execute(OLD.format(outputs=outputs), (round(1000 * share), '[' + ','.join(map(str, q.tolist())) + ']'))
+        found = [row[0] for row in cursor.fetchall()]
+        cursor.execute('SELECT id, n, bucket FROM points WHERE id = ANY(%s)', (found,))
+        cursor.fetchall()
+    conn.rollback()
+    return [int(i) for i in found]
 
 
 def described(plans: list) -> str:
@@ -172,28 +171,41 @@ def main() -> None:
             points = db['points']
             conn = psycopg.connect(str(db.databackend.engine.url.set(drivername='postgresql')
                                        .render_as_string(hide_password=False)))
-            print(f'{args.queries} queries, k=10, one at a time; superduper / raw: the same search SQL on psycopg')
-            unfiltered = None
+            print(f'{args.queries} queries, k=10, one at a time, every side of a query run after the other (the '
+                  'machine may be busy: each side meets the same load)')
+            sent = {share: record(db, points, queries, share) for share in SHARES}
+            seconds = collections.defaultdict(float)
+            hits, plans = collections.defaultdict(list), collections.defaultdict(list)
+            for i, q in enumerate(queries):
+                for share in SHARES:
+                    took, (found, plan) = timed(lambda: ours(points, q, share))
+                    seconds['ours', share] += took
+                    hits['ours', share].append(found)
+                    plans[share].append(plan)
+                    seconds['raw', share] += timed(lambda: raw(conn, *sent[share][i]))[0]
+                    if share is not None:
+                        took, found = timed(lambda: old_plan(conn, outputs, q, share))
+                        seconds['old', share] += took
+                        hits['old', share].append(found)
+            qps = {key: args.queries / took for key, took in seconds.items()}
             for share in SHARES:
                 rows = np.arange(args.rows)
                 allowed = rows if share is None else rows[rows % 1000 < round(1000 * share)]
                 truth = allowed[np.argsort(-(queries @ vectors[allowed].T), axis=1)[:, :10]]
-                qps, hits, plans, statements = superduper_side(db, points, queries, share)
-                raw = raw_side(conn, statements)
-                rec = np.mean([recall(h, t) for h, t in zip(hits, truth)])
-                full = np.mean([len(h) == 10 for h in hits])
+                rec = {side: np.mean([recall(h, t) for h, t in zip(hits[side, share], truth)])
+                       for side in ('ours', 'old') if (side, share) in hits}
+                full = np.mean([len(h) == 10 for h in hits['ours', share]])
                 label = 'unfiltered' if share is None else f'filtered {share:.0%}'
-                unfiltered = unfiltered or qps
-                line = (f'{label}: superduper {qps:.0f} QPS, recall {rec:.3f}, {full:.0%} returned 10 rows; raw {raw:.0f}'
-                        f' QPS ({qps / raw:.2f}x)')
+                line = (f'{label}: superduper {qps["ours", share]:.0f} QPS, recall {rec["ours"]:.3f}, {full:.0%} '
+                        f'returned 10 rows; raw {qps["raw", share]:.0f} QPS '
+                        f'(superduper {qps["ours", share] / qps["raw", share]:.2f}x)')
                 if share is not None:
-                    old_qps, old_hits = old_plan(conn, outputs, queries, share)
-                    old_rec = np.mean([recall(h, t) for h, t in zip(old_hits, truth)])
-                    line += (f'; {qps / unfiltered:.2f}x unfiltered (target >= 0.3x); old plan (exact scan) '
-                             f'{old_qps:.0f} QPS, recall {old_rec:.3f}, superduper {qps / old_qps:.2f}x it')
+                    line += (f'; {qps["ours", share] / qps["ours", None]:.2f}x unfiltered (target >= 0.3x); old plan '
+                             f'{qps["old", share]:.0f} QPS, recall {rec["old"]:.3f} '
+                             f'(superduper {qps["ours", share] / qps["old", share]:.2f}x)')
                 print(line)
-                print(f'    plans: {described(plans)}; statements a search: '
-                      f'{np.mean([len(s) for s, _ in statements]):.1f}')
+                print(f'    plans: {described(plans[share])}; search statements a query: '
+                      f'{np.mean([len(s) for s, _ in sent[share]]):.1f}')
             conn.close()
         finally:
             db.close()

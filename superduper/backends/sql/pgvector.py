@@ -11,8 +11,9 @@ earlier searches with the same filter, or counted up to a bound), as the in-proc
 
 pgvector before 0.8 has no iterative index scan: an index scan returns at most ``hnsw.ef_search`` rows (at most
 1000), so candidates are taken in one scan, and a filter applied to that scan directly would return fewer rows.
-Every statement joins by the outputs' primary key, row by row: the planner would rather hash the whole outputs
-table, three times slower at 10,000 matching rows of 100,000 (and unbounded for the candidates' check).
+Rows are looked up by key one at a time (the exact scan: a ``LATERAL ... LIMIT 1`` subquery; the candidates: hash
+and merge joins off for the transaction): the planner would rather hash the whole outputs table, three times
+slower at 10,000 matching rows of 100,000, or every matching source row for the candidates' check.
 """
 
 from __future__ import annotations
