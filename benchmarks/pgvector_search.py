@@ -26,8 +26,8 @@ The sides take turns query by query (a busy machine slows each alike); QPS is qu
 
 Printed: QPS, recall@10, the share of queries that returned 10 rows, the plans followed (strategy, candidates, ef),
 and the ratios superduper / raw, superduper filtered / unfiltered (target >= 0.3x) and the new plan's SQL / the old
-plan's (both raw). The machine may be shared and noisy:
-the script reports what it measures and never fails on a time.
+plan's (both raw). The machine may be shared and noisy: the script reports what it measures and never fails on a
+time.
 """
 
 from __future__ import annotations
