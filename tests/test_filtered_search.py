@@ -139,6 +139,84 @@ def search_ids(t, query: np.ndarray, cond) -> tuple[list[str], dict]:
     return [r['id'] for r in cursor], cursor.plan
 
 
+@pytest.mark.backends('pgvector')
+@pytest.mark.parametrize('exact_limit', [20000, 100])
+def test_pgvector_filtered_recall_at_1_10_and_50_percent_against_brute_force(db, exact_limit):
+    """pgvector's HNSW index over 3,000 vectors: at 1%, 10% and 50% of the rows matching, always 10 rows, recall@10
+    >= 0.95, and the plan in the cursor. Up to the limit the matching rows are scored exactly (all of them here);
+    a low limit sends 10% and 50% through the index's candidates, checked against the filter in the database: the
+    first search with a filter counts its rows up to the limit, the next ones plan from the share seen."""
+    db.cfg.exact_filter_limit = exact_limit
+    t = points(db, ROWS, 'pgvector')
+    ids = np.arange(ROWS)
+    for share in (1, 10, 50):
+        allowed = ids[ids % 100 < share]
+        recalls, plans = [], []
+        for q in QUERIES:
+            got, plan = search(t, q, t['bucket'] < share)
+            expected = truth(q, allowed)
+            assert len(got) == 10 and all(i % 100 < share for i in got)
+            assert plan['searcher'] == 'pgvector'
+            if plan['strategy'] == 'exact over the matching ids':
+                assert got == expected and plan['matching'] == len(allowed)
+            recalls.append(len(set(got) & set(expected)) / 10)
+            plans.append(plan)
+        assert np.mean(recalls) >= 0.95, (share, plans)
+        strategies = {p['strategy'] for p in plans}
+        if share == 1 or exact_limit > ROWS:
+            assert strategies == {'exact over the matching ids'}
+        else:
+            assert strategies == {'ann, candidates checked against the filter'}
+            later = plans[1:]  # planned from the share the searches before saw among their candidates
+            assert all(p['tries'] == 1 and p['ef'] >= p['candidates'] for p in later)
+            assert max(p['candidates'] for p in later) <= 3 * 10 * 100 // share * 1.5
+
+
+@pytest.mark.backends('pgvector')
+def test_pgvector_filter_changed_by_plain_sql_is_seen_at_once(db):
+    """The database is searched as it is now: a filter that matched half the rows and then (other clients' plain
+    SQL) matches three gives those three (the candidates miss them: widened, then the exact scan), rows deleted or
+    moved out of the filter are gone from the next search, and a filter matching nothing gives nothing."""
+    from tests.conftest import plain_sql
+
+    db.cfg.exact_filter_limit = 100
+    t = points(db, ROWS, 'pgvector')
+    q = QUERIES[0]
+    got, plan = search(t, q, t['cluster'] < 30)
+    assert plan['strategy'] == 'ann, candidates checked against the filter' and len(got) == 10
+    got, plan = search(t, q, t['cluster'] < 30)  # planned from the share seen: about half the rows
+    nearest = got[0]
+    assert plan['tries'] == 1 and plan['candidates'] <= 100
+    plain_sql(db, ('DELETE FROM points WHERE id = :id', {'id': str(nearest)}))
+    got, _ = search(t, q, t['cluster'] < 30)
+    assert nearest not in got and len(got) == 10
+    allowed = np.array([i for i in range(ROWS) if CLUSTER[i] < 30 and i != nearest][:3])
+    plain_sql(db, ('UPDATE points SET "cluster" = "cluster" + 100 WHERE "cluster" < 30 AND id NOT IN (:a, :b, :c)',
+                   dict(zip('abc', map(str, allowed)))))
+    got, plan = search(t, q, t['cluster'] < 30)
+    assert got == truth(q, allowed) and plan['strategy'] == 'exact over the matching ids'
+    assert plan['matching'] == len(allowed) and plan['tries'] == 2  # the candidates missed them, widened once
+    got, plan = search(t, q, t['cluster'] < 30)  # planned from the share seen: exact at once
+    assert got == truth(q, allowed) and 'tries' not in plan and plan['matching'] == len(allowed)
+    got, plan = search(t, q, t['cluster'] > 1000)
+    assert got == [] and plan['strategy'] == 'exact over the matching ids' and plan['matching'] == 0
+
+
+@pytest.mark.backends('pgvector')
+def test_pgvector_bad_filter_is_a_clear_error(db):
+    """A filter value of the wrong type, one the database cannot store, an unknown field: one exception naming it,
+    before anything is searched."""
+    from superduper.base.exceptions import InvalidValue, UnknownField
+
+    t = points(db, 200, 'pgvector')
+    with pytest.raises(InvalidValue, match="filter on table 'points', field 'bucket': expected an integer"):
+        search(t, QUERIES[0], t['bucket'] == 'many')
+    with pytest.raises(InvalidValue, match="filter on table 'points', field 'id': expected a string"):
+        search(t, QUERIES[0], t['id'] == 'a\x00b')  # PostgreSQL's text holds no NUL
+    with pytest.raises(UnknownField, match="table 'points' has no field 'nope'"):
+        search(t, QUERIES[0], t['nope'] == 1)
+
+
 def test_hnsw_searched_among_many_ids_by_their_signs_or_its_graph(monkeypatch):
     """``search_within`` / ``search_subset`` past the exact limit: a shortlist of the vectors whose signs differ
     least from the query's, scored exactly, or (most of the index) the graph's nearest checked for membership;

@@ -504,9 +504,13 @@ class VectorIndexes:
         if searcher is None:  # nothing indexed yet
             plan['strategy'] = 'empty'
             return []
-        if loaded.native:
+        if loaded.native:  # the searcher plans with the share of rows the filter matched last, and learns it
             plan['strategy'] = 'in the database (one query, filter included)'
-            return searcher.search(vector, n, where, primary_key)
+            key = (loaded.component.uuid, repr(where))
+            hits = searcher.search(vector, n, where, primary_key, plan, self._shares.get(key))
+            if where is not None and 'share' in plan:
+                self._learn(key, plan['share'])
+            return hits
 
         def nearest(k: int, candidates: list | None = None, beam: int | None = None) -> list[tuple[Any, float]]:
             # searches share the lock unless this one changes the searcher; the database is read outside: never

@@ -1,14 +1,26 @@
 """Search pushed down to PostgreSQL with pgvector: the vectors never leave the database.
 
 The output column is ``VECTOR(n)`` and carries pgvector's HNSW index. An unfiltered search orders by distance
-through that index; a filtered search orders by ``distance + 0``, which the planner cannot serve from the index,
-so PostgreSQL scans the matching rows exactly and always returns ``n`` rows when ``n`` match (pgvector's HNSW
-scan with a filter returns fewer before 0.8).
+through that index. A filtered search follows a plan chosen by the share of rows the filter matches (learned from
+earlier searches with the same filter, or counted up to a bound), as the in-process searches do:
+
+- few matching rows: the exact distance to each of them (nearest ``n`` of exactly those); the same statement
+  counts them up to the bound, and scores nothing when more match;
+- more: ANN candidates from the HNSW index (``hnsw.ef_search`` set for the search's transaction), joined to the
+  source rows and checked against the filter; fewer than ``n`` left, widened once; then the exact scan.
+
+pgvector before 0.8 has no iterative index scan: an index scan returns at most ``hnsw.ef_search`` rows (at most
+1000), so candidates are taken in one scan, and a filter applied to that scan directly would return fewer rows.
+Rows are looked up by key one at a time (the exact scan: a ``LATERAL ... LIMIT 1`` subquery; the candidates: hash
+and merge joins off for the transaction): the planner would rather hash the whole outputs table, three times
+slower at 10,000 matching rows of 100,000, or every matching source row for the candidates' check.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 
 from typing import Any
 
@@ -53,6 +65,21 @@ class PgVector(sa.types.UserDefinedType):
         return process
 
 
+#: pgvector's default ``hnsw.ef_search`` and its most (a scan returns at most that many rows)
+EF_DEFAULT, EF_MAX = 40, 1000
+MARGIN = 3  # candidates per expected match: the n nearest matches lie about n / share deep
+#: the scan's ef per candidate asked for: pgvector's graph (m=16, ef_construction=64) ranks the rows beyond the
+#: query's own cluster well only with a wide scan (recall@10 at 50% of 20,000 clustered rows: 0.89 at 2, 0.96 at 4;
+#: benchmarks/pgvector_search.py)
+BEAM = 4
+#: the cost of a candidate's ef in the HNSW scan against a matching row's exact distance (about 25x, measured on
+#: 100,000 rows of 384 dimensions), times BEAM and MARGIN: with ``m`` rows matching of ``total``, the exact scan costs
+#: about ``m``, the candidates ``COST * n * total / m``; equal at ``m = sqrt(COST * n * total)``
+COST = 300
+TOTAL_TTL = 10.0  # seconds the table's size (for plans only) is kept
+ESTIMATE = sa.text('SELECT GREATEST(reltuples, pg_stat_get_live_tuples(oid)) FROM pg_class WHERE oid = to_regclass(:name)')
+
+
 class PgVectorSearcher:
     kind = 'pgvector'
 
@@ -63,6 +90,7 @@ class PgVectorSearcher:
         self.dim = index.dimension(db)
         self.measure = index.measure
         self.vector_type = PgVector(self.dim)
+        self._total: tuple[float, int] | None = None  # (when, rows) of the outputs table, estimated
 
     def build(self) -> None:
         backend = self.db.databackend
@@ -75,22 +103,119 @@ class PgVectorSearcher:
     def __len__(self) -> int:
         return self.db.databackend.count(self.outputs)
 
-    def search(self, vector: np.ndarray, n: int, where: Condition | None,
-               primary_key: tuple[str, ...]) -> list[tuple[Any, float]]:
-        backend = self.db.databackend
-        out = backend.table(self.outputs)
-        op, _, score = MEASURES[self.measure]
-        query = sa.cast(sa.bindparam('q', np.asarray(vector, dtype=np.float32).tobytes(), type_=self.vector_type),
-                        self.vector_type)
-        distance = out.c[self.outputs].op(op, return_type=sa.Float)(query)
-        stmt = sa.select(out.c._source, distance).where(out.c[self.outputs].is_not(None))
-        if where is None:
-            stmt = stmt.order_by(distance)
-        else:
-            src = backend.table(self.source)
-            key = src.c[primary_key[0]] if len(primary_key) == 1 else backend.key_text([src.c[k] for k in primary_key])
-            stmt = stmt.select_from(out.join(src, key == out.c._source))
-            stmt = stmt.where(backend.compile_condition(src, where)).order_by(distance + 0)
-        with backend.engine.connect() as conn, backend.errors('vector search on', self.source):
-            rows = conn.execute(stmt.limit(n)).all()
-        return [(source, score(float(d))) for source, d in rows]
+    def search(self, vector: np.ndarray, n: int, where: Condition | None, primary_key: tuple[str, ...],
+               plan: dict | None = None, share: float | None = None) -> list[tuple[Any, float]]:
+        """The ``n`` nearest rows (matching ``where``), nearest first; the plan followed goes to ``plan``, with the
+        ``share`` of rows the filter was seen to match (near the query), ``share`` being the last one seen."""
+        plan = {} if plan is None else plan
+        search = _Search(self, np.asarray(vector, dtype=np.float32), n, where, primary_key)
+        with self.db.databackend.engine.connect() as conn, self.db.databackend.errors('vector search on', self.source):
+            if where is None:
+                return search.nearest(conn, plan)
+            return search.filtered(conn, plan, share, self.rows(conn))
+
+    def rows(self, conn: Any) -> int:
+        """About how many rows the outputs table holds, for plans only: PostgreSQL's estimate (as of the last
+        ``ANALYZE`` or index build) or its count of live rows (kept as rows are written), whichever is higher."""
+        now = time.monotonic()
+        if self._total is None or now - self._total[0] > TOTAL_TTL:
+            rows = conn.execute(ESTIMATE, {'name': self.db.databackend.sql_name(self.outputs)}).scalar()
+            self._total = (now, int(rows or 0))
+        return self._total[1]
+
+
+class _Search:
+    """One search: its statements, by the plan it follows."""
+
+    def __init__(self, searcher: PgVectorSearcher, vector: np.ndarray, n: int, where: Condition | None,
+                 primary_key: tuple[str, ...]):
+        backend = searcher.db.databackend
+        self.searcher, self.backend, self.n, self.where = searcher, backend, n, where
+        self.out = backend.table(searcher.outputs)
+        op, _, self.score = MEASURES[searcher.measure]
+        query = sa.cast(sa.bindparam('q', vector.tobytes(), type_=searcher.vector_type), searcher.vector_type)
+        self.column = self.out.c[searcher.outputs]
+        self.distance = self.column.op(op, return_type=sa.Float)(query)
+        self.src = backend.table(searcher.source) if where is not None else None
+        if self.src is not None:
+            columns = [self.src.c[k] for k in primary_key]
+            self.key = columns[0] if len(columns) == 1 else backend.key_text(columns)
+            self.composite = len(columns) > 1
+
+    def nearest(self, conn: Any, plan: dict) -> list[tuple[Any, float]]:
+        """Unfiltered: through the HNSW index, whose scan returns at most ``ef`` rows (all of them exactly for more
+        than it can)."""
+        stmt = sa.select(self.out.c._source, self.distance).where(self.column.is_not(None))
+        if self.n > EF_MAX:
+            plan.update(strategy='exact')
+            return self._hits(conn.execute(stmt.order_by(self.distance + 0).limit(self.n)))
+        ef = max(EF_DEFAULT, self.n)
+        if ef > EF_DEFAULT:
+            self._settings(conn, ef)
+        plan.update(strategy='ann', ef=ef)
+        return self._hits(conn.execute(stmt.order_by(self.distance).limit(self.n)))
+
+    def filtered(self, conn: Any, plan: dict, share: float | None, total: int) -> list[tuple[Any, float]]:
+        n, total = self.n, max(total, 1)
+        limit = int(min(self.searcher.db.cfg.exact_filter_limit, max(math.sqrt(COST * n * total), 4 * n)))
+        if share is None or share * total <= 1.2 * limit:  # near the limit: count, the estimate may be off
+            hits, matching = self._exact(conn, limit)
+            if matching <= limit:
+                plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
+                return hits
+            share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
+        k = min(total, EF_MAX, max(5 * n, math.ceil(MARGIN * n / share)))
+        for tries in range(2):
+            ef = min(EF_MAX, max(EF_DEFAULT, BEAM * k))
+            hits = self._candidates(conn, k, ef)
+            plan.update(strategy='ann, candidates checked against the filter', candidates=k, ef=ef, tries=tries + 1,
+                        share=max(len(hits), 1) / k)
+            if len(hits) >= n:
+                return hits[:n]
+            if k >= min(total, EF_MAX):  # no wider scan: the exact one says which match
+                break
+            k = min(total, EF_MAX, 4 * k)
+        hits, matching = self._exact(conn, None)
+        plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
+        return hits
+
+    def _settings(self, conn: Any, ef: int, row_by_row: bool = True) -> None:
+        """The HNSW scan's ``ef`` and, with ``row_by_row``, joins through an index, for this transaction only."""
+        join = 'off' if row_by_row else 'on'
+        conn.execute(sa.select(sa.func.set_config('hnsw.ef_search', str(ef), True),
+                               sa.func.set_config('enable_hashjoin', join, True),
+                               sa.func.set_config('enable_mergejoin', join, True)))
+
+    def _exact(self, conn: Any, limit: int | None) -> tuple[list[tuple[Any, float]], int]:
+        """The ``n`` nearest of the matching rows, and how many match, counted up to ``limit + 1``: with more,
+        nothing is scored (a one-time filter on the count)."""
+        matching = sa.select(self.key.label('k')).where(self.backend.compile_condition(self.src, self.where))
+        if limit is not None:
+            matching = matching.limit(limit + 1)
+        m = matching.cte('sd_matching')
+        counted = sa.select(sa.func.count().label('matching')).select_from(m).subquery('sd_count')
+        # each matching row's vector looked up by its key (LIMIT 1: a subquery the planner keeps, not a join it
+        # would make a hash of the whole outputs table)
+        vector = sa.select(self.out.c._source, self.distance.label('d')).where(
+            self.out.c._source == m.c.k, self.column.is_not(None)).limit(1).lateral('sd_vector')
+        nearest = sa.select(vector.c._source, vector.c.d).select_from(m.join(vector, sa.true()))
+        if limit is not None:
+            nearest = nearest.where(counted.c.matching <= limit)
+        nearest = nearest.order_by(vector.c.d).limit(self.n).lateral('sd_nearest')
+        rows = conn.execute(sa.select(counted.c.matching, nearest.c._source, nearest.c.d).select_from(
+            counted.outerjoin(nearest, sa.true())).order_by(nearest.c.d)).all()
+        return self._hits([r[1:] for r in rows if r[1] is not None]), rows[0][0] if rows else 0  # (none: offline)
+
+    def _candidates(self, conn: Any, k: int, ef: int) -> list[tuple[Any, float]]:
+        """Of the ``k`` nearest rows through the HNSW index, those matching the filter, nearest first (each looked
+        up by its key; a composite key's text has no index: the matching rows hashed)."""
+        self._settings(conn, ef, row_by_row=not self.composite)
+        candidates = sa.select(self.out.c._source, self.distance.label('d')).where(self.column.is_not(None)).order_by(
+            self.distance).limit(k).subquery('sd_candidates')
+        stmt = sa.select(candidates.c._source, candidates.c.d).select_from(
+            candidates.join(self.src, self.key == candidates.c._source)).where(
+            self.backend.compile_condition(self.src, self.where)).order_by(candidates.c.d)
+        return self._hits(conn.execute(stmt))
+
+    def _hits(self, rows: Any) -> list[tuple[Any, float]]:
+        return [(source, self.score(float(d))) for source, d in rows]

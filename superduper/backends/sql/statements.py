@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from superduper.backends.base import OUTPUT_SEQ
 from superduper.backends.sql.offline import Sent, render
+from superduper.base.config import Config
 from superduper.base.exceptions import ConfigError
 from superduper.base.query import And, Compare, Not, Or
 from superduper.components.datatype import resolve_type
@@ -235,7 +236,7 @@ def _vector_search(c: Catalogue, backend: Any) -> None:
 
     fields = {'_source': 'str', OUTPUT_SEQ: 'int', VECTORS: 'vector[float32:3]'}
     backend.bind_table(VECTORS, {k: resolve_type(v) for k, v in fields.items()}, '_source')
-    db = types.SimpleNamespace(databackend=backend)
+    db = types.SimpleNamespace(databackend=backend, cfg=Config())  # the searcher's limits: the defaults
     query = np.array([0.5, -1.0, 2.0], dtype=np.float32)
     for measure in MEASURES:
         index = types.SimpleNamespace(indexing_listener=types.SimpleNamespace(outputs=VECTORS), source=TABLE,

@@ -52,8 +52,10 @@ class SQLVectorSearcher:
         """Rows that hold a vector."""
         return column.is_not(None)
 
-    def search(self, vector: np.ndarray, n: int, where: Condition | None,
-               primary_key: tuple[str, ...]) -> list[tuple[Any, float]]:
+    def search(self, vector: np.ndarray, n: int, where: Condition | None, primary_key: tuple[str, ...],
+               plan: dict | None = None, share: float | None = None) -> list[tuple[Any, float]]:
+        """The ``n`` nearest rows (matching ``where``), one exact query whatever the share of rows matching (``plan``
+        and ``share`` are for searchers that plan: ``PgVectorSearcher``)."""
         backend = self.db.databackend
         out = backend.table(self.outputs)
         column = out.c[self.outputs]
