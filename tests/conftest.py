@@ -423,3 +423,32 @@ def sqlite_db(tmp_path):
     datalayer = superduper(f'sqlite://{tmp_path}/data.db', artifact_store=f'filesystem://{tmp_path}/artifacts')
     yield datalayer
     datalayer.close()
+
+
+#: the checkout's root: clusters started from here have worker processes importing this superduper
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY_CPUS = 4  # logical CPUs: a test's client (2 actors) and another process's client (2 more) at once
+
+
+def in_checkout(start):
+    """Start a cluster from the checkout, so its worker processes import this superduper."""
+    here = os.getcwd()
+    os.chdir(CHECKOUT)
+    try:
+        return start()
+    finally:
+        os.chdir(here)
+
+
+@pytest.fixture(scope='session')
+def ray_instance() -> Iterator[str]:
+    """One local Ray instance per test process (Ray is one per process), shared by every module that uses it:
+    offline, no dashboard, a capped object store. Yields its GCS address."""
+    pytest.importorskip('ray')
+    os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
+    import ray
+
+    in_checkout(lambda: ray.init(num_cpus=RAY_CPUS, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+                                 log_to_driver=False))
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

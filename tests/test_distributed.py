@@ -29,7 +29,7 @@ from superduper.base.exceptions import ConfigError, MissingDependency
 from superduper.compute.base import DistributedCompute, worker_settings
 from superduper.ext.sklearn import SklearnModel
 
-from conftest import other_engine, wait_for
+from conftest import RAY_CPUS, in_checkout, other_engine, wait_for
 
 # the models below are stored (and sent to the workers) by value: the workers cannot import this test module
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -37,7 +37,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ROWS = 400
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(datalayer_module.__file__)))
 ENGINES = ('dask', 'ray')
-RAY_CPUS = 4  # logical CPUs: the tests' client (2 actors) and another process's client (2 more) at once
 
 
 @dataclass
@@ -50,22 +49,12 @@ class Engine:
     wait_for_workers: Callable[[], Any]
 
 
-def _in_checkout(start: Callable[[], Any]) -> Any:
-    """Start a cluster from the checkout, so its worker processes import this superduper."""
-    here = os.getcwd()
-    os.chdir(CHECKOUT)
-    try:
-        return start()
-    finally:
-        os.chdir(here)
-
-
 @pytest.fixture(scope='module')
 def dask_cluster():
     pytest.importorskip('distributed')
     from distributed import Client, LocalCluster
 
-    local = _in_checkout(lambda: LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+    local = in_checkout(lambda: LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                               dashboard_address=':0'))
     client = Client(local, set_as_default=False)
     client.wait_for_workers(2, timeout=60)
@@ -76,22 +65,14 @@ def dask_cluster():
     local.close()
 
 
-@pytest.fixture(scope='session')
-def ray_cluster():
-    """One local Ray instance for the session (Ray is one per process): offline, no dashboard, a capped store."""
-    pytest.importorskip('ray')
-    os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
+@pytest.fixture(scope='module')
+def ray_cluster(ray_instance):
     import ray
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray pickles task arguments with its own copy
-
-    _in_checkout(lambda: ray.init(num_cpus=RAY_CPUS, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-                                  log_to_driver=False))
     assert ray.get(ray.remote(_datalayer_file).remote()) == datalayer_module.__file__
-    gcs = ray.get_runtime_context().gcs_address
-    yield Engine('ray', 'ray://local?workers=2', f'ray://{gcs}?workers=2', lambda: None)
-    ray.shutdown()
+    yield Engine('ray', 'ray://local?workers=2', f'ray://{ray_instance}?workers=2', lambda: None)
 
 
 @pytest.fixture(params=ENGINES)

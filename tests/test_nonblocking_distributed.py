@@ -38,7 +38,16 @@ def dask_cluster():
         local.close()
 
 
-ENGINES = {'dask': dask_cluster}
+def ray_cluster(request):
+    """The test process's Ray instance (``ray_instance``); this client starts its own actor on it."""
+    request.getfixturevalue('ray_instance')
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray pickles task arguments with its own copy
+    yield 'ray://local?workers=1'
+
+
+ENGINES = {'dask': lambda request: dask_cluster(), 'ray': ray_cluster}
 
 
 @pytest.fixture(scope='module', params=sorted(ENGINES))
@@ -46,7 +55,7 @@ def compute(request):
     here = os.getcwd()
     os.chdir(CHECKOUT)  # the workers start here, so they import this superduper
     try:
-        started = ENGINES[request.param]()
+        started = ENGINES[request.param](request)
         uri = next(started)
     finally:
         os.chdir(here)
