@@ -278,6 +278,13 @@ class _FilteredRows:
         """The primary keys of these index ids."""
         return ids if len(self.primary_key) == 1 else self.databackend.decode_keys(self.table, ids)
 
+    def count_among(self, ids: list) -> int:
+        """How many of these index ids (a search's hits) match the filter now."""
+        fast = getattr(self.databackend, 'count_by_key', None)  # SQL backends: one statement compiled once
+        if fast is None or len(self.primary_key) > 1 or self.where is None:
+            return len(self.ids(ids))
+        return fast(self.table, self.primary_key[0], ids, self.where)
+
     def ids(self, among: list | None, limit: int | None = None) -> list:
         pk = list(self.primary_key)
         cond = self.where if among is None else And((self.where, key_in(tuple(pk), self.keys_of(among))))

@@ -573,7 +573,7 @@ class VectorIndexes:
             hits = searcher.search_subset(vector, n, subset, limit)
         if hits is None:  # the vectors changed since the rows were read
             return None
-        if hits and len(rows.ids([h for h, _ in hits])) < len(hits):
+        if hits and rows.count_among([h for h, _ in hits]) < len(hits):
             self.matching.forget(key, ttl)
             return None
         how = 'exact' if searcher.subset_is_exact(n, subset, limit) else 'ann'
@@ -610,6 +610,8 @@ class FilteredRows(Protocol):
     plan: dict
 
     def ids(self, among: list | None, limit: int | None = None) -> list: ...
+
+    def count_among(self, ids: list) -> int: ...
 
 
 def _manifest(store: Any, key: str) -> dict | None:

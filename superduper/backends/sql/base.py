@@ -77,6 +77,7 @@ class SQLDataBackend:
         self._tables: dict[str, sa.Table] = {}
         self._insert_sql: dict[tuple, tuple[str, Any]] = {}
         self._idle_readers: list[Any] = []  # driver connections kept for short reads (``_read_connection``)
+        self._count_by_key_cache: dict[tuple, tuple | None] = {}
         self._readers_pid = os.getpid()
         self._readers_lock = threading.Lock()
 
@@ -802,6 +803,60 @@ class SQLDataBackend:
         types have none without them)."""
         return [(i, proc) for i, (impl, code) in enumerate(zip(types, codes))
                 if (proc := impl.result_processor(self.dialect, code))]
+
+    def count_by_key(self, name: str, key: str, values: Sequence[Any], where: Condition) -> int:
+        """How many of ``values`` (a few keys: a filtered vector search's hits) have a row matching ``where``,
+        through SQL compiled once per table, filter and number of keys (a search checks its hits on every query)."""
+        if not values:
+            return 0
+        cls = type(self)
+        plain_driver = cls.rows_by_key is SQLDataBackend.rows_by_key \
+            and cls.by_key_parameters is SQLDataBackend.by_key_parameters  # else its reads need more than the driver
+        query = self._count_by_key_sql(name, key, len(values), where) if plain_driver else None
+        if query is None:  # a parameter needs SQLAlchemy's conversion: compiled each time
+            table = self.table(name)
+            stmt = sa.select(sa.func.count()).select_from(table).where(where_clause(table, where),
+                                                                       table.c[key].in_(list(values)))
+            with self.engine.connect() as conn, self.errors('select from', name):
+                return int(conn.execute(stmt).scalar_one())
+        sql, template, slots = query
+        params = list(template) if isinstance(template, tuple) else dict(template)
+        for slot, value in zip(slots, values):
+            params[slot] = value
+        with self._read_connection() as dbapi_connection, self.errors('select from', name):
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, tuple(params) if isinstance(params, list) else params)
+                return int(cursor.fetchone()[0])
+            finally:
+                cursor.close()
+
+    def _count_by_key_sql(self, name: str, key: str, count: int, where: Condition) -> tuple | None:
+        """``count_by_key``'s statement, its parameters (a tuple if positional) and where the keys go in them;
+        ``None`` if a parameter needs converting by SQLAlchemy. Kept per (table, key, count, filter)."""
+        cache_key = (name, key, count, repr(where))
+        found = self._count_by_key_cache.get(cache_key, False)
+        if found is not False:
+            return found
+        table = self.table(name)
+        stmt = sa.select(sa.func.count()).select_from(table).where(
+            where_clause(table, where), table.c[key].in_(sa.bindparam('keys', value=[None] * count, expanding=True)))
+        compiled = stmt.compile(dialect=self.dialect, compile_kwargs={'render_postcompile': True})
+        found = None
+        if not any(b.type._cached_bind_processor(self.dialect) for b in compiled.binds.values()):
+            params = compiled.construct_params()
+            names = [f'keys_{i + 1}' for i in range(count)]
+            if compiled.positional:
+                order = list(compiled.positiontup)
+                found = (str(compiled), tuple(params[k] for k in order), [order.index(k) for k in names])
+            else:
+                escaped = compiled.escaped_bind_names
+                found = (str(compiled), {escaped.get(k, k): v for k, v in params.items()},
+                         [escaped.get(k, k) for k in names])
+        if len(self._count_by_key_cache) >= 256:
+            self._count_by_key_cache.clear()
+        self._count_by_key_cache[cache_key] = found
+        return found
 
     def count(self, name: str, where: Condition | None = None) -> int:
         table = self.table(name)
