@@ -87,6 +87,10 @@ class ChunkRows:
         allowed = set(self.sources.ids(list(dict.fromkeys(r[SOURCE] for r in rows.values()))))
         return [c for c in among if c in rows and rows[c][SOURCE] in allowed]
 
+    def count_among(self, ids: list) -> int:
+        """How many of these chunk ids (a search's hits) belong to rows matching the filter now."""
+        return len(self.ids(ids))
+
     def rows(self, ids: list) -> dict[Any, dict]:
         """The chunk rows of these chunk ids (those still stored), read once each."""
         missing = [i for i in dict.fromkeys(ids) if i not in self.found]
