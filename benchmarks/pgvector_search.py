@@ -1,7 +1,7 @@
 """Vector search pushed down to PostgreSQL with pgvector, unfiltered and filtered, against the same SQL run on a raw
 psycopg connection, in the same run.
 
-    python benchmarks/pgvector_search.py [--rows 50000] [--queries 200] [--uri postgresql://...]
+    python -m benchmarks.pgvector_search [--rows 50000] [--queries 200] [--uri postgresql://...]
 
 Without ``--uri`` a PostgreSQL 16 with pgvector is started from the ``pgserver`` wheel in a temporary folder (as
 the tests do), with ``maintenance_work_mem`` raised so that the HNSW index is built in memory.
