@@ -352,11 +352,8 @@ class Listening:
 
     def start(self, listener: 'Listener') -> None:
         """Follow the listener's table from now on, and compute outputs for the rows already there."""
-        self._loaded[listener.uuid] = listener
-        self.reload()
-        self._start_consumer()
-        job = self.ensure_started(listener)
-        self.backfill(listener, job or backfill_job(listener.uuid))
+        self.queue(listener)
+        self.backfill(listener, backfill_job(listener.uuid))
 
     def ensure_started(self, listener: 'Listener') -> str | None:
         """Follow the listener's table and queue its backfill, unless that was done: the step an applying process
