@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -375,3 +376,26 @@ def test_an_auto_index_that_grows_gets_an_hnsw_graph_and_says_so(db, db_uri, mon
     got, plan = search(again['points'], q, None)
     assert plan['searcher'] == 'hnsw'
     again.close()
+
+
+@pytest.mark.backends('sqlite')
+def test_the_rows_of_a_filter_are_read_only_when_searched_often_enough(db, monkeypatch):
+    """Reading every row a filter matches pays only for a filter searched often: one searched now and then is
+    planned per search (not read again each time its rows expire), and the more rows it matches, the more searches
+    in about a poll interval it takes before they are read."""
+    import superduper.runtime.matching_rows as matching_rows
+
+    db.cfg.poll_interval = 0.2
+    t = points(db, ROWS, 'hnsw')
+    q, few = QUERIES[0], t['bucket'] < 5  # 150 rows
+    assert search(t, q, few)[1]['strategy'] == 'exact over the matching ids'
+    assert search(t, q, few)[1]['strategy'] in REMEMBERED  # searched again at once: read
+    for _ in range(2):  # now and then: the rows expired, and two searches a few poll intervals apart never read them
+        time.sleep(1.0)
+        assert search(t, q, few)[1]['strategy'] not in REMEMBERED
+
+    db.cfg.poll_interval = 3600  # no decay: every search counts
+    monkeypatch.setattr(matching_rows, 'IDS_PER_SEARCH', 100)
+    many = t['bucket'] < 50  # 1,500 rows: read from the 15th search
+    strategies = [search(t, q, many)[1]['strategy'] for _ in range(16)]
+    assert not REMEMBERED & set(strategies[:14]) and strategies[14] in REMEMBERED, strategies

@@ -7,11 +7,15 @@ returns is checked against the filter in the database, in one read of the ``n`` 
 matching is ever returned. It is forgotten when the index's vectors change (a write through this process or another
 that the index followed) and a poll interval after it was read, the same delay within which the index itself
 follows other programs' writes; the first searches after that plan as usual, and the filter is read again once a
-poll interval has passed since it was last read.
+poll interval has passed since it was last read, if it is still searched often enough to pay for the read: reading
+``m`` matching ids costs about as much as ``m / IDS_PER_SEARCH`` searches planned on their own, so the rows are
+read only when about that many searches used the filter in the last poll interval (a filter searched now and then
+is planned per search, instead of reading every row it matches each time).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +24,9 @@ from typing import Any, Hashable
 
 MAX_ROWS = 200_000  # matching rows remembered per filter (a set of their labels: about 70 bytes each)
 KEPT = 32  # filters remembered per process
+#: matching ids read for about the cost of one search planned on its own (an id read and placed: about 3 us; a
+#: planned search over 100,000 vectors: 2-4 ms)
+IDS_PER_SEARCH = 1000
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,27 @@ class MatchingRows:
     def __init__(self) -> None:
         #: a float: not to be read again before this time (monotonic clock)
         self._kept: OrderedDict[Hashable, Matching | float] = OrderedDict()
+        #: per filter: (when last used, searches with it in about the last poll interval, decayed)
+        self._uses: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def used(self, key: Hashable, ttl: float) -> float:
+        """Count a search with ``key``'s filter; returns about how many used it in the last ``ttl`` seconds
+        (this one included), a count decaying by ``e`` every ``ttl``."""
+        now = time.monotonic()
+        with self._lock:
+            last, uses = self._uses.pop(key, (now, 0.0))
+            uses = uses * math.exp(-(now - last) / ttl) + 1.0 if ttl > 0 else 1.0
+            self._uses[key] = (now, uses)
+            while len(self._uses) > 4 * KEPT:
+                self._uses.popitem(last=False)
+        return uses
+
+    @staticmethod
+    def worth_reading(uses: float, rows: float) -> bool:
+        """Whether ``uses`` recent searches pay for reading about ``rows`` matching ids; a few rows: from the second
+        search within about a poll interval."""
+        return uses >= max(1.5, rows / IDS_PER_SEARCH)
 
     def fresh(self, key: Hashable, searcher: Any, ttl: float) -> Matching | None:
         """The rows remembered for ``key``, if read less than ``ttl`` seconds ago and ``searcher`` is unchanged."""

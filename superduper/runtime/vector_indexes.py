@@ -559,12 +559,16 @@ class VectorIndexes:
     def _among_matching(self, loaded: LoadedIndex, key: tuple, vector: np.ndarray, n: int,
                         rows: 'FilteredRows') -> list[tuple[Any, float]] | None:
         """The ``n`` nearest among the rows the filter matched when last read (``matching_rows``), read now if that
-        is due and the filter was used before; ``None`` if none are remembered, or a hit no longer matches."""
+        is due and the filter was searched often enough lately to pay for reading them; ``None`` if none are
+        remembered, or a hit no longer matches."""
         searcher, ttl = loaded.searcher, self.db.cfg.poll_interval
+        uses = self.matching.used(key, ttl)
         matching = self.matching.fresh(key, searcher, ttl)
         if matching is None:
-            if key not in self._shares or not self.matching.due(key, ttl):
-                return None  # a filter used once: planned per search
+            share = self._shares.get(key)
+            if share is None or not self.matching.due(key, ttl) \
+                    or not self.matching.worth_reading(uses, share * len(searcher)):
+                return None  # a filter used once, or too seldom to pay for reading its rows: planned per search
             matching = self._read_matching(loaded, searcher, key, rows)
             if matching is None:
                 return None

@@ -18,6 +18,7 @@ slower at 10,000 matching rows of 100,000, or every matching source row for the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -52,7 +53,8 @@ class PgVector(sa.types.UserDefinedType):
         def process(value: Any) -> Any:
             if value is None:
                 return None
-            return '[' + ','.join(map(str, np.frombuffer(value, dtype=np.float32).tolist())) + ']'
+            values = np.frombuffer(value, dtype=np.float32)
+            return _vector_text(len(values)) % tuple(values.tolist())
 
         return process
 
@@ -63,6 +65,13 @@ class PgVector(sa.types.UserDefinedType):
             return np.array(value[1:-1].split(','), dtype=np.float32).tobytes()
 
         return process
+
+
+@functools.lru_cache(maxsize=16)
+def _vector_text(dim: int) -> str:
+    """pgvector's text form of ``dim`` values as a format: nine significant digits give back every float32 exactly,
+    three times faster than each value's ``repr``."""
+    return '[' + ','.join(['%.9g'] * dim) + ']'
 
 
 #: pgvector's default ``hnsw.ef_search`` and its most (a scan returns at most that many rows)
