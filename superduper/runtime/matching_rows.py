@@ -7,10 +7,10 @@ returns is checked against the filter in the database, in one read of the ``n`` 
 matching is ever returned. It is forgotten when the index's vectors change (a write through this process or another
 that the index followed) and a poll interval after it was read, the same delay within which the index itself
 follows other programs' writes; the first searches after that plan as usual, and the filter is read again once a
-poll interval has passed since it was last read, if it is still searched often enough to pay for the read: reading
-``m`` matching ids costs about as much as ``m / IDS_PER_SEARCH`` searches planned on their own, so the rows are
-read only when about that many searches used the filter in the last poll interval (a filter searched now and then
-is planned per search, instead of reading every row it matches each time).
+poll interval has passed since it was last read, if it is still searched often enough to pay for the read: the
+rows are read when the searches with the filter in about the last poll interval, at what a search planned on its own
+took with it, cost more than reading the ids it matched at what reading ids took (both measured here), so a filter
+searched now and then is planned per search, instead of reading every row it matches each time.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from typing import Any, Hashable
 
 MAX_ROWS = 200_000  # matching rows remembered per filter (a set of their labels: about 70 bytes each)
 KEPT = 32  # filters remembered per process
-#: matching ids read for about the cost of one search planned on its own (an id read and placed: about 3 us; a
-#: planned search over 100,000 vectors: 2-4 ms)
-IDS_PER_SEARCH = 1000
-
+#: the cost of reading a matching id and placing it in a subset, until one read here says (seconds)
+READ_PER_ID = 3e-6
+SMOOTHING = 0.3  # weight of the newest measurement in the running costs
 
 @dataclass(frozen=True)
 class Matching:
@@ -41,27 +40,44 @@ class MatchingRows:
     def __init__(self) -> None:
         #: a float: not to be read again before this time (monotonic clock)
         self._kept: OrderedDict[Hashable, Matching | float] = OrderedDict()
-        #: per filter: (when last used, searches with it in about the last poll interval, decayed)
-        self._uses: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+        #: per filter: when last searched, searches with it in about the last poll interval (a count decaying by
+        #: ``e`` every poll interval), and what a search planned on its own took with it (seconds; ``None``: unknown)
+        self._uses: OrderedDict[Hashable, tuple[float, float, float | None]] = OrderedDict()
+        self._read_per_id = READ_PER_ID
         self._lock = threading.Lock()
 
     def used(self, key: Hashable, ttl: float) -> float:
-        """Count a search with ``key``'s filter; returns about how many used it in the last ``ttl`` seconds
-        (this one included), a count decaying by ``e`` every ``ttl``."""
+        """Count a search with ``key``'s filter; returns about how many used it in the last ``ttl`` seconds, this
+        one included."""
         now = time.monotonic()
         with self._lock:
-            last, uses = self._uses.pop(key, (now, 0.0))
+            last, uses, took = self._uses.pop(key, (now, 0.0, None))
             uses = uses * math.exp(-(now - last) / ttl) + 1.0 if ttl > 0 else 1.0
-            self._uses[key] = (now, uses)
+            self._uses[key] = (now, uses, took)
             while len(self._uses) > 4 * KEPT:
                 self._uses.popitem(last=False)
         return uses
 
-    @staticmethod
-    def worth_reading(uses: float, rows: float) -> bool:
-        """Whether ``uses`` recent searches pay for reading about ``rows`` matching ids; a few rows: from the second
-        search within about a poll interval."""
-        return uses >= max(1.5, rows / IDS_PER_SEARCH)
+    def planned(self, key: Hashable, seconds: float) -> None:
+        """A search with ``key``'s filter planned on its own took ``seconds``."""
+        with self._lock:
+            if key in self._uses:
+                last, uses, took = self._uses[key]
+                self._uses[key] = (last, uses, seconds if took is None else _smoothed(took, seconds))
+
+    def read(self, seconds: float, ids: int) -> None:
+        """Reading ``ids`` matching ids and placing them took ``seconds``."""
+        if ids:
+            with self._lock:
+                self._read_per_id = _smoothed(self._read_per_id, seconds / ids)
+
+    def worth_reading(self, key: Hashable, uses: float, rows: float) -> bool:
+        """Whether reading about ``rows`` matching ids costs less than the ``uses`` recent searches with the filter
+        cost planned on their own; from the second search within about a poll interval at least."""
+        with self._lock:
+            took = self._uses.get(key, (0.0, 0.0, None))[2]
+            per_id = self._read_per_id
+        return uses >= 1.5 and (took is None or uses * took >= rows * per_id)
 
     def fresh(self, key: Hashable, searcher: Any, ttl: float) -> Matching | None:
         """The rows remembered for ``key``, if read less than ``ttl`` seconds ago and ``searcher`` is unchanged."""
@@ -97,3 +113,7 @@ class MatchingRows:
             found = self._kept.get(key)
             if isinstance(found, Matching):
                 self._kept[key] = found.read_at + ttl
+
+
+def _smoothed(previous: float, latest: float) -> float:
+    return (1 - SMOOTHING) * previous + SMOOTHING * latest

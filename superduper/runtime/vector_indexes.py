@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -532,6 +532,16 @@ class VectorIndexes:
         hits = self._among_matching(loaded, key, vector, n, rows)
         if hits is not None:
             return hits
+        started = time.perf_counter()
+        hits = self._planned(loaded, key, vector, n, rows, nearest)
+        self.matching.planned(key, time.perf_counter() - started)
+        return hits
+
+    def _planned(self, loaded: LoadedIndex, key: tuple, vector: np.ndarray, n: int, rows: 'FilteredRows',
+                 nearest: Callable[..., list[tuple[Any, float]]]) -> list[tuple[Any, float]]:
+        """A filtered search planned on its own: the matching ids read up to a limit, else ANN candidates checked
+        against the filter, widened once, else the graph searched within every matching id."""
+        searcher, plan, total = loaded.searcher, rows.plan, len(loaded.searcher)
         limit = int(min(self.db.cfg.exact_filter_limit, max(math.sqrt(8 * n * total), 4 * n)))
         share = self._shares.get(key)
         if share is None or share * total <= 1.2 * limit:  # near the limit: look, the estimate may be off
@@ -567,7 +577,7 @@ class VectorIndexes:
         if matching is None:
             share = self._shares.get(key)
             if share is None or not self.matching.due(key, ttl) \
-                    or not self.matching.worth_reading(uses, share * len(searcher)):
+                    or not self.matching.worth_reading(key, uses, share * len(searcher)):
                 return None  # a filter used once, or too seldom to pay for reading its rows: planned per search
             matching = self._read_matching(loaded, searcher, key, rows)
             if matching is None:
@@ -594,6 +604,7 @@ class VectorIndexes:
             return None
         with loaded.lock.read():
             subset = searcher.subset(ids)
+        self.matching.read(time.monotonic() - read_at, len(ids))
         self._learn(key, len(ids) / max(len(searcher), 1))
         matching = Matching(searcher, subset, len(ids), read_at)
         self.matching.keep(key, matching)
