@@ -1,10 +1,11 @@
 """Vector search pushed down to PostgreSQL with pgvector, unfiltered and filtered, against the same SQL run on a raw
 psycopg connection, in the same run.
 
-    python -m benchmarks.pgvector_search [--rows 50000] [--queries 200] [--uri postgresql://...]
+    python -m benchmarks.pgvector_search [--rows 50000] [--queries 200] [--uri postgresql://...] [--unprepared]
 
 Without ``--uri`` a PostgreSQL 16 with pgvector is started from the ``pgserver`` wheel in a temporary folder (as
-the tests do), with ``maintenance_work_mem`` raised so that the HNSW index is built in memory.
+the tests do), with ``maintenance_work_mem`` raised so that the HNSW index is built in memory. pgvector 0.8 (its
+iterative index scans) on PGlite: ``pglite-server`` (``tests/pglite_server.py``) and ``--uri ... --unprepared``.
 
 Data: unit vectors of 384 dimensions drawn around 2,000 Gaussian centres (as ``vector_search.py``), queries drawn
 the same way, k = 10. Each row has a ``bucket`` (its number modulo 1000, indexed); ``bucket < b`` keeps 1%, 10% or
@@ -151,6 +152,10 @@ def described(plans: list) -> str:
     return '; '.join(f'{n}x {", ".join(str(x) for x in key if x is not None)}' for key, n in counted.most_common(4))
 
 
+def unprepared(dbapi_connection, record) -> None:
+    dbapi_connection.prepare_threshold = None
+
+
 def main() -> None:
     import psycopg
 
@@ -158,7 +163,12 @@ def main() -> None:
     parser.add_argument('--rows', type=int, default=50_000)
     parser.add_argument('--queries', type=int, default=200)
     parser.add_argument('--uri', help='a PostgreSQL database with the vector extension (default: pgserver)')
+    parser.add_argument('--unprepared', action='store_true',
+                        help="psycopg's prepared statements off: for a server that runs every connection in one session "
+                             '(pglite-server, as in tests/pglite_server.py; a transaction-pooling PgBouncer)')
     args = parser.parse_args()
+    if args.unprepared:
+        sa.event.listen(sa.engine.Engine, 'connect', unprepared)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(2000, DIM)).astype(np.float32)
     vectors = clustered(rng, args.rows, centres)
@@ -171,7 +181,8 @@ def main() -> None:
             outputs = load(db, vectors)
             points = db['points']
             conn = psycopg.connect(str(db.databackend.engine.url.set(drivername='postgresql')
-                                       .render_as_string(hide_password=False)))
+                                       .render_as_string(hide_password=False)),
+                                   **({'prepare_threshold': None} if args.unprepared else {}))
             print(f'{args.queries} queries, k=10, one at a time, every side of a query run after the other (the '
                   'machine may be busy: each side meets the same load)')
             sent = {share: record(db, points, queries, share) for share in SHARES}

@@ -7,11 +7,13 @@ earlier searches with the same filter, or counted up to a bound), as the in-proc
 - few matching rows: the exact distance to each of them (nearest ``n`` of exactly those); the same statement
   counts them up to the bound, and scores nothing when more match;
 - more, on pgvector 0.8 or later: one iterative index scan with the filter (``hnsw.iterative_scan``, set for the
-  search's transaction): the scan goes on until ``n`` rows pass the filter, so no candidates are sized and none
-  widened. Its ordering is relaxed (better recall than strict), so the ``n`` rows are sorted again here (not in
-  an outer query over a materialized CTE as pgvector's README has it: PostgreSQL 17+ plans that outer ``ORDER BY``
-  as already done); ``hnsw.max_scan_tuples`` bounds the scan (with the scan's memory in proportion); fewer than
-  ``n`` rows at the bound, the exact scan;
+  search's transaction): the scan goes on until ``n`` rows pass the filter, so nothing is widened and no 1000-row
+  cap applies; ``hnsw.ef_search`` as for the candidates below (the scan's first batch, where its hits come from
+  when the filter matches near the query). Its ordering is relaxed (better recall than strict), so the ``n`` rows
+  are sorted again here (not in an outer query over a materialized CTE as pgvector's README has it: PostgreSQL 17+
+  plans that outer ``ORDER BY`` as already done); ``hnsw.max_scan_tuples`` bounds the scan (with the scan's memory
+  in proportion); fewer than ``n`` rows at the bound, the exact scan. The statement numbers the rows as the scan
+  gives them, so the share of them that matched is learned as the candidates' is;
 - more, before 0.8 (or a composite key, see below): ANN candidates from the HNSW index (``hnsw.ef_search`` set for
   the search's transaction), joined to the source rows and checked against the filter; fewer than ``n`` left,
   widened once; then the exact scan.
@@ -194,14 +196,14 @@ class _Search:
     def filtered(self, conn: Any, plan: dict, share: float | None, total: int) -> list[tuple[Any, float]]:
         n, total = self.n, max(total, 1)
         limit = int(min(self.searcher.db.cfg.exact_filter_limit, max(math.sqrt(COST * n * total), 4 * n)))
-        if not self.composite and self.searcher.iterative(conn):
-            return self._iterative_or_exact(conn, plan, share, total, limit)
         if share is None or share * total <= 1.2 * limit:  # near the limit: count, the estimate may be off
             hits, matching = self._exact(conn, limit)
             if matching <= limit:
                 plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
                 return hits
             share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
+        if not self.composite and self.searcher.iterative(conn):
+            return self._scanned_or_exact(conn, plan, share, total)
         k = min(total, EF_MAX, max(5 * n, math.ceil(MARGIN * n / share)))
         for tries in range(2):
             ef = min(EF_MAX, max(EF_DEFAULT, BEAM * k))
@@ -217,22 +219,17 @@ class _Search:
         plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
         return hits
 
-    def _iterative_or_exact(self, conn: Any, plan: dict, share: float | None, total: int,
-                            limit: int) -> list[tuple[Any, float]]:
-        """pgvector 0.8 on: the exact plan up to ``limit`` matching rows, else one iterative scan with the filter.
-        The share the scan records is the count's (at least ``limit + 1`` rows: the scan sees no share), so the
-        next search with the filter counts again only when an exact count said it matched few."""
+    def _scanned_or_exact(self, conn: Any, plan: dict, share: float, total: int) -> list[tuple[Any, float]]:
+        """pgvector 0.8 on: one iterative scan with the filter, its ``ef`` the candidates' for this share (the
+        first ``ef`` rows the graph ranks are the scan's first batch, and its hits come from them when the filter
+        matches near the query); fewer than ``n`` rows at its bound, the exact scan. The share learned is the hits'
+        among the rows the scan went through, as the candidates'."""
         n = self.n
-        if share is None or share * total <= limit:
-            hits, matching = self._exact(conn, limit)
-            if matching <= limit:
-                plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
-                return hits
-        share = max(share or 0.0, (limit + 1) / total)
-        ef = min(EF_MAX, max(EF_DEFAULT, n))
+        ef = min(EF_MAX, max(EF_DEFAULT, n, BEAM * math.ceil(MARGIN * n / share)))
         tuples = max(SCAN_DEFAULT, min(total, math.ceil(SCAN_MARGIN * n / share)))
-        hits = self._iterative(conn, ef, tuples)
-        plan.update(strategy='ann, iterative scan with the filter', ef=ef, max_scan_tuples=tuples, share=share)
+        hits, scanned = self._iterative(conn, ef, tuples)
+        plan.update(strategy='ann, iterative scan with the filter', ef=ef, max_scan_tuples=tuples, scanned=scanned,
+                    share=max(len(hits), 1) / max(scanned, 1))
         if len(hits) >= n:
             return hits
         hits, matching = self._exact(conn, None)  # the scan stopped at its bound: the filter's rows lie far
@@ -266,22 +263,27 @@ class _Search:
             counted.outerjoin(nearest, sa.true())).order_by(nearest.c.d)).all()
         return self._hits([r[1:] for r in rows if r[1] is not None]), rows[0][0] if rows else 0  # (none: offline)
 
-    def _iterative(self, conn: Any, ef: int, tuples: int) -> list[tuple[Any, float]]:
+    def _iterative(self, conn: Any, ef: int, tuples: int) -> tuple[list[tuple[Any, float]], int]:
         """The first ``n`` rows matching the filter that one iterative (relaxed order) HNSW scan finds, nearest
-        first: the scan runs until ``n`` rows pass the filter or about ``tuples`` are visited."""
+        first, and how many rows the scan gave until then: it runs until ``n`` rows pass the filter or about
+        ``tuples`` are visited."""
         conn.execute(sa.select(
             sa.func.set_config('hnsw.ef_search', str(ef), True),
             sa.func.set_config('hnsw.iterative_scan', 'relaxed_order', True),
             sa.func.set_config('hnsw.max_scan_tuples', str(tuples), True),
             sa.func.set_config('hnsw.scan_mem_multiplier', str(min(1000.0, tuples / SCAN_DEFAULT)), True),
             *(sa.func.set_config(name, 'off', True) for name in ('enable_hashjoin', 'enable_mergejoin', 'enable_sort'))))
-        stmt = sa.select(self.out.c._source, self.distance.label('d')).select_from(
-            self.out.join(self.src, self.key == self.out.c._source)).where(
-            self.column.is_not(None), self.backend.compile_condition(self.src, self.where)).order_by(
-            self.distance).limit(self.n)
-        # sorted here: PostgreSQL 17+ takes a materialized CTE's order from its ORDER BY, so pgvector's README's
-        # outer ORDER BY (over the CTE) is planned without a sort, and a relaxed scan's order comes through
-        return self._hits(sorted(conn.execute(stmt).all(), key=lambda row: row[1]))
+        # each row numbered as the scan gives it (the window streams: the LIMIT still ends the scan); the subquery
+        # is planned without the LIMIT, so sorts off keep it on the index
+        ranked = sa.select(self.out.c._source, self.distance.label('d'), sa.func.row_number().over().label('seen')
+                           ).where(self.column.is_not(None)).order_by(self.distance).subquery('sd_scan')
+        rows = conn.execute(sa.select(ranked.c._source, ranked.c.d, ranked.c.seen).select_from(
+            ranked.join(self.src, self.key == ranked.c._source)).where(
+            self.backend.compile_condition(self.src, self.where)).limit(self.n)).all()
+        # sorted here: the relaxed scan's order is not quite the distance's (pgvector's README sorts again in an
+        # outer query over a materialized CTE, which PostgreSQL 17+ plans without a sort, taking the CTE's order)
+        hits = sorted(((source, d) for source, d, _ in rows), key=lambda hit: hit[1])
+        return self._hits(hits), max((seen for _, _, seen in rows), default=0)
 
     def _candidates(self, conn: Any, k: int, ef: int) -> list[tuple[Any, float]]:
         """Of the ``k`` nearest rows through the HNSW index, those matching the filter, nearest first (each looked
