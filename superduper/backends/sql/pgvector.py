@@ -196,13 +196,16 @@ class _Search:
     def filtered(self, conn: Any, plan: dict, share: float | None, total: int) -> list[tuple[Any, float]]:
         n, total = self.n, max(total, 1)
         limit = int(min(self.searcher.db.cfg.exact_filter_limit, max(math.sqrt(COST * n * total), 4 * n)))
-        if share is None or share * total <= 1.2 * limit:  # near the limit: count, the estimate may be off
+        iterative = not self.composite and self.searcher.iterative(conn)
+        # near the limit: count, the estimate may be off; a scan's share, from only n hits, is off more often, and
+        # near the limit the two plans cost about the same: counted only well below it
+        if share is None or share * total <= (0.5 if iterative else 1.2) * limit:
             hits, matching = self._exact(conn, limit)
             if matching <= limit:
                 plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
                 return hits
             share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
-        if not self.composite and self.searcher.iterative(conn):
+        if iterative:
             return self._scanned_or_exact(conn, plan, share, total)
         k = min(total, EF_MAX, max(5 * n, math.ceil(MARGIN * n / share)))
         for tries in range(2):
