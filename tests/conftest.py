@@ -408,15 +408,21 @@ def pglite():
 
 
 @pytest.fixture
-def pglite_db(pglite, tmp_path):
-    """superduper on the PGlite server's one database, emptied after the test."""
-    datalayer = superduper(pglite.uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'),
-                           progress=False)
-    yield datalayer
-    datalayer.close()
+def pglite_uri(pglite):
+    """The PGlite server's one database, emptied after the test."""
+    yield pglite.uri
     with pglite.connect(autocommit=True) as conn:
         conn.execute('DROP SCHEMA public CASCADE')  # the vector extension too: superduper creates it again
         conn.execute('CREATE SCHEMA public')
+
+
+@pytest.fixture
+def pglite_db(pglite_uri, tmp_path):
+    """superduper on the PGlite server's one database (pgvector 0.8)."""
+    datalayer = superduper(pglite_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'),
+                           progress=False)
+    yield datalayer
+    datalayer.close()
 
 
 @pytest.fixture
