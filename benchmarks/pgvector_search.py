@@ -16,7 +16,8 @@ Each side, one query at a time, after one untimed pass (which also teaches super
 
 - ``superduper``: ``t.like(vector, vector_index=..., n=10)[.filter(t['bucket'] < b)].select().execute()``: the
   search planned by the share of rows matching (exact over the matching rows, or HNSW candidates checked against
-  the filter), then the ten rows fetched by key and decoded;
+  the filter; on pgvector 0.8 one iterative index scan with the filter), then the ten rows fetched by key and
+  decoded;
 - ``raw``: the same search statements superduper sent for that query (recorded in the untimed pass, with their
   parameters, ``SET``s included), then ``SELECT id, n, bucket FROM points WHERE id = ANY(...)`` for the hits, on a
   psycopg connection: the work of the database without superduper's;
