@@ -277,12 +277,13 @@ class _Search:
             sa.func.set_config('hnsw.scan_mem_multiplier', str(min(1000.0, tuples / SCAN_DEFAULT)), True),
             *(sa.func.set_config(name, 'off', True) for name in ('enable_hashjoin', 'enable_mergejoin', 'enable_sort'))))
         # each row numbered as the scan gives it (the window streams: the LIMIT still ends the scan); the subquery
-        # is planned without the LIMIT, so sorts off keep it on the index
+        # is planned without the LIMIT, so sorts off keep it on the index; ordered by distance, the join keeps the
+        # scan outside (the planner takes the index's order as the distance's: no sort)
         ranked = sa.select(self.out.c._source, self.distance.label('d'), sa.func.row_number().over().label('seen')
                            ).where(self.column.is_not(None)).order_by(self.distance).subquery('sd_scan')
         rows = conn.execute(sa.select(ranked.c._source, ranked.c.d, ranked.c.seen).select_from(
             ranked.join(self.src, self.key == ranked.c._source)).where(
-            self.backend.compile_condition(self.src, self.where)).limit(self.n)).all()
+            self.backend.compile_condition(self.src, self.where)).order_by(ranked.c.d).limit(self.n)).all()
         # sorted here: the relaxed scan's order is not quite the distance's (pgvector's README sorts again in an
         # outer query over a materialized CTE, which PostgreSQL 17+ plans without a sort, taking the CTE's order)
         hits = sorted(((source, d) for source, d, _ in rows), key=lambda hit: hit[1])
