@@ -1,10 +1,11 @@
 """Vector search pushed down to PostgreSQL with pgvector, unfiltered and filtered, against the same SQL run on a raw
 psycopg connection, in the same run.
 
-    python -m benchmarks.pgvector_search [--rows 50000] [--queries 200] [--uri postgresql://...]
+    python -m benchmarks.pgvector_search [--rows 50000] [--queries 200] [--uri postgresql://...] [--unprepared]
 
 Without ``--uri`` a PostgreSQL 16 with pgvector is started from the ``pgserver`` wheel in a temporary folder (as
-the tests do), with ``maintenance_work_mem`` raised so that the HNSW index is built in memory.
+the tests do), with ``maintenance_work_mem`` raised so that the HNSW index is built in memory. pgvector 0.8 (its
+iterative index scans) on PGlite: ``pglite-server`` (``tests/pglite_server.py``) and ``--uri ... --unprepared``.
 
 Data: unit vectors of 384 dimensions drawn around 2,000 Gaussian centres (as ``vector_search.py``), queries drawn
 the same way, k = 10. Each row has a ``bucket`` (its number modulo 1000, indexed); ``bucket < b`` keeps 1%, 10% or
@@ -15,7 +16,8 @@ Each side, one query at a time, after one untimed pass (which also teaches super
 
 - ``superduper``: ``t.like(vector, vector_index=..., n=10)[.filter(t['bucket'] < b)].select().execute()``: the
   search planned by the share of rows matching (exact over the matching rows, or HNSW candidates checked against
-  the filter), then the ten rows fetched by key and decoded;
+  the filter; on pgvector 0.8 one iterative index scan with the filter), then the ten rows fetched by key and
+  decoded;
 - ``raw``: the same search statements superduper sent for that query (recorded in the untimed pass, with their
   parameters, ``SET``s included), then ``SELECT id, n, bucket FROM points WHERE id = ANY(...)`` for the hits, on a
   psycopg connection: the work of the database without superduper's;
@@ -157,6 +159,10 @@ def described(plans: list) -> str:
     return '; '.join(f'{n}x {", ".join(str(x) for x in key if x is not None)}' for key, n in counted.most_common(4))
 
 
+def unprepared(dbapi_connection, record) -> None:
+    dbapi_connection.prepare_threshold = None
+
+
 def main() -> None:
     import psycopg
 
@@ -164,7 +170,12 @@ def main() -> None:
     parser.add_argument('--rows', type=int, default=50_000)
     parser.add_argument('--queries', type=int, default=200)
     parser.add_argument('--uri', help='a PostgreSQL database with the vector extension (default: pgserver)')
+    parser.add_argument('--unprepared', action='store_true',
+                        help="psycopg's prepared statements off: for a server that runs every connection in one session "
+                             '(pglite-server, as in tests/pglite_server.py; a transaction-pooling PgBouncer)')
     args = parser.parse_args()
+    if args.unprepared:
+        sa.event.listen(sa.engine.Engine, 'connect', unprepared)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(2000, DIM)).astype(np.float32)
     vectors = clustered(rng, args.rows, centres)
@@ -177,7 +188,8 @@ def main() -> None:
             outputs = load(db, vectors)
             points = db['points']
             conn = psycopg.connect(str(db.databackend.engine.url.set(drivername='postgresql')
-                                       .render_as_string(hide_password=False)))
+                                       .render_as_string(hide_password=False)),
+                                   **({'prepare_threshold': None} if args.unprepared else {}))
             print(f'{args.queries} queries, k=10, one at a time, every side of a query run after the other (the '
                   'machine may be busy: each side meets the same load)')
             sent = {share: record(db, points, queries, share) for share in SHARES}

@@ -390,6 +390,41 @@ def server_in_use(backend: str, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+@pytest.fixture(scope='session')
+def pglite():
+    """PostgreSQL with pgvector 0.8 for the session (PGlite's, served by pglite-server: ``pglite_server``; pgserver's
+    has 0.6.2). Without Node.js or the packages ``python tests/pglite_server.py setup`` installs, its tests are
+    skipped on a developer's machine and fail in CI."""
+    import pglite_server
+
+    reason = pglite_server.missing()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    found = pglite_server.Server()
+    yield found
+    found.stop()
+
+
+@pytest.fixture
+def pglite_uri(pglite):
+    """The PGlite server's one database, emptied after the test."""
+    yield pglite.uri
+    with pglite.connect(autocommit=True) as conn:
+        conn.execute('DROP SCHEMA public CASCADE')  # the vector extension too: superduper creates it again
+        conn.execute('CREATE SCHEMA public')
+
+
+@pytest.fixture
+def pglite_db(pglite_uri, tmp_path):
+    """superduper on the PGlite server's one database (pgvector 0.8)."""
+    datalayer = superduper(pglite_uri, artifact_store=f'filesystem://{tmp_path}/artifacts', home=str(tmp_path / 'home'),
+                           progress=False)
+    yield datalayer
+    datalayer.close()
+
+
 @pytest.fixture
 def db_uri(backend, tmp_path, request):
     """The database of the test; a server's scratch database is emptied after it. A test marked

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from superduper import ObjectModel, Table, VectorIndex, superduper
 
@@ -146,9 +147,15 @@ def test_pgvector_filtered_recall_at_1_10_and_50_percent_against_brute_force(db,
     """pgvector's HNSW index over 3,000 vectors: at 1%, 10% and 50% of the rows matching, always 10 rows, recall@10
     >= 0.95, and the plan in the cursor. Up to the limit the matching rows are scored exactly (all of them here);
     a low limit sends 10% and 50% through the index's candidates, checked against the filter in the database: the
-    first search with a filter counts its rows up to the limit, the next ones plan from the share seen."""
+    first search with a filter counts its rows up to the limit, the next ones plan from the share seen. (pgserver's
+    pgvector 0.6.2 has no iterative index scans; 0.8's plan: the ``pgvector_0_8`` tests.)"""
+    from superduper.backends.sql.pgvector import version
+
     db.cfg.exact_filter_limit = exact_limit
     t = points(db, ROWS, 'pgvector')
+    with db.databackend.engine.connect() as conn:
+        assert (0, 6) <= version(conn.exec_driver_sql("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                                 .scalar()) < (0, 8)
     ids = np.arange(ROWS)
     for share in (1, 10, 50):
         allowed = ids[ids % 100 < share]
@@ -216,6 +223,103 @@ def test_pgvector_bad_filter_is_a_clear_error(db):
         search(t, QUERIES[0], t['id'] == 'a\x00b')  # PostgreSQL's text holds no NUL
     with pytest.raises(UnknownField, match="table 'points' has no field 'nope'"):
         search(t, QUERIES[0], t['nope'] == 1)
+
+
+ITERATIVE = 'ann, iterative scan with the filter'
+
+
+class Statements:
+    """The statements an engine sends while it is watched (to see which searches count the matching rows)."""
+
+    def __init__(self, engine):
+        self.sent: list[str] = []
+        sa.event.listen(engine, 'before_cursor_execute', lambda *args: self.sent.append(args[2]))
+
+    def take(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def scored(t, query: np.ndarray, cond, n: int = 10) -> tuple[list[int], list[float], dict]:
+    cursor = t.filter(cond).like(query, vector_index='pts', n=n).execute()
+    rows = list(cursor)
+    return [int(r['id']) for r in rows], [r['_score'] for r in rows], cursor.plan
+
+
+def test_pgvector_0_8_filtered_recall_at_1_10_and_50_percent_by_one_iterative_scan(pglite_db):
+    """pgvector 0.8 (PGlite's): past the exact limit a filtered search is one iterative index scan with the filter
+    (no candidates, no widening): at 10% and 50% of 3,000 rows matching, 10 rows, nearest first, recall@10 >= 0.95
+    against numpy; 1% (30 rows, under the limit) scored exactly. The first search with a filter counts its rows;
+    the next ones plan from the share of the scanned rows that matched, as the candidates' share."""
+    db = pglite_db
+    db.cfg.exact_filter_limit = 100
+    t = points(db, ROWS, 'pgvector')
+    statements = Statements(db.databackend.engine)
+    ids = np.arange(ROWS)
+    for share in (1, 10, 50):
+        allowed = ids[ids % 100 < share]
+        recalls, plans, counted = [], [], []
+        for q in QUERIES:
+            statements.take()
+            got, scores, plan = scored(t, q, t['bucket'] < share)
+            counted.append(any('sd_count' in sql for sql in statements.take()))
+            expected = truth(q, allowed)
+            assert len(got) == 10 and all(i % 100 < share for i in got)
+            assert scores == sorted(scores, reverse=True), plan  # re-sorted after the relaxed scan
+            assert np.allclose(scores, VECTORS[got] @ (q / np.linalg.norm(q)), atol=1e-5)
+            recalls.append(len(set(got) & set(expected)) / 10)
+            plans.append(plan)
+        assert np.mean(recalls) >= 0.95, (share, plans)
+        strategies = {p['strategy'] for p in plans}
+        if share == 1:
+            assert strategies == {'exact over the matching ids'} and all(counted)
+        else:
+            assert strategies == {ITERATIVE}, plans
+            assert all(p['max_scan_tuples'] >= 20_000 and 10 <= p['scanned'] and 'candidates' not in p for p in plans)
+            # the share learned is the hits' among the rows scanned; the rows are counted again only well below the
+            # limit
+            assert all(p['share'] == 10 / p['scanned'] for p in plans)
+            assert counted == [True] + [p['share'] * ROWS <= 0.5 * 100 for p in plans[:-1]] and sum(counted) <= 4
+
+
+def test_pgvector_0_8_filter_changed_by_plain_sql_falls_back_to_the_exact_scan(pglite_db):
+    """pgvector 0.8: a filter matching only rows far from the query (a tenth of them) is scanned iteratively, 10
+    rows, recall@10 >= 0.95; a filter matching half the rows too; once other clients' plain SQL leaves it three
+    rows, the scan runs out before 10 pass and the exact scan gives those three (the next search plans exact at
+    once)."""
+    from tests.conftest import plain_sql
+
+    db = pglite_db
+    db.cfg.exact_filter_limit = 100
+    t = points(db, ROWS, 'pgvector')
+    recalls = []
+    for q in QUERIES:
+        far = np.argsort(CENTRES @ q)[:6].tolist()  # about a tenth of the rows, the farthest from q
+        matching = np.flatnonzero(np.isin(CLUSTER, far))
+        got, plan = search(t, q, t['cluster'].isin(far))
+        assert plan['strategy'] == ITERATIVE and len(got) == 10 and set(got) <= set(matching.tolist())
+        recalls.append(len(set(got) & set(truth(q, matching))) / 10)
+    assert np.mean(recalls) >= 0.95
+    q = QUERIES[0]
+    for _ in range(2):
+        got, plan = search(t, q, t['cluster'] < 30)
+        assert plan['strategy'] == ITERATIVE and len(set(got) & set(truth(q, np.flatnonzero(CLUSTER < 30)))) >= 9
+    allowed = np.flatnonzero(CLUSTER < 30)[:3]
+    plain_sql(db, ('UPDATE points SET "cluster" = "cluster" + 100 WHERE "cluster" < 30 AND id NOT IN (:a, :b, :c)',
+                   dict(zip('abc', map(str, allowed)))))
+    got, plan = search(t, q, t['cluster'] < 30)
+    assert got == truth(q, allowed) and plan['strategy'] == 'exact over the matching ids'
+    assert plan['matching'] == 3 and 'max_scan_tuples' in plan  # the scan came first
+    got, plan = search(t, q, t['cluster'] < 30)
+    assert got == truth(q, allowed) and plan == {'searcher': 'pgvector', 'strategy': 'exact over the matching ids',
+                                                 'matching': 3, 'share': 3 / ROWS}
+
+
+def test_pgvector_versions_are_read_by_their_leading_numbers():
+    from superduper.backends.sql.pgvector import version
+
+    assert version('0.8.7') == (0, 8, 7) >= (0, 8) > version('0.6.2')
+    assert version('0.8.0-dev') == (0, 8, 0) and version('1.0') == (1, 0) and version(None) == ()
 
 
 def test_hnsw_searched_among_many_ids_by_their_signs_or_its_graph(monkeypatch):

@@ -6,14 +6,26 @@ earlier searches with the same filter, or counted up to a bound), as the in-proc
 
 - few matching rows: the exact distance to each of them (nearest ``n`` of exactly those); the same statement
   counts them up to the bound, and scores nothing when more match;
-- more: ANN candidates from the HNSW index (``hnsw.ef_search`` set for the search's transaction), joined to the
-  source rows and checked against the filter; fewer than ``n`` left, widened once; then the exact scan.
+- more, on pgvector 0.8 or later: one iterative index scan with the filter (``hnsw.iterative_scan``, set for the
+  search's transaction): the scan goes on until ``n`` rows pass the filter, so nothing is widened and no 1000-row
+  cap applies; ``hnsw.ef_search`` as for the candidates below (the scan's first batch, where its hits come from
+  when the filter matches near the query). Its ordering is relaxed (better recall than strict), so the ``n`` rows
+  are sorted again here (not in an outer query over a materialized CTE as pgvector's README has it: PostgreSQL 17+
+  plans that outer ``ORDER BY`` as already done); ``hnsw.max_scan_tuples`` bounds the scan (with the scan's memory
+  in proportion); fewer than ``n`` rows at the bound, the exact scan. The statement numbers the rows as the scan
+  gives them, so the share of them that matched is learned as the candidates' is;
+- more, before 0.8 (or a composite key, see below): ANN candidates from the HNSW index (``hnsw.ef_search`` set for
+  the search's transaction), joined to the source rows and checked against the filter; fewer than ``n`` left,
+  widened once; then the exact scan.
 
 pgvector before 0.8 has no iterative index scan: an index scan returns at most ``hnsw.ef_search`` rows (at most
 1000), so candidates are taken in one scan, and a filter applied to that scan directly would return fewer rows.
-Rows are looked up by key one at a time (the exact scan: a ``LATERAL ... LIMIT 1`` subquery; the candidates: hash
-and merge joins off for the transaction): the planner would rather hash the whole outputs table, three times
-slower at 10,000 matching rows of 100,000, or every matching source row for the candidates' check.
+The extension's version is read once per searcher. Rows are looked up by key one at a time (the exact scan: a
+``LATERAL ... LIMIT 1`` subquery; the candidates and the iterative scan: hash and merge joins off for the
+transaction, and for the iterative scan sorts too, so that the index scan feeds the join in order): the planner
+would rather hash the whole outputs table, three times slower at 10,000 matching rows of 100,000, or every matching
+source row for the candidates' check, or sort every matching row. A composite key is joined by its text, which has
+no index: the matching rows are hashed, a join that loses the index scan's order, so those searches take candidates.
 """
 
 from __future__ import annotations
@@ -85,6 +97,13 @@ BEAM = 4
 #: 100,000 rows of 384 dimensions), times BEAM and MARGIN: with ``m`` rows matching of ``total``, the exact scan costs
 #: about ``m``, the candidates ``COST * n * total / m``; equal at ``m = sqrt(COST * n * total)``
 COST = 300
+#: pgvector's default ``hnsw.max_scan_tuples``, which its default ``hnsw.scan_mem_multiplier`` (1: ``work_mem``) holds
+#: (a scan keeps about 200 bytes a tuple, whatever the dimension): a bound above it raises the multiplier alike
+SCAN_DEFAULT = 20_000
+#: tuples an iterative scan may visit per row it needs to pass the filter (``n / share``); about 2 visited a row
+#: found at 1% of 3,000 clustered rows (tests/test_filtered_search.py)
+SCAN_MARGIN = 4
+ITERATIVE_SINCE = (0, 8)  # pgvector's first version with iterative index scans
 TOTAL_TTL = 10.0  # seconds the table's size (for plans only) is kept
 ESTIMATE = sa.text('SELECT GREATEST(reltuples, pg_stat_get_live_tuples(oid)) FROM pg_class WHERE oid = to_regclass(:name)')
 
@@ -100,6 +119,7 @@ class PgVectorSearcher:
         self.measure = index.measure
         self.vector_type = PgVector(self.dim)
         self._total: tuple[float, int] | None = None  # (when, rows) of the outputs table, estimated
+        self._version: tuple[int, ...] | None = None  # the vector extension's
 
     def build(self) -> None:
         backend = self.db.databackend
@@ -131,6 +151,24 @@ class PgVectorSearcher:
             rows = conn.execute(ESTIMATE, {'name': self.db.databackend.sql_name(self.outputs)}).scalar()
             self._total = (now, int(rows or 0))
         return self._total[1]
+
+    def iterative(self, conn: Any) -> bool:
+        """Whether the database's pgvector has iterative index scans (0.8 and later), read once."""
+        if self._version is None:
+            text = conn.exec_driver_sql("SELECT extversion FROM pg_extension WHERE extname = 'vector'").scalar()
+            self._version = version(text)
+        return self._version >= ITERATIVE_SINCE
+
+
+def version(text: str | None) -> tuple[int, ...]:
+    """``'0.8.7'`` as ``(0, 8, 7)``: the leading number of each part (``'0.8.0-dev'``: ``(0, 8, 0)``)."""
+    parts = []
+    for part in (text or '').split('.'):
+        digits = part[:len(part) - len(part.lstrip('0123456789'))]
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
 
 
 class _Search:
@@ -167,12 +205,17 @@ class _Search:
     def filtered(self, conn: Any, plan: dict, share: float | None, total: int) -> list[tuple[Any, float]]:
         n, total = self.n, max(total, 1)
         limit = int(min(self.searcher.db.cfg.exact_filter_limit, max(math.sqrt(COST * n * total), 4 * n)))
-        if share is None or share * total <= 1.2 * limit:  # near the limit: count, the estimate may be off
+        iterative = not self.composite and self.searcher.iterative(conn)
+        # near the limit: count, the estimate may be off; a scan's share, from only n hits, is off more often, and
+        # near the limit the two plans cost about the same: counted only well below it
+        if share is None or share * total <= (0.5 if iterative else 1.2) * limit:
             hits, matching = self._exact(conn, limit)
             if matching <= limit:
                 plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
                 return hits
             share = share or (limit + 1) / total  # a lower bound: the first search with this filter looks wide
+        if iterative:
+            return self._scanned_or_exact(conn, plan, share, total)
         k = min(total, EF_MAX, max(5 * n, math.ceil(MARGIN * n / share)))
         for tries in range(2):
             ef = min(EF_MAX, max(EF_DEFAULT, BEAM * k))
@@ -185,6 +228,23 @@ class _Search:
                 break
             k = min(total, EF_MAX, 4 * k)
         hits, matching = self._exact(conn, None)
+        plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
+        return hits
+
+    def _scanned_or_exact(self, conn: Any, plan: dict, share: float, total: int) -> list[tuple[Any, float]]:
+        """pgvector 0.8 on: one iterative scan with the filter, its ``ef`` the candidates' for this share (the
+        first ``ef`` rows the graph ranks are the scan's first batch, and its hits come from them when the filter
+        matches near the query); fewer than ``n`` rows at its bound, the exact scan. The share learned is the hits'
+        among the rows the scan went through, as the candidates'."""
+        n = self.n
+        ef = min(EF_MAX, max(EF_DEFAULT, n, BEAM * math.ceil(MARGIN * n / share)))
+        tuples = max(SCAN_DEFAULT, min(total, math.ceil(SCAN_MARGIN * n / share)))
+        hits, scanned = self._iterative(conn, ef, tuples)
+        plan.update(strategy='ann, iterative scan with the filter', ef=ef, max_scan_tuples=tuples, scanned=scanned,
+                    share=max(len(hits), 1) / max(scanned, 1))
+        if len(hits) >= n:
+            return hits
+        hits, matching = self._exact(conn, None)  # the scan stopped at its bound: the filter's rows lie far
         plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
         return hits
 
@@ -214,6 +274,29 @@ class _Search:
         rows = conn.execute(sa.select(counted.c.matching, nearest.c._source, nearest.c.d).select_from(
             counted.outerjoin(nearest, sa.true())).order_by(nearest.c.d)).all()
         return self._hits([r[1:] for r in rows if r[1] is not None]), rows[0][0] if rows else 0  # (none: offline)
+
+    def _iterative(self, conn: Any, ef: int, tuples: int) -> tuple[list[tuple[Any, float]], int]:
+        """The first ``n`` rows matching the filter that one iterative (relaxed order) HNSW scan finds, nearest
+        first, and how many rows the scan gave until then: it runs until ``n`` rows pass the filter or about
+        ``tuples`` are visited."""
+        conn.execute(sa.select(
+            sa.func.set_config('hnsw.ef_search', str(ef), True),
+            sa.func.set_config('hnsw.iterative_scan', 'relaxed_order', True),
+            sa.func.set_config('hnsw.max_scan_tuples', str(tuples), True),
+            sa.func.set_config('hnsw.scan_mem_multiplier', str(min(1000.0, tuples / SCAN_DEFAULT)), True),
+            *(sa.func.set_config(name, 'off', True) for name in ('enable_hashjoin', 'enable_mergejoin', 'enable_sort'))))
+        # each row numbered as the scan gives it (the window streams: the LIMIT still ends the scan); the subquery
+        # is planned without the LIMIT, so sorts off keep it on the index; ordered by distance, the join keeps the
+        # scan outside (the planner takes the index's order as the distance's: no sort)
+        ranked = sa.select(self.out.c._source, self.distance.label('d'), sa.func.row_number().over().label('seen')
+                           ).where(self.column.is_not(None)).order_by(self.distance).subquery('sd_scan')
+        rows = conn.execute(sa.select(ranked.c._source, ranked.c.d, ranked.c.seen).select_from(
+            ranked.join(self.src, self.key == ranked.c._source)).where(
+            self.backend.compile_condition(self.src, self.where)).order_by(ranked.c.d).limit(self.n)).all()
+        # sorted here: the relaxed scan's order is not quite the distance's (pgvector's README sorts again in an
+        # outer query over a materialized CTE, which PostgreSQL 17+ plans without a sort, taking the CTE's order)
+        hits = sorted(((source, d) for source, d, _ in rows), key=lambda hit: hit[1])
+        return self._hits(hits), max((seen for _, _, seen in rows), default=0)
 
     def _candidates(self, conn: Any, k: int, ef: int) -> list[tuple[Any, float]]:
         """Of the ``k`` nearest rows through the HNSW index, those matching the filter, nearest first (each looked
