@@ -22,6 +22,7 @@ from superduper.runtime.tables import TableInfo, Tables, encode_condition
 
 #: the fewest candidates a reranked search fetches (by default four times the rows it returns)
 RERANK_CANDIDATES = 20
+IDS_BATCH = 50_000  # ids read a round trip by a filtered search (ids are small)
 
 
 class QueryExecutor:
@@ -288,8 +289,8 @@ class _FilteredRows:
     def ids(self, among: list | None, limit: int | None = None) -> list:
         pk = list(self.primary_key)
         cond = self.where if among is None else And((self.where, key_in(tuple(pk), self.keys_of(among))))
-        found = [r[0] if len(pk) == 1 else tuple(r) for batch in self.databackend.select(self.table, pk, cond,
-                                                                                          limit=limit) for r in batch]
+        batches = self.databackend.select(self.table, pk, cond, limit=limit, batch_size=IDS_BATCH)
+        found = [r[0] if len(pk) == 1 else tuple(r) for batch in batches for r in batch]
         if len(pk) == 1:
             return found
         texts = dict(zip(self.keys_of(among), among)) if among is not None else \

@@ -116,8 +116,10 @@ class ExactSearcher:
         """The positions of the stored, not removed, vectors: all, or those of ``candidates``' ids."""
         if candidates is None:
             return np.flatnonzero(self.alive[: len(self.ids)])
-        return np.array([p for c in candidates if (p := self.positions.get(c)) is not None and self.alive[p]],
-                        dtype=np.int64)
+        get = self.positions.get
+        found = np.fromiter((get(c, -1) for c in candidates), dtype=np.int64)
+        found = found[found >= 0]
+        return found[self.alive[found]]
 
     def flush(self) -> None:
         """Nothing waits here (an ANN searcher adds what waits to its graph)."""
