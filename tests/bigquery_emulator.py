@@ -12,12 +12,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from local_servers import ServedProcess, free_port, setup_main
 
 REQUIREMENTS = ['local-bigquery==0.3.2', 'duckdb==1.5.5', 'duckdb-extensions==1.5.5'] + [
     f'duckdb-extension-{name}==1.5.5' for name in ('icu', 'json', 'ducklake', 'spatial', 'parquet')]
@@ -68,23 +68,6 @@ def setup() -> None:
     print(f'BigQuery emulator venv made at {VENV} in {time.time() - started:.0f} s')
 
 
-def _ends_with_parent() -> None:
-    """In the emulator's process, before it starts: Linux ends it when the test process dies without stopping it."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 class Emulator:
     """The emulator serving on 127.0.0.1 at ``endpoint`` until ``stop``."""
 
@@ -93,21 +76,17 @@ class Emulator:
             raise RuntimeError(f'no BigQuery emulator venv at {VENV}: run `{SETUP_COMMAND}`')
         shm = '/dev/shm' if os.path.isdir('/dev/shm') and os.access('/dev/shm', os.W_OK) else None
         self.data = tempfile.mkdtemp(prefix='sd-bigquery-', dir=shm)  # tmpfs: each DML writes files
-        self.log = open(os.path.join(self.data, 'emulator.log'), 'w+b')
-        port = _free_port()
+        port = free_port()
         self.endpoint = f'http://127.0.0.1:{port}'
-        self.process = subprocess.Popen(
-            [str(VENV / 'bin' / 'local-bigquery'), 'serve', '--host', '127.0.0.1', '--port', str(port),
-             '--grpc-port', str(_free_port()), '--project', PROJECT, '--data-dir', os.path.join(self.data, 'data')],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, 'HOME': str(VENV / 'home')},
-            preexec_fn=_ends_with_parent)
-        deadline = time.time() + timeout
-        while not self._answers():
-            if self.process.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f'the BigQuery emulator did not answer on {self.endpoint} within {timeout:.0f} s '
-                                   f'(exit status {self.process.returncode}); its log:\n{self.output()[-3000:]}')
-            time.sleep(0.2)
+        try:
+            self.served = ServedProcess(
+                [str(VENV / 'bin' / 'local-bigquery'), 'serve', '--host', '127.0.0.1', '--port', str(port),
+                 '--grpc-port', str(free_port()), '--project', PROJECT, '--data-dir', os.path.join(self.data, 'data')],
+                open(os.path.join(self.data, 'emulator.log'), 'w+b'), lambda served: self._answers(),
+                f'the BigQuery emulator on {self.endpoint}', timeout, env={**os.environ, 'HOME': str(VENV / 'home')})
+        except RuntimeError:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise
 
     def _answers(self) -> bool:
         import urllib.request
@@ -119,30 +98,12 @@ class Emulator:
             return False
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors='replace')
+        return self.served.output()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        self.served.stop()
         shutil.rmtree(self.data, ignore_errors=True)
 
 
 if __name__ == '__main__':
-    if sys.argv[1:] != ['setup']:
-        raise SystemExit(f'usage: {SETUP_COMMAND}')
-    try:
-        setup()
-    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
-        # in CI the run stops here; elsewhere the BigQuery tests are skipped, saying why
-        message = f'BigQuery emulator venv not made: {e}'
-        if os.environ.get('CI'):
-            raise SystemExit(message) from None
-        print(f'{message} (the BigQuery emulator tests will be skipped)', file=sys.stderr)
+    setup_main(setup, SETUP_COMMAND, 'BigQuery emulator venv not made', 'the BigQuery emulator tests')

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from local_servers import ServedProcess, free_port, setup_main
 
 PACKAGES = {'@electric-sql/pglite': '0.5.14', '@electric-sql/pglite-pgvector': '0.0.15',
             '@electric-sql/pglite-socket': '0.2.17'}
@@ -77,23 +77,6 @@ def setup() -> None:
     print(f'PGlite packages installed at {FOLDER} in {time.time() - started:.0f} s')
 
 
-def _ends_with_parent() -> None:
-    """In the server's process, before it starts: Linux ends it when the test process dies without stopping it."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """pglite-server with pgvector on 127.0.0.1:``port``, an in-memory database, until ``stop``; ``uri`` is
     superduper's URI for it."""
@@ -102,21 +85,14 @@ class Server:
         reason = missing()
         if reason is not None:
             raise RuntimeError(reason)
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f'postgresql://postgres:postgres@127.0.0.1:{self.port}/postgres'
-        self.log = tempfile.NamedTemporaryFile(prefix='sd-pglite-', suffix='.log')
-        self.process = subprocess.Popen(
+        self._listening = False
+        self.served = ServedProcess(
             ['node', str(SERVER_SCRIPT), '--db=memory://', '--host=127.0.0.1', f'--port={self.port}',
              '--extensions=@electric-sql/pglite-pgvector:vector', f'--max-connections={MAX_CONNECTIONS}'],
-            cwd=FOLDER, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_ends_with_parent)
-        self._listening = False
-        deadline = time.time() + timeout
-        while b'listening' not in self.output().encode():
-            if self.process.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f'pglite-server did not listen on port {self.port} within {timeout:.0f} s (exit '
-                                   f'status {self.process.returncode}); its output:\n{self.output()[-3000:]}')
-            time.sleep(0.1)
+            tempfile.NamedTemporaryFile(prefix='sd-pglite-', suffix='.log'),
+            lambda served: 'listening' in served.output(), f'pglite-server on port {self.port}', timeout, cwd=FOLDER)
         self._unprepared()
 
     def _unprepared(self) -> None:
@@ -137,9 +113,7 @@ class Server:
         return psycopg.connect(self.uri, prepare_threshold=None, **kwargs)
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors='replace')
+        return self.served.output()
 
     def stop(self) -> None:
         if self._listening:
@@ -147,24 +121,8 @@ class Server:
 
             sa.event.remove(sa.engine.Engine, 'connect', self._on_connect)
             self._listening = False
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()  # removes it
+        self.served.stop()  # its log is a temporary file: removed
 
 
 if __name__ == '__main__':
-    if sys.argv[1:] != ['setup']:
-        raise SystemExit(f'usage: {SETUP_COMMAND}')
-    try:
-        setup()
-    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
-        # in CI the run stops here; elsewhere the PGlite tests are skipped, saying why
-        message = f'PGlite packages not installed: {e}'
-        if os.environ.get('CI'):
-            raise SystemExit(message) from None
-        print(f'{message} (the pgvector 0.8 tests will be skipped)', file=sys.stderr)
+    setup_main(setup, SETUP_COMMAND, 'PGlite packages not installed', 'the pgvector 0.8 tests')
