@@ -28,6 +28,7 @@ KEPT = 32  # filters remembered per process
 READ_PER_ID = 3e-6
 SMOOTHING = 0.3  # weight of the newest measurement in the running costs
 
+
 @dataclass(frozen=True)
 class Matching:
     searcher: Any  # the searcher whose ``Subset`` this is
