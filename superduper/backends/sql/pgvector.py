@@ -227,9 +227,7 @@ class _Search:
             if k >= min(total, EF_MAX):  # no wider scan: the exact one says which match
                 break
             k = min(total, EF_MAX, 4 * k)
-        hits, matching = self._exact(conn, None)
-        plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
-        return hits
+        return self._every_match(conn, plan, total)
 
     def _scanned_or_exact(self, conn: Any, plan: dict, share: float, total: int) -> list[tuple[Any, float]]:
         """pgvector 0.8 on: one iterative scan with the filter, its ``ef`` the candidates' for this share (the
@@ -244,16 +242,20 @@ class _Search:
                     share=max(len(hits), 1) / max(scanned, 1))
         if len(hits) >= n:
             return hits
-        hits, matching = self._exact(conn, None)  # the scan stopped at its bound: the filter's rows lie far
+        return self._every_match(conn, plan, total)  # the scan stopped at its bound: the filter's rows lie far
+
+    def _every_match(self, conn: Any, plan: dict, total: int) -> list[tuple[Any, float]]:
+        """The last resort of a filtered search: the exact scan over every matching row."""
+        hits, matching = self._exact(conn, None)
         plan.update(strategy='exact over the matching ids', matching=matching, share=matching / total)
         return hits
 
-    def _settings(self, conn: Any, ef: int, row_by_row: bool = True) -> None:
-        """The HNSW scan's ``ef`` and, with ``row_by_row``, joins through an index, for this transaction only."""
+    def _settings(self, conn: Any, ef: int, row_by_row: bool = True, **more: str) -> None:
+        """The HNSW scan's ``ef``, with ``row_by_row`` joins through an index, and ``more`` settings, for this
+        transaction only."""
         join = 'off' if row_by_row else 'on'
-        conn.execute(sa.select(sa.func.set_config('hnsw.ef_search', str(ef), True),
-                               sa.func.set_config('enable_hashjoin', join, True),
-                               sa.func.set_config('enable_mergejoin', join, True)))
+        settings = {'hnsw.ef_search': str(ef), 'enable_hashjoin': join, 'enable_mergejoin': join, **more}
+        conn.execute(sa.select(*(sa.func.set_config(name, value, True) for name, value in settings.items())))
 
     def _exact(self, conn: Any, limit: int | None) -> tuple[list[tuple[Any, float]], int]:
         """The ``n`` nearest of the matching rows, and how many match, counted up to ``limit + 1``: with more,
@@ -279,12 +281,9 @@ class _Search:
         """The first ``n`` rows matching the filter that one iterative (relaxed order) HNSW scan finds, nearest
         first, and how many rows the scan gave until then: it runs until ``n`` rows pass the filter or about
         ``tuples`` are visited."""
-        conn.execute(sa.select(
-            sa.func.set_config('hnsw.ef_search', str(ef), True),
-            sa.func.set_config('hnsw.iterative_scan', 'relaxed_order', True),
-            sa.func.set_config('hnsw.max_scan_tuples', str(tuples), True),
-            sa.func.set_config('hnsw.scan_mem_multiplier', str(min(1000.0, tuples / SCAN_DEFAULT)), True),
-            *(sa.func.set_config(name, 'off', True) for name in ('enable_hashjoin', 'enable_mergejoin', 'enable_sort'))))
+        self._settings(conn, ef, **{'hnsw.iterative_scan': 'relaxed_order', 'hnsw.max_scan_tuples': str(tuples),
+                                    'hnsw.scan_mem_multiplier': str(min(1000.0, tuples / SCAN_DEFAULT)),
+                                    'enable_sort': 'off'})
         # each row numbered as the scan gives it (the window streams: the LIMIT still ends the scan); the subquery
         # is planned without the LIMIT, so sorts off keep it on the index; ordered by distance, the join keeps the
         # scan outside (the planner takes the index's order as the distance's: no sort)
